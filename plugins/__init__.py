@@ -1,0 +1,1 @@
+"""Bundled zsqbench plugins (installed as the import package ``zsqbench_plugins``)."""

@@ -1,0 +1,1 @@
+"""The zsqbench command line: one module per subcommand, each thin."""

@@ -1,0 +1,50 @@
+"""Rich console output shared by the subcommands: progress on stderr, tables on stdout."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+out = Console()
+err = Console(stderr=True)
+
+
+class RichProgress:
+    """A progress bar per phase (epoch, synthesis) plus one-line messages; quiet when asked."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self._progress: Progress | None = None
+        self._task = None
+
+    def __enter__(self) -> "RichProgress":
+        if not self.quiet and err.is_terminal:
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                console=err, transient=True,
+            )
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def start(self, description: str, total: int) -> None:
+        if self._progress is None:
+            return
+        if self._task is not None:
+            self._progress.remove_task(self._task)
+        self._task = self._progress.add_task(description, total=total, info="")
+
+    def advance(self, completed: int, info: str = "") -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=completed, info=info)
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            err.print(text, highlight=False, markup=False)
+            sys.stderr.flush()

@@ -1,0 +1,46 @@
+"""Entry point: parses, dispatches, and turns user errors into one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from zsqbench import __version__
+from zsqbench.cli import leaderboard_cmd, plugins_cmd, run_cmd
+from zsqbench.errors import UserError
+
+SUBCOMMANDS = (run_cmd, plugins_cmd, leaderboard_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zsqbench",
+        description="Benchmark zero-shot quantization methods: generators x losses x bit-widths x seeds.",
+    )
+    parser.add_argument("--version", action="version", version=f"zsqbench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    warnings.simplefilter("default")
+    try:
+        return int(args.execute(args) or 0)
+    except UserError as exc:
+        print(f"zsqbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zsqbench: interrupted; finished trials are saved, re-run the same command to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

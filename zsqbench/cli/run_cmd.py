@@ -1,0 +1,172 @@
+"""`zsqbench run`: expand a grid and run it (no arguments: the default run of registry.toml)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.table import Table
+
+from zsqbench.cli.console import RichProgress, out
+from zsqbench.data import resolve_data_root
+from zsqbench.errors import UserError
+from zsqbench.grid import expand, load_grid_file, make_request
+from zsqbench.plugins import get_plugins
+from zsqbench.runner import run_grid, trial_state
+from zsqbench.train import Environment
+
+CACHE_ENV = "ZSQBENCH_CACHE"
+
+
+def _csv(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(p) for p in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be integers like '0,1,2', got '{text}'") from None
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run a grid of trials",
+        description="Run generators x losses x bit-widths x seeds. With no grid flags, runs the default "
+        "from registry.toml (GDFQ + KD, ResNet-20 CIFAR-10, W3A3, CPU budget).",
+    )
+    p.add_argument("--generators", type=_csv, help="comma-separated generator plugins, e.g. gdfq,adadfq,hast")
+    p.add_argument("--loss", "--losses", dest="losses", type=_csv, help="comma-separated loss plugins, e.g. kd,akt")
+    p.add_argument("--bits", help="bit-widths: '3,4,5' means W3A3,W4A4,W5A5; '4/8' means W4A8")
+    p.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default 0)")
+    p.add_argument("--model", help="teacher architecture or name (default resnet20)")
+    p.add_argument("--dataset", help="cifar10 or cifar100")
+    p.add_argument("--budget", help="budget preset from registry.toml: smoke, cpu, paper, ...")
+    p.add_argument("--quantizer", help="quantizer plugin (default uniform)")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
+                   help="plugin option, e.g. -o gdfq.temperature=4 (repeatable; VALUE is JSON or a string)")
+    p.add_argument("--config", type=Path, help="TOML file with the same keys as the flags (flags win)")
+    p.add_argument("--data-root", help="folder with the test sets and weights/ (default: $ZSQBENCH_DATA)")
+    p.add_argument("--teacher-weights", type=Path, help="use this weights file for the teacher")
+    p.add_argument("--download", action="store_true", help="download missing test sets / weights")
+    p.add_argument("--cache-dir", type=Path, help="cache for synthesized data (default: $ZSQBENCH_CACHE or ~/.cache/zsqbench)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--out", type=Path, default=Path("results"), help="results directory (default ./results)")
+    p.add_argument("--run", dest="run_name", default="default", help="run folder name under --out")
+    p.add_argument("--force", action="store_true", help="re-run trials that are already done")
+    p.add_argument("--dry-run", action="store_true", help="print the expanded grid and exit")
+    p.add_argument("--json", action="store_true", help="print results (or the dry-run grid) as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    p.set_defaults(execute=execute)
+
+
+def _parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
+    options: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        plugin, dot, name = key.partition(".")
+        if not sep or not dot or not plugin or not name:
+            raise UserError(f"bad option '{item}': write PLUGIN.KEY=VALUE, e.g. -o gdfq.temperature=4")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        options.setdefault(plugin, {})[name] = value
+    return options
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}': use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda given but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def build_request(args: argparse.Namespace, plugins) -> tuple[dict[str, Any], str]:
+    values: dict[str, Any] = plugins.config.default_run.model_dump()
+    source = "registry.toml [default_run]"
+    if args.config:
+        values.update(load_grid_file(args.config))
+        source = str(args.config)
+    flags = {
+        "generators": args.generators, "losses": args.losses, "bits": args.bits, "seeds": args.seeds,
+        "model": args.model, "dataset": args.dataset, "budget": args.budget, "quantizer": args.quantizer,
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    cli_options = _parse_options(args.option)
+    if cli_options:
+        merged = dict(values.get("options", {}))
+        for plugin, opts in cli_options.items():
+            merged[plugin] = {**merged.get(plugin, {}), **opts}
+        values["options"] = merged
+    return values, source
+
+
+def execute(args: argparse.Namespace) -> int:
+    plugins = get_plugins()
+    values, source = build_request(args, plugins)
+    specs = expand(make_request(values, source), plugins)
+    if args.dry_run:
+        return _print_grid(specs, args)
+    device = resolve_device(args.device)
+    cache = args.cache_dir or Path(os.environ.get(CACHE_ENV, "~/.cache/zsqbench")).expanduser()
+    env = Environment(
+        data_root=resolve_data_root(args.data_root), device=device, cache_dir=cache,
+        teacher_weights=args.teacher_weights, download=args.download,
+    )
+    with RichProgress(quiet=args.quiet or args.json) as progress:
+        report = run_grid(specs, plugins, env, args.out, args.run_name, progress, force=args.force)
+    rows = report.done + report.skipped
+    if args.json:
+        print(json.dumps({
+            "results": [{k: r[k] for k in ("trial_id", "fp_top1", "ptq_top1", "top1_last", "top1_oracle", "wall_s")}
+                        | {"spec": r["spec"]} for r in rows],
+            "failed": [{"trial_id": s.trial_id, "error": e} for s, e in report.failed],
+        }, indent=2))
+    else:
+        _print_results(rows, report, args.out)
+    return 1 if report.failed else 0
+
+
+def _print_grid(specs, args) -> int:
+    rows = [
+        {"trial_id": s.trial_id, "generator": s.generator.name, "loss": s.loss.name, "bits": s.bits_label,
+         "seed": s.seed, "budget": s.budget_name, "state": trial_state(args.out, args.run_name, s)}
+        for s in specs
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title=f"{len(specs)} trial(s), results in {args.out / args.run_name}")
+    for col in rows[0]:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*(str(v) for v in r.values()))
+    out.print(table)
+    return 0
+
+
+def _print_results(rows, report, out_dir: Path) -> None:
+    if rows:
+        table = Table(title=f"results (leaderboard: {out_dir / 'leaderboard.csv'})")
+        for col in ("trial", "generator", "loss", "bits", "seed", "FP", "PTQ", "top-1 last", "oracle*"):
+            table.add_column(col)
+        for r in rows:
+            s = r["spec"]
+            table.add_row(r["trial_id"], s["generator"]["name"], s["loss"]["name"], f"w{s['w_bits']}a{s['a_bits']}",
+                          str(s["seed"]), f"{r['fp_top1']:.2f}", f"{r['ptq_top1']:.2f}", f"{r['top1_last']:.2f}",
+                          f"{r['top1_oracle']:.2f}")
+        out.print(table)
+        out.print("* oracle = best epoch selected on the test set; report 'top-1 last'.")
+    for spec, error in report.failed:
+        out.print(f"[red]failed[/red] {spec.trial_id}: {error}")

@@ -1,0 +1,130 @@
+"""Grid requests (what a user asks for) and their expansion into trial specs.
+
+A request is validated against the loaded plugins before anything runs: unknown names,
+bad bit-widths and malformed plugin options fail here, before a single epoch is spent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from zsqbench.data import dataset_info
+from zsqbench.errors import UnknownNameError, UserError
+from zsqbench.interfaces import TeacherModel
+from zsqbench.plugins import Plugins
+from zsqbench.spec import PluginChoice, TrialSpec, parse_bits
+
+
+class GridRequest(BaseModel):
+    """A grid as a user writes it (CLI flags or a TOML file with the same keys)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "resnet20"
+    dataset: str = "cifar10"
+    generators: list[str]
+    losses: list[str]
+    bits: str = Field(description="e.g. '3,4,5' or '4/8'")
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    budget: str = "cpu"
+    quantizer: str = "uniform"
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-plugin option overrides: {plugin name: {key: value}}"
+    )
+    optim: dict[str, Any] = Field(default_factory=dict, description="student/generator optimizer overrides")
+
+
+def load_grid_file(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"malformed config file {path}: {exc}; fix the TOML syntax") from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "value"
+    return f"{where}: {err['msg']}"
+
+
+def make_request(values: dict[str, Any], source: str) -> GridRequest:
+    try:
+        return GridRequest.model_validate(values)
+    except ValidationError as exc:
+        raise UserError(f"invalid grid in {source}: {_first_error(exc)}") from None
+
+
+def resolve_teacher(plugins: Plugins, model: str, dataset: str) -> TeacherModel:
+    dataset_info(dataset)
+    if model in plugins.models:
+        entry = plugins.models.get(model)
+        if entry.dataset != dataset:
+            raise UserError(
+                f"model '{model}' is trained on {entry.dataset}, not {dataset}; pass --dataset {entry.dataset}"
+            )
+        return entry
+    matches = [e.obj for e in plugins.models if e.obj.arch == model and e.obj.dataset == dataset]
+    if matches:
+        return matches[0]
+    raise UnknownNameError(plugins.models.unknown_message(model if "_" in model else f"{model}_{dataset}"))
+
+
+def _options(cls: Any, values: dict[str, Any], kind: str, name: str) -> dict[str, Any]:
+    try:
+        return cls.Options(**values).model_dump(mode="json")
+    except ValidationError as exc:
+        fields = ", ".join(cls.Options.model_fields) or "(none)"
+        raise UserError(f"bad option for {kind} '{name}': {_first_error(exc)}; its options are: {fields}") from None
+
+
+def expand(request: GridRequest, plugins: Plugins) -> list[TrialSpec]:
+    """Cross product generators × losses × bits × seeds, in that nesting order."""
+    teacher = resolve_teacher(plugins, request.model, request.dataset)
+    preset = plugins.config.budget(request.budget)
+    bits = parse_bits(request.bits)
+    if not request.generators or not request.losses:
+        raise UserError("empty grid: give at least one --generators and one --loss")
+    quant_cls = plugins.quantizers.get(request.quantizer)
+    known = set(plugins.generators.names()) | set(plugins.losses.names()) | {request.quantizer}
+    stray = sorted(set(request.options) - known)
+    if stray:
+        raise UserError(f"options given for unknown plugin(s) {stray}; known: {', '.join(sorted(known))}")
+    quant = PluginChoice(
+        name=request.quantizer, options=_options(quant_cls, request.options.get(request.quantizer, {}), "quantizer", request.quantizer)
+    )
+    specs: list[TrialSpec] = []
+    for gen_name, loss_name, (w, a), seed in itertools.product(request.generators, request.losses, bits, request.seeds):
+        gen_cls = plugins.generators.get(gen_name)
+        loss_cls = plugins.losses.get(loss_name)
+        budget, optim = preset.resolve(gen_name)
+        if request.optim:
+            try:
+                optim = optim.model_copy(update=request.optim)
+                optim = type(optim).model_validate(optim.model_dump())
+            except ValidationError as exc:
+                raise UserError(f"bad optimizer override: {_first_error(exc)}") from None
+        try:
+            spec = TrialSpec(
+                model=teacher.name,
+                dataset=request.dataset,
+                generator=PluginChoice(name=gen_name, options=_options(gen_cls, request.options.get(gen_name, {}), "generator", gen_name)),
+                loss=PluginChoice(name=loss_name, options=_options(loss_cls, request.options.get(loss_name, {}), "loss", loss_name)),
+                quantizer=quant,
+                w_bits=w,
+                a_bits=a,
+                seed=seed,
+                budget=budget,
+                optim=optim,
+                budget_name=request.budget,
+            )
+        except ValidationError as exc:
+            raise UserError(f"invalid trial: {_first_error(exc)}") from None
+        specs.append(spec)
+    return specs

@@ -1,0 +1,135 @@
+"""The plugin manager: bundled plugins from registry.toml plus installed entry points.
+
+Bundled plugins get no special path: they register through the same hooks a third-party
+package uses. ``ZSQBENCH_PLUGINS`` (comma-separated plugin names, bundled keys or entry
+point names) restricts what loads; unset means everything.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import metadata
+from typing import Any, Callable
+
+import pluggy
+
+from zsqbench import hookspecs
+from zsqbench.config import RegistryConfig, load_registry_config
+from zsqbench.errors import UserError
+from zsqbench.interfaces import DistillationLoss, Generator, Quantizer, TeacherModel
+from zsqbench.registry import Registry
+
+ENTRY_POINT_GROUP = "zsqbench"
+PLUGINS_ENV = "ZSQBENCH_PLUGINS"
+
+# kind label -> (hook name, attribute on Plugins)
+KINDS: dict[str, tuple[str, str]] = {
+    "model": ("register_models", "models"),
+    "quantizer": ("register_quantizers", "quantizers"),
+    "generator": ("register_generators", "generators"),
+    "loss": ("register_losses", "losses"),
+}
+
+
+@dataclass
+class Plugins:
+    """Everything loaded: the pluggy manager and one frozen registry per kind."""
+
+    manager: pluggy.PluginManager
+    config: RegistryConfig
+    models: Registry[TeacherModel]
+    quantizers: Registry[type[Quantizer]]
+    generators: Registry[type[Generator]]
+    losses: Registry[type[DistillationLoss]]
+    sources: dict[str, str]  # plugin module name -> "bundled" / "dist version"
+
+    def registry(self, kind: str) -> Registry[Any]:
+        return getattr(self, KINDS[kind][1])
+
+    def all_entries(self):
+        for kind in KINDS:
+            yield from self.registry(kind)
+
+
+def _allowed() -> set[str] | None:
+    raw = os.environ.get(PLUGINS_ENV)
+    if raw is None:
+        return None
+    return {p.strip() for p in raw.split(",") if p.strip()}
+
+
+def _describe(obj: Any) -> str:
+    text = getattr(obj, "description", None) or (obj.__doc__ or "").strip()
+    return text.splitlines()[0] if text else ""
+
+
+def build_plugins(config: RegistryConfig | None = None) -> Plugins:
+    """Load every plugin afresh. Tests use this; the CLI uses the cached :func:`get_plugins`."""
+    config = config or load_registry_config()
+    pm = pluggy.PluginManager("zsqbench")
+    pm.add_hookspecs(hookspecs)
+    allowed = _allowed()
+    sources: dict[str, str] = {}
+
+    for name, module_name in config.bundled.items():
+        if allowed is not None and name not in allowed:
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise UserError(
+                f"bundled plugin '{name}' ({module_name}) failed to import: {exc}; "
+                "fix registry.toml or reinstall zsqbench"
+            ) from None
+        pm.register(module, name=name)
+        sources[name] = "bundled"
+
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if allowed is not None and ep.name not in allowed:
+            continue
+        if ep.name in sources:
+            raise UserError(
+                f"duplicate plugin '{ep.name}': bundled and from {ep.dist.name if ep.dist else '?'}; "
+                "rename the entry point"
+            )
+        try:
+            module = ep.load()
+        except Exception as exc:  # a broken third-party plugin must not hide the others' names
+            raise UserError(f"plugin '{ep.name}' failed to load: {exc}; fix or uninstall it") from None
+        pm.register(module, name=ep.name)
+        sources[ep.name] = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "entry point"
+
+    plugins = Plugins(
+        manager=pm,
+        config=config,
+        models=Registry("model"),
+        quantizers=Registry("quantizer"),
+        generators=Registry("generator"),
+        losses=Registry("loss"),
+        sources=sources,
+    )
+    for kind, (hook_name, _) in KINDS.items():
+        registry = plugins.registry(kind)
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            source = sources.get(impl.plugin_name, impl.plugin_name)
+            impl.function(register=_registrar(registry, kind, source))
+        registry.freeze()
+    return plugins
+
+
+def _registrar(registry: Registry[Any], kind: str, source: str) -> Callable[[Any], None]:
+    def register(obj: Any) -> None:
+        name = getattr(obj, "name", None)
+        if not isinstance(name, str) or not name:
+            raise UserError(f"a {kind} plugin from {source} registered an object without a name")
+        registry.add(name, obj, source, _describe(obj))
+
+    return register
+
+
+@lru_cache(maxsize=1)
+def get_plugins() -> Plugins:
+    return build_plugins()

@@ -1,0 +1,245 @@
+"""The method-agnostic training loop of one trial (METHODS §4.3).
+
+Per epoch: set LRs, unfreeze activation ranges during the warm-up epochs, run
+``iters_per_epoch`` iterations (generator step, then a student step once warm-up is
+over; during warm-up a student forward only calibrates the ranges), freeze the ranges,
+evaluate. The student stays in eval mode throughout (METHODS §1.6).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from zsqbench.data import TestSet, load_test_set
+from zsqbench.evaluate import top1
+from zsqbench.features import FeatureTaps
+from zsqbench.interfaces import Batch, LossInputs, StudentObjective, TrainContext
+from zsqbench.plugins import Plugins
+from zsqbench.spec import TrialSpec
+from zsqbench.teachers import LoadedTeacher, load_teacher
+
+
+class TrialDiverged(RuntimeError):
+    """The student loss became NaN/Inf: the trial's numbers are not a result."""
+
+
+class ProgressSink(Protocol):
+    def start(self, description: str, total: int) -> None: ...
+    def advance(self, completed: int, info: str = "") -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+class NullProgress:
+    def start(self, description: str, total: int) -> None:
+        pass
+
+    def advance(self, completed: int, info: str = "") -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+
+@dataclass
+class Environment:
+    """Where and how a trial runs; nothing here changes its numbers' meaning."""
+
+    data_root: Path
+    device: torch.device
+    cache_dir: Path
+    teacher_weights: Path | None = None
+    download: bool = False
+    eval_batch_size: int = 500
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    phase: str  # "warmup" or "train"
+    lr: float
+    top1: float | None
+    losses: dict[str, float]
+    seconds: float
+
+
+@dataclass
+class TrialOutcome:
+    fp_top1: float
+    ptq_top1: float
+    epochs: list[EpochRecord]
+    teacher: LoadedTeacher
+    test_set: TestSet
+    wall_s: float
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def top1_last(self) -> float:
+        return self.epochs[-1].top1  # type: ignore[return-value]
+
+    @property
+    def top1_oracle(self) -> float:
+        """Best test top-1 over evaluated epochs: test-set selection, reported only as an oracle."""
+        return max(e.top1 for e in self.epochs if e.top1 is not None)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def standard_student_step(
+    ctx: TrainContext, batch: Batch, objective: StudentObjective, optimizer: torch.optim.Optimizer
+) -> dict[str, Tensor]:
+    """Student forward on the batch, the objective, one SGD step. Teacher outputs are reused
+    when the generator already computed them on the same images."""
+    if batch.teacher_logits is None:
+        with torch.no_grad():
+            t, t_feats = ctx.teacher_forward(batch.x)
+    else:
+        t, t_feats = batch.teacher_logits, batch.teacher_features or {}
+    s, s_feats = ctx.student_forward(batch.x)
+    terms = objective(LossInputs(s, t, batch.y, s_feats, t_feats))
+    optimizer.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    optimizer.step()
+    return {k: v.detach() for k, v in terms.items()}
+
+
+class TrialResources:
+    """Test sets and FP accuracies shared by the trials of one process (loaded once each)."""
+
+    def __init__(self) -> None:
+        self._test_sets: dict[tuple[str, Path], TestSet] = {}
+        self._inputs: dict[tuple, Tensor] = {}
+        self._fp_top1: dict[tuple, float] = {}
+
+    def test_set(self, name: str, env: Environment) -> TestSet:
+        key = (name, env.data_root)
+        if key not in self._test_sets:
+            self._test_sets[key] = load_test_set(name, env.data_root, download=env.download)
+        return self._test_sets[key]
+
+    def inputs(self, test: TestSet, teacher: LoadedTeacher) -> Tensor:
+        key = (test.sha256, teacher.normalization)
+        if key not in self._inputs:
+            self._inputs[key] = test.normalized(teacher.normalization)
+        return self._inputs[key]
+
+    def fp_top1(self, test: TestSet, teacher: LoadedTeacher, model, env: Environment) -> float:
+        key = (test.sha256, teacher.sha256, str(env.device))
+        if key not in self._fp_top1:
+            self._fp_top1[key] = top1(model, self.inputs(test, teacher), test.labels, env.device, env.eval_batch_size)
+        return self._fp_top1[key]
+
+
+def run_trial(
+    spec: TrialSpec,
+    plugins: Plugins,
+    env: Environment,
+    progress: ProgressSink | None = None,
+    resources: TrialResources | None = None,
+) -> TrialOutcome:
+    progress = progress or NullProgress()
+    resources = resources or TrialResources()
+    started = time.perf_counter()
+    device = env.device
+
+    entry = plugins.models.get(spec.model)
+    test = resources.test_set(spec.dataset, env)
+    loaded = load_teacher(entry, env.data_root, env.teacher_weights, env.download)
+    teacher = loaded.module.to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)  # METHODS §4.3 [REC]: identical results, no wasted weight gradients
+    inputs = resources.inputs(test, loaded)
+    fp = resources.fp_top1(test, loaded, teacher, env)
+    if loaded.expected_top1 is not None and abs(fp - loaded.expected_top1) > 0.5:
+        progress.message(
+            f"warning: FP teacher measured {fp:.2f}% but the '{loaded.weights_tag}' checkpoint is "
+            f"expected to give {loaded.expected_top1:.2f}%"
+        )
+
+    seed_everything(spec.seed)
+    quantizer = plugins.quantizers.get(spec.quantizer.name)(
+        plugins.quantizers.get(spec.quantizer.name).Options(**spec.quantizer.options)
+    )
+    student_fp = copy.deepcopy(teacher)
+    for p in student_fp.parameters():
+        p.requires_grad_(True)
+    student = quantizer.quantize(student_fp, spec.w_bits, spec.a_bits).to(device).eval()
+
+    gen_cls = plugins.generators.get(spec.generator.name)
+    loss_cls = plugins.losses.get(spec.loss.name)
+    ctx = TrainContext(
+        spec=spec, teacher_entry=entry, teacher=teacher, student=student, quantizer=quantizer,
+        device=device, cache_dir=env.cache_dir,
+        teacher_taps=FeatureTaps(teacher, (), detach=True), student_taps=FeatureTaps(student, (), detach=False),
+        report=lambda desc, done, total: progress.advance(done, desc),
+    )
+    generator = gen_cls(gen_cls.Options(**spec.generator.options), ctx)
+    objective = loss_cls(loss_cls.Options(**spec.loss.options), generator.native_losses(), entry)
+    ctx.teacher_taps = FeatureTaps(teacher, objective.feature_taps, detach=True)
+    ctx.student_taps = FeatureTaps(student, objective.feature_taps, detach=False)
+    generator.prepare()
+
+    o = spec.optim
+    optimizer = torch.optim.SGD(
+        student.parameters(), lr=o.student_lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+    )
+    budget = spec.budget
+    records: list[EpochRecord] = []
+    ptq = float("nan")
+    for epoch in range(budget.epochs):
+        t0 = time.perf_counter()
+        lr = o.student_lr * budget.lr_factor(epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        warmup = epoch < budget.warmup_epochs
+        quantizer.set_calibrating(student, warmup)
+        generator.start_epoch(epoch)
+        student.eval()
+        sums: dict[str, Tensor] = {}
+        progress.start(f"{spec.generator.name}+{spec.loss.name} {spec.bits_label} epoch {epoch + 1}/{budget.epochs}"
+                       + (" (warm-up)" if warmup else ""), budget.iters_per_epoch)
+        with ctx.teacher_taps.active(), ctx.student_taps.active():
+            for it in range(budget.iters_per_epoch):
+                batch = generator.next_batch(epoch)
+                if warmup:
+                    with torch.no_grad():
+                        student(batch.x)  # calibrates activation ranges
+                    ctx.student_taps.take()
+                else:
+                    terms = generator.student_step(batch, objective, optimizer)
+                    for k, v in terms.items():
+                        sums[k] = sums[k] + v if k in sums else v.clone()
+                if (it + 1) % 10 == 0 or it + 1 == budget.iters_per_epoch:
+                    info = f"loss {sums['total'].item() / (it + 1):.4f}" if "total" in sums else ""
+                    progress.advance(it + 1, info)
+        quantizer.set_calibrating(student, False)
+        losses = {k: v.item() / budget.iters_per_epoch for k, v in sums.items()}
+        if any(not math.isfinite(v) for v in losses.values()):
+            raise TrialDiverged(f"non-finite student loss in epoch {epoch}: {losses}")
+        acc = None
+        if epoch >= budget.warmup_epochs - 1:
+            acc = top1(student, inputs, test.labels, device, env.eval_batch_size)
+            if epoch == budget.warmup_epochs - 1:
+                ptq = acc
+        records.append(EpochRecord(epoch, "warmup" if warmup else "train", lr, acc, losses, time.perf_counter() - t0))
+        progress.message(
+            f"epoch {epoch + 1}/{budget.epochs}: top-1 {acc:.2f}%" if acc is not None
+            else f"epoch {epoch + 1}/{budget.epochs}: warm-up"
+        )
+    return TrialOutcome(
+        fp_top1=fp, ptq_top1=ptq, epochs=records, teacher=loaded, test_set=test,
+        wall_s=time.perf_counter() - started,
+    )
