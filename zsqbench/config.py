@@ -33,6 +33,9 @@ class BudgetOverride(_Strict):
     warmup_epochs: int | None = None
     lr_milestones: list[int] | None = None
     optim: dict[str, Any] = Field(default_factory=dict)
+    # Options of this generator that scale with the budget (e.g. HAST's synthesis size); they
+    # become part of the trial spec, and a user's own options for the generator win over them.
+    generator_options: dict[str, Any] = Field(default_factory=dict)
 
 
 class BudgetPreset(_Strict):
@@ -50,9 +53,14 @@ class BudgetPreset(_Strict):
         optim = dict(self.optim)
         override = self.generators.get(generator)
         if override is not None:
-            base.update(override.model_dump(exclude={"optim"}, exclude_none=True))
+            base.update(override.model_dump(exclude={"optim", "generator_options"}, exclude_none=True))
             optim.update(override.optim)
         return Budget(**base), OptimSettings(**optim)
+
+    def generator_options(self, generator: str) -> dict[str, Any]:
+        """The generator options this preset sets for ``generator`` (empty if none)."""
+        override = self.generators.get(generator)
+        return dict(override.generator_options) if override is not None else {}
 
 
 class DefaultRun(_Strict):

@@ -104,6 +104,7 @@ def expand(request: GridRequest, plugins: Plugins) -> list[TrialSpec]:
         gen_cls = plugins.generators.get(gen_name)
         loss_cls = plugins.losses.get(loss_name)
         budget, optim = preset.resolve(gen_name)
+        gen_options = {**preset.generator_options(gen_name), **request.options.get(gen_name, {})}
         if request.optim:
             try:
                 optim = optim.model_copy(update=request.optim)
@@ -114,7 +115,7 @@ def expand(request: GridRequest, plugins: Plugins) -> list[TrialSpec]:
             spec = TrialSpec(
                 model=teacher.name,
                 dataset=request.dataset,
-                generator=PluginChoice(name=gen_name, options=_options(gen_cls, request.options.get(gen_name, {}), "generator", gen_name)),
+                generator=PluginChoice(name=gen_name, options=_options(gen_cls, gen_options, "generator", gen_name)),
                 loss=PluginChoice(name=loss_name, options=_options(loss_cls, request.options.get(loss_name, {}), "loss", loss_name)),
                 quantizer=quant,
                 w_bits=w,

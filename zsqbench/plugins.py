@@ -66,8 +66,10 @@ def _describe(obj: Any) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def build_plugins(config: RegistryConfig | None = None) -> Plugins:
-    """Load every plugin afresh. Tests use this; the CLI uses the cached :func:`get_plugins`."""
+def build_plugins(config: RegistryConfig | None = None, extra: dict[str, object] | None = None) -> Plugins:
+    """Load every plugin afresh (plus ``extra`` plugin objects by name, as tests do).
+
+    The CLI uses the cached :func:`get_plugins`."""
     config = config or load_registry_config()
     pm = pluggy.PluginManager("zsqbench")
     pm.add_hookspecs(hookspecs)
@@ -101,6 +103,10 @@ def build_plugins(config: RegistryConfig | None = None) -> Plugins:
             raise UserError(f"plugin '{ep.name}' failed to load: {exc}; fix or uninstall it") from None
         pm.register(module, name=ep.name)
         sources[ep.name] = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "entry point"
+
+    for name, obj in (extra or {}).items():
+        pm.register(obj, name=name)
+        sources[name] = name
 
     plugins = Plugins(
         manager=pm,

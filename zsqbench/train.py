@@ -23,7 +23,7 @@ from torch import Tensor
 from zsqbench.data import TestSet, load_test_set
 from zsqbench.evaluate import top1
 from zsqbench.features import FeatureTaps
-from zsqbench.interfaces import Batch, LossInputs, StudentObjective, TrainContext
+from zsqbench.interfaces import Batch, Generator, LossInputs, StudentObjective, TeacherModel, TrainContext
 from zsqbench.plugins import Plugins
 from zsqbench.spec import TrialSpec
 from zsqbench.teachers import LoadedTeacher, load_teacher
@@ -70,6 +70,7 @@ class EpochRecord:
     top1: float | None
     losses: dict[str, float]
     seconds: float
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -143,6 +144,53 @@ class TrialResources:
         return self._fp_top1[key]
 
 
+@dataclass
+class TrialParts:
+    """The objects of one trial, wired together (used by the trainer, benchmarks and tests)."""
+
+    ctx: TrainContext
+    generator: Generator
+    objective: StudentObjective
+    optimizer: torch.optim.Optimizer
+
+
+def build_trial_parts(
+    spec: TrialSpec,
+    plugins: Plugins,
+    entry: TeacherModel,
+    teacher: torch.nn.Module,
+    device: torch.device,
+    cache_dir: Path,
+    progress: ProgressSink | None = None,
+) -> TrialParts:
+    """Quantize a copy of the (eval-mode, frozen) teacher, build generator, objective and optimizer."""
+    progress = progress or NullProgress()
+    quant_cls = plugins.quantizers.get(spec.quantizer.name)
+    quantizer = quant_cls(quant_cls.Options(**spec.quantizer.options))
+    student_fp = copy.deepcopy(teacher)
+    for p in student_fp.parameters():
+        p.requires_grad_(True)
+    student = quantizer.quantize(student_fp, spec.w_bits, spec.a_bits).to(device).eval()
+
+    gen_cls = plugins.generators.get(spec.generator.name)
+    loss_cls = plugins.losses.get(spec.loss.name)
+    ctx = TrainContext(
+        spec=spec, teacher_entry=entry, teacher=teacher, student=student, quantizer=quantizer,
+        device=device, cache_dir=cache_dir,
+        teacher_taps=FeatureTaps(teacher, (), detach=True), student_taps=FeatureTaps(student, (), detach=False),
+        report=lambda desc, done, total: progress.advance(done, desc),
+    )
+    generator = gen_cls(gen_cls.Options(**spec.generator.options), ctx)
+    objective = loss_cls(loss_cls.Options(**spec.loss.options), generator.native_losses(), entry)
+    ctx.teacher_taps = FeatureTaps(teacher, objective.feature_taps, detach=True)
+    ctx.student_taps = FeatureTaps(student, objective.feature_taps, detach=False)
+    o = spec.optim
+    optimizer = torch.optim.SGD(
+        student.parameters(), lr=o.student_lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+    )
+    return TrialParts(ctx, generator, objective, optimizer)
+
+
 def run_trial(
     spec: TrialSpec,
     plugins: Plugins,
@@ -170,32 +218,11 @@ def run_trial(
         )
 
     seed_everything(spec.seed)
-    quantizer = plugins.quantizers.get(spec.quantizer.name)(
-        plugins.quantizers.get(spec.quantizer.name).Options(**spec.quantizer.options)
-    )
-    student_fp = copy.deepcopy(teacher)
-    for p in student_fp.parameters():
-        p.requires_grad_(True)
-    student = quantizer.quantize(student_fp, spec.w_bits, spec.a_bits).to(device).eval()
-
-    gen_cls = plugins.generators.get(spec.generator.name)
-    loss_cls = plugins.losses.get(spec.loss.name)
-    ctx = TrainContext(
-        spec=spec, teacher_entry=entry, teacher=teacher, student=student, quantizer=quantizer,
-        device=device, cache_dir=env.cache_dir,
-        teacher_taps=FeatureTaps(teacher, (), detach=True), student_taps=FeatureTaps(student, (), detach=False),
-        report=lambda desc, done, total: progress.advance(done, desc),
-    )
-    generator = gen_cls(gen_cls.Options(**spec.generator.options), ctx)
-    objective = loss_cls(loss_cls.Options(**spec.loss.options), generator.native_losses(), entry)
-    ctx.teacher_taps = FeatureTaps(teacher, objective.feature_taps, detach=True)
-    ctx.student_taps = FeatureTaps(student, objective.feature_taps, detach=False)
+    parts = build_trial_parts(spec, plugins, entry, teacher, device, env.cache_dir, progress)
+    ctx, generator, objective, optimizer = parts.ctx, parts.generator, parts.objective, parts.optimizer
+    student, quantizer, o = ctx.student, ctx.quantizer, spec.optim
     generator.prepare()
 
-    o = spec.optim
-    optimizer = torch.optim.SGD(
-        student.parameters(), lr=o.student_lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
-    )
     budget = spec.budget
     records: list[EpochRecord] = []
     ptq = float("nan")
@@ -229,12 +256,19 @@ def run_trial(
         losses = {k: v.item() / budget.iters_per_epoch for k, v in sums.items()}
         if any(not math.isfinite(v) for v in losses.values()):
             raise TrialDiverged(f"non-finite student loss in epoch {epoch}: {losses}")
+        warnings: list[str] = []
+        # A weighted feature term that is exactly 0 means broken taps or pairing (METHODS §7.8, D3).
+        if not warmup and getattr(objective, "feature_weight", 0.0) > 0 and losses.get("feature") == 0.0:
+            warnings.append(f"feature term of loss '{spec.loss.name}' is exactly 0 in epoch {epoch}: "
+                            "feature taps or teacher/student pairing are broken")
+            progress.message(f"warning: {warnings[-1]}")
         acc = None
         if epoch >= budget.warmup_epochs - 1:
             acc = top1(student, inputs, test.labels, device, env.eval_batch_size)
             if epoch == budget.warmup_epochs - 1:
                 ptq = acc
-        records.append(EpochRecord(epoch, "warmup" if warmup else "train", lr, acc, losses, time.perf_counter() - t0))
+        records.append(EpochRecord(epoch, "warmup" if warmup else "train", lr, acc, losses, time.perf_counter() - t0,
+                                   warnings))
         progress.message(
             f"epoch {epoch + 1}/{budget.epochs}: top-1 {acc:.2f}%" if acc is not None
             else f"epoch {epoch + 1}/{budget.epochs}: warm-up"

@@ -98,8 +98,18 @@ class OnlineGenerator(Generator):
         return z, y, self.net(z, y)
 
     def step_generator(self, loss: Tensor) -> None:
+        """One Adam step on the generator alone.
+
+        The gradient is taken with respect to the generator's parameters only, so a loss
+        that also passes through the student (AdaDFQ's zero-sum terms) computes no student
+        weight gradients and leaves none behind (METHODS §9 S2); the generator's gradient
+        is the same as a full backward would give.
+        """
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        for p, g in zip(params, grads):
+            p.grad = g
         self.optimizer.step()
 
     def state_dict(self) -> dict:

@@ -1,0 +1,142 @@
+"""AdaDFQ (CVPR 2023): GDFQ's generator, trained zero-sum against the student (METHODS §5).
+
+Generator loss L_G = L_m + β·(α_ds·CE(t − s, y) + α_as·CE(t + s, y)) + γ·L_BNS, where s is the
+student on the *non-detached* images, so G also learns through the student's STE. The margin
+loss L_m keeps each sample's normalized disagreement entropy inside [λ_l, λ_u].
+
+Native student loss: the entropy of the softmaxed logit difference, −T²·mean_b H(softmax((t−s)/T)),
+with no label CE (§5.2). Its minimum is −T²·log C, reached at s = t + c·1.
+
+Departures from the reference code, none of which changes a number: the margin loss's zero
+vector follows the batch (defects A4/D4), and the generator's backward computes no student
+weight gradients (S2).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor
+from torch.nn import functional as F
+
+from zsqbench.hookspecs import hookimpl
+from zsqbench.interfaces import Batch, NativeLosses, PluginOptions
+from zsqbench_plugins.generators._common import OnlineGenerator
+from zsqbench_plugins.generators.gdfq import LogitObjective
+
+
+class AdaDFQOptions(PluginOptions):
+    """Defaults are the CIFAR hocon values (METHODS §5.3), used for every bit-width."""
+
+    alpha_ds: float = Field(0.2, ge=0, description="weight of the disagreement loss CE(t − s, y)")
+    alpha_as: float = Field(0.1, ge=0, description="weight of the agreement loss CE(t + s, y)")
+    lambda_l: float = Field(0.1, ge=0, le=1, description="lower bound of the normalized disagreement entropy")
+    lambda_u: float = Field(0.8, ge=0, le=1, description="upper bound of the normalized disagreement entropy")
+    beta: float = Field(1.0, ge=0, description="weight of the one-hot (disagreement + agreement) terms")
+    gamma: float = Field(1.0, ge=0, description="weight of the BN-statistics term (GDFQ uses 0.1)")
+    temperature: float = Field(20.0, gt=0, description="T of the entropy-of-difference student loss")
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> "AdaDFQOptions":
+        if self.lambda_l > self.lambda_u:
+            raise ValueError(f"lambda_l ({self.lambda_l}) must not exceed lambda_u ({self.lambda_u})")
+        return self
+
+
+def entropy(logits: Tensor) -> Tensor:
+    """Per-row entropy H(softmax(logits)) in nats, shape (B,); log_softmax keeps it finite."""
+    log_p = F.log_softmax(logits, dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1)
+
+
+def margin_loss(teacher_logits: Tensor, student_logits: Tensor, lambda_l: float, lambda_u: float) -> Tensor:
+    """L_m (METHODS §5.1): hinge penalties keeping h'_b inside [λ_l, λ_u].
+
+    h_b = H(softmax(t_b − s_b)) at T = 1, normalized by the batch minimum:
+    h'_b = (h_b − min_j h_j) / (log C − min_j h_j). Gradients flow through the minimum, as in
+    the code. The arg-min sample has h' = 0, so L_m ≥ λ_l / B (a batch of one gives λ_l).
+    The denominator is floored at 1e-12 only so that a batch whose every difference is
+    exactly uniform gives a finite value instead of 0/0.
+    """
+    h = entropy(teacher_logits - student_logits)
+    h_min = h.min()
+    h_max = math.log(teacher_logits.shape[1])
+    h_norm = (h - h_min) / (h_max - h_min).clamp_min(1e-12)
+    zeros = torch.zeros_like(h_norm)  # follows the batch (the reference hard-coded 16 / 200: A4, D4)
+    below = (lambda_l - h_norm).maximum(zeros)
+    above = (h_norm - lambda_u).maximum(zeros)
+    return below.mean() + above.mean()
+
+
+def disagreement_loss(teacher_logits: Tensor, student_logits: Tensor, labels: Tensor) -> Tensor:
+    """L_ds = CE(t − s, y): the label should dominate where teacher and student differ."""
+    return F.cross_entropy(teacher_logits - student_logits, labels)
+
+
+def agreement_loss(teacher_logits: Tensor, student_logits: Tensor, labels: Tensor) -> Tensor:
+    """L_as = CE(t + s, y): teacher and student should both favour the label."""
+    return F.cross_entropy(teacher_logits + student_logits, labels)
+
+
+class EntropyDiffLoss:
+    """AdaDFQ's student loss −T²·mean_b H(softmax((t − s)/T)) (METHODS §5.2). No label CE.
+
+    ``labels`` is accepted for the logit-loss protocol and ignored.
+    """
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature
+
+    def __call__(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor) -> Tensor:
+        t = self.temperature
+        return -(t * t) * entropy((teacher_logits - student_logits) / t).mean()
+
+
+class AdaDFQ(OnlineGenerator):
+    name = "adadfq"
+    description = (
+        "AdaDFQ generator: GDFQ's generator trained zero-sum against the student (margin + "
+        "disagreement/agreement + BNS); entropy-of-difference student loss"
+    )
+    Options = AdaDFQOptions
+
+    def generator_loss(self, t: Tensor, s: Tensor, y: Tensor, bns: Tensor) -> dict[str, Tensor]:
+        """The terms of L_G, ``total`` among them; ``t`` and ``s`` keep their graphs to G."""
+        o: AdaDFQOptions = self.options  # type: ignore[assignment]
+        terms = {
+            "margin": margin_loss(t, s, o.lambda_l, o.lambda_u),
+            "disagreement": disagreement_loss(t, s, y),
+            "agreement": agreement_loss(t, s, y),
+            "bns": bns,
+        }
+        onehot = o.alpha_ds * terms["disagreement"] + o.alpha_as * terms["agreement"]
+        terms["total"] = terms["margin"] + o.beta * onehot + o.gamma * bns
+        return terms
+
+    def next_batch(self, epoch: int) -> Batch:
+        """METHODS §5.4: G step through teacher *and* student; the student step follows in the trainer.
+
+        The student forward here updates activation ranges while they are unfrozen (the
+        trainer's own forward is the second update of the iteration, as in the code). Its
+        tapped features are discarded so the student step gets those of its own forward.
+        """
+        ctx = self.ctx
+        z, y, x = self.sample()
+        with self.bns.recording():
+            t, t_feats = ctx.teacher_forward(x)
+        s = ctx.student(x)
+        ctx.student_taps.take()
+        loss_g = self.generator_loss(t, s, y, self.bns.loss())["total"]
+        self.step_generator(loss_g)
+        return Batch(x=x.detach(), y=y, teacher_logits=t.detach(), teacher_features=t_feats)
+
+    def native_losses(self) -> NativeLosses:
+        logit = EntropyDiffLoss(self.options.temperature)  # type: ignore[attr-defined]
+        return NativeLosses(logit=logit, objective=LogitObjective(logit))
+
+
+@hookimpl
+def register_generators(register) -> None:
+    register(AdaDFQ)

@@ -1,0 +1,235 @@
+"""Shared code of the attention-based feature-distillation losses (METHODS §7–§8).
+
+AKT's refined feature distillation (RFD) compares, for every tapped feature map, the
+teacher's and the student's *spatial* and *channel* attentions through a temperature
+softened KL divergence. The ``spatial`` and ``channel`` plugins are the paper's Table 4
+ablations (one branch each), ``akt`` uses both. All three are one class here,
+:class:`AttentionDistillationLoss`, parametrized by the branches it sums; the plugin
+modules only name and register a subclass, so the three cannot drift apart.
+
+Paper vs code (METHODS §7.2, §7.4, §12). Every difference is an option whose default is
+the released code; ``mode="paper"`` switches all of them at once (explicit keys still win):
+
+=================  ==========================  =====================================
+option             code (default)              paper
+=================  ==========================  =====================================
+logit              ``native`` (AdaDFQ: entropy ``kl`` ("standard KL", T = 20)
+                   of the logit difference)
+akt_alpha          ``None``: L_logit + L_RFD   0.5: α·L_logit + (1 − α)·L_RFD (Eq. 9)
+map_reduction      ``sum`` over the n maps     ``mean`` (λ/n, Eq. 8)
+taps               ``default`` (9 ResUnit      ``last_per_stage`` ("final layer of
+                   bodies in ResNet-20)        each module", 3 maps)
+batch_reduction    ``sum``                     unstated; kept at ``sum``
+=================  ==========================  =====================================
+
+Not an option: the channel attention is softmaxed twice (once inside Ch, once after the
+division by τ). METHODS §7.1 marks the attentions [PAPER = CODE], so a single-softmax
+variant would be neither the paper nor the code, only a new method.
+
+Numerics: both attention distributions are almost uniform, so the KL is a tiny difference
+of large logs (≈ ‖Δ‖²/(2Nτ²), METHODS §7.2). The softmax/KL part is computed in float64:
+in float32 the cancellation error exceeds the value itself for close maps (measured: 8× for
+spatial and 360× for channel KLs of 16×32×32 maps with 10% noise, where the KL is 1e-8 and
+1e-10 per sample). It is O(B·(HW + C)) elements per map, negligible next to the network.
+The attentions themselves (means of F²) stay in the maps' dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor
+from torch.nn import functional as F
+
+from zsqbench.errors import UserError
+from zsqbench.interfaces import DistillationLoss, LossInputs, NativeLosses, PluginOptions, TeacherModel
+from zsqbench_plugins.generators._common import kd_kl
+
+# ------------------------------------------------------------------------ attentions
+
+
+def spatial_attention(feature: Tensor, eps: float = 1e-12) -> Tensor:
+    """Sp(F) (METHODS §7.1): mean over channels of F², flattened to (B, H·W), L2-normalized
+    per sample, so the attention says *where* the map is active regardless of its scale."""
+    return F.normalize(feature.pow(2).mean(dim=1).flatten(1), p=2.0, dim=1, eps=eps)
+
+
+def channel_attention(feature: Tensor) -> Tensor:
+    """Ch(F) (METHODS §7.1): softmax over channels of the per-channel mean of F², shape (B, C),
+    i.e. *which* channels carry the energy. The KL softmaxes it a second time (§7.2)."""
+    return torch.softmax(feature.pow(2).mean(dim=(2, 3)), dim=1)
+
+
+ATTENTIONS: dict[str, Callable[[Tensor], Tensor]] = {"spatial": spatial_attention, "channel": channel_attention}
+
+
+def attention_kl(teacher_attention: Tensor, student_attention: Tensor, tau: float) -> Tensor:
+    """Per-sample KL( softmax(A_T/τ) ‖ softmax(A_Q/τ) ), summed over attention positions: shape (B,).
+
+    Direction teacher ‖ student as in the code (Σ p_T (log p_T − log p_Q)); no τ² factor.
+    log_softmax equals the code's log(softmax(·)) and cannot underflow. Computed in float64
+    (see the module docstring) and returned in the attention's dtype.
+    """
+    if teacher_attention.shape != student_attention.shape:
+        raise ValueError(
+            f"teacher attention {tuple(teacher_attention.shape)} and student attention "
+            f"{tuple(student_attention.shape)} differ; the tapped maps must have the same shape"
+        )
+    log_p_t = torch.log_softmax(teacher_attention.double() / tau, dim=1)
+    log_p_q = torch.log_softmax(student_attention.double() / tau, dim=1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_q)).sum(dim=1)
+    return kl.to(student_attention.dtype)
+
+
+# --------------------------------------------------------------------------- options
+
+#: What ``mode="paper"`` sets (METHODS §7.2, §7.3, §7.4, §12) unless a key is given explicitly.
+PAPER_SETTINGS: dict[str, Any] = {
+    "logit": "kl",
+    "akt_alpha": 0.5,
+    "map_reduction": "mean",
+    "taps": "last_per_stage",
+}
+
+
+class AttentionLossOptions(PluginOptions):
+    mode: Literal["code", "paper"] = Field(
+        "code",
+        description="preset of the paper/code differences: 'code' = released AKT code, 'paper' = "
+        "logit=kl, akt_alpha=0.5, map_reduction=mean, taps=last_per_stage; explicit options win",
+    )
+    logit: Literal["native", "kl"] = Field(
+        "native",
+        description="logit term: 'native' = the generator's published logit loss (code; AdaDFQ's "
+        "entropy of the logit difference), 'kl' = T²·KL batchmean (paper's 'standard KL')",
+    )
+    temperature: float = Field(20.0, gt=0, description="T of the 'kl' logit term")
+    lam: float = Field(1000.0, ge=0, description="λ, weight of the feature term (code: 1000, paper: unstated)")
+    tau: float = Field(8.0, gt=0, description="τ, temperature of the attention softmax")
+    map_reduction: Literal["sum", "mean"] = Field(
+        "sum", description="over the n tapped maps: 'sum' = code, 'mean' = paper (λ/n)"
+    )
+    batch_reduction: Literal["sum", "mean"] = Field(
+        "sum", description="over the batch: 'sum' = code (grows with B), 'mean' = per-sample average"
+    )
+    taps: str = Field(
+        "default",
+        description="which of the teacher's named tap sets to use: 'default'/'all_units' (ResNet-20: "
+        "9 ResUnit bodies, code) or 'last_per_stage' (3 maps, paper)",
+    )
+    akt_alpha: float | None = Field(
+        None, ge=0, le=1,
+        description="None = code: L_logit + L_feat; α = paper Eq. 9: α·L_logit + (1 − α)·L_feat (paper α = 0.5)",
+    )
+    per_map: bool = Field(False, description="also return 'feature/<path>', each map's share of 'feature'")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_mode(cls, data: Any) -> Any:
+        """Fill the paper's values for keys not given; the dumped options then hold them
+        explicitly, so re-validating a stored spec is idempotent."""
+        if isinstance(data, dict) and data.get("mode") == "paper":
+            data = {**PAPER_SETTINGS, **data}
+        return data
+
+
+# ------------------------------------------------------------------------------ loss
+
+
+class AttentionDistillationLoss(DistillationLoss):
+    """L = L_logit + λ·R_maps R_batch Σ_branches KL_branch (code), or α·L_logit + (1 − α)·(…) (paper).
+
+    Subclasses set :attr:`branches`. Teacher and student maps are paired by module path,
+    never by order, and a missing map is an error: an empty pairing is exactly how the
+    released code's RFD became identically 0 (METHODS §9, D3).
+    """
+
+    branches: ClassVar[tuple[str, ...]] = ()
+    Options = AttentionLossOptions
+
+    def __init__(self, options: PluginOptions, native: NativeLosses, teacher: TeacherModel) -> None:
+        super().__init__(options, native, teacher)
+        opts: AttentionLossOptions = self.options  # type: ignore[assignment]
+        unknown = [b for b in self.branches if b not in ATTENTIONS]
+        if not self.branches or unknown:
+            raise TypeError(f"{type(self).__name__}.branches must name some of {sorted(ATTENTIONS)}")
+        if opts.taps not in teacher.feature_taps:
+            known = ", ".join(sorted(teacher.feature_taps)) or "(none)"
+            raise UserError(
+                f"loss '{self.name}': model '{teacher.name}' has no feature-tap set '{opts.taps}'; "
+                f"use taps = one of: {known}"
+            )
+        paths = tuple(teacher.feature_taps[opts.taps])
+        if not paths:
+            raise UserError(f"loss '{self.name}': tap set '{opts.taps}' of model '{teacher.name}' is empty")
+        self.feature_taps = paths
+
+    @property
+    def feature_weight(self) -> float:
+        """Effective weight of the feature term in ``total`` (λ, times 1 − α in the paper form).
+
+        The trainer warns when the epoch's feature term is exactly 0 although this is > 0:
+        that is the signature of broken taps or pairing (METHODS §7.8, defect D3).
+        """
+        opts: AttentionLossOptions = self.options  # type: ignore[assignment]
+        return opts.lam * (1.0 if opts.akt_alpha is None else 1.0 - opts.akt_alpha)
+
+    def logit_term(self, inputs: LossInputs) -> Tensor:
+        opts: AttentionLossOptions = self.options  # type: ignore[assignment]
+        if opts.logit == "native":
+            # Code: for AdaDFQ the entropy-of-difference loss (§5.2); GDFQ+AKT / HAST+AKT keep
+            # their own logit loss (§7.7).
+            return self.native.logit(inputs.student_logits, inputs.teacher_logits, inputs.labels)
+        # Paper: "standard KL" logit distillation at T = 20 (§7.4).
+        return kd_kl(inputs.student_logits, inputs.teacher_logits, opts.temperature, "batchmean")
+
+    def map_terms(self, inputs: LossInputs) -> dict[str, dict[str, Tensor]]:
+        """branch -> path -> KL of that map, reduced over the batch (not yet weighted by λ)."""
+        opts: AttentionLossOptions = self.options  # type: ignore[assignment]
+        missing = [
+            p for p in self.feature_taps if p not in inputs.teacher_features or p not in inputs.student_features
+        ]
+        if missing:
+            raise RuntimeError(
+                f"loss '{self.name}' needs feature maps {missing} from teacher and student, got teacher "
+                f"{sorted(inputs.teacher_features)} / student {sorted(inputs.student_features)}; "
+                "run both forwards inside FeatureTaps.active()"
+            )
+        out: dict[str, dict[str, Tensor]] = {b: {} for b in self.branches}
+        for path in self.feature_taps:
+            f_t = inputs.teacher_features[path].detach()  # teacher is a fixed target
+            f_q = inputs.student_features[path]
+            for branch in self.branches:
+                attend = ATTENTIONS[branch]
+                kl = attention_kl(attend(f_t), attend(f_q), opts.tau)
+                # mode: code = reduction 'sum' over batch (and positions); 'mean' divides by B.
+                out[branch][path] = kl.sum() if opts.batch_reduction == "sum" else kl.mean()
+        return out
+
+    def __call__(self, inputs: LossInputs) -> dict[str, Tensor]:
+        opts: AttentionLossOptions = self.options  # type: ignore[assignment]
+        logit = self.logit_term(inputs)
+        per_branch = self.map_terms(inputs)
+        # mode: code = Σ_j over maps; paper = (1/n) Σ_j (Eq. 8).
+        scale = opts.lam / (len(self.feature_taps) if opts.map_reduction == "mean" else 1)
+        branch_terms = {b: scale * torch.stack(list(maps.values())).sum() for b, maps in per_branch.items()}
+        feature = torch.stack(list(branch_terms.values())).sum()
+        if opts.akt_alpha is None:
+            total = logit + feature  # mode: code, weights 1 and 1
+        else:
+            total = opts.akt_alpha * logit + (1.0 - opts.akt_alpha) * feature  # mode: paper Eq. 9
+        terms: dict[str, Tensor] = {"total": total, "logit": logit, "feature": feature}
+        if len(self.branches) > 1:
+            terms.update(branch_terms)
+        if opts.per_map:
+            for path in self.feature_taps:
+                terms[f"feature/{path}"] = scale * torch.stack([per_branch[b][path] for b in self.branches]).sum()
+        return terms
+
+
+__all__ = [
+    "ATTENTIONS", "AttentionDistillationLoss", "AttentionLossOptions", "PAPER_SETTINGS",
+    "attention_kl", "channel_attention", "spatial_attention",
+]

@@ -1,0 +1,22 @@
+"""Channel-attention-only feature distillation (AKT paper Table 4 ablation, METHODS §8).
+
+L = L_logit + λ·Σ_maps Σ_b KL( softmax(Ch(F_T)/τ) ‖ softmax(Ch(F_Q)/τ) ); Ch already ends in
+a softmax, so the channel attention is softmaxed twice, as in paper and code. Options and
+paper/code modes: see :mod:`zsqbench_plugins.losses._feature`.
+"""
+
+from __future__ import annotations
+
+from zsqbench.hookspecs import hookimpl
+from zsqbench_plugins.losses._feature import AttentionDistillationLoss
+
+
+class ChannelLoss(AttentionDistillationLoss):
+    name = "channel"
+    description = "logit loss + λ·KL of channel attentions of the tapped feature maps (AKT ablation)"
+    branches = ("channel",)
+
+
+@hookimpl
+def register_losses(register) -> None:
+    register(ChannelLoss)

@@ -1,0 +1,69 @@
+"""Shared fixtures: loaded plugins, tiny trial parts on a randomly initialized ResNet-20,
+and the real data root (tests that need it are marked ``realdata`` and skip without it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from zsqbench.plugins import build_plugins
+from zsqbench.spec import Budget, PluginChoice, TrialSpec
+from zsqbench.train import TrialParts, build_trial_parts, seed_everything
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def plugins():
+    return build_plugins()
+
+
+def make_spec(
+    generator: str = "gdfq",
+    loss: str = "kd",
+    bits: int = 4,
+    batch_size: int = 4,
+    dataset: str = "cifar10",
+    generator_options: dict | None = None,
+    loss_options: dict | None = None,
+    **budget,
+) -> TrialSpec:
+    b = {"epochs": 2, "iters_per_epoch": 2, "batch_size": batch_size, "warmup_epochs": 1}
+    b.update(budget)
+    return TrialSpec(
+        model=f"resnet20_{dataset}",
+        dataset=dataset,
+        generator=PluginChoice(name=generator, options=generator_options or {}),
+        loss=PluginChoice(name=loss, options=loss_options or {}),
+        w_bits=bits,
+        a_bits=bits,
+        seed=0,
+        budget=Budget(**b),
+    )
+
+
+def make_parts(plugins, spec: TrialSpec, cache_dir: Path, seed: int = 0) -> TrialParts:
+    """Trial parts around a randomly initialized teacher (no data or weights needed)."""
+    seed_everything(seed)
+    entry = plugins.models.get(spec.model)
+    teacher = entry.build().eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return build_trial_parts(spec, plugins, entry, teacher, torch.device("cpu"), cache_dir)
+
+
+@pytest.fixture
+def tiny_parts(plugins, tmp_path):
+    """Factory: ``tiny_parts(make_spec(...))`` -> TrialParts on CPU."""
+    return lambda spec, seed=0: make_parts(plugins, spec, tmp_path / "cache", seed)
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = os.environ.get("ZSQBENCH_DATA")
+    if not root or not (Path(root) / "cifar-10-batches-py" / "test_batch").is_file():
+        pytest.skip("ZSQBENCH_DATA does not point at a folder with the CIFAR-10 test set and weights/")
+    return Path(root)

@@ -1,0 +1,34 @@
+"""Tiny synthetic data roots in torchvision's layout (CIFAR-10 and CIFAR-100)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def write_test_set(root: Path, dataset: str = "cifar10", n: int = 40, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    classes = 10 if dataset == "cifar10" else 100
+    data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+    labels = [int(v) for v in rng.integers(0, classes, size=n)]
+    if dataset == "cifar10":
+        path = root / "cifar-10-batches-py" / "test_batch"
+        payload = {"batch_label": "testing batch 1 of 1", "labels": labels, "data": data}
+    else:
+        path = root / "cifar-100-python" / "test"
+        payload = {"filenames": [f"{i}.png" for i in range(n)], "fine_labels": labels,
+                   "coarse_labels": [v // 5 for v in labels], "data": data}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        pickle.dump(payload, fh, protocol=2)
+    return path
+
+
+def write_random_weights(path: Path, model: torch.nn.Module, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path

@@ -1,0 +1,72 @@
+"""Trial specs: validation, bit parsing and the stability of trial ids."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from zsqbench.errors import UserError
+from zsqbench.spec import Budget, TrialSpec, parse_bits
+
+from conftest import make_spec
+
+
+def test_trial_id_ignores_key_order_and_label():
+    spec = make_spec()
+    data = spec.model_dump(mode="json")
+    shuffled = json.loads(json.dumps(dict(reversed(list(data.items())))))
+    shuffled["budget_name"] = "another label"
+    assert TrialSpec.model_validate(shuffled).trial_id == spec.trial_id
+
+
+def test_trial_id_changes_with_any_setting():
+    base = make_spec()
+    assert make_spec(bits=3).trial_id != base.trial_id
+    assert make_spec(batch_size=8).trial_id != base.trial_id
+    assert make_spec(loss_options={"form": "kl"}).trial_id != base.trial_id
+    assert base.model_copy(update={"seed": 1}).trial_id != base.trial_id
+
+
+def test_trial_id_is_stable_across_processes():
+    spec = make_spec()
+    code = (
+        "import json,sys; from zsqbench.spec import TrialSpec; "
+        "print(TrialSpec.model_validate(json.loads(sys.argv[1])).trial_id)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(spec.model_dump(mode="json"))],
+        capture_output=True, text=True, check=True,
+    )
+    assert out.stdout.strip() == spec.trial_id
+    assert len(spec.trial_id) == 16
+
+
+def test_spec_rejects_unknown_fields_and_bad_bits():
+    data = make_spec().model_dump(mode="json")
+    with pytest.raises(ValidationError):
+        TrialSpec.model_validate({**data, "surprise": 1})
+    with pytest.raises(ValidationError):
+        TrialSpec.model_validate({**data, "w_bits": 9})
+    with pytest.raises(ValidationError):
+        TrialSpec.model_validate({**data, "a_bits": 1})
+
+
+def test_budget_needs_training_epochs_after_warmup():
+    with pytest.raises(ValidationError):
+        Budget(epochs=4, iters_per_epoch=1, batch_size=1, warmup_epochs=4)
+    b = Budget(epochs=400, iters_per_epoch=200, batch_size=200, warmup_epochs=4, lr_milestones=[100, 200, 300])
+    assert b.lr_factor(99) == 1.0
+    assert b.lr_factor(100) == pytest.approx(0.1)
+    assert b.lr_factor(399) == pytest.approx(0.001)
+
+
+def test_parse_bits():
+    assert parse_bits("3,4,5") == [(3, 3), (4, 4), (5, 5)]
+    assert parse_bits("4/8, 2") == [(4, 8), (2, 2)]
+    for bad in ("9", "1", "3,x", "4/8/2", ""):
+        with pytest.raises(UserError):
+            parse_bits(bad)
