@@ -199,7 +199,10 @@ class AttentionDistillationLoss(DistillationLoss):
             )
         out: dict[str, dict[str, Tensor]] = {b: {} for b in self.branches}
         for path in self.feature_taps:
-            f_t = inputs.teacher_features[path].detach()  # teacher is a fixed target
+            # Not detached here: the trainer's teacher taps already detach (the D3 fix, §7.6);
+            # HAST's difficulty promotion deliberately keeps the teacher graph so its input
+            # gradient also flows through the teacher's features (§6.3, §7.7).
+            f_t = inputs.teacher_features[path]
             f_q = inputs.student_features[path]
             for branch in self.branches:
                 attend = ATTENTIONS[branch]
