@@ -186,3 +186,11 @@ def test_smoke_run_on_real_cifar10_measures_the_teacher(capsys, data_root, tmp_p
     assert row["teacher_weights"] == "chenyaofo"
     assert row["data_sha256"] == "72b7c94d2a99e46101e01e52e7fcb8f1066d3402fa9f22998d8ffd54fb01ba4c"
     assert (row["generator"], row["loss"], row["w_bits"], row["a_bits"]) == ("gdfq", "kd", 4, 4)
+
+
+def test_readme_documents_every_leaderboard_column():
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for column in LEADERBOARD_COLUMNS:
+        assert f"| `{column}` |" in readme

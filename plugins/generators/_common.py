@@ -105,12 +105,7 @@ class OnlineGenerator(Generator):
         weight gradients and leaves none behind (METHODS §9 S2); the generator's gradient
         is the same as a full backward would give.
         """
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        self.optimizer.zero_grad(set_to_none=True)
-        for p, g in zip(params, grads):
-            p.grad = g
-        self.optimizer.step()
+        step_on(self.optimizer, loss, self.net)
 
     def state_dict(self) -> dict:
         return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -118,6 +113,20 @@ class OnlineGenerator(Generator):
     def load_state_dict(self, state: dict) -> None:
         self.net.load_state_dict(state["net"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+def step_on(optimizer: torch.optim.Optimizer, loss: Tensor, module: nn.Module) -> None:
+    """One optimizer step on ``module``'s parameters with the gradient of ``loss`` w.r.t. them alone.
+
+    Other networks the loss passes through (teacher, student) get no weight gradients
+    computed and none left behind; ``module``'s gradient equals a full backward's.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    optimizer.zero_grad(set_to_none=True)
+    for p, g in zip(params, grads):
+        p.grad = g
+    optimizer.step()
 
 
 def kd_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float, reduction: str) -> Tensor:
@@ -133,4 +142,4 @@ def kd_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float, re
     return total / denom * (t * t)
 
 
-__all__ = ["Batch", "BNStatsLoss", "CifarGenerator", "OnlineGenerator", "kd_kl"]
+__all__ = ["Batch", "BNStatsLoss", "CifarGenerator", "OnlineGenerator", "kd_kl", "step_on"]

@@ -80,6 +80,23 @@ def agreement_loss(teacher_logits: Tensor, student_logits: Tensor, labels: Tenso
     return F.cross_entropy(teacher_logits + student_logits, labels)
 
 
+def generator_loss(t: Tensor, s: Tensor, y: Tensor, bns: Tensor, o: AdaDFQOptions) -> dict[str, Tensor]:
+    """The terms of L_G = L_m + β·(α_ds·L_ds + α_as·L_as) + γ·L_BNS, ``total`` among them.
+
+    ``t`` and ``s`` are the teacher's and the student's logits on the same generated images,
+    both keeping their graphs to the generator.
+    """
+    terms = {
+        "margin": margin_loss(t, s, o.lambda_l, o.lambda_u),
+        "disagreement": disagreement_loss(t, s, y),
+        "agreement": agreement_loss(t, s, y),
+        "bns": bns,
+    }
+    onehot = o.alpha_ds * terms["disagreement"] + o.alpha_as * terms["agreement"]
+    terms["total"] = terms["margin"] + o.beta * onehot + o.gamma * bns
+    return terms
+
+
 class EntropyDiffLoss:
     """AdaDFQ's student loss −T²·mean_b H(softmax((t − s)/T)) (METHODS §5.2). No label CE.
 
@@ -102,19 +119,6 @@ class AdaDFQ(OnlineGenerator):
     )
     Options = AdaDFQOptions
 
-    def generator_loss(self, t: Tensor, s: Tensor, y: Tensor, bns: Tensor) -> dict[str, Tensor]:
-        """The terms of L_G, ``total`` among them; ``t`` and ``s`` keep their graphs to G."""
-        o: AdaDFQOptions = self.options  # type: ignore[assignment]
-        terms = {
-            "margin": margin_loss(t, s, o.lambda_l, o.lambda_u),
-            "disagreement": disagreement_loss(t, s, y),
-            "agreement": agreement_loss(t, s, y),
-            "bns": bns,
-        }
-        onehot = o.alpha_ds * terms["disagreement"] + o.alpha_as * terms["agreement"]
-        terms["total"] = terms["margin"] + o.beta * onehot + o.gamma * bns
-        return terms
-
     def next_batch(self, epoch: int) -> Batch:
         """METHODS §5.4: G step through teacher *and* student; the student step follows in the trainer.
 
@@ -128,7 +132,7 @@ class AdaDFQ(OnlineGenerator):
             t, t_feats = ctx.teacher_forward(x)
         s = ctx.student(x)
         ctx.student_taps.take()
-        loss_g = self.generator_loss(t, s, y, self.bns.loss())["total"]
+        loss_g = generator_loss(t, s, y, self.bns.loss(), self.options)["total"]  # type: ignore[arg-type]
         self.step_generator(loss_g)
         return Batch(x=x.detach(), y=y, teacher_logits=t.detach(), teacher_features=t_feats)
 

@@ -40,7 +40,7 @@ from zsqbench.hookspecs import hookimpl
 from zsqbench.interfaces import (
     Batch, Generator, LossInputs, NativeLosses, PluginOptions, StudentObjective, TrainContext,
 )
-from zsqbench_plugins.generators._common import BNStatsLoss, CifarGenerator, kd_kl
+from zsqbench_plugins.generators._common import BNStatsLoss, CifarGenerator, kd_kl, step_on
 
 # (λ_FA, ε) per dataset in the hocon files; the code hard-codes the CIFAR-10 pair for both (H1).
 HOCON_HPARAMS: dict[str, tuple[float, float]] = {"cifar10": (1000.0, 0.01), "cifar100": (2000.0, 0.02)}
@@ -53,6 +53,9 @@ IMAGE_SHAPE = (3, 32, 32)
 
 
 class HASTOptions(PluginOptions):
+    """Defaults are the reference code's (METHODS §6.4). The synthesis size is an option, not a
+    budget field; the smoke and cpu presets shrink it through their ``generator_options``."""
+
     # student loss and difficulty promotion
     hparams: Literal["code", "hocon"] = Field(
         "code", description="'code' = λ_FA 1000, ε 0.01 (what options.py ran); 'hocon' = per dataset "
@@ -331,12 +334,7 @@ class CalibrationGenerator:
         with self.bns.recording():
             t, feats = ctx.teacher_forward(x)
         loss = F.cross_entropy(t, y) + self.bns_weight * self.bns.loss()
-        params = list(self.net.parameters())
-        grads = torch.autograd.grad(loss, params)
-        self.optimizer.zero_grad(set_to_none=True)
-        for p, g in zip(params, grads):
-            p.grad = g
-        self.optimizer.step()
+        step_on(self.optimizer, loss, self.net)
         return Batch(x=x.detach(), y=y, teacher_logits=t.detach(), teacher_features=feats)
 
 
@@ -348,7 +346,8 @@ def _taps_with_graph(taps: FeatureTaps, enabled: bool) -> Iterator[None]:
     """Let the teacher taps keep the graph for one forward: the perturbation gradient of the
     FA term flows through the teacher's features too (METHODS §6.3)."""
     previous = taps.detach
-    taps.detach = not enabled and previous
+    if enabled:
+        taps.detach = False
     try:
         yield
     finally:

@@ -1,0 +1,87 @@
+"""Display forms of an aggregated leaderboard: the flat table and the paper's pivot layout.
+
+Kept apart from the numbers (aggregate.py) so CSV/JSON stay machine-readable while terminals and
+Markdown get "mean ± std" strings.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from zsqbench.errors import UserError
+
+ORACLE_NOTE = ("`top1_oracle` is the best epoch selected on the test set (an oracle, not a result); "
+               "`top1_last` (mean ± sample std over seeds) is the headline.")
+PIVOT_NOTE = "Cells: top1_last mean ± sample std over seeds (number of seeds); rows dataset × bits, columns generator+loss."
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def mean_std(mean: Any, std: Any, digits: int = 2) -> str:
+    """"72.40 ± 0.31", or just the mean when there is no spread to show (one seed)."""
+    if _missing(mean):
+        return ""
+    return f"{mean:.{digits}f}" if _missing(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def bits_label(w_bits: Any, a_bits: Any) -> str:
+    return f"W{w_bits}A{a_bits}"
+
+
+def _num(value: Any, digits: int) -> str:
+    return "" if _missing(value) else f"{value:.{digits}f}"
+
+
+def display_aggregated(frame: pd.DataFrame) -> pd.DataFrame:
+    """The aggregated rows as strings for a terminal or Markdown table."""
+    rows = [{
+        "model": r["model"], "dataset": r["dataset"], "generator": r["generator"], "loss": r["loss"],
+        "quantizer": r["quantizer"], "bits": bits_label(r["w_bits"], r["a_bits"]), "budget": r["budget"],
+        "n": str(r["n_seeds"]),
+        "top1_last": mean_std(r["top1_last_mean"], r["top1_last_std"]),
+        "top1_oracle (test-selected)": mean_std(r["top1_oracle_mean"], r["top1_oracle_std"]),
+        "fp_top1": _num(r["fp_top1"], 2), "ptq_top1": _num(r["ptq_top1_mean"], 2),
+        "cpu_h": _num(r["cpu_hours"], 2), "gpu_h": _num(r["gpu_hours"], 2), "source": r["source"],
+    } for r in frame.to_dict("records")]
+    columns = ["model", "dataset", "generator", "loss", "quantizer", "bits", "budget", "n", "top1_last",
+               "top1_oracle (test-selected)", "fp_top1", "ptq_top1", "cpu_h", "gpu_h", "source"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _method_order(methods: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Generators alphabetically, each with its native loss (kd) first, as the paper's tables."""
+    return sorted(methods, key=lambda m: (m[0], m[1] != "kd", m[1]))
+
+
+def pivot(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows dataset × bits, columns generator+loss, cells "mean ± std (n)".
+
+    Model, quantizer, budget or source become extra row levels only where two rows would
+    otherwise share a cell, so a single-budget table looks like the paper's.
+    """
+    cell_key = ["dataset", "w_bits", "a_bits", "generator", "loss"]
+    extras = [c for c in ("model", "quantizer", "budget", "source")
+              if len(frame) and frame.groupby(cell_key)[c].nunique().max() > 1]
+    cells: dict[tuple, dict[str, str]] = {}
+    methods: set[tuple[str, str]] = set()
+    for r in frame.to_dict("records"):
+        row_key = (r["dataset"], *(r[c] for c in extras), int(r["w_bits"]), int(r["a_bits"]))
+        method = (r["generator"], r["loss"])
+        methods.add(method)
+        label = f"{method[0]}+{method[1]}"
+        row = cells.setdefault(row_key, {})
+        if label in row:  # only possible for a hand-made aggregated CSV with duplicate keys
+            raise UserError(f"two rows of the leaderboard fill the pivot cell {r['dataset']} "
+                            f"{bits_label(r['w_bits'], r['a_bits'])} {label}; remove the duplicate row")
+        row[label] = f"{mean_std(r['top1_last_mean'], r['top1_last_std'])} ({r['n_seeds']})"
+    labels = [f"{g}+{loss}" for g, loss in _method_order(methods)]
+    out = []
+    for row_key in sorted(cells, key=lambda k: tuple(str(v) if i < len(k) - 2 else v for i, v in enumerate(k))):
+        head = {"dataset": row_key[0], **dict(zip(extras, row_key[1:-2])), "bits": bits_label(*row_key[-2:])}
+        out.append({**head, **{label: cells[row_key].get(label, "") for label in labels}})
+    return pd.DataFrame(out, columns=["dataset", *extras, "bits", *labels])
