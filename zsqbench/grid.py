@@ -37,6 +37,9 @@ class GridRequest(BaseModel):
         default_factory=dict, description="per-plugin option overrides: {plugin name: {key: value}}"
     )
     optim: dict[str, Any] = Field(default_factory=dict, description="student/generator optimizer overrides")
+    budget_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="budget fields that replace the preset's (epochs, batch_size, ...)"
+    )
 
 
 def load_grid_file(path: Path) -> dict[str, Any]:
@@ -105,6 +108,11 @@ def expand(request: GridRequest, plugins: Plugins) -> list[TrialSpec]:
         loss_cls = plugins.losses.get(loss_name)
         budget, optim = preset.resolve(gen_name)
         gen_options = {**preset.generator_options(gen_name), **request.options.get(gen_name, {})}
+        if request.budget_overrides:
+            try:
+                budget = type(budget).model_validate({**budget.model_dump(), **request.budget_overrides})
+            except ValidationError as exc:
+                raise UserError(f"bad budget override: {_first_error(exc)}") from None
         if request.optim:
             try:
                 optim = optim.model_copy(update=request.optim)
@@ -123,7 +131,7 @@ def expand(request: GridRequest, plugins: Plugins) -> list[TrialSpec]:
                 seed=seed,
                 budget=budget,
                 optim=optim,
-                budget_name=request.budget,
+                budget_name=request.budget + ("+custom" if request.budget_overrides else ""),
             )
         except ValidationError as exc:
             raise UserError(f"invalid trial: {_first_error(exc)}") from None

@@ -33,3 +33,8 @@ def register_generators(register: Callable) -> None:
 @hookspec
 def register_losses(register: Callable) -> None:
     """Register student-loss classes (:class:`zsqbench.interfaces.DistillationLoss` subclasses)."""
+
+
+@hookspec
+def register_executors(register: Callable) -> None:
+    """Register executor classes (:class:`zsqbench.interfaces.Executor` subclasses) that run trials."""

@@ -19,7 +19,7 @@ import pluggy
 from zsqbench import hookspecs
 from zsqbench.config import RegistryConfig, load_registry_config
 from zsqbench.errors import UserError
-from zsqbench.interfaces import DistillationLoss, Generator, Quantizer, TeacherModel
+from zsqbench.interfaces import DistillationLoss, Executor, Generator, Quantizer, TeacherModel
 from zsqbench.registry import Registry
 
 ENTRY_POINT_GROUP = "zsqbench"
@@ -31,6 +31,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "quantizer": ("register_quantizers", "quantizers"),
     "generator": ("register_generators", "generators"),
     "loss": ("register_losses", "losses"),
+    "executor": ("register_executors", "executors"),
 }
 
 
@@ -44,6 +45,7 @@ class Plugins:
     quantizers: Registry[type[Quantizer]]
     generators: Registry[type[Generator]]
     losses: Registry[type[DistillationLoss]]
+    executors: Registry[type[Executor]]
     sources: dict[str, str]  # plugin module name -> "bundled" / "dist version"
 
     def registry(self, kind: str) -> Registry[Any]:
@@ -115,6 +117,7 @@ def build_plugins(config: RegistryConfig | None = None, extra: dict[str, object]
         quantizers=Registry("quantizer"),
         generators=Registry("generator"),
         losses=Registry("loss"),
+        executors=Registry("executor"),
         sources=sources,
     )
     for kind, (hook_name, _) in KINDS.items():

@@ -89,8 +89,10 @@ def _check_cells(path: Path, frame: pd.DataFrame, kind: Kind) -> pd.DataFrame:
     missing = [c for c in REQUIRED[kind] if c not in frame.columns]
     if missing:
         raise _fail(path, f"missing columns {missing}")
+    # A failed or diverged trial (a `status` column) may lack accuracies; it is never aggregated.
+    counted = frame["status"] == "done" if "status" in frame.columns else pd.Series(True, index=frame.index)
     for col in REQUIRED[kind]:
-        empty = frame.index[frame[col].isna()].tolist()
+        empty = frame.index[frame[col].isna() & counted].tolist()
         if empty:
             raise _fail(path, f"data row {empty[0] + 1} has no value in column '{col}' (truncated or hand-edited?)")
     for col in (*INT_COLUMNS, *FLOAT_COLUMNS):

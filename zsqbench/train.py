@@ -9,10 +9,11 @@ evaluate. The student stays in eval mode throughout (METHODS §1.6).
 from __future__ import annotations
 
 import copy
+import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -20,7 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from zsqbench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from zsqbench.data import TestSet, load_test_set
+from zsqbench.files import write_text_atomic
 from zsqbench.evaluate import top1
 from zsqbench.features import FeatureTaps
 from zsqbench.interfaces import Batch, Generator, LossInputs, StudentObjective, TeacherModel, TrainContext
@@ -71,6 +74,11 @@ class EpochRecord:
     losses: dict[str, float]
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    # Student gradient diagnostics over the epoch's steps (empty during warm-up).
+    grad_norm_mean: float | None = None
+    grad_norm_max: float | None = None
+    layer_grad_norms: dict[str, float] = field(default_factory=dict)
+    nonfinite_steps: int = 0
 
 
 @dataclass
@@ -191,13 +199,67 @@ def build_trial_parts(
     return TrialParts(ctx, generator, objective, optimizer)
 
 
+class GradientMonitor:
+    """Per-epoch student gradient norms (global and per parameter) and non-finite step counts.
+
+    Accumulates on the device and synchronizes once per epoch, so it can stay on.
+    """
+
+    def __init__(self, student: torch.nn.Module) -> None:
+        self.named = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps = 0
+        self._sum: Tensor | None = None
+        self._global_sum: Tensor | None = None
+        self._global_max: Tensor | None = None
+        self._nonfinite: Tensor | None = None
+
+    def observe(self, total_loss: Tensor) -> None:
+        grads = [p.grad for _, p in self.named]
+        if any(g is None for g in grads):
+            grads = [g if g is not None else torch.zeros_like(p) for g, (_, p) in zip(grads, self.named)]
+        norms = torch.stack(torch._foreach_norm(grads))
+        total = norms.square().sum().sqrt()
+        bad = (~torch.isfinite(total_loss)).to(torch.long) + (~torch.isfinite(total)).to(torch.long)
+        if self._sum is None:
+            self._sum, self._global_sum, self._global_max, self._nonfinite = norms, total, total, bad.clamp(max=1)
+        else:
+            self._sum = self._sum + norms
+            self._global_sum = self._global_sum + total
+            self._global_max = torch.maximum(self._global_max, total)
+            self._nonfinite = self._nonfinite + bad.clamp(max=1)
+        self.steps += 1
+
+    def summary(self) -> dict:
+        if not self.steps:
+            return {}
+        per_param = (self._sum / self.steps).tolist()
+        return {
+            "grad_norm_mean": self._global_sum.item() / self.steps,
+            "grad_norm_max": self._global_max.item(),
+            "layer_grad_norms": {n: v for (n, _), v in zip(self.named, per_param)},
+            "nonfinite_steps": int(self._nonfinite.item()),
+        }
+
+
+def _collapsed(acc: float, ptq: float, num_classes: int) -> bool:
+    """Accuracy collapsed to chance after a calibrated student was clearly above it."""
+    chance = 100.0 / num_classes
+    return ptq > 2 * chance and acc <= chance + 1.0
+
+
 def run_trial(
     spec: TrialSpec,
     plugins: Plugins,
     env: Environment,
     progress: ProgressSink | None = None,
     resources: TrialResources | None = None,
+    trial_dir: Path | None = None,
 ) -> TrialOutcome:
+    """Run one trial. With ``trial_dir`` it checkpoints every epoch there, appends
+    ``metrics.jsonl``, and resumes from an existing checkpoint."""
     progress = progress or NullProgress()
     resources = resources or TrialResources()
     started = time.perf_counter()
@@ -226,8 +288,23 @@ def run_trial(
     budget = spec.budget
     records: list[EpochRecord] = []
     ptq = float("nan")
-    for epoch in range(budget.epochs):
+    first_epoch, previous_wall = 0, 0.0
+    saved = load_checkpoint(trial_dir, spec.trial_id) if trial_dir is not None else None
+    if saved is not None:
+        student.load_state_dict(saved["student"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.load_state_dict(saved["generator"])
+        set_rng_state(saved["rng"])
+        records = [EpochRecord(**r) for r in saved["records"]]
+        ptq, previous_wall = saved["ptq"], saved["wall_s"]
+        first_epoch = saved["epoch"] + 1
+        progress.message(f"resuming trial {spec.trial_id} after epoch {first_epoch}/{budget.epochs}")
+        if trial_dir is not None:
+            _rewrite_metrics(trial_dir, records)
+    monitor = GradientMonitor(student)
+    for epoch in range(first_epoch, budget.epochs):
         t0 = time.perf_counter()
+        monitor.reset()
         lr = o.student_lr * budget.lr_factor(epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -247,6 +324,7 @@ def run_trial(
                     ctx.student_taps.take()
                 else:
                     terms = generator.student_step(batch, objective, optimizer)
+                    monitor.observe(terms["total"])
                     for k, v in terms.items():
                         sums[k] = sums[k] + v if k in sums else v.clone()
                 if (it + 1) % 10 == 0 or it + 1 == budget.iters_per_epoch:
@@ -254,8 +332,12 @@ def run_trial(
                     progress.advance(it + 1, info)
         quantizer.set_calibrating(student, False)
         losses = {k: v.item() / budget.iters_per_epoch for k, v in sums.items()}
-        if any(not math.isfinite(v) for v in losses.values()):
-            raise TrialDiverged(f"non-finite student loss in epoch {epoch}: {losses}")
+        grads = monitor.summary()
+        if any(not math.isfinite(v) for v in losses.values()) or grads.get("nonfinite_steps"):
+            raise TrialDiverged(
+                f"non-finite student loss or gradient in epoch {epoch} "
+                f"({grads.get('nonfinite_steps', 0)} of {budget.iters_per_epoch} steps): {losses}"
+            )
         warnings: list[str] = []
         # A weighted feature term that is exactly 0 means broken taps or pairing (METHODS §7.8, D3).
         if not warmup and getattr(objective, "feature_weight", 0.0) > 0 and losses.get("feature") == 0.0:
@@ -267,13 +349,37 @@ def run_trial(
             acc = top1(student, inputs, test.labels, device, env.eval_batch_size)
             if epoch == budget.warmup_epochs - 1:
                 ptq = acc
-        records.append(EpochRecord(epoch, "warmup" if warmup else "train", lr, acc, losses, time.perf_counter() - t0,
-                                   warnings))
+        record = EpochRecord(epoch, "warmup" if warmup else "train", lr, acc, losses, time.perf_counter() - t0,
+                             warnings, **grads)
+        records.append(record)
+        if acc is not None and not warmup and _collapsed(acc, ptq, entry.num_classes):
+            raise TrialDiverged(f"top-1 collapsed to {acc:.2f}% in epoch {epoch} (PTQ was {ptq:.2f}%)")
+        if trial_dir is not None:
+            save_checkpoint(trial_dir, {
+                "trial_id": spec.trial_id, "epoch": epoch, "records": [asdict(r) for r in records], "ptq": ptq,
+                "wall_s": previous_wall + time.perf_counter() - started,
+                "student": student.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": generator.state_dict(), "rng": rng_state(),
+            })
+            _append_metrics(trial_dir, record)
         progress.message(
             f"epoch {epoch + 1}/{budget.epochs}: top-1 {acc:.2f}%" if acc is not None
             else f"epoch {epoch + 1}/{budget.epochs}: warm-up"
         )
     return TrialOutcome(
         fp_top1=fp, ptq_top1=ptq, epochs=records, teacher=loaded, test_set=test,
-        wall_s=time.perf_counter() - started,
+        wall_s=previous_wall + time.perf_counter() - started,
     )
+
+
+METRICS_NAME = "metrics.jsonl"
+
+
+def _append_metrics(trial_dir: Path, record: EpochRecord) -> None:
+    with open(trial_dir / METRICS_NAME, "a") as fh:
+        fh.write(json.dumps(asdict(record)) + "\n")
+
+
+def _rewrite_metrics(trial_dir: Path, records: list[EpochRecord]) -> None:
+    """After a resume, the log holds exactly the checkpointed epochs (a kill may have left more)."""
+    write_text_atomic(trial_dir / METRICS_NAME, "".join(json.dumps(asdict(r)) + "\n" for r in records))

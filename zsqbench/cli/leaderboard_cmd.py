@@ -23,7 +23,7 @@ PER_TRIAL_SHOWN = ["trial_id", "model", "generator", "loss", "w_bits", "a_bits",
                    "fp_top1", "ptq_top1", "top1_last", "top1_oracle", "wall_s"]
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "leaderboard", help="show a leaderboard (mean ± std over seeds)",
         description="Aggregate a per-trial leaderboard over seeds (one row per configuration: mean ± sample std "

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.table import Table
 
 from zsqbench.cli.console import RichProgress, out
@@ -16,7 +16,8 @@ from zsqbench.data import resolve_data_root
 from zsqbench.errors import UserError
 from zsqbench.grid import expand, load_grid_file, make_request
 from zsqbench.plugins import get_plugins
-from zsqbench.runner import run_grid, trial_state
+from zsqbench.estimate import LARGE_GRID_ITERATIONS, estimate_compute
+from zsqbench.runner import grid_states, resolve_device, run_grid, trial_state
 from zsqbench.train import Environment
 
 CACHE_ENV = "ZSQBENCH_CACHE"
@@ -58,7 +59,15 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--out", type=Path, default=Path("results"), help="results directory (default ./results)")
     p.add_argument("--run", dest="run_name", default="default", help="run folder name under --out")
-    p.add_argument("--force", action="store_true", help="re-run trials that are already done")
+    p.add_argument("--epochs", type=int, help="override the preset's epochs")
+    p.add_argument("--iters-per-epoch", type=int, help="override the preset's iterations per epoch")
+    p.add_argument("--batch-size", type=int, help="override the preset's batch size")
+    p.add_argument("--warmup-epochs", type=int, help="override the preset's warm-up (calibration) epochs")
+    p.add_argument("--executor", default="local", help="where trials run: local (default), multi-gpu, slurm, ray")
+    p.add_argument("--max-parallel", type=int, help="at most this many trials at once (multi-gpu, slurm, ray)")
+    p.add_argument("--retry-failed", action="store_true", help="run trials that failed earlier again")
+    p.add_argument("--yes", action="store_true", help="do not ask before starting a large grid")
+    p.add_argument("--force", action="store_true", help="re-run trials that are already done (from scratch)")
     p.add_argument("--dry-run", action="store_true", help="print the expanded grid and exit")
     p.add_argument("--json", action="store_true", help="print results (or the dry-run grid) as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
@@ -80,18 +89,6 @@ def _parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
     return options
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device '{name}': use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda given but no CUDA GPU is available; use --device cpu")
-    return device
-
-
 def build_request(args: argparse.Namespace, plugins) -> tuple[dict[str, Any], str]:
     values: dict[str, Any] = plugins.config.default_run.model_dump()
     source = "registry.toml [default_run]"
@@ -103,6 +100,11 @@ def build_request(args: argparse.Namespace, plugins) -> tuple[dict[str, Any], st
         "model": args.model, "dataset": args.dataset, "budget": args.budget, "quantizer": args.quantizer,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
+    overrides = {"epochs": args.epochs, "iters_per_epoch": args.iters_per_epoch, "batch_size": args.batch_size,
+                 "warmup_epochs": args.warmup_epochs}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides:
+        values["budget_overrides"] = {**values.get("budget_overrides", {}), **overrides}
     cli_options = _parse_options(args.option)
     if cli_options:
         merged = dict(values.get("options", {}))
@@ -112,9 +114,17 @@ def build_request(args: argparse.Namespace, plugins) -> tuple[dict[str, Any], st
     return values, source
 
 
+def _split_executor_options(values: dict[str, Any], executors: list[str]) -> dict[str, dict[str, Any]]:
+    options = values.get("options", {})
+    taken = {name: options.pop(name) for name in list(options) if name in executors}
+    return taken
+
+
 def execute(args: argparse.Namespace) -> int:
     plugins = get_plugins()
     values, source = build_request(args, plugins)
+    executor_options = _split_executor_options(values, plugins.executors.names())
+    plugins.executors.get(args.executor)  # unknown executor: one-line error before anything else
     specs = expand(make_request(values, source), plugins)
     if args.dry_run:
         return _print_grid(specs, args)
@@ -124,14 +134,27 @@ def execute(args: argparse.Namespace) -> int:
         data_root=resolve_data_root(args.data_root), device=device, cache_dir=cache,
         teacher_weights=args.teacher_weights, download=args.download,
     )
+    todo = [s for s in specs if trial_state(args.out, args.run_name, s) != "done" or args.force]
+    estimate = estimate_compute(todo)
+    if not (args.quiet or args.json):
+        out.print(f"{len(specs)} trial(s), {len(todo)} to run: {estimate.describe()}", highlight=False)
+    if estimate.student_iterations > LARGE_GRID_ITERATIONS and not (args.yes or args.dry_run):
+        if sys.stdin.isatty():
+            if input("Start? [y/N] ").strip().lower() not in ("y", "yes"):
+                return 0
     with RichProgress(quiet=args.quiet or args.json) as progress:
-        report = run_grid(specs, plugins, env, args.out, args.run_name, progress, force=args.force)
+        report = run_grid(
+            specs, plugins, env, args.device, args.out, args.run_name, progress,
+            executor_name=args.executor, executor_options=executor_options.get(args.executor, {}),
+            max_parallel=args.max_parallel, force=args.force, retry_failed=args.retry_failed,
+        )
     rows = report.done + report.skipped
     if args.json:
         print(json.dumps({
             "results": [{k: r[k] for k in ("trial_id", "fp_top1", "ptq_top1", "top1_last", "top1_oracle", "wall_s")}
                         | {"spec": r["spec"]} for r in rows],
-            "failed": [{"trial_id": s.trial_id, "error": e} for s, e in report.failed],
+            "failed": [{"trial_id": t, "error": e} for t, e in report.failed],
+            "left_failed": report.left_failed,
         }, indent=2))
     else:
         _print_results(rows, report, args.out)
@@ -139,15 +162,12 @@ def execute(args: argparse.Namespace) -> int:
 
 
 def _print_grid(specs, args) -> int:
-    rows = [
-        {"trial_id": s.trial_id, "generator": s.generator.name, "loss": s.loss.name, "bits": s.bits_label,
-         "seed": s.seed, "budget": s.budget_name, "state": trial_state(args.out, args.run_name, s)}
-        for s in specs
-    ]
+    rows = grid_states(specs, args.out, args.run_name)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = Table(title=f"{len(specs)} trial(s), results in {args.out / args.run_name}")
+    table = Table(title=f"{len(specs)} trial(s), results in {args.out / args.run_name}; "
+                        f"{estimate_compute([s for s, r in zip(specs, rows) if r['state'] != 'done']).describe()}")
     for col in rows[0]:
         table.add_column(col)
     for r in rows:
@@ -168,5 +188,5 @@ def _print_results(rows, report, out_dir: Path) -> None:
                           f"{r['top1_oracle']:.2f}")
         out.print(table)
         out.print("* oracle = best epoch selected on the test set; report 'top-1 last'.")
-    for spec, error in report.failed:
-        out.print(f"[red]failed[/red] {spec.trial_id}: {error}")
+    for trial_id, error in report.failed:
+        out.print(f"[red]failed[/red] {trial_id}: {error}", highlight=False)

@@ -1,0 +1,1 @@
+"""Bundled executor plugins: where and how trial jobs run."""

@@ -1,0 +1,63 @@
+"""Hand-made per-trial leaderboard rows for the aggregate, compare and plot tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from zsqbench.results import LEADERBOARD_COLUMNS
+
+SHA_A = "c1757f29" + "0" * 56
+SHA_B = "9b0024ac" + "1" * 56
+
+
+def trial_row(generator: str = "gdfq", loss: str = "kd", bits: int = 3, seed: int = 0, top1_last: float | None = 70.0,
+              dataset: str = "cifar10", **overrides: Any) -> dict[str, Any]:
+    """A complete per-trial row (every LEADERBOARD_COLUMNS column) with sensible defaults."""
+    row = {
+        "trial_id": f"{generator}{loss}{dataset}{bits}{overrides.get('budget', 'cpu')}s{seed}".ljust(16, "0"),
+        "run": "run1",
+        "model": f"resnet20_{dataset}",
+        "dataset": dataset,
+        "generator": generator,
+        "loss": loss,
+        "quantizer": "uniform",
+        "w_bits": bits,
+        "a_bits": bits,
+        "seed": seed,
+        "budget": "cpu",
+        "epochs": 8,
+        "iters_per_epoch": 100,
+        "batch_size": 64,
+        "warmup_epochs": 2,
+        "fp_top1": 92.6,
+        "ptq_top1": 10.0,
+        "top1_last": top1_last,
+        "top1_oracle": None if top1_last is None else top1_last + 1.0,
+        "wall_s": 600.0,
+        "device": "cpu (x86_64, 2 threads)",
+        "teacher_weights": "chenyaofo",
+        "teacher_sha256": SHA_A,
+        "data_sha256": "72b7c94d" + "2" * 56,
+        "zsqbench_version": "0.1.0",
+        "torch_version": "2.3.0",
+        "git_hash": "abc123",
+        "finished_at": "2025-01-01T00:00:00+00:00",
+    }
+    row.update(overrides)
+    return row
+
+
+def write_trials(path: Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> Path:
+    """Write rows as a per-trial leaderboard with pandas, as `zsqbench run` does."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cols = columns or list(LEADERBOARD_COLUMNS) + [c for c in rows[0] if c not in LEADERBOARD_COLUMNS]
+    pd.DataFrame(rows, columns=cols).to_csv(path, index=False)
+    return path
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under a folder with its bytes, to check a failed command changed nothing."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -1,0 +1,205 @@
+"""Aggregation over seeds, the leaderboard views, and strict reading of leaderboard CSVs."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fixtures_leaderboard import SHA_A, SHA_B, snapshot, trial_row, write_trials
+from zsqbench.aggregate import AGGREGATED_COLUMNS, KEY_COLUMNS, aggregate
+from zsqbench.cli.main import main
+from zsqbench.errors import UserError
+from zsqbench.tables import read_table
+
+
+def _one_line_error(capsys, argv: list[str]) -> str:
+    code = main(argv)
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("zsqbench: error:"), err
+    assert "Traceback" not in err + captured.out
+    return err
+
+
+def _json(capsys, argv: list[str]):
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture
+def grid_csv(tmp_path) -> Path:
+    """gdfq+kd W3A3 with 3 seeds (one on a GPU), gdfq+akt W3A3 with 1 seed, and two non-done trials."""
+    rows = [
+        trial_row(seed=0, top1_last=70.0, top1_oracle=71.0, ptq_top1=10.0, wall_s=3600.0),
+        trial_row(seed=1, top1_last=71.0, top1_oracle=72.5, ptq_top1=11.0, wall_s=1800.0),
+        trial_row(seed=2, top1_last=73.0, top1_oracle=73.0, ptq_top1=12.0, wall_s=7200.0, device="NVIDIA H100 80GB HBM3"),
+        trial_row(loss="akt", seed=0, top1_last=72.5),
+        trial_row(loss="akt", seed=1, top1_last=99.0, status="failed"),
+        trial_row(loss="akt", seed=2, top1_last=1.0, status="diverged"),
+        trial_row(loss="akt", seed=3, top1_last=None, top1_oracle=None, status="failed"),  # no accuracy at all
+    ]
+    for r in rows:
+        r.setdefault("status", "done")
+    return write_trials(tmp_path / "results" / "leaderboard.csv", rows)
+
+
+def test_aggregate_numbers_match_a_hand_computation(capsys, grid_csv):
+    rows = _json(capsys, ["leaderboard", str(grid_csv), "--json"])
+    assert [list(r) for r in rows] == [list(AGGREGATED_COLUMNS)] * 2
+    akt, kd = rows  # sorted by key: akt before kd
+    assert (kd["generator"], kd["loss"], kd["w_bits"], kd["a_bits"], kd["budget"]) == ("gdfq", "kd", 3, 3, "cpu")
+    assert kd["n_seeds"] == 3 and kd["seeds"] == "0;1;2"
+    mean = (70.0 + 71.0 + 73.0) / 3
+    std = math.sqrt(((70.0 - mean) ** 2 + (71.0 - mean) ** 2 + (73.0 - mean) ** 2) / 2)  # ddof=1
+    assert kd["top1_last_mean"] == pytest.approx(mean, abs=1e-4)
+    assert kd["top1_last_std"] == pytest.approx(std, abs=1e-4) and std == pytest.approx(1.527525, abs=1e-6)
+    assert kd["top1_oracle_mean"] == pytest.approx((71.0 + 72.5 + 73.0) / 3, abs=1e-4)
+    assert kd["ptq_top1_mean"] == pytest.approx(11.0)
+    assert kd["fp_top1"] == pytest.approx(92.6)
+    assert (kd["epochs"], kd["iters_per_epoch"], kd["batch_size"]) == (8, 100, 64)
+    assert kd["teacher_sha256"] == SHA_A
+    assert kd["cpu_hours"] == pytest.approx(1.5) and kd["gpu_hours"] == pytest.approx(2.0)
+    assert kd["source"] == "zsqbench"
+    # One seed: no spread, and the failed / diverged trials never entered.
+    assert akt["n_seeds"] == 1 and akt["seeds"] == "0"
+    assert akt["top1_last_mean"] == 72.5 and akt["top1_last_std"] is None
+
+
+def test_aggregated_csv_round_trips_and_leaves_std_empty_for_one_seed(capsys, grid_csv, tmp_path):
+    out = tmp_path / "agg.csv"
+    assert main(["leaderboard", str(grid_csv), "--csv", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0].split(",") == list(AGGREGATED_COLUMNS)
+    frame, kind = read_table(out)
+    assert kind == "aggregated" and len(frame) == 2
+    akt = frame[frame["loss"] == "akt"].iloc[0]
+    assert pd.isna(akt["top1_last_std"]) and akt["epochs"] == 8  # written as 8, not 8.0
+    assert ",8,100,64," in lines[1]
+    assert not list(tmp_path.glob(".agg.csv.*"))  # no temporary left behind by the atomic write
+
+
+def test_per_trial_view_keeps_done_trials_only(capsys, grid_csv):
+    rows = _json(capsys, ["leaderboard", str(grid_csv), "--per-trial", "--json"])
+    assert len(rows) == 4 and {r["loss"] for r in rows} == {"kd", "akt"}
+    assert all(r["top1_last"] not in (99.0, 1.0) for r in rows)
+
+
+def test_table_and_markdown_show_mean_and_std(capsys, grid_csv, tmp_path):
+    md = tmp_path / "board.md"
+    assert main(["leaderboard", str(grid_csv), "--markdown", str(md)]) == 0
+    assert "configurations" in capsys.readouterr().out  # the terminal table's title
+    text = md.read_text()
+    assert "| 71.33 ± 1.53 |" in text and "| 72.50 |" in text
+    assert "oracle" in text
+
+
+def test_pivot_has_the_paper_layout(capsys, tmp_path):
+    rows = [trial_row(g, loss, bits, seed, 60.0 + bits + seed + (1.0 if loss == "akt" else 0.0), dataset=ds)
+            for ds in ("cifar10", "cifar100") for g in ("hast", "gdfq") for loss in ("akt", "kd")
+            for bits in (3, 4) for seed in (0, 1)]
+    rows = [r for r in rows if not (r["dataset"] == "cifar100" and r["generator"] == "hast" and r["loss"] == "akt")]
+    path = write_trials(tmp_path / "lb.csv", rows)
+    table = _json(capsys, ["leaderboard", str(path), "--pivot", "--json"])
+    assert list(table[0]) == ["dataset", "bits", "gdfq+kd", "gdfq+akt", "hast+kd", "hast+akt"]
+    assert [(r["dataset"], r["bits"]) for r in table] == [
+        ("cifar10", "W3A3"), ("cifar10", "W4A4"), ("cifar100", "W3A3"), ("cifar100", "W4A4")]
+    # seeds 0 and 1 give 63, 64 (kd, 3 bits): mean 63.5, sample std sqrt(0.5) = 0.71
+    assert table[0]["gdfq+kd"] == "63.50 ± 0.71 (2)"
+    assert table[1]["hast+akt"] == "65.50 ± 0.71 (2)"
+    assert table[2]["hast+akt"] == ""  # a cell without trials stays empty
+    out = tmp_path / "pivot.csv"
+    assert main(["leaderboard", str(path), "--pivot", "--csv", str(out)]) == 0
+    assert out.read_text().splitlines()[0] == "dataset,bits,gdfq+kd,gdfq+akt,hast+kd,hast+akt"
+
+
+def test_pivot_adds_a_budget_level_only_when_two_budgets_share_a_cell(capsys, tmp_path):
+    rows = [trial_row(seed=0, top1_last=70.0), trial_row(seed=0, top1_last=80.0, budget="paper", epochs=400)]
+    table = _json(capsys, ["leaderboard", str(write_trials(tmp_path / "lb.csv", rows)), "--pivot", "--json"])
+    assert [(r["budget"], r["gdfq+kd"]) for r in table] == [("cpu", "70.00 (1)"), ("paper", "80.00 (1)")]
+
+
+def test_run_filter(capsys, tmp_path):
+    rows = [trial_row(seed=0, top1_last=70.0), trial_row(seed=0, top1_last=80.0, run="run2", trial_id="x" * 16)]
+    path = write_trials(tmp_path / "lb.csv", rows)
+    assert _one_line_error(capsys, ["leaderboard", str(path)]).count("share seed 0")
+    (row,) = _json(capsys, ["leaderboard", str(path), "--run", "run2", "--json"])
+    assert row["top1_last_mean"] == 80.0
+    assert "no trials of run(s) ['run9']" in _one_line_error(capsys, ["leaderboard", str(path), "--run", "run9"])
+
+
+def test_different_teachers_in_one_key_are_refused_naming_the_trials(capsys, tmp_path):
+    rows = [trial_row(seed=0), trial_row(seed=1, teacher_sha256=SHA_B)]
+    path = write_trials(tmp_path / "lb.csv", rows)
+    before = snapshot(tmp_path)
+    err = _one_line_error(capsys, ["leaderboard", str(path), "--csv", str(tmp_path / "agg.csv")])
+    assert "different teacher weights" in err and "c1757f29" in err and "9b0024ac" in err
+    assert rows[0]["trial_id"][:12] in err and rows[1]["trial_id"][:12] in err
+    assert snapshot(tmp_path) == before
+
+
+def test_different_budget_numbers_under_one_budget_name_are_refused(tmp_path):
+    frame = pd.DataFrame([trial_row(seed=0), trial_row(seed=1, epochs=9)])
+    with pytest.raises(UserError, match="different epochs x iters x batch"):
+        aggregate(frame)
+
+
+def test_aggregate_of_nothing_is_an_empty_table():
+    frame = pd.DataFrame([trial_row(status="failed")])
+    assert list(aggregate(frame).columns) == list(AGGREGATED_COLUMNS) and aggregate(frame).empty
+    assert set(KEY_COLUMNS) <= set(AGGREGATED_COLUMNS)
+
+
+BROKEN = {  # name: (how the file is broken, what the one-line error must say)
+    "truncated mid-row": (lambda t: t[: t.rindex("\n", 0, len(t) - 1) + 40], "line 3 has 3 fields but the header has 28"),
+    "no final newline": (lambda t: t.rstrip("\n")[:-3], "does not end with a newline"),
+    "extra field": (lambda t: t.rstrip("\n") + ",surplus\n", "line 3 has 29 fields"),
+    "empty file": (lambda t: "", "the file is empty"),
+    "header only, cut": (lambda t: t.splitlines()[0][:30], "does not end with a newline"),
+    "not a number": (lambda t: t.replace(",3,3,0,cpu,", ",3,three,0,cpu,", 1), "column 'a_bits' holds 'three'"),
+    "missing column": (lambda t: "".join(",".join(ln.split(",")[:6] + ln.split(",")[7:]) + "\n"
+                                         for ln in t.splitlines()), "missing columns ['quantizer']"),
+    "empty required cell": (lambda t: t.replace(",uniform,", ",,", 1), "data row 1 has no value in column 'quantizer'"),
+    "unrelated csv": (lambda t: "a,b\n1,2\n", "neither a per-trial leaderboard"),
+    "unbalanced quote": (lambda t: t.rstrip("\n") + '\n"gdfq,kd\n', "line 4 has 1 fields"),
+}
+
+
+@pytest.mark.parametrize("name", list(BROKEN))
+def test_malformed_or_truncated_csv_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, name):
+    text = write_trials(tmp_path / "good.csv", [trial_row(seed=0), trial_row(seed=1)]).read_text()
+    folder = tmp_path / "results"
+    folder.mkdir()
+    bad = folder / "leaderboard.csv"
+    breaks, needle = BROKEN[name]
+    bad.write_text(breaks(text))
+    before = snapshot(folder)
+    err = _one_line_error(capsys, ["leaderboard", str(bad), "--csv", str(folder / "agg.csv"),
+                                   "--markdown", str(folder / "agg.md")])
+    assert f"malformed leaderboard CSV {bad}" in err and needle in err, err
+    assert snapshot(folder) == before
+
+
+def test_binary_and_missing_files_are_one_line_errors(capsys, tmp_path):
+    garbage = tmp_path / "garbage.csv"
+    garbage.write_bytes(b"\xff\xfe\x00\x81garbage\n")
+    assert "not UTF-8" in _one_line_error(capsys, ["leaderboard", str(garbage)])
+    assert "leaderboard not found" in _one_line_error(capsys, ["leaderboard", str(tmp_path / "nope.csv")])
+
+
+def test_per_trial_flag_on_an_aggregated_csv_is_refused(capsys):
+    ref = Path(__file__).parent.parent / "results" / "akt-paper.csv"
+    assert "drop --per-trial" in _one_line_error(capsys, ["leaderboard", str(ref), "--per-trial"])
+
+
+def test_readme_documents_every_aggregated_column():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    match = re.search(r"## Aggregated leaderboard columns\n(.*?)\n## ", readme, re.S)
+    assert match, "README.md needs an 'Aggregated leaderboard columns' section"
+    for column in AGGREGATED_COLUMNS:
+        assert f"| `{column}` |" in match.group(1), column

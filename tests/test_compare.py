@@ -1,0 +1,215 @@
+"""`zsqbench compare`: deltas, Welch's t-test, like-for-like checks, and the paper's reference CSV."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from fixtures_leaderboard import SHA_B, snapshot, trial_row, write_trials
+from zsqbench.cli.main import main
+from zsqbench.compare import compare, significance
+from zsqbench.tables import read_table
+
+REFERENCE = Path(__file__).parent.parent / "results" / "akt-paper.csv"
+
+
+def _one_line_error(capsys, argv: list[str]) -> str:
+    code = main(argv)
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("zsqbench: error:"), err
+    assert "Traceback" not in err + captured.out
+    return err
+
+
+def _compare_json(capsys, *argv: str) -> dict:
+    assert main(["compare", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _rows(result: dict) -> dict[tuple, dict]:
+    return {(r["dataset"], r["generator"], r["loss"], r["w_bits"]): r for r in result["rows"]}
+
+
+def _side(path: Path, values: dict[tuple[str, int], list[float]], **overrides) -> Path:
+    rows = [trial_row(loss=loss, bits=bits, seed=seed, top1_last=v, **overrides)
+            for (loss, bits), vs in values.items() for seed, v in enumerate(vs)]
+    return write_trials(path, rows)
+
+
+def _welch_by_hand(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Welch's t and two-sided p from the textbook formulas (Welch–Satterthwaite degrees of freedom)."""
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    va = sum((x - ma) ** 2 for x in a) / (len(a) - 1)
+    vb = sum((x - mb) ** 2 for x in b) / (len(b) - 1)
+    qa, qb = va / len(a), vb / len(b)
+    t = (mb - ma) / math.sqrt(qa + qb)
+    df = (qa + qb) ** 2 / (qa ** 2 / (len(a) - 1) + qb ** 2 / (len(b) - 1))
+    return t, 2 * stats.t.sf(abs(t), df)
+
+
+A_KD, B_KD = [70.0, 71.0, 73.0], [72.0, 74.0, 75.0, 77.0]
+A_AKT, B_AKT = [70.0, 70.5, 71.0], [80.0, 81.0, 82.0]
+
+
+@pytest.fixture
+def sides(tmp_path) -> tuple[Path, Path]:
+    a = _side(tmp_path / "a.csv", {("kd", 3): A_KD, ("akt", 3): A_AKT, ("kd", 4): [88.0, 89.0]})
+    b = _side(tmp_path / "b.csv", {("kd", 3): B_KD, ("akt", 3): B_AKT, ("kd", 5): [93.0]})
+    return a, b
+
+
+def test_deltas_and_welch_p_values_match_hand_computation_and_scipy(capsys, sides):
+    rows = _rows(_compare_json(capsys, str(sides[0]), str(sides[1])))
+    kd = rows[("cifar10", "gdfq", "kd", 3)]
+    assert kd["status"] == "both" and (kd["a_n"], kd["b_n"]) == (3, 4)
+    assert kd["delta"] == pytest.approx(sum(B_KD) / 4 - sum(A_KD) / 3, abs=1e-4)
+    t, p = _welch_by_hand(A_KD, B_KD)
+    assert t == pytest.approx(2.3212, abs=1e-3) and p == pytest.approx(0.0680, abs=1e-3)
+    assert kd["t_stat"] == pytest.approx(t, rel=1e-3) and kd["p_value"] == pytest.approx(p, rel=1e-3)
+    scipy_p = stats.ttest_ind(B_KD, A_KD, equal_var=False).pvalue
+    assert kd["p_value"] == pytest.approx(scipy_p, rel=1e-3)
+    assert kd["mark"] == ""  # p = 0.068 is not below 0.05
+    akt = rows[("cifar10", "gdfq", "akt", 3)]
+    t2, p2 = _welch_by_hand(A_AKT, B_AKT)
+    assert akt["p_value"] == pytest.approx(p2, rel=1e-3) and p2 < 0.01 and akt["mark"] == "**"
+    assert akt["delta"] == pytest.approx(81.0 - 70.5)
+
+
+def test_rows_on_one_side_only_are_flagged_without_delta(capsys, sides):
+    rows = _rows(_compare_json(capsys, str(sides[0]), str(sides[1])))
+    only_a, only_b = rows[("cifar10", "gdfq", "kd", 4)], rows[("cifar10", "gdfq", "kd", 5)]
+    assert only_a["status"] == "only A" and only_a["b_mean"] is None and only_a["delta"] is None
+    assert only_b["status"] == "only B" and only_b["a_n"] is None and only_b["p_value"] is None
+    assert main(["compare", str(sides[0]), str(sides[1])]) == 0
+    assert "1 row(s) only in A, 1 only in B" in " ".join(capsys.readouterr().out.split())
+    joined = _compare_json(capsys, str(sides[0]), str(sides[1]), "--joined-only")
+    assert {r["status"] for r in joined["rows"]} == {"both"} and len(joined["rows"]) == 2
+
+
+def test_one_seed_on_a_side_gives_a_delta_but_no_p_value(capsys, tmp_path):
+    a = _side(tmp_path / "a.csv", {("kd", 3): [70.0]})
+    b = _side(tmp_path / "b.csv", {("kd", 3): [72.0, 73.0]})
+    (row,) = _compare_json(capsys, str(a), str(b))["rows"]
+    assert row["delta"] == pytest.approx(2.5) and row["p_value"] is None and row["mark"] == ""
+
+
+def test_per_trial_and_aggregated_inputs_compare_the_same(capsys, sides, tmp_path):
+    agg = tmp_path / "a_agg.csv"
+    assert main(["leaderboard", str(sides[0]), "--csv", str(agg)]) == 0
+    capsys.readouterr()
+    assert read_table(agg)[1] == "aggregated"
+    from_trials = _compare_json(capsys, str(sides[0]), str(sides[1]))["rows"]
+    from_agg = _compare_json(capsys, str(agg), str(sides[1]))["rows"]
+    assert from_trials == from_agg
+
+
+def test_budget_mismatch_is_refused_unless_forced(capsys, tmp_path):
+    a = _side(tmp_path / "a.csv", {("kd", 3): A_KD})
+    b = _side(tmp_path / "b.csv", {("kd", 3): B_KD}, epochs=400, iters_per_epoch=200, batch_size=256)
+    before = snapshot(tmp_path)
+    err = _one_line_error(capsys, ["compare", str(a), str(b)])
+    assert "budget differs (A 8x100x64, B 400x200x256" in err and "--force" in err
+    assert snapshot(tmp_path) == before
+    (row,) = _compare_json(capsys, str(a), str(b), "--force")["rows"]
+    assert any(f.startswith("forced: budget differs") for f in row["flags"]) and row["delta"] is not None
+
+
+def test_teacher_and_model_mismatches_are_refused(capsys, tmp_path):
+    a = _side(tmp_path / "a.csv", {("kd", 3): A_KD})
+    b = _side(tmp_path / "b.csv", {("kd", 3): B_KD}, teacher_sha256=SHA_B)
+    assert "teacher sha256 differs (A c1757f29…, B 9b0024ac…)" in _one_line_error(capsys, ["compare", str(a), str(b)])
+    c = _side(tmp_path / "c.csv", {("kd", 3): B_KD}, model="resnet56_cifar10")
+    assert "model differs" in _one_line_error(capsys, ["compare", str(a), str(c)])
+
+
+def test_two_rows_for_one_join_key_are_ambiguous(capsys, tmp_path):
+    a = write_trials(tmp_path / "a.csv", [trial_row(seed=0), trial_row(seed=0, budget="paper")])
+    b = _side(tmp_path / "b.csv", {("kd", 3): B_KD})
+    assert "has two rows for cifar10 gdfq+kd W3A3 (budget cpu / paper)" in _one_line_error(
+        capsys, ["compare", str(a), str(b)])
+
+
+def test_reference_csv_is_exempt_from_budget_and_teacher_checks_and_labelled(capsys, tmp_path):
+    mine = _side(tmp_path / "mine.csv", {("kd", 3): [72.0, 73.0], ("akt", 3): [74.0, 74.5]},
+                 teacher_sha256=SHA_B, epochs=2)
+    result = _compare_json(capsys, str(REFERENCE), str(mine))
+    rows = _rows(result)
+    gdfq_kd = rows[("cifar10", "gdfq", "kd", 3)]
+    assert gdfq_kd["a_mean"] == 72.23 and gdfq_kd["a_n"] == 1 and gdfq_kd["b_n"] == 2
+    assert gdfq_kd["delta"] == pytest.approx(72.5 - 72.23) and gdfq_kd["p_value"] is None
+    assert "A is reference" in gdfq_kd["flags"]
+    assert sum(r["status"] == "only A" for r in result["rows"]) == 40
+    assert any("published reference numbers" in n and "budget" in n and "teacher" in n for n in result["notes"])
+    assert main(["compare", str(REFERENCE), str(mine)]) == 0
+    assert "published" in capsys.readouterr().out
+
+
+def test_oracle_metric_uses_top1_oracle(capsys, tmp_path):
+    a = _side(tmp_path / "a.csv", {("kd", 3): [70.0, 72.0]})
+    b = _side(tmp_path / "b.csv", {("kd", 3): [71.0, 73.0]})
+    (row,) = _compare_json(capsys, str(a), str(b), "--metric", "oracle")["rows"]
+    assert row["a_mean"] == pytest.approx(72.0) and row["b_mean"] == pytest.approx(73.0)  # top1_oracle = last + 1
+
+
+@pytest.mark.parametrize("breakage", ["truncated", "garbage"])
+def test_malformed_or_truncated_csv_is_one_line_exit_2(capsys, sides, breakage):
+    text = sides[1].read_text()
+    sides[1].write_text(text[: len(text) - 25] if breakage == "truncated" else "model;dataset\n1;2\n")
+    before = snapshot(sides[1].parent)
+    err = _one_line_error(capsys, ["compare", str(sides[0]), str(sides[1])])
+    assert f"malformed leaderboard CSV {sides[1]}" in err
+    assert snapshot(sides[1].parent) == before
+
+
+def test_significance_marks():
+    assert [significance(p) for p in (0.2, 0.049, 0.009, None, math.nan)] == ["", "*", "**", "", ""]
+
+
+def test_compare_function_refuses_without_force(sides, tmp_path):
+    b = _side(tmp_path / "b2.csv", {("kd", 3): B_KD}, batch_size=32)
+    from zsqbench.errors import UserError
+
+    with pytest.raises(UserError, match="not like-for-like"):
+        compare(sides[0], b)
+    assert compare(sides[0], b, force=True).rows
+
+
+# --- the published reference CSV ------------------------------------------------------------
+
+TABLE2 = {  # METHODS.md §10, Table 2: gdfq, gdfq+akt, hast, hast+akt, adadfq, adadfq+akt
+    ("cifar10", 3): [72.23, 72.80, 84.11, 84.84, 84.89, 86.76],
+    ("cifar10", 4): [90.25, 90.33, 92.00, 92.25, 92.31, 92.64],
+    ("cifar10", 5): [93.38, 93.36, 93.48, 93.57, 93.81, 93.83],
+    ("cifar100", 3): [47.59, 49.06, 45.21, 46.80, 52.74, 54.68],
+    ("cifar100", 4): [63.39, 63.37, 64.40, 65.26, 66.81, 66.94],
+    ("cifar100", 5): [66.12, 67.46, 68.82, 68.91, 69.93, 69.75],
+}
+TABLE4 = {"channel": [86.09, 92.36, 93.62], "spatial": [86.10, 92.49, 93.75], "akt": [86.76, 92.64, 93.83]}
+
+
+def test_reference_csv_holds_tables_2_and_4_once_each():
+    frame, kind = read_table(REFERENCE)
+    assert kind == "aggregated" and len(frame) == 36 + 6  # Table 4's akt rows are Table 2's adadfq+akt
+    keys = list(zip(frame["dataset"], frame["generator"], frame["loss"], frame["w_bits"], frame["a_bits"]))
+    assert len(set(keys)) == len(keys)
+    got = {(d, g, loss, w): v for (d, g, loss, w, _), v in zip(keys, frame["top1_last_mean"])}
+    methods = [("gdfq", "kd"), ("gdfq", "akt"), ("hast", "kd"), ("hast", "akt"), ("adadfq", "kd"), ("adadfq", "akt")]
+    for (dataset, bits), values in TABLE2.items():
+        for (g, loss), v in zip(methods, values):
+            assert got[(dataset, g, loss, bits)] == v, (dataset, g, loss, bits)
+    for loss, values in TABLE4.items():
+        for bits, v in zip((3, 4, 5), values):
+            assert got[("cifar10", "adadfq", loss, bits)] == v
+    assert set(frame["source"]) == {"reference"} and set(frame["budget"]) == {"paper"}
+    assert set(frame["n_seeds"]) == {1} and frame["top1_last_std"].isna().all()
+    assert set(frame["model"]) == {"resnet20_cifar10", "resnet20_cifar100"}
+    assert all((m == f"resnet20_{d}") for m, d in zip(frame["model"], frame["dataset"]))
+    assert set(frame.loc[frame["dataset"] == "cifar10", "fp_top1"]) == {93.89}
+    assert set(frame.loc[frame["dataset"] == "cifar100", "fp_top1"]) == {70.33}
+    assert frame["note"].str.contains("best epoch selected on the test set").all()

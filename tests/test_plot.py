@@ -1,0 +1,131 @@
+"""`zsqbench plot`: the three figures from a hand-made results folder, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from fixtures_leaderboard import snapshot, trial_row, write_trials  # noqa: E402
+from zsqbench.aggregate import aggregate  # noqa: E402
+from zsqbench.cli.main import main  # noqa: E402
+from zsqbench.plots import gains_over_kd  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+STEMS = ("accuracy_vs_bits", "gain_over_kd", "training_curves")
+
+
+def _result_json(row: dict) -> dict:
+    """The fields plots read from result.json: trial id, status, spec names/bits/seed, per-epoch numbers."""
+    epochs = [{"epoch": 0, "phase": "warmup", "lr": 0.0, "top1": None, "losses": {}, "seconds": 1.0},
+              {"epoch": 1, "phase": "warmup", "lr": 0.0, "top1": row["ptq_top1"], "losses": {}, "seconds": 1.0}]
+    for e in range(2, 5):
+        losses = {"total": 2.0 / e, "logit": 1.5 / e}
+        if row["loss"] != "kd":
+            losses["feature"] = 0.5 / e
+        epochs.append({"epoch": e, "phase": "train", "lr": 1e-4, "top1": row["top1_last"] - (4 - e),
+                       "losses": losses, "seconds": 1.0})
+    return {
+        "trial_id": row["trial_id"], "run": row["run"], "status": "done",
+        "spec": {"generator": {"name": row["generator"], "options": {}}, "loss": {"name": row["loss"], "options": {}},
+                 "w_bits": row["w_bits"], "a_bits": row["a_bits"], "seed": row["seed"], "dataset": row["dataset"]},
+        "top1_last": row["top1_last"], "epochs": epochs,
+    }
+
+
+@pytest.fixture
+def results_dir(tmp_path) -> Path:
+    folder = tmp_path / "results"
+    rows = [trial_row(g, loss, bits, seed, 60.0 + 5 * bits + seed + (1.5 if loss == "akt" else 0.0))
+            for g in ("gdfq", "adadfq") for loss in ("kd", "akt") for bits in (3, 4) for seed in (0, 1)]
+    for i, row in enumerate(rows):
+        row["trial_id"] = f"{i:02d}" + "ab" * 7  # unique two-character prefixes
+    write_trials(folder / "leaderboard.csv", rows)
+    for row in rows:
+        trial = folder / row["run"] / row["trial_id"]
+        trial.mkdir(parents=True)
+        (trial / "result.json").write_text(json.dumps(_result_json(row)))
+    failed = folder / "run1" / ("f" * 16)
+    failed.mkdir()
+    (failed / "error.json").write_text('{"status": "failed"}')  # no result.json: never plotted
+    return folder
+
+
+def test_plot_writes_the_three_figures_and_prints_their_paths(capsys, results_dir, tmp_path):
+    out = tmp_path / "figs"
+    assert main(["plot", str(results_dir), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(out / f"{stem}.png") for stem in STEMS]
+    for stem in STEMS:
+        data = (out / f"{stem}.png").read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, stem  # a real, non-trivial image
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}.png" for s in STEMS)  # no temporaries left
+
+
+def test_svg_format_and_default_out_folder(capsys, results_dir):
+    assert main(["plot", str(results_dir), "--format", "png,svg"]) == 0
+    written = [Path(p) for p in capsys.readouterr().out.split()]
+    assert len(written) == 6 and all(p.parent == results_dir / "plots" for p in written)
+    svg = (results_dir / "plots" / "training_curves.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+
+
+def test_chosen_trials_by_id_prefix(capsys, results_dir, tmp_path):
+    out = ["--out", str(tmp_path / "o")]
+    assert main(["plot", str(results_dir), *out, "--trials", "00ababababababab,01"]) == 0
+    assert (tmp_path / "o" / "training_curves.png").exists()
+    assert "'0' matches 10 finished trials" in _one_line_error(capsys, ["plot", str(results_dir), *out, "--trials", "0"])
+
+
+def test_gain_over_kd_numbers():
+    rows = [trial_row("gdfq", "kd", 3, 0, 70.0), trial_row("gdfq", "kd", 3, 1, 72.0),
+            trial_row("gdfq", "akt", 3, 0, 73.0), trial_row("gdfq", "akt", 3, 1, 74.0),
+            trial_row("gdfq", "spatial", 4, 0, 80.0)]  # no kd at 4 bits: no gain
+    (gain,) = gains_over_kd(aggregate(pd.DataFrame(rows))).to_dict("records")
+    assert gain["loss"] == "akt" and gain["gain"] == pytest.approx(73.5 - 71.0)
+    assert gain["gain_err"] == pytest.approx((2.0 / 2 + 0.5 / 2) ** 0.5, abs=1e-3)  # sqrt(sA²/nA + sB²/nB)
+
+
+def test_figures_are_written_even_without_kd_rows_or_result_files(capsys, tmp_path):
+    folder = tmp_path / "results"
+    write_trials(folder / "leaderboard.csv", [trial_row("gdfq", "akt", 3, 0, 70.0)])
+    assert main(["plot", str(folder), "--out", str(tmp_path / "o")]) == 0
+    assert len(capsys.readouterr().out.split()) == 3
+
+
+def _one_line_error(capsys, argv: list[str]) -> str:
+    code = main(argv)
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err + captured.out, err
+    return err
+
+
+def test_errors_are_one_line_and_write_nothing(capsys, results_dir, tmp_path):
+    before = snapshot(tmp_path)
+    out = ["--out", str(tmp_path / "o")]
+    assert "'nope' matches no finished trial" in _one_line_error(
+        capsys, ["plot", str(results_dir), *out, "--trials", "nope"])
+    assert "--format 'gif'" in _one_line_error(capsys, ["plot", str(results_dir), *out, "--format", "gif"])
+    assert "results folder not found" in _one_line_error(capsys, ["plot", str(tmp_path / "none"), *out])
+    (results_dir / "leaderboard.csv").write_text("trial_id,top1_last\nabc")
+    before = snapshot(tmp_path)
+    assert "malformed leaderboard CSV" in _one_line_error(capsys, ["plot", str(results_dir), *out])
+    assert snapshot(tmp_path) == before
+
+
+def test_corrupt_result_json_is_one_line(capsys, results_dir, tmp_path):
+    next(results_dir.glob("run1/*/result.json")).write_text("{not json")
+    assert "corrupt result file" in _one_line_error(capsys, ["plot", str(results_dir), "--out", str(tmp_path / "o")])
+
+
+def test_missing_matplotlib_says_how_to_install(capsys, results_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes the import fail
+    err = _one_line_error(capsys, ["plot", str(results_dir), "--out", str(tmp_path / "o")])
+    assert 'pip install "zsqbench[plot]"' in err
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,220 @@
+"""The grid runner: checkpoints, resume after SIGKILL, failures, executors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from zsqbench.cli.main import main
+from zsqbench.hookspecs import hookimpl
+from zsqbench.interfaces import DistillationLoss
+from zsqbench.plugins import build_plugins, get_plugins
+
+from fixtures_data import write_random_weights, write_test_set
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugins():
+    get_plugins.cache_clear()
+    yield
+    get_plugins.cache_clear()
+
+
+@pytest.fixture
+def tiny(tmp_path, plugins):
+    root = tmp_path / "data"
+    write_test_set(root, "cifar10", n=24)
+    weights = write_random_weights(tmp_path / "teacher.pth", plugins.models.get("resnet20_cifar10").build())
+    return root, weights
+
+
+def _args(root, weights, out, *extra):
+    return ["run", "--budget", "smoke", "--data-root", str(root), "--teacher-weights", str(weights),
+            "--out", str(out), "--device", "cpu", "-q", *extra]
+
+
+def _epochs_without_timing(result_file: Path) -> list[dict]:
+    epochs = json.loads(result_file.read_text())["epochs"]
+    return [{k: v for k, v in e.items() if k != "seconds"} for e in epochs]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny, tmp_path):
+    root, weights = tiny
+    grid = ["--generators", "gdfq", "--loss", "kd", "--bits", "3", "--epochs", "8", "--iters-per-epoch", "4",
+            "--warmup-epochs", "1"]
+    reference = tmp_path / "reference"
+    assert main(_args(root, weights, reference, *grid)) == 0
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "zsqbench.cli.main", *_args(root, weights, killed, *grid)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    metrics = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = list(killed.glob("*/*/metrics.jsonl"))
+        if found and len(found[0].read_text().splitlines()) >= 2:
+            metrics = found[0]
+            break
+        time.sleep(0.01)
+    assert metrics is not None and proc.poll() is None, "the trial finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    trial = metrics.parent
+    assert not (trial / "result.json").exists()
+    assert not (killed / "leaderboard.csv").exists()
+    assert (trial / "checkpoint.pt").exists()
+
+    assert main(_args(root, weights, killed, *grid)) == 0
+    (ref_trial,) = [p.parent for p in reference.glob("*/*/result.json")]
+    assert ref_trial.name == trial.name  # same spec, same trial id
+    assert _epochs_without_timing(trial / "result.json") == _epochs_without_timing(ref_trial / "result.json")
+    a = torch.load(trial / "checkpoint.pt", weights_only=False)["student"]
+    b = torch.load(ref_trial / "checkpoint.pt", weights_only=False)["student"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(pd.read_csv(killed / "leaderboard.csv")) == 1
+    assert len((trial / "metrics.jsonl").read_text().splitlines()) == 8
+
+
+@pytest.mark.slow
+def test_grid_local_executor_aggregates_over_seeds(tiny, tmp_path, capsys):
+    root, weights = tiny
+    out = tmp_path / "grid"
+    grid = ["--generators", "gdfq,adadfq", "--loss", "kd,akt", "--bits", "3,4", "--seeds", "0,1"]
+    assert main(_args(root, weights, out, *grid)) == 0
+    capsys.readouterr()
+    assert len(pd.read_csv(out / "leaderboard.csv")) == 16
+    assert main(["leaderboard", str(out / "leaderboard.csv"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 8 and all(r["n_seeds"] == 2 for r in rows)
+    # the dry run now shows every trial as done, and a re-run does nothing
+    assert main(_args(root, weights, out, *grid, "--dry-run", "--json")) == 0
+    assert {r["state"] for r in json.loads(capsys.readouterr().out)} == {"done"}
+
+
+@pytest.mark.slow
+def test_grid_on_a_local_ray_instance(tiny, tmp_path, capsys):
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    root, weights = tiny
+    out = tmp_path / "ray"
+    grid = ["--generators", "gdfq,adadfq", "--loss", "kd,akt", "--bits", "3,4", "--seeds", "0,1",
+            "--executor", "ray", "-o", "ray.gpus_per_trial=0", "-o", "ray.num_cpus=2", "--max-parallel", "2"]
+    assert main(_args(root, weights, out, *grid)) == 0
+    capsys.readouterr()
+    assert main(["leaderboard", str(out / "leaderboard.csv"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 8 and all(r["n_seeds"] == 2 for r in rows)
+
+
+@pytest.mark.slow
+def test_submitit_executor_with_its_local_backend(tiny, tmp_path):
+    pytest.importorskip("submitit", reason="the slurm extra is not installed")
+    root, weights = tiny
+    out = tmp_path / "slurm"
+    grid = ["--generators", "gdfq", "--loss", "kd", "--bits", "3,4", "--executor", "slurm",
+            "-o", "slurm.cluster=local", "-o", "slurm.gpus_per_task=0", "-o", "slurm.timeout_min=10"]
+    assert main(_args(root, weights, out, *grid)) == 0
+    assert len(pd.read_csv(out / "leaderboard.csv")) == 2
+    assert list((out / ".submitit").iterdir())
+
+
+@pytest.mark.slow
+def test_multi_process_executor_on_cpu_workers(tiny, tmp_path):
+    root, weights = tiny
+    out = tmp_path / "mp"
+    grid = ["--generators", "gdfq", "--loss", "kd", "--bits", "3,4", "--executor", "multi-gpu",
+            "-o", 'multi-gpu.devices=["cpu","cpu"]']
+    assert main(_args(root, weights, out, *grid)) == 0
+    assert len(pd.read_csv(out / "leaderboard.csv")) == 2
+
+
+def test_multi_gpu_without_gpus_is_a_user_error(tiny, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    root, weights = tiny
+    code = main(_args(root, weights, tmp_path / "o", "--executor", "multi-gpu"))
+    assert code == 2 and "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_unknown_executor_is_a_user_error(capsys):
+    assert main(["run", "--executor", "kubernetes", "--dry-run"]) == 2
+    assert "unknown executor 'kubernetes'" in capsys.readouterr().err
+
+
+class _NaNLoss(DistillationLoss):
+    name = "nan"
+    description = "a loss that is NaN (for tests)"
+
+    def __call__(self, inputs):
+        total = inputs.student_logits.sum() * float("nan")
+        return {"total": total, "logit": total}
+
+
+class _NaNPlugin:
+    @hookimpl
+    def register_losses(self, register):
+        register(_NaNLoss)
+
+
+@pytest.mark.slow
+def test_nan_run_is_marked_diverged_and_not_reported(tiny, tmp_path, monkeypatch, capsys):
+    root, weights = tiny
+    custom = build_plugins(extra={"nan-loss": _NaNPlugin()})
+    monkeypatch.setattr("zsqbench.cli.run_cmd.get_plugins", lambda: custom)
+    monkeypatch.setattr("zsqbench.runner.get_plugins", lambda: custom)
+    out = tmp_path / "nan"
+    assert main(_args(root, weights, out, "--generators", "gdfq", "--loss", "nan,kd", "--bits", "4")) == 1
+    (error_file,) = out.glob("*/*/error.json")
+    assert json.loads(error_file.read_text())["status"] == "diverged"
+    assert not (error_file.parent / "result.json").exists()
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert list(board["loss"]) == ["kd"]
+    capsys.readouterr()
+    # failed trials are left alone unless asked
+    assert main(_args(root, weights, out, "--generators", "gdfq", "--loss", "nan", "--bits", "4", "--dry-run",
+                      "--json")) == 0
+    assert json.loads(capsys.readouterr().out)[0]["state"] == "failed"
+    assert main(_args(root, weights, out, "--generators", "gdfq", "--loss", "nan", "--bits", "4")) == 0
+    assert main(_args(root, weights, out, "--generators", "gdfq", "--loss", "nan", "--bits", "4",
+                      "--retry-failed")) == 1
+
+
+def test_corrupt_checkpoint_stops_before_changing_anything(tiny, tmp_path, capsys):
+    root, weights = tiny
+    out = tmp_path / "corrupt"
+    grid = ["--generators", "gdfq", "--loss", "kd", "--bits", "3"]
+    assert main(_args(root, weights, out, *grid, "--dry-run", "--json")) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    trial = out / "default" / row["trial_id"]
+    trial.mkdir(parents=True)
+    (trial / "spec.json").write_text("{}")
+    (trial / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    code = main(_args(root, weights, out, *grid))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "corrupt checkpoint" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_status_summarizes_a_results_folder(tiny, tmp_path, capsys):
+    out = tmp_path / "status"
+    (out / "default" / "abc").mkdir(parents=True)
+    spec = {"generator": {"name": "gdfq"}, "loss": {"name": "kd"}, "w_bits": 3, "a_bits": 3, "seed": 0,
+            "budget_name": "smoke", "budget": {"epochs": 2}}
+    (out / "default" / "abc" / "spec.json").write_text(json.dumps(spec))
+    (out / "default" / "def").mkdir()
+    (out / "default" / "def" / "spec.json").write_text(json.dumps(spec))
+    (out / "default" / "def" / "error.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
+    assert main(["status", str(out), "--json"]) == 0
+    states = {r["trial_id"]: r["state"] for r in json.loads(capsys.readouterr().out)}
+    assert states == {"abc": "incomplete", "def": "failed"}
+    assert main(["status", str(tmp_path / "missing")]) == 2

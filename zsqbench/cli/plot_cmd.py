@@ -1,0 +1,44 @@
+"""`zsqbench plot [RESULTS_DIR]`: accuracy vs bits, gain over kd, training curves (needs matplotlib)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from zsqbench.errors import UserError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plot", help='plot a results folder (needs pip install "zsqbench[plot]")',
+        description="Write three figures from a results folder (leaderboard.csv and <run>/<trial_id>/result.json): "
+                    "accuracy_vs_bits (top1_last mean ± std per generator+loss), gain_over_kd (each loss minus kd "
+                    "per generator and bit-width) and training_curves (per-epoch top-1 and loss terms).")
+    p.add_argument("folder", nargs="?", type=Path, default=Path("results"),
+                   help="results folder (default results)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="where to write the figures (default FOLDER/plots)")
+    p.add_argument("--trials", metavar="IDS", help="training curves only for these trial ids or unique prefixes "
+                                                   "(comma-separated; default all)")
+    p.add_argument("--format", default="png", metavar="FMT",
+                   help="png (default), svg, or both as png,svg")
+    p.set_defaults(execute=execute)
+
+
+def _formats(text: str) -> list[str]:
+    from zsqbench.plots import FORMATS
+
+    formats = [f.strip().lower() for f in text.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise UserError(f"--format {text!r}: choose from {', '.join(FORMATS)} (comma-separated for several)")
+    return list(dict.fromkeys(formats))
+
+
+def execute(args: argparse.Namespace) -> int:
+    from zsqbench.plots import plot_folder  # keeps `zsqbench --help` free of plotting imports
+
+    trials = [t.strip() for t in args.trials.split(",") if t.strip()] if args.trials else None
+    out_dir = args.out or args.folder / "plots"
+    for path in plot_folder(args.folder, out_dir, trials=trials, formats=_formats(args.format)):
+        print(path)
+    return 0

@@ -1,0 +1,265 @@
+"""Figures from a results folder: accuracy vs bit-width, gain over kd, and training curves.
+
+matplotlib is optional (``pip install "zsqbench[plot]"``) and imported only here, when a plot is
+asked for. Figures are drawn on the Agg canvas directly (no pyplot, no global backend switch), so
+plotting works headless and leaves the caller's matplotlib state alone. Every file is written
+atomically, like the results.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from zsqbench.aggregate import as_aggregated
+from zsqbench.errors import UserError
+from zsqbench.files import write_bytes_atomic
+from zsqbench.tables import read_table
+from zsqbench.views import bits_label
+
+FORMATS = ("png", "svg")
+VARIANT_COLUMNS = ("model", "quantizer", "budget")  # shown in labels only when they vary
+MAX_LEGEND = 14
+
+
+def require_matplotlib() -> Any:
+    """The Figure class, or a one-line error saying how to install the plotting extra."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UserError('plotting needs matplotlib, which is not installed; run pip install "zsqbench[plot]"') from None
+    return Figure
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+
+
+def load_aggregated(folder: Path) -> pd.DataFrame:
+    frame, kind = read_table(folder / "leaderboard.csv")
+    return as_aggregated(frame, kind)
+
+
+def load_trial_results(folder: Path) -> dict[str, dict[str, Any]]:
+    """Finished trials' result.json files under <folder>/<run>/<trial_id>/, by trial id."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.glob("*/*/result.json")):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(f"corrupt result file {path} ({msg}); delete its trial folder and re-run") from None
+        if not isinstance(result, dict) or not isinstance(result.get("epochs"), list):
+            raise UserError(f"result file {path} has no 'epochs' list; delete its trial folder and re-run")
+        if result.get("status", "done") == "done":
+            found[str(result.get("trial_id", path.parent.name))] = result
+    return found
+
+
+def select_trials(results: dict[str, dict[str, Any]], wanted: list[str] | None) -> list[dict[str, Any]]:
+    """All trials, or those named by id or unique id prefix (an unknown or ambiguous name is an error)."""
+    if not wanted:
+        return list(results.values())
+    chosen = []
+    for name in wanted:
+        matches = [tid for tid in results if tid == name] or [tid for tid in results if tid.startswith(name)]
+        if len(matches) != 1:
+            problem = "matches no finished trial" if not matches else f"matches {len(matches)} finished trials"
+            raise UserError(f"--trials: '{name}' {problem} with a result.json "
+                            f"({len(results)} available); pass full trial ids from `zsqbench leaderboard --per-trial`")
+        chosen.append(results[matches[0]])
+    return chosen
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures
+
+
+def _empty(fig: Any, message: str) -> Any:
+    """A figure that says why it is empty, so the set of written files does not depend on the data."""
+    fig.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+    return fig
+
+
+def _variants(frame: pd.DataFrame) -> list[str]:
+    return [c for c in VARIANT_COLUMNS if frame[c].nunique() > 1]
+
+
+def _suffix(row: dict[str, Any], variants: list[str]) -> str:
+    return "".join(f" [{row[c]}]" for c in variants)
+
+
+def _bit_positions(frame: pd.DataFrame) -> dict[tuple[int, int], int]:
+    pairs = sorted({(int(w), int(a)) for w, a in zip(frame["w_bits"], frame["a_bits"])})
+    return {p: i for i, p in enumerate(pairs)}
+
+
+def accuracy_vs_bits(agg: pd.DataFrame, Figure: Any) -> Any:
+    """(a) top1_last mean ± std against bit-width, one line per generator+loss, one panel per dataset."""
+    datasets = sorted(agg["dataset"].unique())
+    fig = Figure(figsize=(5.5 * max(1, len(datasets)), 4.2), layout="constrained")
+    if not datasets:
+        return _empty(fig, "no finished trials in leaderboard.csv")
+    for ax, dataset in zip(fig.subplots(1, len(datasets), squeeze=False)[0], datasets):
+        sub = agg[agg["dataset"] == dataset]
+        variants = _variants(sub)
+        pos = _bit_positions(sub)
+        for _, line in sub.groupby(["generator", "loss", *variants], sort=True):
+            line = line.sort_values(["w_bits", "a_bits"])
+            first = line.iloc[0].to_dict()
+            ax.errorbar([pos[(int(w), int(a))] for w, a in zip(line["w_bits"], line["a_bits"])],
+                        line["top1_last_mean"], yerr=line["top1_last_std"].fillna(0.0), marker="o", capsize=3,
+                        label=f"{first['generator']}+{first['loss']}{_suffix(first, variants)}")
+        fp = sub["fp_top1"].dropna()
+        if len(fp):
+            ax.axhline(float(fp.mean()), color="gray", linestyle="--", linewidth=1, label="FP teacher")
+        ax.set_xticks(list(pos.values()), [bits_label(w, a) for w, a in pos])
+        ax.set_xlabel("bit-width")
+        ax.set_ylabel("top-1 after the last epoch (%)")
+        ax.set_title(dataset)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("top1_last: mean ± sample std over seeds")
+    return fig
+
+
+def gains_over_kd(agg: pd.DataFrame) -> pd.DataFrame:
+    """Each non-kd loss minus kd in the same configuration, with the std error of the difference."""
+    base = ["model", "dataset", "generator", "quantizer", "budget", "w_bits", "a_bits"]
+    stats = ["top1_last_mean", "top1_last_std", "n_seeds"]
+    kd = agg.loc[agg["loss"] == "kd", base + stats]
+    other = agg.loc[agg["loss"] != "kd", base + ["loss"] + stats]
+    joined = other.merge(kd, on=base, suffixes=("", "_kd"))
+    joined["gain"] = joined["top1_last_mean"] - joined["top1_last_mean_kd"]
+    var = (joined["top1_last_std"] ** 2 / joined["n_seeds"].astype(float)
+           + joined["top1_last_std_kd"] ** 2 / joined["n_seeds_kd"].astype(float))
+    joined["gain_err"] = var ** 0.5  # NaN when either side has one seed: no error bar
+    return joined
+
+
+def gain_over_kd(agg: pd.DataFrame, Figure: Any) -> Any:
+    """(b) bars of (loss − kd) per bit-width, one panel per dataset × generator."""
+    gains = gains_over_kd(agg)
+    panels = sorted({(d, g) for d, g in zip(gains["dataset"], gains["generator"])})
+    datasets = sorted({d for d, _ in panels})
+    generators = sorted({g for _, g in panels})
+    fig = Figure(figsize=(4.5 * max(1, len(generators)), 3.6 * max(1, len(datasets))), layout="constrained")
+    if not panels:
+        return _empty(fig, "no loss other than kd shares a configuration with a kd row: nothing to compare with kd")
+    axes = fig.subplots(len(datasets), len(generators), squeeze=False)
+    for i, dataset in enumerate(datasets):
+        for j, generator in enumerate(generators):
+            ax = axes[i][j]
+            sub = gains[(gains["dataset"] == dataset) & (gains["generator"] == generator)]
+            if sub.empty:
+                ax.set_axis_off()
+                continue
+            variants = _variants(sub)
+            pos = _bit_positions(sub)
+            series = sorted({(r["loss"], _suffix(r, variants)) for r in sub.to_dict("records")})
+            width = 0.8 / len(series)
+            for k, (loss, suffix) in enumerate(series):
+                bars = [r for r in sub.to_dict("records") if r["loss"] == loss and _suffix(r, variants) == suffix]
+                x = [pos[(int(r["w_bits"]), int(r["a_bits"]))] - 0.4 + width * (k + 0.5) for r in bars]
+                err = [0.0 if math.isnan(r["gain_err"]) else r["gain_err"] for r in bars]
+                ax.bar(x, [r["gain"] for r in bars], width=width, yerr=err, capsize=3, label=f"{loss}{suffix}")
+            ax.axhline(0.0, color="black", linewidth=0.8)
+            ax.set_xticks(list(pos.values()), [bits_label(w, a) for w, a in pos])
+            ax.set_title(f"{dataset} {generator}")
+            ax.set_ylabel("top-1 gain over kd (points)")
+            ax.grid(axis="y", alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle("gain of each loss over the generator's native loss (kd): top1_last means; bars ± std error")
+    return fig
+
+
+def _trial_label(result: dict[str, Any]) -> str:
+    spec = result.get("spec") or {}
+    tid = str(result.get("trial_id", "?"))[:8]
+    try:
+        return (f"{spec['generator']['name']}+{spec['loss']['name']} W{spec['w_bits']}A{spec['a_bits']} "
+                f"s{spec['seed']} ({tid})")
+    except (KeyError, TypeError):
+        return tid
+
+
+def training_curves(results: list[dict[str, Any]], Figure: Any) -> Any:
+    """(c) per-epoch student top-1 and each loss term, one line per trial (warm-up epochs have no loss)."""
+    from matplotlib.ticker import MaxNLocator
+
+    terms = sorted({t for r in results for e in r["epochs"] if isinstance(e, dict) for t in (e.get("losses") or {})},
+                   key=lambda t: (t != "total", t))
+    n = 1 + len(terms)
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(4.8 * ncols, 3.6 * nrows), layout="constrained")
+    if not results:
+        return _empty(fig, "no finished trial has a result.json in this folder")
+    axes = [ax for row in fig.subplots(nrows, ncols, squeeze=False) for ax in row]
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    for idx, result in enumerate(results):
+        color = f"C{idx % 10}"
+        label = _trial_label(result)
+        # result.json counts epochs from 0; the figure counts from 1, as the progress messages do.
+        epochs = [(e.get("epoch", i) + 1, e) for i, e in enumerate(result["epochs"]) if isinstance(e, dict)]
+        acc = [(ep, e["top1"]) for ep, e in epochs if e.get("top1") is not None]
+        if acc:
+            axes[0].plot(*zip(*acc), marker=".", color=color, label=label)
+        for ax, term in zip(axes[1:], terms):
+            pts = [(ep, e["losses"][term]) for ep, e in epochs if term in (e.get("losses") or {})]
+            if pts:
+                ax.plot(*zip(*pts), marker=".", color=color, label=label)
+    axes[0].set_title("student top-1 (%) per epoch")
+    for ax, term in zip(axes[1:], terms):
+        ax.set_title(f"loss term '{term}' (epoch mean)")
+    for ax in axes[:n]:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    if len(results) <= MAX_LEGEND:
+        axes[0].legend(fontsize=7)
+    fig.suptitle(f"training curves of {len(results)} trial(s)"
+                 + ("" if len(results) <= MAX_LEGEND else " (too many for a legend; pick some with --trials)"))
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def save(fig: Any, out_dir: Path, stem: str, formats: list[str]) -> list[Path]:
+    """Render to memory, then write each file atomically (a reader never sees half a PNG)."""
+    paths = []
+    for fmt in formats:
+        buf = io.BytesIO()
+        metadata = {"Date": None} if fmt == "svg" else None  # reproducible SVGs
+        fig.savefig(buf, format=fmt, dpi=150, metadata=metadata)
+        path = out_dir / f"{stem}.{fmt}"
+        write_bytes_atomic(path, buf.getvalue())
+        paths.append(path)
+    return paths
+
+
+def plot_folder(folder: Path, out_dir: Path, trials: list[str] | None = None,
+                formats: list[str] | tuple[str, ...] = ("png",)) -> list[Path]:
+    """Write the three figures for a results folder; returns the written paths."""
+    Figure = require_matplotlib()
+    if not folder.is_dir():
+        raise UserError(f"results folder not found: {folder}; pass the --out folder of `zsqbench run`")
+    agg = load_aggregated(folder)
+    chosen = select_trials(load_trial_results(folder), trials)
+    figures = {
+        "accuracy_vs_bits": accuracy_vs_bits(agg, Figure),
+        "gain_over_kd": gain_over_kd(agg, Figure),
+        "training_curves": training_curves(chosen, Figure),
+    }
+    written: list[Path] = []
+    for stem, fig in figures.items():
+        written.extend(save(fig, out_dir, stem, list(formats)))
+    return written
