@@ -108,8 +108,9 @@ def test_grid_on_a_local_ray_instance(tiny, tmp_path, capsys):
     out = tmp_path / "ray"
     grid = ["--generators", "gdfq,adadfq", "--loss", "kd,akt", "--bits", "3,4", "--seeds", "0,1",
             "--executor", "ray", "-o", "ray.gpus_per_trial=0", "-o", "ray.num_cpus=2", "--max-parallel", "2"]
-    assert main(_args(root, weights, out, *grid)) == 0
-    capsys.readouterr()
+    code = main(_args(root, weights, out, *grid, "--json"))
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["failed"] == []
     assert main(["leaderboard", str(out / "leaderboard.csv"), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 8 and all(r["n_seeds"] == 2 for r in rows)

@@ -229,6 +229,62 @@ def training_curves(results: list[dict[str, Any]], Figure: Any) -> Any:
     return fig
 
 
+def curvature(analyses: list[dict[str, Any]], Figure: Any) -> Any:
+    """Hessian trace vs epoch, one line per trial with standard-error bars (the AKT paper's
+    Figure 3 layout when the trials are spatial / channel / akt at one bit-width)."""
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for idx, a in enumerate(analyses):
+        s = a["spec"]
+        pts = sorted((int(e) + 1, v["trace"], v["stderr"]) for e, v in a["epochs"].items())
+        xs, ys, es = zip(*pts)
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=f"C{idx % 10}",
+                    label=f"{s['generator']}+{s['loss']} W{s['w_bits']}A{s['a_bits']} s{s['seed']} "
+                          f"({a['trial_id'][:8]})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("tr(H) of the student loss")
+    ax.set_title("curvature (Hutchinson, fixed batch; lower = flatter)")
+    ax.grid(alpha=0.3)
+    if len(analyses) <= MAX_LEGEND:
+        ax.legend(fontsize=7)
+    return fig
+
+
+def gradient_norms(results: list[dict[str, Any]], Figure: Any) -> Any:
+    """Mean and max global student gradient norm per training epoch, log scale."""
+    fig = Figure(figsize=(9.6, 3.8), layout="constrained")
+    mean_ax, max_ax = fig.subplots(1, 2)
+    for idx, result in enumerate(results):
+        pts = [(e.get("epoch", i) + 1, e.get("grad_norm_mean"), e.get("grad_norm_max"))
+               for i, e in enumerate(result["epochs"]) if isinstance(e, dict) and e.get("grad_norm_mean") is not None]
+        if not pts:
+            continue
+        xs, means, maxes = zip(*pts)
+        label = _trial_label(result)
+        mean_ax.plot(xs, means, marker=".", color=f"C{idx % 10}", label=label)
+        max_ax.plot(xs, maxes, marker=".", color=f"C{idx % 10}", label=label)
+    for ax, title in ((mean_ax, "mean global gradient norm"), (max_ax, "max global gradient norm")):
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    if len(results) <= MAX_LEGEND:
+        mean_ax.legend(fontsize=7)
+    return fig
+
+
+def load_analyses(folder: Path, trial_ids: set[str] | None) -> list[dict[str, Any]]:
+    analyses = []
+    for path in sorted(folder.glob("*/*/analysis/hessian.json")):
+        try:
+            a = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise UserError(f"corrupt analysis file {path}; delete it and run `zsqbench analyze hessian` again") from None
+        if a.get("epochs") and (trial_ids is None or a.get("trial_id") in trial_ids):
+            analyses.append(a)
+    return analyses
+
+
 # ----------------------------------------------------------------------------------------------
 # Writing
 
@@ -248,7 +304,10 @@ def save(fig: Any, out_dir: Path, stem: str, formats: list[str]) -> list[Path]:
 
 def plot_folder(folder: Path, out_dir: Path, trials: list[str] | None = None,
                 formats: list[str] | tuple[str, ...] = ("png",)) -> list[Path]:
-    """Write the three figures for a results folder; returns the written paths."""
+    """Write the figures for a results folder; returns the written paths.
+
+    Always: accuracy vs bits, gain over kd, training curves. When the data exist: the
+    curvature figure (saved Hessian analyses) and gradient-norm curves."""
     Figure = require_matplotlib()
     if not folder.is_dir():
         raise UserError(f"results folder not found: {folder}; pass the --out folder of `zsqbench run`")
@@ -259,6 +318,11 @@ def plot_folder(folder: Path, out_dir: Path, trials: list[str] | None = None,
         "gain_over_kd": gain_over_kd(agg, Figure),
         "training_curves": training_curves(chosen, Figure),
     }
+    analyses = load_analyses(folder, {str(r.get("trial_id")) for r in chosen} if trials else None)
+    if analyses:
+        figures["curvature"] = curvature(analyses, Figure)
+    if any(e.get("grad_norm_mean") is not None for r in chosen for e in r["epochs"] if isinstance(e, dict)):
+        figures["gradient_norms"] = gradient_norms(chosen, Figure)
     written: list[Path] = []
     for stem, fig in figures.items():
         written.extend(save(fig, out_dir, stem, list(formats)))

@@ -9,6 +9,7 @@ evaluate. The student stays in eval mode throughout (METHODS §1.6).
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
 import random
@@ -23,7 +24,7 @@ from torch import Tensor
 
 from zsqbench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from zsqbench.data import TestSet, load_test_set
-from zsqbench.files import write_text_atomic
+from zsqbench.files import write_bytes_atomic, write_text_atomic
 from zsqbench.evaluate import top1
 from zsqbench.features import FeatureTaps
 from zsqbench.interfaces import Batch, Generator, LossInputs, StudentObjective, TeacherModel, TrainContext
@@ -362,6 +363,8 @@ def run_trial(
                 "generator": generator.state_dict(), "rng": rng_state(),
             })
             _append_metrics(trial_dir, record)
+            if keeps_snapshot(epoch, budget.epochs):
+                save_student_snapshot(trial_dir, epoch, student)
         progress.message(
             f"epoch {epoch + 1}/{budget.epochs}: top-1 {acc:.2f}%" if acc is not None
             else f"epoch {epoch + 1}/{budget.epochs}: warm-up"
@@ -373,6 +376,23 @@ def run_trial(
 
 
 METRICS_NAME = "metrics.jsonl"
+SNAPSHOT_DIR = "snapshots"
+
+
+def keeps_snapshot(epoch: int, epochs: int) -> bool:
+    """About ten student snapshots per trial (every epoch for short budgets, and the last)."""
+    return epoch == epochs - 1 or epoch % max(1, epochs // 10) == 0
+
+
+def snapshot_path(trial_dir: Path, epoch: int) -> Path:
+    return trial_dir / SNAPSHOT_DIR / f"epoch_{epoch:04d}.pt"
+
+
+def save_student_snapshot(trial_dir: Path, epoch: int, student: torch.nn.Module) -> None:
+    """The student (weights and quantizer ranges) after ``epoch``, for later analysis."""
+    buf = io.BytesIO()
+    torch.save(student.state_dict(), buf)
+    write_bytes_atomic(snapshot_path(trial_dir, epoch), buf.getvalue())
 
 
 def _append_metrics(trial_dir: Path, record: EpochRecord) -> None:
