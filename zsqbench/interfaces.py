@@ -168,12 +168,23 @@ class Batch:
     ``x`` is detached from the generator. When the generator already ran the teacher on
     ``x`` it passes the (detached) logits and tapped features so the trainer need not
     run the teacher again.
+
+    ``student_logits``/``student_features`` are optional, for a generator whose own step
+    already ran the *current* student on exactly these images with the ranges frozen
+    (AdaDFQ after warm-up, METHODS §7.6): the student step then reuses that forward
+    instead of running a second, identical one. They keep their graph, which also leads
+    back through the images into the generator; whoever backpropagates from them must
+    restrict the backward to the student's parameters (``backward(inputs=...)``), as
+    :func:`zsqbench.train.standard_student_step` does; it also clears them afterwards, so
+    the retained generator activations are freed before the next generator step.
     """
 
     x: Tensor
     y: Tensor
     teacher_logits: Tensor | None = None
     teacher_features: dict[str, Tensor] | None = None
+    student_logits: Tensor | None = None
+    student_features: dict[str, Tensor] | None = None
 
 
 @dataclass

@@ -16,7 +16,7 @@ import json
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -86,6 +86,8 @@ def environment_from_dict(data: dict[str, Any]) -> Environment:
         data_root=Path(data["data_root"]), device=resolve_device(data["device"]), cache_dir=Path(data["cache_dir"]),
         teacher_weights=Path(data["teacher_weights"]) if data.get("teacher_weights") else None,
         download=bool(data.get("download", False)), eval_batch_size=int(data.get("eval_batch_size", 500)),
+        precision=str(data.get("precision", "fp32")), channels_last=bool(data.get("channels_last", False)),
+        compile=bool(data.get("compile", False)), tf32=data.get("tf32"),
     )
 
 

@@ -30,7 +30,12 @@ from zsqbench.features import FeatureTaps
 from zsqbench.interfaces import Batch, Generator, LossInputs, StudentObjective, TeacherModel, TrainContext
 from zsqbench.plugins import Plugins
 from zsqbench.spec import TrialSpec
+from zsqbench.speed import ComputeSettings, apply_compute_settings, networks_of
 from zsqbench.teachers import LoadedTeacher, load_teacher
+
+
+#: The running loss shown in the progress display is refreshed this often (iterations).
+LOSS_DISPLAY_EVERY = 50
 
 
 class TrialDiverged(RuntimeError):
@@ -44,6 +49,10 @@ class ProgressSink(Protocol):
 
 
 class NullProgress:
+    #: Progress sinks may set this False when they display nothing: the trainer then never
+    #: reads the running loss (a host-device synchronization) for them.
+    shows_info = False
+
     def start(self, description: str, total: int) -> None:
         pass
 
@@ -56,7 +65,7 @@ class NullProgress:
 
 @dataclass
 class Environment:
-    """Where and how a trial runs; nothing here changes its numbers' meaning."""
+    """Where and how a trial runs; at the defaults nothing here changes its numbers."""
 
     data_root: Path
     device: torch.device
@@ -64,6 +73,17 @@ class Environment:
     teacher_weights: Path | None = None
     download: bool = False
     eval_batch_size: int = 500
+    # Opt-in compute settings (zsqbench.speed): they change results at the rounding level
+    # (channels_last, compile) or more (tf32, bf16), so none is on by default and a trial
+    # that used any records them in its result ("compute").
+    precision: str = "fp32"  # "bf16": convolutions in bfloat16, everything else float32
+    channels_last: bool = False
+    compile: bool = False
+    tf32: bool | None = None  # None: PyTorch's defaults
+
+    @property
+    def compute(self) -> ComputeSettings:
+        return ComputeSettings(self.precision, self.channels_last, self.compile, self.tf32)
 
 
 @dataclass
@@ -112,16 +132,32 @@ def standard_student_step(
     ctx: TrainContext, batch: Batch, objective: StudentObjective, optimizer: torch.optim.Optimizer
 ) -> dict[str, Tensor]:
     """Student forward on the batch, the objective, one SGD step. Teacher outputs are reused
-    when the generator already computed them on the same images."""
+    when the generator already computed them on the same images, and so is the student's
+    forward when the generator passes it (``batch.student_logits``, METHODS §7.6).
+
+    A shared student forward still carries the graph through the images into the
+    generator, so its backward is restricted to the student's parameters: the generator
+    gets no gradient and its part of the graph is not traversed.
+    """
     if batch.teacher_logits is None:
         with torch.no_grad():
             t, t_feats = ctx.teacher_forward(batch.x)
     else:
         t, t_feats = batch.teacher_logits, batch.teacher_features or {}
-    s, s_feats = ctx.student_forward(batch.x)
+    shared = batch.student_logits is not None
+    if shared:
+        s, s_feats = batch.student_logits, batch.student_features or {}
+    else:
+        s, s_feats = ctx.student_forward(batch.x)
     terms = objective(LossInputs(s, t, batch.y, s_feats, t_feats))
     optimizer.zero_grad(set_to_none=True)
-    terms["total"].backward()
+    if shared:
+        terms["total"].backward(inputs=[p for p in ctx.student.parameters() if p.requires_grad])
+        # The retained graph (with the generator's saved activations) is spent: let it go
+        # now rather than when the caller drops the batch, after the next generator step.
+        batch.student_logits = batch.student_features = None
+    else:
+        terms["total"].backward()
     optimizer.step()
     return {k: v.detach() for k, v in terms.items()}
 
@@ -284,6 +320,9 @@ def run_trial(
     parts = build_trial_parts(spec, plugins, entry, teacher, device, env.cache_dir, progress)
     ctx, generator, objective, optimizer = parts.ctx, parts.generator, parts.objective, parts.optimizer
     student, quantizer, o = ctx.student, ctx.quantizer, spec.optim
+    compute = env.compute
+    if not compute.is_default:
+        apply_compute_settings(networks_of(teacher, student, generator), compute)
     generator.prepare()
 
     budget = spec.budget
@@ -303,6 +342,7 @@ def run_trial(
         if trial_dir is not None:
             _rewrite_metrics(trial_dir, records)
     monitor = GradientMonitor(student)
+    show_loss = getattr(progress, "shows_info", True)
     for epoch in range(first_epoch, budget.epochs):
         t0 = time.perf_counter()
         monitor.reset()
@@ -314,6 +354,7 @@ def run_trial(
         generator.start_epoch(epoch)
         student.eval()
         sums: dict[str, Tensor] = {}
+        info = ""
         progress.start(f"{spec.generator.name}+{spec.loss.name} {spec.bits_label} epoch {epoch + 1}/{budget.epochs}"
                        + (" (warm-up)" if warmup else ""), budget.iters_per_epoch)
         with ctx.teacher_taps.active(), ctx.student_taps.active():
@@ -328,8 +369,12 @@ def run_trial(
                     monitor.observe(terms["total"])
                     for k, v in terms.items():
                         sums[k] = sums[k] + v if k in sums else v.clone()
-                if (it + 1) % 10 == 0 or it + 1 == budget.iters_per_epoch:
-                    info = f"loss {sums['total'].item() / (it + 1):.4f}" if "total" in sums else ""
+                last = it + 1 == budget.iters_per_epoch
+                if (it + 1) % 10 == 0 or last:
+                    # Reading the running loss synchronizes with the GPU: only for a display
+                    # that shows it, and only every LOSS_DISPLAY_EVERY iterations.
+                    if show_loss and "total" in sums and ((it + 1) % LOSS_DISPLAY_EVERY == 0 or last):
+                        info = f"loss {sums['total'].item() / (it + 1):.4f}"
                     progress.advance(it + 1, info)
         quantizer.set_calibrating(student, False)
         losses = {k: v.item() / budget.iters_per_epoch for k, v in sums.items()}
@@ -372,6 +417,7 @@ def run_trial(
     return TrialOutcome(
         fp_top1=fp, ptq_top1=ptq, epochs=records, teacher=loaded, test_set=test,
         wall_s=previous_wall + time.perf_counter() - started,
+        extra={} if compute.is_default else {"compute": compute.describe()},
     )
 
 

@@ -97,15 +97,16 @@ class OnlineGenerator(Generator):
         y = torch.randint(0, self.ctx.num_classes, (b,), device=dev)
         return z, y, self.net(z, y)
 
-    def step_generator(self, loss: Tensor) -> None:
+    def step_generator(self, loss: Tensor, retain_graph: bool = False) -> None:
         """One Adam step on the generator alone.
 
         The gradient is taken with respect to the generator's parameters only, so a loss
         that also passes through the student (AdaDFQ's zero-sum terms) computes no student
         weight gradients and leaves none behind (METHODS §9 S2); the generator's gradient
-        is the same as a full backward would give.
+        is the same as a full backward would give. ``retain_graph`` keeps the forward's
+        graph for a later backward (AdaDFQ's shared student forward).
         """
-        step_on(self.optimizer, loss, self.net)
+        step_on(self.optimizer, loss, self.net, retain_graph=retain_graph)
 
     def state_dict(self) -> dict:
         return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -115,14 +116,18 @@ class OnlineGenerator(Generator):
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-def step_on(optimizer: torch.optim.Optimizer, loss: Tensor, module: nn.Module) -> None:
+def step_on(
+    optimizer: torch.optim.Optimizer, loss: Tensor, module: nn.Module, retain_graph: bool = False
+) -> None:
     """One optimizer step on ``module``'s parameters with the gradient of ``loss`` w.r.t. them alone.
 
     Other networks the loss passes through (teacher, student) get no weight gradients
     computed and none left behind; ``module``'s gradient equals a full backward's.
+    With ``retain_graph`` the graph survives for another backward (e.g. the student loss
+    reusing the same student forward); the optimizer step itself does not touch it.
     """
     params = [p for p in module.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=retain_graph)
     optimizer.zero_grad(set_to_none=True)
     for p, g in zip(params, grads):
         p.grad = g

@@ -9,20 +9,23 @@ with no label CE (§5.2). Its minimum is −T²·log C, reached at s = t + c·1.
 
 Departures from the reference code, none of which changes a number: the margin loss's zero
 vector follows the batch (defects A4/D4), and the generator's backward computes no student
-weight gradients (S2).
+weight gradients (S2). After warm-up the student step reuses the generator step's student
+forward (``share_student_forward``, METHODS §7.6): with frozen ranges and not yet updated
+weights the reference's second forward Q(x.detach()) recomputes the very same values.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
-from pydantic import Field, model_validator
-from torch import Tensor
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import Batch, NativeLosses, PluginOptions
+from zsqbench.interfaces import Batch, NativeLosses, PluginOptions, TrainContext
 from zsqbench_plugins.generators._common import OnlineGenerator
 from zsqbench_plugins.generators.gdfq import LogitObjective
 
@@ -37,12 +40,26 @@ class AdaDFQOptions(PluginOptions):
     beta: float = Field(1.0, ge=0, description="weight of the one-hot (disagreement + agreement) terms")
     gamma: float = Field(1.0, ge=0, description="weight of the BN-statistics term (GDFQ uses 0.1)")
     temperature: float = Field(20.0, gt=0, description="T of the entropy-of-difference student loss")
+    share_student_forward: bool = Field(
+        True,
+        description="after warm-up, reuse the generator step's student forward for the student loss "
+        "(same numbers, one student forward less); false = the reference's two forwards",
+    )
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> "AdaDFQOptions":
         if self.lambda_l > self.lambda_u:
             raise ValueError(f"lambda_l ({self.lambda_l}) must not exceed lambda_u ({self.lambda_u})")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_speed_switch(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """``share_student_forward`` changes speed, not numbers: at its default it stays out of
+        the dumped options, so specs and trial ids are the same as before it existed."""
+        data = handler(self)
+        if data.get("share_student_forward") is True:
+            del data["share_student_forward"]
+        return data
 
 
 def entropy(logits: Tensor) -> Tensor:
@@ -119,21 +136,45 @@ class AdaDFQ(OnlineGenerator):
     )
     Options = AdaDFQOptions
 
+    def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:
+        super().__init__(options, ctx)
+        # Modules with a range-tracking switch (the uniform quantizer's QuantAct).
+        self._range_trackers: list[nn.Module] = [m for m in ctx.student.modules() if hasattr(m, "calibrating")]
+
+    def _shares_student_forward(self, epoch: int) -> bool:
+        """Reuse this step's student forward for the student loss (METHODS §7.6)?
+
+        Only after warm-up and only while no activation range is tracking: then the student
+        is unchanged between the two forwards of the reference (ranges frozen, weights not
+        yet stepped), so both give the same logits and features. During warm-up each of the
+        two forwards updates the ranges, so the reference order is kept there.
+        """
+        if not self.options.share_student_forward or epoch < self.ctx.spec.budget.warmup_epochs:  # type: ignore[attr-defined]
+            return False
+        return not any(getattr(m, "calibrating", False) for m in self._range_trackers)
+
     def next_batch(self, epoch: int) -> Batch:
         """METHODS §5.4: G step through teacher *and* student; the student step follows in the trainer.
 
         The student forward here updates activation ranges while they are unfrozen (the
         trainer's own forward is the second update of the iteration, as in the code). Its
-        tapped features are discarded so the student step gets those of its own forward.
+        tapped features are discarded so the student step gets those of its own forward,
+        except after warm-up with ``share_student_forward``: then the logits and features
+        (with their graph, retained through the generator backward) go into the batch and
+        the student step backpropagates them into the student's parameters alone.
         """
         ctx = self.ctx
+        share = self._shares_student_forward(epoch)
         z, y, x = self.sample()
         with self.bns.recording():
             t, t_feats = ctx.teacher_forward(x)
         s = ctx.student(x)
-        ctx.student_taps.take()
+        s_feats = ctx.student_taps.take()
         loss_g = generator_loss(t, s, y, self.bns.loss(), self.options)["total"]  # type: ignore[arg-type]
-        self.step_generator(loss_g)
+        self.step_generator(loss_g, retain_graph=share)
+        if share:
+            return Batch(x=x.detach(), y=y, teacher_logits=t.detach(), teacher_features=t_feats,
+                         student_logits=s, student_features=s_feats)
         return Batch(x=x.detach(), y=y, teacher_logits=t.detach(), teacher_features=t_feats)
 
     def native_losses(self) -> NativeLosses:

@@ -8,7 +8,8 @@ FP network are kept, so feature taps address teacher and student with the same p
 
 from __future__ import annotations
 
-from typing import Literal
+from contextlib import contextmanager
+from typing import Any, Iterator, Literal
 
 import torch
 from pydantic import Field
@@ -33,15 +34,90 @@ def fake_quantize(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
 
 
 def ste(x: Tensor, quantized: Tensor) -> Tensor:
-    """Forward: the quantized value; backward: the incoming gradient, unchanged."""
+    """Forward: the quantized value; backward: the incoming gradient, unchanged.
+
+    The reference formulation (kept for :func:`reference_ste` and the equivalence tests).
+    Its forward value is ``x + (q − x)``, which equals ``q`` except at clipped elements,
+    where it can be off by one rounding of ``x``; the fused path returns ``q`` itself.
+    """
     return x + (quantized - x).detach()
+
+
+def _fake_quantize_into(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
+    """:func:`fake_quantize` with one output buffer instead of six temporaries.
+
+    Same operations in the same order on the same dtypes (``q = x·S``, ``−Z``, round
+    half-to-even, clamp, ``+Z``, ``/S``), so the result is bit-identical to
+    :func:`fake_quantize` (tested, exact .5 ties included); only the allocations go.
+    On CPU, fake quantization plus its STE is ~3x faster this way (see benchmarks/README.md).
+    """
+    n = 2**bits - 1
+    half = 2 ** (bits - 1)
+    scale = n / torch.clamp(hi - lo, min=1e-8)
+    zero = torch.round(scale * lo) + half
+    out = x * scale
+    out.sub_(zero).round_().clamp_(-half, half - 1).add_(zero).div_(scale)
+    return out
+
+
+class FakeQuantSTE(torch.autograd.Function):
+    """Fake quantization with the reference identity STE in one autograd node (METHODS §1.2).
+
+    Forward: exactly :func:`fake_quantize` (signed order of §1.2), computed in float32 for
+    reduced-precision inputs so ``precision="bf16"`` never quantizes in bf16 (the result is
+    then float32); float32 and float64 inputs keep their dtype. Backward: the incoming
+    gradient unchanged (cast back to the input's dtype), with **no** clipping mask, as the
+    reference does; it is differentiable again (zero second derivative, like the reference),
+    so Hessian-vector products through the student are unchanged. This replaces
+    ``x + (q − x).detach()``, which costs a subtraction, an addition and two autograd
+    nodes per quantizer. PyTorch's own ``fake_quantize_per_*_affine`` kernels are not used:
+    they were not bit-identical to the §1.2 order in 140 of 200 random cases (they multiply
+    by 1/scale and round before subtracting the zero point), their backward masks clipped
+    values, and on CPU they were slower than this function.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:  # type: ignore[override]
+        ctx.in_dtype = x.dtype
+        dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+        return _fake_quantize_into(x.to(dtype), lo.to(dtype), hi.to(dtype), bits)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        return grad.to(ctx.in_dtype), None, None, None
+
+
+_USE_REFERENCE_STE = False
+
+
+@contextmanager
+def reference_ste(enabled: bool = True) -> Iterator[None]:
+    """Within this block quantizers use the straightforward ``ste(x, fake_quantize(x))``
+    instead of :class:`FakeQuantSTE` (for equivalence tests and debugging)."""
+    global _USE_REFERENCE_STE
+    previous = _USE_REFERENCE_STE
+    _USE_REFERENCE_STE = enabled
+    try:
+        yield
+    finally:
+        _USE_REFERENCE_STE = previous
+
+
+def fake_quantize_ste(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
+    """Fake-quantize ``x`` onto the grid of [lo, hi] with an identity STE for ``x``.
+
+    ``lo``/``hi`` must not need gradients (the reference gives m, M, S and Z none).
+    """
+    if _USE_REFERENCE_STE:
+        return ste(x, fake_quantize(x.detach(), lo, hi, bits))
+    return FakeQuantSTE.apply(x, lo.detach(), hi.detach(), bits)
 
 
 def quantize_weight(weight: Tensor, bits: int) -> Tensor:
     flat = weight.detach().flatten(1)
     lo, hi = torch.aminmax(flat, dim=1)
     shape = (-1,) + (1,) * (weight.dim() - 1)
-    return ste(weight, fake_quantize(weight.detach(), lo.view(shape), hi.view(shape), bits))
+    return fake_quantize_ste(weight, lo.view(shape), hi.view(shape), bits)
 
 
 class QuantConv2d(nn.Conv2d):
@@ -114,18 +190,19 @@ class QuantAct(nn.Module):
             self.beta_t.mul_(beta)
             self.x_min.copy_((beta * self.x_min + (1 - beta) * b_min) / (1 - self.beta_t))
             self.x_max.copy_((beta * self.x_max + (1 - beta) * b_max) / (1 - self.beta_t))
-        elif self.updates.item() == 0:
-            self.x_min.copy_(b_min)
-            self.x_max.copy_(b_max)
         else:
-            self.x_min.lerp_(b_min, 1 - beta)
-            self.x_max.lerp_(b_max, 1 - beta)
+            # The first batch initializes the range. Chosen with torch.where on the device
+            # rather than a Python branch on ``updates.item()``, which would synchronize the
+            # host with the GPU at every student forward; the values are the same.
+            first = self.updates == 0
+            self.x_min.copy_(torch.where(first, b_min, torch.lerp(self.x_min, b_min, 1 - beta)))
+            self.x_max.copy_(torch.where(first, b_max, torch.lerp(self.x_max, b_max, 1 - beta)))
         self.updates.add_(1)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.calibrating:
             self.update_range(x)
-        return ste(x, fake_quantize(x.detach(), self.x_min, self.x_max, self.a_bits))
+        return fake_quantize_ste(x, self.x_min, self.x_max, self.a_bits)
 
     def extra_repr(self) -> str:
         return f"a_bits={self.a_bits}, tracking={self.tracking}"

@@ -38,6 +38,8 @@ def add_parser(sub) -> None:
     h.add_argument("--rtol", type=float, default=0.05,
                    help="stop when the standard error is below this fraction of |trace| (default 0.05)")
     h.add_argument("--data-root", help="data root with the teacher weights (default: $ZSQBENCH_DATA)")
+    h.add_argument("--teacher-weights", type=Path,
+                   help="teacher weights file, if the trial's recorded one is not available")
     h.add_argument("--cache-dir", type=Path, help="cache of synthesized data (default: $ZSQBENCH_CACHE)")
     h.add_argument("--device", default="auto", help="cpu, cuda or auto")
     h.add_argument("--force", action="store_true", help="recompute epochs already analysed")
@@ -82,7 +84,8 @@ def execute_hessian(args: argparse.Namespace) -> int:
     trials = find_trials(args.results, [t.strip() for t in args.trials.split(",")] if args.trials else None,
                          _filters(args.filter))
     cache = args.cache_dir or Path(os.environ.get("ZSQBENCH_CACHE", "~/.cache/zsqbench")).expanduser()
-    env = Environment(data_root=resolve_data_root(args.data_root), device=resolve_device(args.device), cache_dir=cache)
+    env = Environment(data_root=resolve_data_root(args.data_root), device=resolve_device(args.device), cache_dir=cache,
+                      teacher_weights=args.teacher_weights)
     plugins = get_plugins()
     analyses = []
     for trial in trials:

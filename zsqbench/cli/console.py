@@ -33,6 +33,11 @@ class RichProgress:
         if self._progress is not None:
             self._progress.stop()
 
+    @property
+    def shows_info(self) -> bool:
+        """Whether a bar is displayed (the trainer reads the running loss only for one)."""
+        return self._progress is not None
+
     def start(self, description: str, total: int) -> None:
         if self._progress is None:
             return

@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.table import Table
 
+from zsqbench.cli.compute_flags import add_compute_flags, compute_settings
 from zsqbench.cli.console import RichProgress, out
 from zsqbench.data import resolve_data_root
 from zsqbench.errors import UserError
@@ -57,6 +58,7 @@ def add_parser(sub) -> None:
     p.add_argument("--download", action="store_true", help="download missing test sets / weights")
     p.add_argument("--cache-dir", type=Path, help="cache for synthesized data (default: $ZSQBENCH_CACHE or ~/.cache/zsqbench)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    add_compute_flags(p)
     p.add_argument("--out", type=Path, default=Path("results"), help="results directory (default ./results)")
     p.add_argument("--run", dest="run_name", default="default", help="run folder name under --out")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
@@ -133,6 +135,7 @@ def execute(args: argparse.Namespace) -> int:
     env = Environment(
         data_root=resolve_data_root(args.data_root), device=device, cache_dir=cache,
         teacher_weights=args.teacher_weights, download=args.download,
+        **compute_settings(args).describe(),
     )
     todo = [s for s in specs if trial_state(args.out, args.run_name, s) != "done" or args.force]
     estimate = estimate_compute(todo)

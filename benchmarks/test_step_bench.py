@@ -1,0 +1,67 @@
+"""pytest-benchmark versions of `zsqbench bench` (small batch): `pytest benchmarks/ --benchmark-only`.
+
+Not collected by the default `pytest` run (testpaths = tests). Each case times the trainer's
+training step, the bare FP network passes of the same iteration, and one evaluation pass of
+student and teacher, on a randomly initialized ResNet-20 (no data needed). Compare ``step``
+with ``bare`` within a group for the overhead; see benchmarks/README.md.
+
+Environment variables: ZSQBENCH_BENCH_BATCH (default 32), ZSQBENCH_BENCH_DEVICE (default
+cpu), ZSQBENCH_BENCH_THREADS (default: PyTorch's choice), ZSQBENCH_BENCH_ROUNDS (default 5).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import pytest
+
+from zsqbench.bench import BenchConfig, BenchSession
+
+CASES = [("adadfq", "akt"), ("adadfq", "kd"), ("gdfq", "kd")]
+BATCH = int(os.environ.get("ZSQBENCH_BENCH_BATCH", "32"))
+DEVICE = os.environ.get("ZSQBENCH_BENCH_DEVICE", "cpu")
+THREADS = int(os.environ["ZSQBENCH_BENCH_THREADS"]) if os.environ.get("ZSQBENCH_BENCH_THREADS") else None
+ROUNDS = int(os.environ.get("ZSQBENCH_BENCH_ROUNDS", "5"))
+EVAL_IMAGES = 1000
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[f"{g}+{l}" for g, l in CASES])
+def session(request) -> Iterator[BenchSession]:
+    generator, loss = request.param
+    config = BenchConfig(generator=generator, loss=loss, batch_size=BATCH, device=DEVICE, threads=THREADS,
+                         eval_images=EVAL_IMAGES)
+    with BenchSession(config) as s:
+        yield s
+
+
+def _measure(benchmark, session: BenchSession, name: str, fn) -> None:
+    c = session.config
+    benchmark.group = f"{c.generator}+{c.loss} w{c.bits}a{c.bits} batch {c.batch_size} {session.device.type}"
+    benchmark.extra_info.update(generator=c.generator, loss=c.loss, bits=c.bits, batch_size=c.batch_size,
+                                device=session.device.type, kind=name)
+
+    def run() -> None:
+        fn()
+        session.sync()  # include the GPU work, not just its launch
+
+    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+
+
+def test_step(benchmark, session: BenchSession) -> None:
+    """One training iteration after warm-up, as the trainer runs it (feature taps active)."""
+    with session.taps_active():
+        _measure(benchmark, session, "step", session.step)
+
+
+def test_bare(benchmark, session: BenchSession) -> None:
+    """The same iteration's network passes with plain FP modules (the floor)."""
+    _measure(benchmark, session, "bare", session.bare)
+
+
+def test_eval_student(benchmark, session: BenchSession) -> None:
+    _measure(benchmark, session, "eval_student", session.eval_student)
+
+
+def test_eval_teacher(benchmark, session: BenchSession) -> None:
+    _measure(benchmark, session, "eval_teacher", session.eval_teacher)

@@ -1,0 +1,393 @@
+"""The speed-ups change speed, not mathematics: each optimized path against the straightforward one.
+
+* fused fake quantization (:class:`FakeQuantSTE`) vs ``ste(x, fake_quantize(x))``: forward
+  bit-identical to :func:`fake_quantize`, identity gradient, same training to rounding;
+* AdaDFQ's shared student forward after warm-up vs the reference's two forwards;
+* no teacher/student gradients from the generator step;
+* no host synchronization (``.item()``) per iteration in the range EMA and the trainer;
+* channels-last and bf16 convolutions (opt-in, not equivalent: channels-last agrees to
+  rounding in the FP networks only; bf16 is only checked for keeping everything but the
+  convolutions in float32, its accuracy effect is to be measured).
+
+Tolerances (losses and all weights after 3 steps): shared forward 1e-6 relative, fused STE
+1e-5 relative (it differs from ``x + (q − x)`` by one rounding, at clipped elements only).
+Measured on CPU: both bit-identical to their reference (difference 0).
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from zsqbench.speed import ComputeSettings, apply_compute_settings, networks_of, set_conv_precision
+from zsqbench.train import Environment, GradientMonitor, NullProgress, run_trial
+from zsqbench_plugins.quantizers.uniform import (
+    FakeQuantSTE,
+    QuantAct,
+    fake_quantize,
+    fake_quantize_ste,
+    quantize_weight,
+    reference_ste,
+    ste,
+)
+
+from conftest import make_spec
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny batches gain nothing from a second thread, and a busy machine stalls OpenMP barriers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------ fused fake quantization
+
+
+def _cases():
+    g = torch.Generator().manual_seed(0)
+    for bits in (2, 3, 4, 5, 8):
+        n, half = 2**bits - 1, 2 ** (bits - 1)
+        # per tensor, ReLU-like and signed inputs, values beyond the range (clipping)
+        yield torch.randn(4096, generator=g).relu() * 3, torch.tensor(0.0), torch.tensor(2.0), bits
+        yield torch.randn(4096, generator=g) * 2, torch.tensor(-1.3), torch.tensor(0.7), bits
+        # per channel, like conv weights
+        w = torch.randn(8, 3, 3, 3, generator=g)
+        lo, hi = torch.aminmax(w.flatten(1), dim=1)
+        yield w, lo.view(-1, 1, 1, 1), hi.view(-1, 1, 1, 1), bits
+        # exact .5 ties: S = 1, Z = half, so S·x − Z = x − half hits k + .5 for half-integer x
+        yield torch.arange(-2 * n, 2 * n + 1, dtype=torch.float32) / 2, torch.tensor(0.0), torch.tensor(float(n)), bits
+        # ties with a rounded zero point: [-1, 1] at S = n/2, x on the half-steps of the grid
+        yield (torch.arange(-2 * n, 2 * n + 1, dtype=torch.float32) + 0.5) / n, torch.tensor(-1.0), torch.tensor(1.0), bits
+        # degenerate range
+        yield torch.full((16,), 0.5), torch.tensor(0.5), torch.tensor(0.5), bits
+        assert half > 0
+
+
+def test_fused_forward_is_bit_identical_to_the_reference_order_ties_included():
+    ties = 0
+    for x, lo, hi, bits in _cases():
+        scale = (2**bits - 1) / torch.clamp(hi - lo, min=1e-8)
+        zero = torch.round(scale * lo) + 2 ** (bits - 1)
+        ties += int(((scale * x - zero) % 1 == 0.5).sum())
+        assert torch.equal(FakeQuantSTE.apply(x, lo, hi, bits), fake_quantize(x, lo, hi, bits)), bits
+    assert ties > 100  # the tie cases really contain exact .5 values
+
+
+def test_fused_gradient_is_the_identity_even_where_clipped():
+    x = torch.tensor([-5.0, 0.2, 0.7, 9.0], requires_grad=True)
+    lo, hi = torch.tensor(0.0), torch.tensor(1.0)
+    y = FakeQuantSTE.apply(x, lo, hi, 2)
+    upstream = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    (y * upstream).sum().backward()
+    assert torch.equal(x.grad, upstream)
+
+
+def test_fused_value_differs_from_x_plus_q_minus_x_by_rounding_at_most():
+    for x, lo, hi, bits in _cases():
+        q = fake_quantize(x, lo, hi, bits)
+        torch.testing.assert_close(FakeQuantSTE.apply(x, lo, hi, bits), ste(x, q), rtol=0, atol=4e-6)
+
+
+def test_quantizers_use_the_fused_path_and_reference_switch_restores_the_old_one():
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    assert type(quantize_weight(w, 3).grad_fn).__name__ == "FakeQuantSTEBackward"
+    with reference_ste():
+        assert type(quantize_weight(w, 3).grad_fn).__name__ == "AddBackward0"
+    x = torch.randn(10, requires_grad=True)
+    assert type(fake_quantize_ste(x, torch.tensor(0.0), torch.tensor(1.0), 4).grad_fn).__name__ == "FakeQuantSTEBackward"
+
+
+def test_fused_quantizer_computes_in_float32_for_bf16_inputs():
+    x = torch.randn(64).to(torch.bfloat16).requires_grad_(True)
+    lo, hi = torch.tensor(-1.0), torch.tensor(1.0)
+    y = FakeQuantSTE.apply(x, lo, hi, 4)
+    assert y.dtype == torch.float32
+    assert torch.equal(y, fake_quantize(x.detach().float(), lo, hi, 4))
+    y.sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and torch.equal(x.grad, torch.ones_like(x))
+
+
+def test_fused_ste_gives_the_same_hessian_vector_products(plugins):
+    """`zsqbench analyze` differentiates the student's gradient again (create_graph)."""
+    import copy
+
+    from zsqbench_plugins.quantizers.uniform import UniformOptions, UniformQuantizer
+
+    torch.manual_seed(0)
+    quantizer = UniformQuantizer(UniformOptions())
+    student = quantizer.quantize(copy.deepcopy(plugins.models.get("resnet20_cifar10").build()), 4, 4).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        student(x)
+    quantizer.set_calibrating(student, False)
+    params = [p for p in student.parameters() if p.requires_grad]
+    probe = [torch.randn_like(p) for p in params]
+
+    def hvp() -> list[torch.Tensor]:
+        loss = student(x).square().mean()
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        dot = sum((g * v).sum() for g, v in zip(grads, probe))
+        return list(torch.autograd.grad(dot, params, allow_unused=True))
+
+    fused = hvp()
+    with reference_ste():
+        reference = hvp()
+    for a, b in zip(fused, reference):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+# -------------------------------------------------------------------- no host synchronization
+
+
+@pytest.mark.parametrize("tracking", ["exact", "ema"])
+def test_range_tracking_never_reads_a_tensor_on_the_host(monkeypatch, tracking):
+    act = QuantAct(bits=4, tracking=tracking)
+
+    def no_item(self):
+        raise AssertionError("Tensor.item() called: a host-device synchronization")
+
+    monkeypatch.setattr(torch.Tensor, "item", no_item)
+    act(torch.tensor([0.0, 2.0]))
+    act(torch.tensor([0.0, 4.0]))
+    monkeypatch.undo()
+    assert int(act.updates) == 2
+    if tracking == "ema":  # the first batch initialized the range, the second moved it by 0.1
+        assert act.x_max.item() == pytest.approx(0.9 * 2.0 + 0.1 * 4.0)
+
+
+def _tiny_run_trial(plugins, tmp_path, monkeypatch, iters: int, progress, **env_fields):
+    """run_trial on a random ResNet-20 with a fake test set; returns the outcome and the
+    number of .item() calls."""
+    import zsqbench.train as train_mod
+
+    entry = plugins.models.get("resnet20_cifar10")
+    test = SimpleNamespace(labels=torch.zeros(2, dtype=torch.long))
+    resources = SimpleNamespace(test_set=lambda name, env: test, inputs=lambda t, teacher: torch.zeros(2, 3, 32, 32),
+                                fp_top1=lambda *a: 10.0)
+    torch.manual_seed(0)
+    monkeypatch.setattr(train_mod, "load_teacher",
+                        lambda *a, **k: SimpleNamespace(module=entry.build(), expected_top1=None))
+    monkeypatch.setattr(train_mod, "top1", lambda *a, **k: 10.0)
+    calls = {"n": 0}
+    original = torch.Tensor.item
+
+    def counting_item(self):
+        # Adam keeps its step counters on the CPU even for GPU parameters and reads them
+        # with .item(): no device synchronization, so not counted.
+        caller = traceback.extract_stack(limit=2)[0].filename.replace("\\", "/")
+        if "torch/optim/" not in caller:
+            calls["n"] += 1
+        return original(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", counting_item)
+    spec = make_spec("adadfq", "kd", batch_size=2, epochs=2, iters_per_epoch=iters, warmup_epochs=1)
+    env = Environment(data_root=tmp_path, device=torch.device("cpu"), cache_dir=tmp_path / "cache", **env_fields)
+    outcome = run_trial(spec, plugins, env, progress, resources)  # type: ignore[arg-type]
+    monkeypatch.undo()
+    return outcome, calls["n"]
+
+
+def test_trainer_reads_no_tensor_per_iteration_without_a_display(plugins, tmp_path, monkeypatch):
+    few = _tiny_run_trial(plugins, tmp_path / "a", monkeypatch, 2, NullProgress())[1]
+    more = _tiny_run_trial(plugins, tmp_path / "b", monkeypatch, 5, NullProgress())[1]
+    assert few == more  # only per-epoch reads (losses, gradient summary)
+
+
+class _Display(NullProgress):
+    shows_info = True
+
+
+def test_trainer_reads_the_running_loss_rarely_for_a_display(plugins, tmp_path, monkeypatch):
+    silent = _tiny_run_trial(plugins, tmp_path / "a", monkeypatch, 12, NullProgress())[1]
+    shown = _tiny_run_trial(plugins, tmp_path / "b", monkeypatch, 12, _Display())[1]
+    assert shown == silent + 1  # the end-of-epoch value of the one training epoch (< 50 iterations)
+
+
+def test_trial_with_opt_in_compute_settings_runs_and_records_them(plugins, tmp_path, monkeypatch):
+    from zsqbench.runner import environment_from_dict, environment_to_dict
+
+    outcome, _ = _tiny_run_trial(plugins, tmp_path / "a", monkeypatch, 2, NullProgress(),
+                                 precision="bf16", channels_last=True, tf32=False)
+    assert outcome.extra["compute"] == {"precision": "bf16", "channels_last": True, "compile": False, "tf32": False}
+    assert all(math.isfinite(v) for e in outcome.epochs for v in e.losses.values())
+    plain, _ = _tiny_run_trial(plugins, tmp_path / "b", monkeypatch, 2, NullProgress())
+    assert "compute" not in plain.extra  # default runs' results keep their shape
+    env = Environment(data_root=tmp_path, device=torch.device("cpu"), cache_dir=tmp_path, precision="bf16",
+                      channels_last=True, compile=True, tf32=True)
+    assert environment_from_dict(environment_to_dict(env, "cpu")).compute == env.compute
+
+
+# ------------------------------------------------------------------- training equivalence
+
+
+def _train(parts, warmup_iters: int = 2, steps: int = 3):
+    """A warm-up (ranges calibrated, no student step) then ``steps`` trainer iterations."""
+    ctx, gen = parts.ctx, parts.generator
+    losses, shared = [], []
+    with ctx.teacher_taps.active(), ctx.student_taps.active():
+        ctx.quantizer.set_calibrating(ctx.student, True)
+        gen.start_epoch(0)
+        for _ in range(warmup_iters):
+            batch = gen.next_batch(0)
+            assert batch.student_logits is None  # never shared during warm-up
+            with torch.no_grad():
+                ctx.student(batch.x)
+            ctx.student_taps.take()
+        ctx.quantizer.set_calibrating(ctx.student, False)
+        gen.start_epoch(1)
+        for _ in range(steps):
+            parts.optimizer.zero_grad(set_to_none=True)  # as the student step does anyway
+            batch = gen.next_batch(1)
+            shared.append(batch.student_logits is not None)
+            # the generator step left no gradient in teacher or student, shared graph or not
+            assert all(p.grad is None for p in ctx.teacher.parameters())
+            assert all(p.grad is None for p in ctx.student.parameters())
+            terms = gen.student_step(batch, parts.objective, parts.optimizer)
+            losses.append({k: v.item() for k, v in terms.items()})
+    state = {f"student.{k}": v.detach().clone() for k, v in ctx.student.state_dict().items()}
+    state.update({f"generator.{k}": v.detach().clone() for k, v in gen.net.state_dict().items()})
+    return losses, state, shared
+
+
+def _assert_same_training(a, b, rtol: float, atol: float) -> None:
+    (losses_a, state_a, _), (losses_b, state_b, _) = a, b
+    assert len(losses_a) == len(losses_b)
+    for la, lb in zip(losses_a, losses_b):
+        assert la.keys() == lb.keys()
+        for k in la:
+            assert la[k] == pytest.approx(lb[k], rel=rtol, abs=atol), k
+    assert state_a.keys() == state_b.keys()
+    for k in state_a:
+        torch.testing.assert_close(state_a[k], state_b[k], rtol=rtol, atol=atol, msg=k)
+
+
+@pytest.mark.parametrize("loss", ["kd", "akt"])
+def test_shared_student_forward_trains_exactly_like_two_forwards(tiny_parts, loss):
+    shared = _train(tiny_parts(make_spec("adadfq", loss, batch_size=4)))
+    reference = _train(tiny_parts(make_spec("adadfq", loss, batch_size=4,
+                                            generator_options={"share_student_forward": False})))
+    assert shared[2] == [True] * 3 and reference[2] == [False] * 3
+    _assert_same_training(shared, reference, rtol=1e-6, atol=1e-9)
+
+
+def test_shared_student_forward_backward_reaches_student_parameters_only(tiny_parts):
+    parts = tiny_parts(make_spec("adadfq", "akt", batch_size=4))
+    ctx, gen = parts.ctx, parts.generator
+    ctx.quantizer.set_calibrating(ctx.student, False)
+    with ctx.teacher_taps.active(), ctx.student_taps.active():
+        batch = gen.next_batch(1)
+        assert batch.student_logits is not None and batch.student_logits.requires_grad
+        assert set(batch.student_features) == set(parts.objective.feature_taps)
+        gen.optimizer.zero_grad(set_to_none=True)
+        gen.student_step(batch, parts.objective, parts.optimizer)
+    assert batch.student_logits is None and batch.student_features is None  # spent graph released
+    assert all(p.grad is None for p in gen.net.parameters())
+    assert all(p.grad is None for p in ctx.teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in ctx.student.parameters())
+
+
+def test_no_sharing_while_ranges_still_track(tiny_parts):
+    parts = tiny_parts(make_spec("adadfq", "kd", batch_size=2))
+    parts.ctx.quantizer.set_calibrating(parts.ctx.student, True)  # e.g. a custom loop forgot to freeze
+    assert parts.generator.next_batch(1).student_logits is None
+
+
+def test_share_option_at_its_default_does_not_change_trial_ids(plugins):
+    from zsqbench.grid import _options
+
+    gen_cls = plugins.generators.get("adadfq")
+    assert "share_student_forward" not in _options(gen_cls, {}, "generator", "adadfq")
+    off = _options(gen_cls, {"share_student_forward": False}, "generator", "adadfq")
+    assert off["share_student_forward"] is False
+    assert gen_cls.Options(**off).share_student_forward is False
+
+
+@pytest.mark.parametrize("generator, loss", [("adadfq", "akt"), ("gdfq", "kd")])
+def test_fused_ste_trains_like_the_reference_ste(tiny_parts, generator, loss):
+    fused = _train(tiny_parts(make_spec(generator, loss, batch_size=4)))
+    with reference_ste():
+        reference = _train(tiny_parts(make_spec(generator, loss, batch_size=4)))
+    _assert_same_training(fused, reference, rtol=1e-5, atol=1e-7)
+
+
+def test_channels_last_changes_the_fp_networks_by_rounding_only(tiny_parts):
+    """Why channels-last is opt-in: NHWC convolutions round differently. The FP networks
+    agree to rounding, but in the 4-bit student a rounding difference that crosses a grid
+    boundary moves an activation by a whole step, so its logits differ visibly (measured on
+    a random teacher: max 1.0, mean 0.09 for logits up to 45), and Adam turns rounding noise
+    in near-zero generator gradients into full-size updates. Statistically equivalent, not
+    bit-equivalent."""
+    parts = tiny_parts(make_spec("adadfq", "akt", batch_size=4))
+    ctx, gen = parts.ctx, parts.generator.net.eval()
+    torch.manual_seed(1)
+    x, z, y = torch.randn(8, 3, 32, 32), torch.randn(8, 100), torch.randint(0, 10, (8,))
+    with torch.no_grad():
+        ctx.student(x)
+        ctx.quantizer.set_calibrating(ctx.student, False)
+        before = [ctx.teacher(x), gen(z, y), ctx.student(x)]
+        apply_compute_settings(networks_of(ctx.teacher, ctx.student, parts.generator),
+                               ComputeSettings(channels_last=True))
+        assert ctx.student.features.init_block.conv.weight.is_contiguous(memory_format=torch.channels_last)
+        after = [ctx.teacher(x), gen(z, y), ctx.student(x)]
+    for a, b in zip(before[:2], after[:2]):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-5 * a.abs().max().item())
+    scale = before[2].abs().max().item()
+    assert (after[2] - before[2]).abs().mean().item() < 0.02 * scale
+
+
+# ------------------------------------------------------------------------- compute settings
+
+
+def test_networks_of_finds_teacher_student_and_generator_once(tiny_parts):
+    parts = tiny_parts(make_spec("adadfq", "kd", batch_size=2))
+    nets = networks_of(parts.ctx.teacher, parts.ctx.student, parts.generator)
+    assert {id(n) for n in nets} == {id(parts.ctx.teacher), id(parts.ctx.student), id(parts.generator.net)}
+
+
+def test_bf16_convolutions_keep_everything_else_float32(tiny_parts):
+    parts = tiny_parts(make_spec("adadfq", "kd", batch_size=2))
+    student = parts.ctx.student
+    keys = set(student.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        student(x)
+        parts.ctx.quantizer.set_calibrating(student, False)
+        ref = student(x)
+    set_conv_precision(student, "bf16")
+    seen: list[torch.dtype] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(i[0].dtype))
+             for m in student.modules() if isinstance(m, (QuantAct, nn.BatchNorm2d, nn.Linear))]
+    with torch.no_grad():
+        low = student(x)
+    for h in hooks:
+        h.remove()
+    assert set(seen) == {torch.float32} and low.dtype == torch.float32
+    assert set(student.state_dict()) == keys
+    assert torch.isfinite(low).all() and not torch.equal(low, ref)
+    set_conv_precision(student, "fp32")
+    assert all(type(m) in (nn.Conv2d,) or type(m).__name__ == "QuantConv2d"
+               for m in student.modules() if isinstance(m, nn.Conv2d))
+    with torch.no_grad():
+        assert torch.equal(student(x), ref)
+
+
+def test_gradient_monitor_is_untouched_by_shared_steps(tiny_parts):
+    """The trainer's per-step diagnostics see student gradients only (none from the generator)."""
+    parts = tiny_parts(make_spec("adadfq", "kd", batch_size=2))
+    ctx = parts.ctx
+    ctx.quantizer.set_calibrating(ctx.student, False)
+    monitor = GradientMonitor(ctx.student)
+    terms = parts.generator.student_step(parts.generator.next_batch(1), parts.objective, parts.optimizer)
+    monitor.observe(terms["total"])
+    summary = monitor.summary()
+    assert summary["nonfinite_steps"] == 0 and summary["grad_norm_mean"] > 0

@@ -1,0 +1,301 @@
+"""`zsqbench bench`: how fast is one training iteration, and how far from the bare minimum?
+
+A trial's wall time is ~all training iterations, and these networks are small (METHODS
+§11.3), so the harness's own overhead (fake quantization, hooks, losses, Python) can
+dominate. This module measures it directly, in one process and interleaved:
+
+* ``step_s``: one full training iteration after warm-up, exactly as the trainer runs it:
+  ``generator.next_batch`` + ``generator.student_step`` (with the student update), feature
+  taps active, gradient monitor and loss accumulation included.
+* ``bare_s``: the irreducible network passes of that iteration with plain FP modules and
+  nothing else (no quantizers, hooks or losses; ``sum()`` as the loss): generator forward
+  and backward, teacher forward and an input-gradient backward, and an FP student (an
+  unquantized copy of the teacher) forward and backward for input and weight gradients,
+  all in one backward, on the same batch size, memory format, precision and threads.
+  The bare passes always run eagerly (never compiled), so ``--compile`` shows up as a
+  lower overhead.
+* ``overhead = step_s / bare_s``: how many bare iterations one real iteration costs.
+* ``eval_s`` / ``fp_eval_s``: one evaluation pass (``zsqbench.evaluate.top1``, inference
+  mode) over ``eval_images`` random test-sized images for the quantized student and the FP
+  teacher; ``eval_ratio = eval_s / fp_eval_s``.
+* ``peak_mem_mb``: CPU: the process's peak resident set (ru_maxrss); CUDA: the peak
+  memory allocated by PyTorch.
+
+step and bare alternate, repetition by repetition, and the medians are reported, so a
+background load that drifts affects both alike. The teacher is randomly initialized:
+the speed of these networks does not depend on their weights, and no data is needed.
+"""
+
+from __future__ import annotations
+
+import copy
+import resource
+import statistics
+import tempfile
+import time
+from contextlib import AbstractContextManager, ExitStack, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from zsqbench.errors import UserError
+from zsqbench.evaluate import top1
+from zsqbench.grid import _options as plugin_options
+from zsqbench.interfaces import TeacherModel
+from zsqbench.plugins import Plugins, get_plugins
+from zsqbench.runner import resolve_device
+from zsqbench.spec import Budget, PluginChoice, TrialSpec
+from zsqbench.speed import ComputeSettings, apply_compute_settings, networks_of
+from zsqbench.train import GradientMonitor, build_trial_parts, seed_everything
+
+#: Generator options that keep a benchmark's setup short without changing the timed step
+#: (HAST's synthetic set: its content does not affect the speed of a training step).
+SETUP_OPTIONS: dict[str, Callable[[int], dict[str, Any]]] = {
+    "hast": lambda batch: {"num_images": batch, "synthesis_batch": batch, "synthesis_iters": 1},
+}
+
+#: The keys of the ``--json`` object, in order.
+JSON_KEYS = (
+    "step_s", "bare_s", "overhead", "eval_s", "fp_eval_s", "eval_ratio", "peak_mem_mb",
+    "generator", "loss", "bits", "batch_size", "device", "device_name", "threads",
+    "precision", "channels_last", "compile", "tf32", "iters", "options", "reference_ste", "torch",
+)
+
+
+@dataclass
+class BenchConfig:
+    generator: str = "adadfq"
+    loss: str = "akt"
+    bits: int = 4
+    batch_size: int = 200
+    device: str = "auto"
+    threads: int | None = None
+    iters: int = 10
+    warmup_iters: int = 3
+    eval_images: int = 10000
+    eval_batch_size: int = 200
+    calibration_iters: int = 2
+    model: str = "resnet20_cifar10"
+    seed: int = 0
+    compute: ComputeSettings = field(default_factory=ComputeSettings)
+    #: Plugin options by plugin name, e.g. {"adadfq": {"share_student_forward": False}}.
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Time the straightforward ``x + (q − x).detach()`` STE instead of the fused one.
+    reference_ste: bool = False
+
+
+class BenchSession:
+    """The objects of one benchmark, ready to time: :meth:`step`, :meth:`bare`,
+    :meth:`eval_student`, :meth:`eval_teacher`. Call :meth:`close` when done (or use it as
+    a context manager); :meth:`step` needs :meth:`taps_active` around it, as in the trainer."""
+
+    def __init__(self, config: BenchConfig, plugins: Plugins | None = None) -> None:
+        self.config = c = config
+        self.device = resolve_device(c.device)
+        if c.threads is not None:
+            torch.set_num_threads(c.threads)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        plugins = plugins or get_plugins()
+        entry = plugins.models.get(c.model)
+        gen_cls = plugins.generators.get(c.generator)  # unknown names: one-line errors before any work
+        loss_cls = plugins.losses.get(c.loss)
+        unknown = sorted(set(c.options) - {c.generator, c.loss})
+        if unknown:
+            raise UserError(f"options given for {unknown}, which this benchmark does not use "
+                            f"(generator '{c.generator}', loss '{c.loss}')")
+        gen_options = SETUP_OPTIONS[c.generator](c.batch_size) if c.generator in SETUP_OPTIONS else {}
+        gen_options.update(c.options.get(c.generator, {}))
+        self.spec = TrialSpec(
+            model=c.model, dataset=entry.dataset, w_bits=c.bits, a_bits=c.bits, seed=c.seed,
+            generator=PluginChoice(name=c.generator,
+                                   options=plugin_options(gen_cls, gen_options, "generator", c.generator)),
+            loss=PluginChoice(name=c.loss,
+                              options=plugin_options(loss_cls, c.options.get(c.loss, {}), "loss", c.loss)),
+            budget=Budget(epochs=2, iters_per_epoch=max(1, c.iters), batch_size=c.batch_size, warmup_epochs=1),
+        )
+        self._tmp = tempfile.TemporaryDirectory(prefix="zsqbench-bench-")  # e.g. HAST's synthetic-set cache
+        try:
+            self._setup(plugins, entry)
+        except BaseException:
+            self._tmp.cleanup()
+            raise
+
+    def _setup(self, plugins: Plugins, entry: TeacherModel) -> None:
+        c = self.config
+        seed_everything(c.seed)
+        teacher = entry.build().to(self.device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self.parts = build_trial_parts(self.spec, plugins, entry, teacher, self.device, Path(self._tmp.name))
+        ctx, gen = self.parts.ctx, self.parts.generator
+        self.num_classes = entry.num_classes
+
+        # The bare FP networks, copied before any compilation (they always run eagerly).
+        gen_net = getattr(gen, "net", None)
+        self.bare_generator = copy.deepcopy(gen_net).train() if isinstance(gen_net, nn.Module) else None
+        self.bare_teacher = copy.deepcopy(teacher)
+        self.bare_student = copy.deepcopy(teacher)
+        for p in self.bare_student.parameters():
+            p.requires_grad_(True)
+        bare_compute = ComputeSettings(c.compute.precision, c.compute.channels_last, False, c.compute.tf32)
+        apply_compute_settings([n for n in (self.bare_generator, self.bare_teacher, self.bare_student) if n is not None],
+                               bare_compute)
+        self._bare_params = [p for n in (self.bare_generator, self.bare_student) if n is not None
+                             for p in n.parameters()]
+        apply_compute_settings(networks_of(teacher, ctx.student, gen), c.compute)
+
+        # Prepare and calibrate as in the warm-up epochs, then freeze the ranges (METHODS §1.3).
+        gen.prepare()
+        ctx.quantizer.set_calibrating(ctx.student, True)
+        gen.start_epoch(0)
+        with self.taps_active():
+            for _ in range(c.calibration_iters):
+                batch = gen.next_batch(0)
+                with torch.no_grad():
+                    ctx.student(batch.x)
+                ctx.student_taps.take()
+        ctx.quantizer.set_calibrating(ctx.student, False)
+        self.epoch = self.spec.budget.warmup_epochs
+        gen.start_epoch(self.epoch)
+        self.monitor = GradientMonitor(ctx.student)
+        self.sums: dict[str, Tensor] = {}
+
+        g = torch.Generator().manual_seed(c.seed)
+        self.eval_inputs = torch.randn(c.eval_images, 3, 32, 32, generator=g)
+        self.eval_labels = torch.randint(0, entry.num_classes, (c.eval_images,), generator=g)
+
+    # -- what is timed
+    def taps_active(self) -> ExitStack:
+        """Teacher and student feature taps active, as during a training epoch."""
+        stack = ExitStack()
+        stack.enter_context(self.parts.ctx.teacher_taps.active())
+        stack.enter_context(self.parts.ctx.student_taps.active())
+        return stack
+
+    def step(self) -> None:
+        """One training iteration after warm-up, as run_trial does it."""
+        p = self.parts
+        batch = p.generator.next_batch(self.epoch)
+        terms = p.generator.student_step(batch, p.objective, p.optimizer)
+        self.monitor.observe(terms["total"])
+        for k, v in terms.items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+
+    def bare(self) -> None:
+        """The same iteration's network passes alone, with plain FP modules (see the module doc)."""
+        b, dev = self.config.batch_size, self.device
+        for prm in self._bare_params:
+            prm.grad = None
+        if self.bare_generator is not None:
+            z = torch.randn(b, self.bare_generator.latent_dim, device=dev)
+            y = torch.randint(0, self.num_classes, (b,), device=dev)
+            x = self.bare_generator(z, y)
+        else:
+            x = torch.randn(b, 3, 32, 32, device=dev, requires_grad=True)
+        (self.bare_teacher(x).sum() + self.bare_student(x).sum()).backward()
+
+    def eval_student(self, images: int | None = None) -> float:
+        return self._eval(self.parts.ctx.student, images)
+
+    def eval_teacher(self, images: int | None = None) -> float:
+        return self._eval(self.parts.ctx.teacher, images)
+
+    def _eval(self, model: nn.Module, images: int | None) -> float:
+        n = self.config.eval_images if images is None else images
+        return top1(model, self.eval_inputs[:n], self.eval_labels[:n], self.device, self.config.eval_batch_size)
+
+    # -- timing
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def timed(self, fn: Callable[[], Any]) -> float:
+        self.sync()
+        t0 = time.perf_counter()
+        fn()
+        self.sync()
+        return time.perf_counter() - t0
+
+    def peak_mem_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def __enter__(self) -> "BenchSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_bench(config: BenchConfig, plugins: Plugins | None = None) -> dict[str, Any]:
+    """Build, warm up, and measure; returns the ``--json`` object (keys :data:`JSON_KEYS`)."""
+    from zsqbench.provenance import device_name
+
+    if config.iters < 1 or config.eval_images < 1 or config.batch_size < 1:
+        raise ValueError("iters, eval_images and batch_size must be at least 1")
+    if config.reference_ste:
+        from zsqbench_plugins.quantizers.uniform import reference_ste
+
+        quantization: AbstractContextManager[Any] = reference_ste()
+    else:
+        quantization = nullcontext()
+    with quantization, BenchSession(config, plugins) as session:
+        steps: list[float] = []
+        bares: list[float] = []
+        with session.taps_active():
+            for _ in range(config.warmup_iters):
+                session.step()
+                session.bare()
+            session.sync()
+            for i in range(config.iters):
+                # Alternate which goes first, so neither always follows the other.
+                if i % 2 == 0:
+                    steps.append(session.timed(session.step))
+                    bares.append(session.timed(session.bare))
+                else:
+                    bares.append(session.timed(session.bare))
+                    steps.append(session.timed(session.step))
+        warm = min(config.eval_batch_size, config.eval_images)
+        session.eval_student(warm)  # first-call costs (allocator, cuDNN, compilation) out of the timing
+        session.eval_teacher(warm)
+        eval_s = session.timed(session.eval_student)
+        fp_eval_s = session.timed(session.eval_teacher)
+        step_s, bare_s = statistics.median(steps), statistics.median(bares)
+        c = config.compute
+        result = {
+            "step_s": step_s,
+            "bare_s": bare_s,
+            "overhead": step_s / bare_s,
+            "eval_s": eval_s,
+            "fp_eval_s": fp_eval_s,
+            "eval_ratio": eval_s / fp_eval_s,
+            "peak_mem_mb": session.peak_mem_mb(),
+            "generator": config.generator,
+            "loss": config.loss,
+            "bits": config.bits,
+            "batch_size": config.batch_size,
+            "device": session.device.type,
+            "device_name": device_name(session.device),
+            "threads": torch.get_num_threads(),
+            "precision": c.precision,
+            "channels_last": c.channels_last,
+            "compile": c.compile,
+            "tf32": c.tf32,
+            "iters": config.iters,
+            "options": config.options,
+            "reference_ste": config.reference_ste,
+            "torch": torch.__version__,
+        }
+    assert tuple(result) == JSON_KEYS
+    return result
+
+
+__all__ = ["BenchConfig", "BenchSession", "JSON_KEYS", "run_bench"]

@@ -1,0 +1,89 @@
+"""`zsqbench bench`: time one training iteration against its bare network passes (zsqbench.bench)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from zsqbench.cli.compute_flags import add_compute_flags, compute_settings
+from zsqbench.errors import UserError
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'")
+    return value
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="time a training iteration and an evaluation pass (random teacher, no data needed)",
+        description="Time one training iteration after warm-up (step_s) against the bare FP network passes of "
+                    "the same iteration (bare_s), interleaved in one process, medians over --iters repetitions; "
+                    "plus one evaluation pass of the quantized student and of the FP teacher. "
+                    "See benchmarks/README.md for how to read the numbers.")
+    p.add_argument("--generator", default="adadfq", help="generator plugin (default adadfq)")
+    p.add_argument("--loss", default="akt", help="loss plugin (default akt)")
+    p.add_argument("--bits", type=int, default=4, help="weight and activation bits (default 4)")
+    p.add_argument("--batch-size", type=_positive, default=200, help="training batch (default 200)")
+    p.add_argument("--model", default="resnet20_cifar10", help="teacher architecture (default resnet20_cifar10)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--threads", type=_positive, help="torch intra-op threads (default: PyTorch's choice)")
+    p.add_argument("--iters", type=_positive, default=10, help="timed iterations of each kind (default 10)")
+    p.add_argument("--warmup-iters", type=_non_negative, default=3,
+                   help="untimed iterations of each kind first (default 3)")
+    p.add_argument("--eval-images", type=_positive, default=10000,
+                   help="random test-sized images per evaluation pass (default 10000, batch 200)")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
+                   help="generator/loss option, e.g. -o adadfq.share_student_forward=false (repeatable)")
+    add_compute_flags(p)
+    p.add_argument("--reference-ste", action="store_true",
+                   help="time the straightforward x + (q - x).detach() STE instead of the fused one (comparison)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(execute=execute)
+
+
+def execute(args: argparse.Namespace) -> int:
+    from zsqbench.bench import BenchConfig, run_bench  # keeps `zsqbench --help` light
+    from zsqbench.cli.run_cmd import _parse_options  # the same PLUGIN.KEY=VALUE syntax as `run`
+    from zsqbench.spec import MAX_BITS, MIN_BITS
+
+    if not MIN_BITS <= args.bits <= MAX_BITS:
+        raise UserError(f"--bits {args.bits}: bits must be between {MIN_BITS} and {MAX_BITS}")
+    config = BenchConfig(
+        generator=args.generator, loss=args.loss, bits=args.bits, batch_size=args.batch_size, device=args.device,
+        threads=args.threads, iters=args.iters, warmup_iters=args.warmup_iters, eval_images=args.eval_images,
+        model=args.model, compute=compute_settings(args), options=_parse_options(args.option),
+        reference_ste=args.reference_ste,
+    )
+    result = run_bench(config)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    from zsqbench.cli.console import out
+
+    r = result
+    out.print(f"{r['generator']}+{r['loss']} w{r['bits']}a{r['bits']}, batch {r['batch_size']}, {r['device_name']}, "
+              f"torch {r['torch']}, precision {r['precision']}"
+              + (", channels-last" if r["channels_last"] else "") + (", compiled" if r["compile"] else ""),
+              highlight=False, soft_wrap=True)
+    out.print(f"  training step  {r['step_s'] * 1e3:10.1f} ms  (median of {r['iters']})", highlight=False)
+    out.print(f"  bare passes    {r['bare_s'] * 1e3:10.1f} ms  -> overhead x{r['overhead']:.2f}", highlight=False)
+    out.print(f"  eval student   {r['eval_s']:10.2f} s", highlight=False)
+    out.print(f"  eval teacher   {r['fp_eval_s']:10.2f} s   -> ratio x{r['eval_ratio']:.2f}", highlight=False)
+    out.print(f"  peak memory    {r['peak_mem_mb']:10.0f} MiB", highlight=False)
+    return 0

@@ -1,0 +1,165 @@
+"""Opt-in compute settings: memory format, conv precision, TF32, torch.compile.
+
+None of these is on by default, because each changes the floating-point results (at the
+rounding level for channels-last and compile, more for TF32 and bf16), and a trial's
+numbers must not depend on where it ran unless asked. They are shared by the trainer
+(:class:`zsqbench.train.Environment`) and ``zsqbench bench`` so that a benchmark measures
+exactly what a trial would run.
+
+* ``channels_last``: NHWC convolutions (measured faster on CPU for ResNet-20; see
+  benchmarks/README.md). The FP networks differ from NCHW by the convolution's rounding;
+  in the quantized student such a difference can move an activation across a grid
+  boundary, so its outputs differ by more (statistically, not systematically).
+* ``precision="bf16"``: convolutions run under autocast in bfloat16 and their outputs are
+  cast back to float32, so everything else (BN, fake quantization, losses, the FC layer)
+  stays float32. The fake-quantization function casts its input to float32 too, so
+  quantizer arithmetic never happens in bf16 (the bf16 conv then sees the float32 grid
+  values rounded to bf16). Its effect on accuracy must be measured before use.
+* ``tf32``: ``None`` leaves PyTorch's defaults (cuDNN convolutions may use TF32 on Ampere
+  or newer GPUs, matmuls not); ``True`` allows TF32 for both; ``False`` forbids it (strict
+  FP32, as the reference code's older GPUs computed).
+* ``compile``: :meth:`torch.nn.Module.compile` on each network, in place (module names,
+  hooks and state_dict keys stay). Fused kernels may contract multiply-adds, so results
+  are not bit-identical to eager mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+PRECISIONS = ("fp32", "bf16")
+_DTYPES = {"bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class ComputeSettings:
+    """The opt-in settings; the defaults reproduce plain eager float32 execution."""
+
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    tf32: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+    @property
+    def is_default(self) -> bool:
+        return self == ComputeSettings()
+
+    def describe(self) -> dict[str, Any]:
+        return {"precision": self.precision, "channels_last": self.channels_last,
+                "compile": self.compile, "tf32": self.tf32}
+
+
+# ------------------------------------------------------------------ conv precision
+
+_AUTOCAST_CLASSES: dict[type, type] = {}
+
+
+def _autocast_class(base: type) -> type:
+    """A subclass of ``base`` (a Conv2d class) whose forward runs under autocast.
+
+    Swapping an instance's class (instead of wrapping its forward) survives deepcopy and
+    leaves module paths, hooks and state_dict untouched.
+    """
+    if base not in _AUTOCAST_CLASSES:
+
+        def forward(self: nn.Conv2d, x: Tensor) -> Tensor:
+            with torch.autocast(x.device.type, dtype=self.compute_dtype):
+                out = base.forward(self, x)
+            return out.to(torch.float32)
+
+        _AUTOCAST_CLASSES[base] = type(
+            f"Autocast{base.__name__}", (base,),
+            {"forward": forward, "__module__": __name__, "_autocast_base": base,
+             "__doc__": f"{base.__name__} computed in reduced precision, output cast to float32."},
+        )
+    return _AUTOCAST_CLASSES[base]
+
+
+def set_conv_precision(module: nn.Module, precision: str) -> None:
+    """Make every Conv2d in ``module`` compute in ``precision`` ("fp32" undoes it)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    for m in module.modules():
+        if not isinstance(m, nn.Conv2d):
+            continue
+        base = getattr(type(m), "_autocast_base", type(m))
+        if precision == "fp32":
+            m.__class__ = base
+            m.__dict__.pop("compute_dtype", None)
+        else:
+            m.__class__ = _autocast_class(base)
+            m.compute_dtype = _DTYPES[precision]
+
+
+# ------------------------------------------------------------------- everything
+
+
+def set_tf32(enabled: bool | None) -> None:
+    """Allow (True) or forbid (False) TF32 in CUDA matmuls and cuDNN convs; None: leave as is."""
+    if enabled is None:
+        return
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def networks_of(*objects: Any) -> list[nn.Module]:
+    """The networks held by the given objects: modules themselves, or modules among the
+    attributes of zsqbench objects (a generator's ``net``, HAST's calibration generator's
+    ``net``), two attribute levels deep. Each network once, outermost modules only."""
+    found: dict[int, nn.Module] = {}
+
+    def visit(obj: Any, depth: int) -> Iterator[nn.Module]:
+        if isinstance(obj, nn.Module):
+            yield obj
+            return
+        module_name = type(obj).__module__ or ""
+        if depth == 0 or not module_name.startswith(("zsqbench", "zsqbench_plugins")):
+            return
+        for value in list(getattr(obj, "__dict__", {}).values()):
+            yield from visit(value, depth - 1)
+
+    for obj in objects:
+        for net in visit(obj, 2):
+            found.setdefault(id(net), net)
+    nets = list(found.values())
+    inner = {id(sub) for net in nets for sub in net.modules() if sub is not net}
+    return [n for n in nets if id(n) not in inner]
+
+
+def _allow_compiled_backward_twice() -> None:
+    """AdaDFQ's shared student forward backpropagates the same graph twice (generator step
+    with ``retain_graph``, then the student step). A compiled backward that donates its
+    saved buffers refuses that, so buffer donation (a memory optimization) is turned off."""
+    try:
+        import torch._functorch.config as functorch_config
+
+        functorch_config.donated_buffer = False
+    except (ImportError, AttributeError):  # pragma: no cover - older/newer PyTorch without it
+        pass
+
+
+def apply_compute_settings(networks: Iterable[nn.Module], settings: ComputeSettings) -> None:
+    """Apply ``settings`` to the networks in place (call once, after they are built)."""
+    set_tf32(settings.tf32)
+    if settings.compile:
+        _allow_compiled_backward_twice()
+    for net in networks:
+        if settings.channels_last:
+            net.to(memory_format=torch.channels_last)
+        if settings.precision != "fp32":
+            set_conv_precision(net, settings.precision)
+        if settings.compile:
+            net.compile()
+
+
+__all__ = [
+    "ComputeSettings", "PRECISIONS", "apply_compute_settings", "networks_of", "set_conv_precision", "set_tf32",
+]
