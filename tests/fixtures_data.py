@@ -28,7 +28,16 @@ def write_test_set(root: Path, dataset: str = "cifar10", n: int = 40, seed: int 
 
 
 def write_random_weights(path: Path, model: torch.nn.Module, seed: int = 0) -> Path:
+    """A randomly initialized checkpoint whose BNs are not the identity (as in a trained net),
+    so no feature map is exactly zero when low-bit activations all round to zero."""
     torch.manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.2)
+                m.running_mean.normal_(0.0, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return path

@@ -109,7 +109,7 @@ def test_grid_on_a_local_ray_instance(tiny, tmp_path, capsys):
             "--executor", "ray", "-o", "ray.gpus_per_trial=0", "-o", "ray.num_cpus=2", "--max-parallel", "2"]
     code = main(_args(root, weights, out, *grid, "--json"))
     report = json.loads(capsys.readouterr().out)
-    assert code == 0 and report["failed"] == []
+    assert code == 0 and report["failed"] == [], report["failed"]
     assert main(["leaderboard", str(out / "leaderboard.csv"), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 8 and all(r["n_seeds"] == 2 for r in rows)
@@ -218,3 +218,12 @@ def test_status_summarizes_a_results_folder(tiny, tmp_path, capsys):
     states = {r["trial_id"]: r["state"] for r in json.loads(capsys.readouterr().out)}
     assert states == {"abc": "incomplete", "def": "failed"}
     assert main(["status", str(tmp_path / "missing")]) == 2
+
+
+def test_collapse_to_chance_is_divergence_only_on_a_real_sized_test_set():
+    from zsqbench.train import _collapsed
+
+    assert _collapsed(10.5, 80.0, 10, 10_000)
+    assert not _collapsed(40.0, 80.0, 10, 10_000)
+    assert not _collapsed(10.5, 15.0, 10, 10_000)  # the calibrated student was never clearly above chance
+    assert not _collapsed(8.3, 25.0, 10, 24)  # a 24-image fixture: too noisy to call

@@ -281,10 +281,14 @@ class GradientMonitor:
         }
 
 
-def _collapsed(acc: float, ptq: float, num_classes: int) -> bool:
+#: Below this many test images top-1 is too noisy to call a drop to chance a collapse.
+MIN_IMAGES_FOR_COLLAPSE = 1000
+
+
+def _collapsed(acc: float, ptq: float, num_classes: int, num_images: int) -> bool:
     """Accuracy collapsed to chance after a calibrated student was clearly above it."""
     chance = 100.0 / num_classes
-    return ptq > 2 * chance and acc <= chance + 1.0
+    return num_images >= MIN_IMAGES_FOR_COLLAPSE and ptq > 2 * chance and acc <= chance + 1.0
 
 
 def run_trial(
@@ -398,7 +402,7 @@ def run_trial(
         record = EpochRecord(epoch, "warmup" if warmup else "train", lr, acc, losses, time.perf_counter() - t0,
                              warnings, **grads)
         records.append(record)
-        if acc is not None and not warmup and _collapsed(acc, ptq, entry.num_classes):
+        if acc is not None and not warmup and _collapsed(acc, ptq, entry.num_classes, len(test.labels)):
             raise TrialDiverged(f"top-1 collapsed to {acc:.2f}% in epoch {epoch} (PTQ was {ptq:.2f}%)")
         if trial_dir is not None:
             save_checkpoint(trial_dir, {

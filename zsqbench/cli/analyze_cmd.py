@@ -106,7 +106,7 @@ def execute_list(args: argparse.Namespace) -> int:
 
     if not args.results.is_dir():
         raise UserError(f"results folder not found: {args.results}")
-    analyses = [a for f in sorted(args.results.glob(f"*/*/{ANALYSIS_FILE}")) if (a := load_analysis(f.parent.parent.parent))]
+    analyses = [a for f in sorted(args.results.glob(f"*/*/{ANALYSIS_FILE}")) if (a := load_analysis(f.parent.parent))]
     if args.json:
         print(json.dumps(analyses, indent=2))
     else:
