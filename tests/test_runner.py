@@ -227,3 +227,14 @@ def test_collapse_to_chance_is_divergence_only_on_a_real_sized_test_set():
     assert not _collapsed(40.0, 80.0, 10, 10_000)
     assert not _collapsed(10.5, 15.0, 10, 10_000)  # the calibrated student was never clearly above chance
     assert not _collapsed(8.3, 25.0, 10, 24)  # a 24-image fixture: too noisy to call
+
+
+def test_exploding_gradients_are_flagged():
+    from zsqbench.results import training_flags
+
+    calm = [{"grad_norm_mean": None, "grad_norm_max": None},
+            {"grad_norm_mean": 2.0, "grad_norm_max": 5.0}, {"grad_norm_mean": 3.0, "grad_norm_max": 50.0}]
+    assert training_flags(calm) == []
+    exploding = calm + [{"grad_norm_mean": 90.0, "grad_norm_max": 201.0}]
+    assert training_flags(exploding) == ["exploding_gradients"]
+    assert training_flags([{"warnings": ["feature term is exactly 0"]}]) == ["warnings"]

@@ -43,6 +43,8 @@ LEADERBOARD_COLUMNS: dict[str, str] = {
     "top1_last": "student top-1 (%) after the last epoch: the headline number",
     "top1_oracle": "ORACLE: best student top-1 (%) over epochs, selected on the test set",
     "wall_s": "wall-clock seconds of the trial",
+    "flags": "training warnings: exploding_gradients (an epoch's max student gradient norm > 100x the first "
+             "training epoch's mean), warnings (see result.json, e.g. a zero feature term)",
     "device": "device the trial ran on",
     "teacher_weights": "pinned checkpoint tag (or 'unpinned')",
     "teacher_sha256": "sha256 of the teacher weights file",
@@ -54,8 +56,28 @@ LEADERBOARD_COLUMNS: dict[str, str] = {
 }
 
 
+#: A training epoch whose largest student gradient norm exceeds the first training epoch's mean
+#: by this factor marks the trial as having exploding gradients (a finite run can still explode).
+EXPLOSION_FACTOR = 100.0
+
+
+def training_flags(epochs: list[dict[str, Any]]) -> list[str]:
+    """Warnings about how training went, shown in result.json and the leaderboard."""
+    flags = []
+    trained = [e for e in epochs if e.get("grad_norm_mean") is not None]
+    if trained:
+        first = trained[0]["grad_norm_mean"]
+        worst = max(e["grad_norm_max"] for e in trained)
+        if first > 0 and worst > EXPLOSION_FACTOR * first:
+            flags.append("exploding_gradients")
+    if any(e.get("warnings") for e in epochs):
+        flags.append("warnings")
+    return flags
+
+
 def build_result(spec: TrialSpec, outcome: TrialOutcome, env: Environment, run: str) -> dict[str, Any]:
     vers = versions()
+    epochs = [vars(e) for e in outcome.epochs]
     return {
         "trial_id": spec.trial_id,
         "run": run,
@@ -66,7 +88,8 @@ def build_result(spec: TrialSpec, outcome: TrialOutcome, env: Environment, run: 
         "top1_last": outcome.top1_last,
         "top1_oracle": outcome.top1_oracle,
         "oracle_note": "top1_oracle is the best epoch chosen on the test set; report top1_last",
-        "epochs": [vars(e) for e in outcome.epochs],
+        "epochs": epochs,
+        "flags": training_flags(epochs),
         "wall_s": outcome.wall_s,
         "device": device_name(env.device),
         "teacher": {
@@ -110,6 +133,7 @@ def result_row(result: dict[str, Any]) -> dict[str, Any]:
         "top1_last": round(result["top1_last"], 2),
         "top1_oracle": round(result["top1_oracle"], 2),
         "wall_s": round(result["wall_s"], 1),
+        "flags": ";".join(result.get("flags", [])),
         "device": result["device"],
         "teacher_weights": result["teacher"]["weights"],
         "teacher_sha256": result["teacher"]["sha256"],
