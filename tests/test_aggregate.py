@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from fixtures_leaderboard import SHA_A, SHA_B, snapshot, trial_row, write_trials
+
 from zsqbench.aggregate import AGGREGATED_COLUMNS, KEY_COLUMNS, aggregate
 from zsqbench.cli.main import main
 from zsqbench.errors import UserError
+from zsqbench.results import LEADERBOARD_COLUMNS
 from zsqbench.tables import read_table
 
 
@@ -156,9 +157,9 @@ def test_aggregate_of_nothing_is_an_empty_table():
 
 
 BROKEN = {  # name: (how the file is broken, what the one-line error must say)
-    "truncated mid-row": (lambda t: t[: t.rindex("\n", 0, len(t) - 1) + 40], "line 3 has 3 fields but the header has 28"),
+    "truncated mid-row": (lambda t: t[: t.rindex("\n", 0, len(t) - 1) + 40], f"line 3 has 3 fields but the header has {len(LEADERBOARD_COLUMNS)}"),
     "no final newline": (lambda t: t.rstrip("\n")[:-3], "does not end with a newline"),
-    "extra field": (lambda t: t.rstrip("\n") + ",surplus\n", "line 3 has 29 fields"),
+    "extra field": (lambda t: t.rstrip("\n") + ",surplus\n", f"line 3 has {len(LEADERBOARD_COLUMNS) + 1} fields"),
     "empty file": (lambda t: "", "the file is empty"),
     "header only, cut": (lambda t: t.splitlines()[0][:30], "does not end with a newline"),
     "not a number": (lambda t: t.replace(",3,3,0,cpu,", ",3,three,0,cpu,", 1), "column 'a_bits' holds 'three'"),
