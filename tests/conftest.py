@@ -67,3 +67,26 @@ def data_root() -> Path:
     if not root or not (Path(root) / "cifar-10-batches-py" / "test_batch").is_file():
         pytest.skip("ZSQBENCH_DATA does not point at a folder with the CIFAR-10 test set and weights/")
     return Path(root)
+
+
+@pytest.fixture
+def one_thread():
+    """Batches of 4 gain nothing from a second thread, and OpenMP's barriers stall badly
+    (100x here) when another process keeps the cores busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    """Run the CLI expecting a user error: exit 2, exactly one 'zsqbench: error:' line, no traceback."""
+    from zsqbench.cli.main import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("zsqbench: error:"), err
+    assert "Traceback" not in err + captured.out
+    return err

@@ -27,14 +27,7 @@ from conftest import make_spec
 LAMBDA_L, LAMBDA_U = 0.1, 0.8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Batches of 4 gain nothing from a second thread, and OpenMP's barriers stall badly
-    (100x here) when another process keeps the cores busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def h(p: float) -> float:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import one_line_error
 from fixtures_leaderboard import SHA_A, SHA_B, snapshot, trial_row, write_trials
 
 from zsqbench.aggregate import AGGREGATED_COLUMNS, KEY_COLUMNS, aggregate
@@ -16,16 +17,6 @@ from zsqbench.cli.main import main
 from zsqbench.errors import UserError
 from zsqbench.results import LEADERBOARD_COLUMNS
 from zsqbench.tables import read_table
-
-
-def _one_line_error(capsys, argv: list[str]) -> str:
-    code = main(argv)
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("zsqbench: error:"), err
-    assert "Traceback" not in err + captured.out
-    return err
 
 
 def _json(capsys, argv: list[str]):
@@ -128,17 +119,17 @@ def test_pivot_adds_a_budget_level_only_when_two_budgets_share_a_cell(capsys, tm
 def test_run_filter(capsys, tmp_path):
     rows = [trial_row(seed=0, top1_last=70.0), trial_row(seed=0, top1_last=80.0, run="run2", trial_id="x" * 16)]
     path = write_trials(tmp_path / "lb.csv", rows)
-    assert _one_line_error(capsys, ["leaderboard", str(path)]).count("share seed 0")
+    assert one_line_error(capsys, ["leaderboard", str(path)]).count("share seed 0")
     (row,) = _json(capsys, ["leaderboard", str(path), "--run", "run2", "--json"])
     assert row["top1_last_mean"] == 80.0
-    assert "no trials of run(s) ['run9']" in _one_line_error(capsys, ["leaderboard", str(path), "--run", "run9"])
+    assert "no trials of run(s) ['run9']" in one_line_error(capsys, ["leaderboard", str(path), "--run", "run9"])
 
 
 def test_different_teachers_in_one_key_are_refused_naming_the_trials(capsys, tmp_path):
     rows = [trial_row(seed=0), trial_row(seed=1, teacher_sha256=SHA_B)]
     path = write_trials(tmp_path / "lb.csv", rows)
     before = snapshot(tmp_path)
-    err = _one_line_error(capsys, ["leaderboard", str(path), "--csv", str(tmp_path / "agg.csv")])
+    err = one_line_error(capsys, ["leaderboard", str(path), "--csv", str(tmp_path / "agg.csv")])
     assert "different teacher weights" in err and "c1757f29" in err and "9b0024ac" in err
     assert rows[0]["trial_id"][:12] in err and rows[1]["trial_id"][:12] in err
     assert snapshot(tmp_path) == before
@@ -180,7 +171,7 @@ def test_malformed_or_truncated_csv_is_one_line_exit_2_and_writes_nothing(capsys
     breaks, needle = BROKEN[name]
     bad.write_text(breaks(text))
     before = snapshot(folder)
-    err = _one_line_error(capsys, ["leaderboard", str(bad), "--csv", str(folder / "agg.csv"),
+    err = one_line_error(capsys, ["leaderboard", str(bad), "--csv", str(folder / "agg.csv"),
                                    "--markdown", str(folder / "agg.md")])
     assert f"malformed leaderboard CSV {bad}" in err and needle in err, err
     assert snapshot(folder) == before
@@ -189,13 +180,13 @@ def test_malformed_or_truncated_csv_is_one_line_exit_2_and_writes_nothing(capsys
 def test_binary_and_missing_files_are_one_line_errors(capsys, tmp_path):
     garbage = tmp_path / "garbage.csv"
     garbage.write_bytes(b"\xff\xfe\x00\x81garbage\n")
-    assert "not UTF-8" in _one_line_error(capsys, ["leaderboard", str(garbage)])
-    assert "leaderboard not found" in _one_line_error(capsys, ["leaderboard", str(tmp_path / "nope.csv")])
+    assert "not UTF-8" in one_line_error(capsys, ["leaderboard", str(garbage)])
+    assert "leaderboard not found" in one_line_error(capsys, ["leaderboard", str(tmp_path / "nope.csv")])
 
 
 def test_per_trial_flag_on_an_aggregated_csv_is_refused(capsys):
     ref = Path(__file__).parent.parent / "results" / "akt-paper.csv"
-    assert "drop --per-trial" in _one_line_error(capsys, ["leaderboard", str(ref), "--per-trial"])
+    assert "drop --per-trial" in one_line_error(capsys, ["leaderboard", str(ref), "--per-trial"])
 
 
 def test_readme_documents_every_aggregated_column():

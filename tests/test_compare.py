@@ -9,22 +9,13 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
+from conftest import one_line_error
 from fixtures_leaderboard import SHA_B, snapshot, trial_row, write_trials
 from zsqbench.cli.main import main
 from zsqbench.compare import compare, significance
 from zsqbench.tables import read_table
 
 REFERENCE = Path(__file__).parent.parent / "results" / "akt-paper.csv"
-
-
-def _one_line_error(capsys, argv: list[str]) -> str:
-    code = main(argv)
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("zsqbench: error:"), err
-    assert "Traceback" not in err + captured.out
-    return err
 
 
 def _compare_json(capsys, *argv: str) -> dict:
@@ -113,7 +104,7 @@ def test_budget_mismatch_is_refused_unless_forced(capsys, tmp_path):
     a = _side(tmp_path / "a.csv", {("kd", 3): A_KD})
     b = _side(tmp_path / "b.csv", {("kd", 3): B_KD}, epochs=400, iters_per_epoch=200, batch_size=256)
     before = snapshot(tmp_path)
-    err = _one_line_error(capsys, ["compare", str(a), str(b)])
+    err = one_line_error(capsys, ["compare", str(a), str(b)])
     assert "budget differs (A 8x100x64, B 400x200x256" in err and "--force" in err
     assert snapshot(tmp_path) == before
     (row,) = _compare_json(capsys, str(a), str(b), "--force")["rows"]
@@ -123,15 +114,15 @@ def test_budget_mismatch_is_refused_unless_forced(capsys, tmp_path):
 def test_teacher_and_model_mismatches_are_refused(capsys, tmp_path):
     a = _side(tmp_path / "a.csv", {("kd", 3): A_KD})
     b = _side(tmp_path / "b.csv", {("kd", 3): B_KD}, teacher_sha256=SHA_B)
-    assert "teacher sha256 differs (A c1757f29…, B 9b0024ac…)" in _one_line_error(capsys, ["compare", str(a), str(b)])
+    assert "teacher sha256 differs (A c1757f29…, B 9b0024ac…)" in one_line_error(capsys, ["compare", str(a), str(b)])
     c = _side(tmp_path / "c.csv", {("kd", 3): B_KD}, model="resnet56_cifar10")
-    assert "model differs" in _one_line_error(capsys, ["compare", str(a), str(c)])
+    assert "model differs" in one_line_error(capsys, ["compare", str(a), str(c)])
 
 
 def test_two_rows_for_one_join_key_are_ambiguous(capsys, tmp_path):
     a = write_trials(tmp_path / "a.csv", [trial_row(seed=0), trial_row(seed=0, budget="paper")])
     b = _side(tmp_path / "b.csv", {("kd", 3): B_KD})
-    assert "has two rows for cifar10 gdfq+kd W3A3 (budget cpu / paper)" in _one_line_error(
+    assert "has two rows for cifar10 gdfq+kd W3A3 (budget cpu / paper)" in one_line_error(
         capsys, ["compare", str(a), str(b)])
 
 
@@ -162,7 +153,7 @@ def test_malformed_or_truncated_csv_is_one_line_exit_2(capsys, sides, breakage):
     text = sides[1].read_text()
     sides[1].write_text(text[: len(text) - 25] if breakage == "truncated" else "model;dataset\n1;2\n")
     before = snapshot(sides[1].parent)
-    err = _one_line_error(capsys, ["compare", str(sides[0]), str(sides[1])])
+    err = one_line_error(capsys, ["compare", str(sides[0]), str(sides[1])])
     assert f"malformed leaderboard CSV {sides[1]}" in err
     assert snapshot(sides[1].parent) == before
 

@@ -21,14 +21,7 @@ from zsqbench_plugins.generators.hast import (
 from conftest import make_parts, make_spec
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Batches of 4 gain nothing from a second thread, and OpenMP's barriers stall badly
-    (100x here) when another process keeps the cores busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMALL = {"num_images": 6, "synthesis_batch": 4, "synthesis_iters": 2, "calibration_batch": 4}
