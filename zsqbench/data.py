@@ -21,6 +21,8 @@ from zsqbench.interfaces import Normalization
 
 DATA_ENV = "ZSQBENCH_DATA"
 DEFAULT_DATA_ROOT = Path("~/.cache/zsqbench/data").expanduser()
+CACHE_ENV = "ZSQBENCH_CACHE"
+DEFAULT_CACHE_DIR = Path("~/.cache/zsqbench").expanduser()
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,13 @@ def resolve_data_root(explicit: str | Path | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return DEFAULT_DATA_ROOT
+
+
+def resolve_cache_dir(explicit: str | Path | None = None) -> Path:
+    """Where synthesized data is cached: the flag, else ``ZSQBENCH_CACHE``, else ~/.cache/zsqbench."""
+    if explicit:
+        return Path(explicit).expanduser()
+    return Path(os.environ.get(CACHE_ENV, str(DEFAULT_CACHE_DIR))).expanduser()
 
 
 def test_file_path(name: str, root: Path) -> Path:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from rich.table import Table
 
 from zsqbench.cli.console import err, out
-from zsqbench.data import resolve_data_root
+from zsqbench.data import resolve_cache_dir, resolve_data_root
 from zsqbench.errors import UserError
 from zsqbench.plugins import get_plugins
 from zsqbench.runner import resolve_device
@@ -83,8 +82,8 @@ def execute_hessian(args: argparse.Namespace) -> int:
         raise UserError("need 2 <= --min-probes <= --probes")
     trials = find_trials(args.results, [t.strip() for t in args.trials.split(",")] if args.trials else None,
                          _filters(args.filter))
-    cache = args.cache_dir or Path(os.environ.get("ZSQBENCH_CACHE", "~/.cache/zsqbench")).expanduser()
-    env = Environment(data_root=resolve_data_root(args.data_root), device=resolve_device(args.device), cache_dir=cache,
+    env = Environment(data_root=resolve_data_root(args.data_root), device=resolve_device(args.device),
+                      cache_dir=resolve_cache_dir(args.cache_dir),
                       teacher_weights=args.teacher_weights)
     plugins = get_plugins()
     analyses = []

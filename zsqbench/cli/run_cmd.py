@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from rich.table import Table
 
 from zsqbench.cli.compute_flags import add_compute_flags, compute_settings
 from zsqbench.cli.console import RichProgress, out
-from zsqbench.data import resolve_data_root
+from zsqbench.data import resolve_cache_dir, resolve_data_root
 from zsqbench.errors import UserError
 from zsqbench.grid import expand, load_grid_file, make_request
 from zsqbench.plugins import get_plugins
@@ -21,7 +20,6 @@ from zsqbench.estimate import LARGE_GRID_ITERATIONS, estimate_compute
 from zsqbench.runner import grid_states, resolve_device, run_grid, trial_state
 from zsqbench.train import Environment
 
-CACHE_ENV = "ZSQBENCH_CACHE"
 
 
 def _csv(text: str) -> list[str]:
@@ -131,9 +129,8 @@ def execute(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _print_grid(specs, args)
     device = resolve_device(args.device)
-    cache = args.cache_dir or Path(os.environ.get(CACHE_ENV, "~/.cache/zsqbench")).expanduser()
     env = Environment(
-        data_root=resolve_data_root(args.data_root), device=device, cache_dir=cache,
+        data_root=resolve_data_root(args.data_root), device=device, cache_dir=resolve_cache_dir(args.cache_dir),
         teacher_weights=args.teacher_weights, download=args.download,
         **compute_settings(args).describe(),
     )
