@@ -26,6 +26,7 @@ from zsqbench_plugins.losses._feature import (
     attention_kl,
     channel_attention,
     spatial_attention,
+    square_means,
 )
 from zsqbench_plugins.losses.akt import AKTLoss
 from zsqbench_plugins.losses.channel import ChannelLoss
@@ -448,3 +449,29 @@ def test_feature_weight_reflects_alpha():
     assert _build(AKTLoss, akt_alpha=0.5).feature_weight == 500
     assert _build(AKTLoss, lam=0).feature_weight == 0
     assert isinstance(_build(AKTLoss), StudentObjective)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_square_means_match_autograd_of_pow_mean_including_double_backward(channels_last):
+    """The one-node attention energies give the values and (second) derivatives of
+    ``F.pow(2).mean(dim=1)`` / ``.mean(dim=(2, 3))`` computed separately."""
+    torch.manual_seed(0)
+    f = torch.randn(3, 5, 4, 6, dtype=torch.float64)
+    if channels_last:
+        f = f.contiguous(memory_format=torch.channels_last)
+    g_sp, g_ch = torch.randn(3, 4, 6, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+
+    def grads(fn):
+        x = f.clone().requires_grad_(True)
+        sp, ch = fn(x)
+        (gx,) = torch.autograd.grad((sp * g_sp).sum() + (ch * g_ch).sum(), x, create_graph=True)
+        (ggx,) = torch.autograd.grad((gx * gx).sum(), x)  # a Hessian-vector product through it
+        return sp.detach(), ch.detach(), gx.detach(), ggx
+
+    fused = grads(lambda x: square_means(x))
+    reference = grads(lambda x: (x.pow(2).mean(dim=1), x.pow(2).mean(dim=(2, 3))))
+    for a, b in zip(fused, reference):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+    # one branch alone: the other is empty and costs nothing
+    sp_only, ch_none = square_means(f, channel=False)
+    assert ch_none.numel() == 0 and torch.allclose(sp_only, reference[0])

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from zsqbench.interfaces import LossInputs
-from zsqbench_plugins.generators._common import BNStatsLoss, CifarGenerator
+from zsqbench_plugins.generators._common import BNStatsLoss, CifarGenerator, UpsampleConv2d, batch_moments
 from zsqbench_plugins.generators.gdfq import GDFQLogitLoss, GDFQOptions
 
 from conftest import make_spec
@@ -40,6 +40,61 @@ def test_generator_is_conditioned_multiplicatively_on_the_label():
     gen.project.register_forward_hook(lambda m, i, o: seen.update(inp=i[0]))
     gen(z[:2], y[3:5])
     assert torch.allclose(seen["inp"], gen.embed.weight[y[3:5]] * z[:2])
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(("c_in", "c_out", "size"), [(5, 3, 4), (128, 64, 8)])
+def test_upsample_conv_equals_upsampling_then_convolving(c_in, c_out, size, channels_last):
+    """The folded transposed convolution is the same linear map as Upsample(×2) + Conv3x3:
+    outputs, input gradients and weight/bias gradients agree to float rounding."""
+    torch.manual_seed(0)
+    conv = UpsampleConv2d(c_in, c_out)
+    x = torch.randn(6, c_in, size, size)
+    if channels_last:
+        conv, x = conv.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    cotangent = torch.randn(6, c_out, 2 * size, 2 * size)
+    results = []
+    for fn in (conv.forward, conv.reference_forward):
+        xi = x.clone().requires_grad_(True)
+        conv.zero_grad(set_to_none=True)
+        out = fn(xi)
+        out.backward(cotangent)
+        results.append((out.detach(), xi.grad, conv.weight.grad, conv.bias.grad))
+    for folded, reference in zip(*results):
+        scale = reference.abs().max()
+        assert scale > 0
+        assert torch.allclose(folded, reference, rtol=0, atol=1e-5 * scale)
+    assert results[0][0].shape == (6, c_out, 2 * size, 2 * size)
+
+
+def test_generator_blocks_upsample_by_two_with_the_standard_layout():
+    gen = CifarGenerator(num_classes=10)
+    assert [type(gen.block1[0]), type(gen.block2[0])] == [UpsampleConv2d, UpsampleConv2d]
+    assert gen.block1[0].weight.shape == (128, 128, 3, 3) and gen.block2[0].weight.shape == (64, 128, 3, 3)
+    # same state_dict keys as nn.Conv2d blocks: older checkpoints load unchanged
+    assert {"block1.0.weight", "block1.0.bias", "block2.0.weight", "block2.0.bias"} <= set(gen.state_dict())
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batch_moments_equal_var_mean_in_value_and_gradient(channels_last):
+    torch.manual_seed(0)
+    x = torch.randn(7, 5, 4, 3, dtype=torch.float64) * torch.tensor([0.1, 1.0, 3.0, 10.0, 1.0]).view(1, 5, 1, 1)
+    x = x + torch.tensor([0.0, 5.0, -2.0, 1.0, 100.0]).view(1, 5, 1, 1)  # a mean 100x the spread
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g_var, g_mean = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    results = []
+    for fn in (batch_moments, lambda t: torch.var_mean(t, dim=(0, 2, 3), unbiased=False)):
+        xi = x.clone().requires_grad_(True)
+        var, mean = fn(xi)
+        ((var * g_var).sum() + (mean * g_mean).sum()).backward()
+        results.append((var.detach(), mean.detach(), xi.grad))
+    for ours, reference in zip(*results):
+        assert torch.allclose(ours, reference, rtol=1e-10, atol=1e-12)
+    # float32, as trained: within a few float32 roundings of the float64 result
+    var32, mean32 = batch_moments(x.float())
+    assert torch.allclose(var32.double(), results[1][0], rtol=1e-5)
+    assert torch.allclose(mean32.double(), results[1][1], rtol=1e-6, atol=1e-6)
 
 
 def test_bns_loss_hand_computed():

@@ -4,7 +4,7 @@ the teacher BN-statistics loss (§4.2) and the online-generator training scaffol
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -13,10 +13,49 @@ from torch.nn import functional as F
 from zsqbench.interfaces import Batch, Generator, PluginOptions, TrainContext
 
 
+def fold_upsample_into_kernel(weight: Tensor) -> Tensor:
+    """The 4x4 stride-2 transposed-convolution kernel equal to nearest ×2 upsampling followed
+    by a 3x3, padding-1 convolution with ``weight`` (C_out, C_in, 3, 3); shape (C_in, C_out, 4, 4).
+
+    Every low-resolution pixel is copied to a 2x2 block, so along each axis an output pixel at
+    offset k = 0..3 from the block's corner − 1 sees the 3-tap kernel summed over the copies it
+    covers: [w2, w1 + w2, w0 + w1, w0] (the flipped kernel convolved with [1, 1]). Built with
+    differentiable ops, so the 3x3 weight gets its exact gradient.
+    """
+    k = F.pad(weight.flip(2, 3), (1, 1, 1, 1))
+    k = k[..., :-1, :] + k[..., 1:, :]
+    k = k[..., :, :-1] + k[..., :, 1:]
+    return k.transpose(0, 1)
+
+
+class UpsampleConv2d(nn.Conv2d):
+    """Nearest ×2 upsampling then a 3x3, stride-1, padding-1 convolution, as one transposed
+    convolution (METHODS §3.1's ``Upsample`` + ``Conv2d``; same parameters and state_dict).
+
+    The composite is one linear map, so computing it as a stride-2 transposed convolution with
+    the folded 4x4 kernel gives the same outputs and gradients up to float rounding, with 16
+    instead of 36 multiply-adds per output pixel and no 4x larger upsampled tensor to store:
+    the generator's two upsampling blocks were more than half of an AdaDFQ iteration's
+    network time on CPU (benchmarks/README.md). ``tests/test_gdfq.py`` checks it against the
+    explicit upsample-then-convolve path.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv_transpose2d(x, fold_upsample_into_kernel(self.weight), self.bias, stride=2, padding=1)
+
+    def reference_forward(self, x: Tensor) -> Tensor:
+        """The explicit path: upsample, then convolve (4x the memory, 2.25x the multiply-adds)."""
+        return super().forward(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
 class CifarGenerator(nn.Module):
     """Label-conditioned generator: E[y] ⊙ z -> 8x8x128 -> two upsampling conv blocks -> 3x32x32.
 
     The 0.8 eps of the two inner BNs and the final non-affine BN are deliberate (METHODS §3.1).
+    Each block's upsampling and convolution are one :class:`UpsampleConv2d`.
     """
 
     def __init__(self, num_classes: int, latent_dim: int = 100, img_size: int = 32, channels: int = 3):
@@ -26,16 +65,51 @@ class CifarGenerator(nn.Module):
         self.embed = nn.Embedding(num_classes, latent_dim)
         self.project = nn.Linear(latent_dim, 128 * self.init_size**2)
         self.bn0 = nn.BatchNorm2d(128)
-        self.block1 = nn.Sequential(nn.Conv2d(128, 128, 3, 1, 1), nn.BatchNorm2d(128, eps=0.8), nn.LeakyReLU(0.2))
-        self.block2 = nn.Sequential(nn.Conv2d(128, 64, 3, 1, 1), nn.BatchNorm2d(64, eps=0.8), nn.LeakyReLU(0.2))
+        self.block1 = nn.Sequential(UpsampleConv2d(128, 128), nn.BatchNorm2d(128, eps=0.8), nn.LeakyReLU(0.2))
+        self.block2 = nn.Sequential(UpsampleConv2d(128, 64), nn.BatchNorm2d(64, eps=0.8), nn.LeakyReLU(0.2))
         self.head = nn.Sequential(nn.Conv2d(64, channels, 3, 1, 1), nn.Tanh(), nn.BatchNorm2d(channels, affine=False))
 
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
         h = self.project(self.embed(y) * z)
         h = self.bn0(h.view(h.shape[0], 128, self.init_size, self.init_size))
-        h = self.block1(F.interpolate(h, scale_factor=2, mode="nearest"))
-        h = self.block2(F.interpolate(h, scale_factor=2, mode="nearest"))
-        return self.head(h)
+        # The projection's view is NCHW; in a channels-last generator every convolution would
+        # then convert its input (and gradient) to NHWC, so convert once here.
+        if self.block1[0].weight.is_contiguous(memory_format=torch.channels_last):
+            h = h.contiguous(memory_format=torch.channels_last)
+        return self.head(self.block2(self.block1(h)))
+
+
+class _BatchMoments(torch.autograd.Function):
+    """Per-channel batch mean and biased variance of an (N, C, H, W) tensor, in one node.
+
+    ``torch.var_mean`` over (0, 2, 3) runs a Welford reduction that measured ~4x slower on
+    CPU than the two-pass form used here (mean, then the mean of the centered squares, the
+    same textbook estimator), and its backward takes several passes over the tensor; this
+    backward is one fused multiply-add, x·a + b with per-channel a = 2·g_var/M and
+    b = (g_mean − a·M·mean)/M. The teacher's 21 BN inputs go through it on every generator
+    step (tests/test_gdfq.py checks values and gradients against ``torch.var_mean``).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        var = (x - mean).square_().mean(dim=(0, 2, 3))
+        ctx.save_for_backward(x, mean)
+        return var, mean.flatten()
+
+    @staticmethod
+    def backward(ctx: Any, g_var: Tensor, g_mean: Tensor) -> Tensor:  # type: ignore[override]
+        x, mean = ctx.saved_tensors
+        count = x.numel() // x.shape[1]
+        a = (g_var * (2.0 / count)).view(1, -1, 1, 1)
+        b = (g_mean / count).view(1, -1, 1, 1) - a * mean
+        return torch.addcmul(b, x, a)
+
+
+def batch_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(biased variance, mean) of each channel over batch and positions, like
+    ``torch.var_mean(x, dim=(0, 2, 3), unbiased=False)``, computed faster (see above)."""
+    return _BatchMoments.apply(x)
 
 
 class BNStatsLoss:
@@ -51,7 +125,7 @@ class BNStatsLoss:
 
     def _hook(self, module: nn.BatchNorm2d, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         x = inputs[0]
-        var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+        var, mean = batch_moments(x)
         self._terms.append(
             (mean - module.running_mean).pow(2).mean() + (var - module.running_var).pow(2).mean()
         )
@@ -147,4 +221,4 @@ def kd_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float, re
     return total / denom * (t * t)
 
 
-__all__ = ["Batch", "BNStatsLoss", "CifarGenerator", "OnlineGenerator", "kd_kl", "step_on"]
+__all__ = ["Batch", "BNStatsLoss", "CifarGenerator", "UpsampleConv2d", "batch_moments", "fold_upsample_into_kernel", "OnlineGenerator", "kd_kl", "step_on"]

@@ -50,19 +50,78 @@ from zsqbench_plugins.generators._common import kd_kl
 # ------------------------------------------------------------------------ attentions
 
 
+class _SquareMeans(torch.autograd.Function):
+    """Both attentions' inputs from one squaring: mean_c F² (B, H, W) and mean_hw F² (B, C).
+
+    Autograd of ``F.pow(2).mean(…)`` per branch costs, per map and branch, a copy, two
+    multiplications and a division over the whole map in backward; this node's backward is
+    one broadcast sum and one multiplication, 2F·(g_sp/C + g_ch/HW), for both branches at
+    once (the same gradient up to float rounding; tests/test_feature_losses.py). The
+    backward is written in differentiable ops, so double backward (Hessian-vector products
+    of the student's loss, ``zsqbench analyze hessian``) works as before.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, feature: Tensor, spatial: bool, channel: bool) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(feature)
+        energy = feature * feature
+        empty = feature.new_empty(0)
+        return (energy.mean(dim=1) if spatial else empty, energy.mean(dim=(2, 3)) if channel else empty)
+
+    @staticmethod
+    def backward(ctx: Any, g_spatial: Tensor | None, g_channel: Tensor | None) -> tuple[Tensor | None, None, None]:  # type: ignore[override]
+        (feature,) = ctx.saved_tensors
+        _, c, h, w = feature.shape
+        coef: Tensor | None = None
+        if g_spatial is not None and g_spatial.numel():
+            coef = (g_spatial * (2.0 / c)).unsqueeze(1)
+        if g_channel is not None and g_channel.numel():
+            per_channel = (g_channel * (2.0 / (h * w)))[:, :, None, None]
+            coef = per_channel if coef is None else coef + per_channel
+        if coef is None:
+            return None, None, None
+        return feature * coef, None, None
+
+
+def square_means(feature: Tensor, spatial: bool = True, channel: bool = True) -> tuple[Tensor, Tensor]:
+    """(mean over channels of F², shape (B, H, W); mean over positions of F², shape (B, C)).
+
+    A branch not asked for comes back as an empty tensor and costs nothing.
+    """
+    return _SquareMeans.apply(feature, spatial, channel)
+
+
+def spatial_attention_of(energy: Tensor, eps: float = 1e-12) -> Tensor:
+    """Sp from mean_c F² (see :func:`spatial_attention`)."""
+    return F.normalize(energy.flatten(1), p=2.0, dim=1, eps=eps)
+
+
+def channel_attention_of(energy: Tensor) -> Tensor:
+    """Ch from mean_hw F² (see :func:`channel_attention`)."""
+    return torch.softmax(energy, dim=1)
+
+
 def spatial_attention(feature: Tensor, eps: float = 1e-12) -> Tensor:
     """Sp(F) (METHODS §7.1): mean over channels of F², flattened to (B, H·W), L2-normalized
     per sample, so the attention says *where* the map is active regardless of its scale."""
-    return F.normalize(feature.pow(2).mean(dim=1).flatten(1), p=2.0, dim=1, eps=eps)
+    return spatial_attention_of(square_means(feature, channel=False)[0], eps)
 
 
 def channel_attention(feature: Tensor) -> Tensor:
     """Ch(F) (METHODS §7.1): softmax over channels of the per-channel mean of F², shape (B, C),
     i.e. *which* channels carry the energy. The KL softmaxes it a second time (§7.2)."""
-    return torch.softmax(feature.pow(2).mean(dim=(2, 3)), dim=1)
+    return channel_attention_of(square_means(feature, spatial=False)[1])
 
 
 ATTENTIONS: dict[str, Callable[[Tensor], Tensor]] = {"spatial": spatial_attention, "channel": channel_attention}
+
+
+def attentions(feature: Tensor, branches: tuple[str, ...]) -> dict[str, Tensor]:
+    """The requested attentions of one map, from a single squaring of it."""
+    spatial, channel = square_means(feature, "spatial" in branches, "channel" in branches)
+    found = {"spatial": lambda: spatial_attention_of(spatial), "channel": lambda: channel_attention_of(channel)}
+    return {b: found[b]() for b in branches}
 
 
 def attention_kl(teacher_attention: Tensor, student_attention: Tensor, tau: float) -> Tensor:
@@ -204,9 +263,9 @@ class AttentionDistillationLoss(DistillationLoss):
             # gradient also flows through the teacher's features (§6.3, §7.7).
             f_t = inputs.teacher_features[path]
             f_q = inputs.student_features[path]
+            att_t, att_q = attentions(f_t, self.branches), attentions(f_q, self.branches)
             for branch in self.branches:
-                attend = ATTENTIONS[branch]
-                kl = attention_kl(attend(f_t), attend(f_q), opts.tau)
+                kl = attention_kl(att_t[branch], att_q[branch], opts.tau)
                 # mode: code = reduction 'sum' over batch (and positions); 'mean' divides by B.
                 out[branch][path] = kl.sum() if opts.batch_reduction == "sum" else kl.mean()
         return out
@@ -234,5 +293,5 @@ class AttentionDistillationLoss(DistillationLoss):
 
 __all__ = [
     "ATTENTIONS", "AttentionDistillationLoss", "AttentionLossOptions", "PAPER_SETTINGS",
-    "attention_kl", "channel_attention", "spatial_attention",
+    "attention_kl", "attentions", "channel_attention", "spatial_attention", "square_means",
 ]
