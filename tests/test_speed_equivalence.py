@@ -391,3 +391,98 @@ def test_gradient_monitor_is_untouched_by_shared_steps(tiny_parts):
     monitor.observe(terms["total"])
     summary = monitor.summary()
     assert summary["nonfinite_steps"] == 0 and summary["grad_norm_mean"] > 0
+
+
+# ------------------------------------------------- network-level rewrites (folded upsampling, moments, energies)
+
+
+@pytest.fixture
+def float64_default():
+    """Trajectory comparisons in float64, where a rewrite's rounding difference (~1e-16)
+    stays far below the tolerances (float32 rounding is what the component tests bound)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def _reference_reductions(monkeypatch):
+    """The straightforward autograd forms the one-node moments and attention energies replace."""
+    from zsqbench_plugins.generators import _common
+    from zsqbench_plugins.losses import _feature
+
+    monkeypatch.setattr(_common, "batch_moments", lambda x: torch.var_mean(x, dim=(0, 2, 3), unbiased=False))
+    monkeypatch.setattr(_feature, "square_means",
+                        lambda f, spatial=True, channel=True: (f.pow(2).mean(dim=1), f.pow(2).mean(dim=(2, 3))))
+
+
+@pytest.mark.parametrize("generator, loss", [("adadfq", "akt"), ("gdfq", "spatial")])
+def test_one_node_moments_and_energies_train_like_autograd_of_the_plain_formulas(
+    tiny_parts, monkeypatch, float64_default, generator, loss
+):
+    """Whole trainer iterations (warm-up, generator and student steps), float64: losses
+    agree to 1e-9 relative and every weight to 1e-9 of its tensor's scale, except the
+    generator conv biases that feed a train-mode BN. Their gradient is 0 in exact
+    arithmetic (the BN removes any bias), so each path's rounding noise (~1e-17) goes
+    into Adam, which moves them by up to ~1e-5 of their scale here."""
+    fast = _train(tiny_parts(make_spec(generator, loss, batch_size=4)))
+    _reference_reductions(monkeypatch)
+    reference = _train(tiny_parts(make_spec(generator, loss, batch_size=4)))
+    (losses_f, state_f, _), (losses_r, state_r, _) = fast, reference
+    for lf, lr in zip(losses_f, losses_r):
+        for k in lf:
+            assert lf[k] == pytest.approx(lr[k], rel=1e-9, abs=1e-12), k
+    # those biases, and the running means of the BNs they feed (which include them)
+    loose = {"generator.block1.0.bias": 1e-3, "generator.block2.0.bias": 1e-3,
+             "generator.block1.1.running_mean": 1e-4, "generator.block2.1.running_mean": 1e-4}
+    for k, ref in state_r.items():
+        if not ref.is_floating_point():
+            assert torch.equal(state_f[k], ref), k
+            continue
+        scale = ref.abs().max().item() or 1.0
+        tol = loose.get(k, 1e-9)
+        assert (state_f[k] - ref).abs().max().item() <= tol * scale, k
+
+
+def test_folded_upsampling_trains_the_generator_like_upsample_then_conv(tiny_parts, monkeypatch, float64_default):
+    """The folded generator against the explicit one over 5 Adam steps on the loss that
+    involves only FP networks (the teacher's BN statistics and CE, GDFQ's generator loss
+    without the student), float64: same losses and weights to 1e-9 relative.
+
+    Why not whole trainer iterations: the quantized student is discontinuous at exact
+    rounding ties, and those are common because grid values times grid weights give
+    exact multiples (measured, float64: a 1e-14 change of the generated images flips two
+    activations of a calibrating student onto the neighbouring grid point and moves its
+    logits by 1.5). Any rounding-level change (this one, channels-last, another thread
+    count, BLAS or device) therefore makes a student's trajectory different, not worse;
+    the component test in tests/test_gdfq.py bounds the generator's difference in every
+    output and gradient."""
+    from zsqbench_plugins.generators._common import UpsampleConv2d
+
+    def generator_training(parts):
+        gen, teacher = parts.generator, parts.ctx.teacher
+        torch.manual_seed(7)
+        losses = []
+        for _ in range(5):
+            z, y, x = gen.sample()
+            with gen.bns.recording():
+                logits = teacher(x)
+            loss = gen.bns.loss() + torch.nn.functional.cross_entropy(logits, y)
+            gen.step_generator(loss)
+            losses.append(loss.item())
+        return losses, {k: v.clone() for k, v in gen.net.state_dict().items()}
+
+    fast = generator_training(tiny_parts(make_spec("gdfq", "kd", batch_size=8)))
+    monkeypatch.setattr(UpsampleConv2d, "forward", UpsampleConv2d.reference_forward)
+    reference = generator_training(tiny_parts(make_spec("gdfq", "kd", batch_size=8)))
+    assert fast[0] == pytest.approx(reference[0], rel=1e-9)
+    assert len(set(fast[0])) == 5  # the generator did move
+    # gradient 0 in exact arithmetic (see the test above), and the running means that include them
+    loose = {"block1.0.bias": 1e-3, "block2.0.bias": 1e-3, "block1.1.running_mean": 1e-4, "block2.1.running_mean": 1e-4}
+    for k, ref in reference[1].items():
+        if not ref.is_floating_point():
+            assert torch.equal(fast[1][k], ref), k
+            continue
+        scale = ref.abs().max().item() or 1.0
+        tol = loose.get(k, 1e-9)
+        assert (fast[1][k] - ref).abs().max().item() <= tol * scale, k
