@@ -5,6 +5,9 @@
 * AdaDFQ's shared student forward after warm-up vs the reference's two forwards;
 * no teacher/student gradients from the generator step;
 * no host synchronization (``.item()``) per iteration in the range EMA and the trainer;
+* the generator's folded upsampling convolution, the one-node BN moments and attention
+  energies vs their plain formulas (float64 trajectories; see the section's docstrings for
+  why the folded convolution is compared on the FP-only generator loss);
 * channels-last and bf16 convolutions (opt-in, not equivalent: channels-last agrees to
   rounding in the FP networks only; bf16 is only checked for keeping everything but the
   convolutions in float32, its accuracy effect is to be measured).
@@ -221,10 +224,25 @@ def test_trial_with_opt_in_compute_settings_runs_and_records_them(plugins, tmp_p
     assert outcome.extra["compute"] == {"precision": "bf16", "channels_last": True, "compile": False, "tf32": False}
     assert all(math.isfinite(v) for e in outcome.epochs for v in e.losses.values())
     plain, _ = _tiny_run_trial(plugins, tmp_path / "b", monkeypatch, 2, NullProgress())
-    assert "compute" not in plain.extra  # default runs' results keep their shape
-    env = Environment(data_root=tmp_path, device=torch.device("cpu"), cache_dir=tmp_path, precision="bf16",
-                      channels_last=True, compile=True, tf32=True)
-    assert environment_from_dict(environment_to_dict(env, "cpu")).compute == env.compute
+    # every result records what it ran with; the memory format resolved for the device (CPU)
+    assert plain.extra["compute"] == {"precision": "fp32", "channels_last": True, "compile": False, "tf32": None}
+    nchw, _ = _tiny_run_trial(plugins, tmp_path / "c", monkeypatch, 2, NullProgress(), channels_last=False)
+    assert nchw.extra["compute"]["channels_last"] is False
+    for channels_last in (None, False, True):
+        env = Environment(data_root=tmp_path, device=torch.device("cpu"), cache_dir=tmp_path, precision="bf16",
+                          channels_last=channels_last, compile=True, tf32=True)
+        assert environment_from_dict(environment_to_dict(env, "cpu")).compute == env.compute
+
+
+def test_memory_format_default_is_resolved_per_device():
+    auto = ComputeSettings()
+    assert auto.is_default and auto.channels_last is None
+    assert auto.resolved("cpu").channels_last is True  # measured faster (benchmarks/README.md)
+    assert auto.resolved(torch.device("cuda")).channels_last is False  # not measured: PyTorch's default
+    assert ComputeSettings(channels_last=False).resolved("cpu").channels_last is False
+    assert not ComputeSettings(channels_last=False).is_default
+    with pytest.raises(ValueError, match="resolve the memory format"):
+        apply_compute_settings([nn.Conv2d(1, 1, 1)], auto)
 
 
 # ------------------------------------------------------------------- training equivalence
@@ -321,9 +339,9 @@ def test_fused_ste_trains_like_the_reference_ste(tiny_parts, generator, loss):
 
 
 def test_channels_last_changes_the_fp_networks_by_rounding_only(tiny_parts):
-    """Why channels-last is opt-in: NHWC convolutions round differently. The FP networks
-    agree to rounding, but in the 4-bit student a rounding difference that crosses a grid
-    boundary moves an activation by a whole step, so its logits differ visibly (measured on
+    """What the CPU default (channels-last) changes: NHWC convolutions round differently. The
+    FP networks agree to rounding, but in the 4-bit student a rounding difference that crosses
+    a grid boundary (an exact tie) moves an activation by a whole step, so its logits differ visibly (measured on
     a random teacher: max 1.0, mean 0.09 for logits up to 45), and Adam turns rounding noise
     in near-zero generator gradients into full-size updates. Statistically equivalent, not
     bit-equivalent."""
@@ -459,30 +477,47 @@ def test_folded_upsampling_trains_the_generator_like_upsample_then_conv(tiny_par
     output and gradient."""
     from zsqbench_plugins.generators._common import UpsampleConv2d
 
-    def generator_training(parts):
-        gen, teacher = parts.generator, parts.ctx.teacher
-        torch.manual_seed(7)
-        losses = []
-        for _ in range(5):
-            z, y, x = gen.sample()
-            with gen.bns.recording():
-                logits = teacher(x)
-            loss = gen.bns.loss() + torch.nn.functional.cross_entropy(logits, y)
-            gen.step_generator(loss)
-            losses.append(loss.item())
-        return losses, {k: v.clone() for k, v in gen.net.state_dict().items()}
-
-    fast = generator_training(tiny_parts(make_spec("gdfq", "kd", batch_size=8)))
+    fast = _generator_training(tiny_parts(make_spec("gdfq", "kd", batch_size=8)))
     monkeypatch.setattr(UpsampleConv2d, "forward", UpsampleConv2d.reference_forward)
-    reference = generator_training(tiny_parts(make_spec("gdfq", "kd", batch_size=8)))
-    assert fast[0] == pytest.approx(reference[0], rel=1e-9)
-    assert len(set(fast[0])) == 5  # the generator did move
-    # gradient 0 in exact arithmetic (see the test above), and the running means that include them
+    reference = _generator_training(tiny_parts(make_spec("gdfq", "kd", batch_size=8)))
+    _assert_same_generator_training(fast, reference)
+
+
+def test_channels_last_trains_the_generator_like_nchw(tiny_parts, float64_default):
+    """The default memory format on CPU against NCHW, as the folded upsampling above:
+    5 Adam steps of a channels-last generator through a channels-last teacher."""
+    parts = tiny_parts(make_spec("gdfq", "kd", batch_size=8))
+    apply_compute_settings(networks_of(parts.ctx.teacher, parts.generator), ComputeSettings(channels_last=True))
+    assert parts.generator.net.block2[0].weight.is_contiguous(memory_format=torch.channels_last)
+    channels_last = _generator_training(parts)
+    nchw = _generator_training(tiny_parts(make_spec("gdfq", "kd", batch_size=8)))
+    _assert_same_generator_training(channels_last, nchw)
+
+
+def _generator_training(parts, steps: int = 5):
+    """``steps`` Adam steps of the generator on the part of GDFQ's loss that involves only FP
+    networks (teacher BN statistics + CE); losses and the generator's state."""
+    gen, teacher = parts.generator, parts.ctx.teacher
+    torch.manual_seed(7)
+    losses = []
+    for _ in range(steps):
+        z, y, x = gen.sample()
+        with gen.bns.recording():
+            logits = teacher(x)
+        loss = gen.bns.loss() + torch.nn.functional.cross_entropy(logits, y)
+        gen.step_generator(loss)
+        losses.append(loss.item())
+    return losses, {k: v.clone() for k, v in gen.net.state_dict().items()}
+
+
+def _assert_same_generator_training(a, b) -> None:
+    assert a[0] == pytest.approx(b[0], rel=1e-9)
+    assert len(set(a[0])) == len(a[0])  # the generator did move
+    # gradient 0 in exact arithmetic (see above), and the running means of the BNs they feed
     loose = {"block1.0.bias": 1e-3, "block2.0.bias": 1e-3, "block1.1.running_mean": 1e-4, "block2.1.running_mean": 1e-4}
-    for k, ref in reference[1].items():
+    for k, ref in b[1].items():
         if not ref.is_floating_point():
-            assert torch.equal(fast[1][k], ref), k
+            assert torch.equal(a[1][k], ref), k
             continue
         scale = ref.abs().max().item() or 1.0
-        tol = loose.get(k, 1e-9)
-        assert (fast[1][k] - ref).abs().max().item() <= tol * scale, k
+        assert (a[1][k] - ref).abs().max().item() <= loose.get(k, 1e-9) * scale, k

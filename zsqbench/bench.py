@@ -34,7 +34,7 @@ import statistics
 import tempfile
 import time
 from contextlib import AbstractContextManager, ExitStack, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -141,12 +141,12 @@ class BenchSession:
         self.bare_student = copy.deepcopy(teacher)
         for p in self.bare_student.parameters():
             p.requires_grad_(True)
-        bare_compute = ComputeSettings(c.compute.precision, c.compute.channels_last, False, c.compute.tf32)
+        self.compute = compute = c.compute.resolved(self.device)
         apply_compute_settings([n for n in (self.bare_generator, self.bare_teacher, self.bare_student) if n is not None],
-                               bare_compute)
+                               replace(compute, compile=False))
         self._bare_params = [p for n in (self.bare_generator, self.bare_student) if n is not None
                              for p in n.parameters()]
-        apply_compute_settings(networks_of(teacher, ctx.student, gen), c.compute)
+        apply_compute_settings(networks_of(teacher, ctx.student, gen), compute)
 
         # Prepare and calibrate as in the warm-up epochs, then freeze the ranges (METHODS §1.3).
         gen.prepare()
@@ -269,7 +269,7 @@ def run_bench(config: BenchConfig, plugins: Plugins | None = None) -> dict[str, 
         eval_s = session.timed(session.eval_student)
         fp_eval_s = session.timed(session.eval_teacher)
         step_s, bare_s = statistics.median(steps), statistics.median(bares)
-        c = config.compute
+        c = session.compute
         result = {
             "step_s": step_s,
             "bare_s": bare_s,

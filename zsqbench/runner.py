@@ -86,7 +86,7 @@ def environment_from_dict(data: dict[str, Any]) -> Environment:
         data_root=Path(data["data_root"]), device=resolve_device(data["device"]), cache_dir=Path(data["cache_dir"]),
         teacher_weights=Path(data["teacher_weights"]) if data.get("teacher_weights") else None,
         download=bool(data.get("download", False)), eval_batch_size=int(data.get("eval_batch_size", 500)),
-        precision=str(data.get("precision", "fp32")), channels_last=bool(data.get("channels_last", False)),
+        precision=str(data.get("precision", "fp32")), channels_last=data.get("channels_last"),
         compile=bool(data.get("compile", False)), tf32=data.get("tf32"),
     )
 

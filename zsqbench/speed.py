@@ -1,15 +1,17 @@
-"""Opt-in compute settings: memory format, conv precision, TF32, torch.compile.
+"""Compute settings: memory format, conv precision, TF32, torch.compile.
 
-None of these is on by default, because each changes the floating-point results (at the
-rounding level for channels-last and compile, more for TF32 and bf16), and a trial's
-numbers must not depend on where it ran unless asked. They are shared by the trainer
-(:class:`zsqbench.train.Environment`) and ``zsqbench bench`` so that a benchmark measures
-exactly what a trial would run.
+Each changes the floating-point results (at the rounding level for channels-last and
+compile, more for TF32 and bf16). Only the memory format has a measured default: the
+others are opt-in, and a trial records the settings it ran with. They are shared by the
+trainer (:class:`zsqbench.train.Environment`) and ``zsqbench bench`` so that a benchmark
+measures exactly what a trial would run.
 
-* ``channels_last``: NHWC convolutions (measured faster on CPU for ResNet-20; see
-  benchmarks/README.md). The FP networks differ from NCHW by the convolution's rounding;
-  in the quantized student such a difference can move an activation across a grid
-  boundary, so its outputs differ by more (statistically, not systematically).
+* ``channels_last``: NHWC convolutions. ``None`` (the default) resolves by device, from
+  measurement: on CPU on (an AdaDFQ + AKT iteration at batch 200, 2 threads, measured
+  ~20 % faster; benchmarks/README.md), on CUDA off (not measured here). The FP networks
+  differ from NCHW by the convolutions' rounding only (tested); in the quantized student
+  such a difference can move an activation across a grid boundary at an exact tie, so a
+  trajectory differs as it would on another machine (statistically, not systematically).
 * ``precision="bf16"``: convolutions run under autocast in bfloat16 and their outputs are
   cast back to float32, so everything else (BN, fake quantization, losses, the FC layer)
   stays float32. The fake-quantization function casts its input to float32 too, so
@@ -25,7 +27,7 @@ exactly what a trial would run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -35,12 +37,17 @@ PRECISIONS = ("fp32", "bf16")
 _DTYPES = {"bf16": torch.bfloat16}
 
 
+#: Device types on which channels-last is the default (measured; see the module docstring).
+CHANNELS_LAST_BY_DEFAULT = frozenset({"cpu"})
+
+
 @dataclass(frozen=True)
 class ComputeSettings:
-    """The opt-in settings; the defaults reproduce plain eager float32 execution."""
+    """The compute settings; ``channels_last=None`` means "the measured default for the device"
+    (:meth:`resolved`), everything else defaults to plain eager float32."""
 
     precision: str = "fp32"
-    channels_last: bool = False
+    channels_last: bool | None = None
     compile: bool = False
     tf32: bool | None = None
 
@@ -48,8 +55,16 @@ class ComputeSettings:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
+    def resolved(self, device: torch.device | str) -> "ComputeSettings":
+        """The same settings with the memory format decided for ``device``."""
+        if self.channels_last is not None:
+            return self
+        kind = torch.device(device).type
+        return replace(self, channels_last=kind in CHANNELS_LAST_BY_DEFAULT)
+
     @property
     def is_default(self) -> bool:
+        """Nothing asked for beyond the defaults (the memory format left to the device)."""
         return self == ComputeSettings()
 
     def describe(self) -> dict[str, Any]:
@@ -147,7 +162,10 @@ def _allow_compiled_backward_twice() -> None:
 
 
 def apply_compute_settings(networks: Iterable[nn.Module], settings: ComputeSettings) -> None:
-    """Apply ``settings`` to the networks in place (call once, after they are built)."""
+    """Apply ``settings`` to the networks in place (call once, after they are built).
+    ``channels_last=None`` must have been :meth:`~ComputeSettings.resolved` first."""
+    if settings.channels_last is None:
+        raise ValueError("resolve the memory format for the device first: ComputeSettings.resolved(device)")
     set_tf32(settings.tf32)
     if settings.compile:
         _allow_compiled_backward_twice()
@@ -161,5 +179,5 @@ def apply_compute_settings(networks: Iterable[nn.Module], settings: ComputeSetti
 
 
 __all__ = [
-    "ComputeSettings", "PRECISIONS", "apply_compute_settings", "networks_of", "set_conv_precision", "set_tf32",
+    "CHANNELS_LAST_BY_DEFAULT", "ComputeSettings", "PRECISIONS", "apply_compute_settings", "networks_of", "set_conv_precision", "set_tf32",
 ]

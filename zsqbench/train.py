@@ -73,11 +73,12 @@ class Environment:
     teacher_weights: Path | None = None
     download: bool = False
     eval_batch_size: int = 500
-    # Opt-in compute settings (zsqbench.speed): they change results at the rounding level
-    # (channels_last, compile) or more (tf32, bf16), so none is on by default and a trial
-    # that used any records them in its result ("compute").
+    # Compute settings (zsqbench.speed): they change results at the rounding level
+    # (channels_last, compile) or more (tf32, bf16). Only the memory format has a measured
+    # default (None: channels-last on CPU, NCHW on CUDA); every trial records the settings
+    # it ran with in its result ("compute").
     precision: str = "fp32"  # "bf16": convolutions in bfloat16, everything else float32
-    channels_last: bool = False
+    channels_last: bool | None = None
     compile: bool = False
     tf32: bool | None = None  # None: PyTorch's defaults
 
@@ -324,9 +325,8 @@ def run_trial(
     parts = build_trial_parts(spec, plugins, entry, teacher, device, env.cache_dir, progress)
     ctx, generator, objective, optimizer = parts.ctx, parts.generator, parts.objective, parts.optimizer
     student, quantizer, o = ctx.student, ctx.quantizer, spec.optim
-    compute = env.compute
-    if not compute.is_default:
-        apply_compute_settings(networks_of(teacher, student, generator), compute)
+    compute = env.compute.resolved(device)
+    apply_compute_settings(networks_of(teacher, student, generator), compute)
     generator.prepare()
 
     budget = spec.budget
@@ -421,7 +421,7 @@ def run_trial(
     return TrialOutcome(
         fp_top1=fp, ptq_top1=ptq, epochs=records, teacher=loaded, test_set=test,
         wall_s=previous_wall + time.perf_counter() - started,
-        extra={} if compute.is_default else {"compute": compute.describe()},
+        extra={"compute": compute.describe()},
     )
 
 
