@@ -38,6 +38,7 @@ def trial_row(generator: str = "gdfq", loss: str = "kd", bits: int = 3, seed: in
         "top1_oracle": None if top1_last is None else top1_last + 1.0,
         "wall_s": 600.0,
         "device": "cpu (x86_64, 2 threads)",
+        "compute": "fp32,channels-last",
         "teacher_weights": "chenyaofo",
         "teacher_sha256": SHA_A,
         "data_sha256": "72b7c94d" + "2" * 56,

@@ -135,6 +135,17 @@ def test_different_teachers_in_one_key_are_refused_naming_the_trials(capsys, tmp
     assert snapshot(tmp_path) == before
 
 
+def test_different_precisions_in_one_key_are_refused_other_compute_settings_not(capsys, tmp_path):
+    rows = [trial_row(seed=0, compute="fp32,channels-last"), trial_row(seed=1, compute="bf16,channels-last")]
+    path = write_trials(tmp_path / "lb.csv", rows)
+    err = one_line_error(capsys, ["leaderboard", str(path)])
+    assert "different precisions" in err and "bf16 in trials" in err and "fp32 in trials" in err
+    # memory format (rounding only) and pre-column results (empty = fp32) aggregate together
+    rows = [trial_row(seed=0, compute=""), trial_row(seed=1, compute="fp32,channels-last")]
+    (row,) = _json(capsys, ["leaderboard", str(write_trials(tmp_path / "ok.csv", rows)), "--json"])
+    assert row["n_seeds"] == 2
+
+
 def test_different_budget_numbers_under_one_budget_name_are_refused(tmp_path):
     frame = pd.DataFrame([trial_row(seed=0), trial_row(seed=1, epochs=9)])
     with pytest.raises(UserError, match="different epochs x iters x batch"):

@@ -19,6 +19,7 @@ from zsqbench.interfaces import DistillationLoss
 from zsqbench.plugins import build_plugins, get_plugins
 
 from fixtures_data import write_random_weights, write_test_set
+from conftest import one_line_error
 
 
 @pytest.fixture(autouse=True)
@@ -98,6 +99,22 @@ def test_grid_local_executor_aggregates_over_seeds(tiny, tmp_path, capsys):
     # the dry run now shows every trial as done, and a re-run does nothing
     assert main(_args(root, weights, out, *grid, "--dry-run", "--json")) == 0
     assert {r["state"] for r in json.loads(capsys.readouterr().out)} == {"done"}
+
+
+def test_a_done_trial_is_not_reused_for_another_precision(tiny, tmp_path, capsys):
+    """The trial id leaves compute settings out, so the runner checks the precision itself."""
+    root, weights = tiny
+    out = tmp_path / "prec"
+    grid = ["--generators", "gdfq", "--loss", "kd", "--bits", "4"]
+    assert main(_args(root, weights, out, *grid)) == 0
+    row = pd.read_csv(out / "leaderboard.csv", keep_default_na=False).iloc[0]
+    assert row["compute"] == "fp32,channels-last"  # the CPU default, recorded in every row
+    capsys.readouterr()
+    before = (out / "leaderboard.csv").read_text()
+    err = one_line_error(capsys, _args(root, weights, out, *grid, "--precision", "bf16"))
+    assert "was run at precision fp32, this run asks for bf16" in err and "--run NAME" in err
+    assert (out / "leaderboard.csv").read_text() == before
+    assert main(_args(root, weights, out, *grid, "--no-channels-last")) == 0  # rounding only: reused
 
 
 @pytest.mark.slow

@@ -79,6 +79,14 @@ def _std(values: pd.Series) -> float:
 
 def _check_comparable(key: dict[str, Any], group: pd.DataFrame) -> None:
     name = describe_key(key)
+    if "compute" in group.columns:
+        # channels-last, compile or TF32 change rounding only; the precision changes accuracy
+        precision = group["compute"].fillna("").astype(str).str.split(",").str[0].replace("", "fp32")
+        if precision.nunique() > 1:
+            parts = "; ".join(f"{p} in trials {_short(group.loc[precision == p, 'trial_id'])}"
+                              for p in sorted(precision.unique()))
+            raise UserError(f"trials of {name} ran at different precisions ({parts}); aggregate one precision "
+                            "at a time (zsqbench leaderboard --run NAME) or split the CSV")
     seeds = group["seed"]
     if seeds.duplicated().any():
         seed = seeds[seeds.duplicated()].iloc[0]

@@ -19,6 +19,7 @@ from zsqbench.errors import UserError
 from zsqbench.files import write_json_atomic, write_text_atomic
 from zsqbench.provenance import device_name, git_hash, versions
 from zsqbench.spec import TrialSpec
+from zsqbench.speed import compute_label
 from zsqbench.train import Environment, TrialOutcome
 
 # Column -> meaning. README.md documents the same list; a test keeps them in step.
@@ -46,6 +47,8 @@ LEADERBOARD_COLUMNS: dict[str, str] = {
     "flags": "training warnings: exploding_gradients (an epoch's max student gradient norm > 100x the first "
              "training epoch's mean), warnings (see result.json, e.g. a zero feature term)",
     "device": "device the trial ran on",
+    "compute": "compute settings it ran with: precision (fp32/bf16), then any of channels-last, compile, "
+               "tf32/no-tf32; empty for results recorded before this column (fp32, NCHW)",
     "teacher_weights": "pinned checkpoint tag (or 'unpinned')",
     "teacher_sha256": "sha256 of the teacher weights file",
     "data_sha256": "sha256 of the test-set file",
@@ -135,6 +138,7 @@ def result_row(result: dict[str, Any]) -> dict[str, Any]:
         "wall_s": round(result["wall_s"], 1),
         "flags": ";".join(result.get("flags", [])),
         "device": result["device"],
+        "compute": compute_label(result.get("compute")),
         "teacher_weights": result["teacher"]["weights"],
         "teacher_sha256": result["teacher"]["sha256"],
         "data_sha256": result["data"]["sha256"],

@@ -132,6 +132,17 @@ def _precheck(specs: list[TrialSpec], plugins: Plugins, env: Environment) -> Non
         load_teacher(plugins.models.get(spec.model), env.data_root, env.teacher_weights, env.download)
 
 
+def _refuse_other_precision(result: dict[str, Any], env: Environment, folder: Path) -> None:
+    """The trial id does not include the compute settings (most change rounding only), but
+    the precision changes accuracy: a bf16 request must not be answered by an fp32 result
+    (or the reverse) just because the spec is the same."""
+    recorded = (result.get("compute") or {}).get("precision", "fp32")
+    if recorded != env.precision:
+        raise UserError(f"trial {result.get('trial_id', folder.name)} in {folder.parent} was run at precision "
+                        f"{recorded}, this run asks for {env.precision}; write to another run folder "
+                        "(--run NAME or --out DIR) or pass --force to replace it")
+
+
 def run_grid(
     specs: list[TrialSpec],
     plugins: Plugins,
@@ -157,7 +168,9 @@ def run_grid(
         folder = trial_dir(out, run, spec)
         state = folder_state(folder)
         if state == "done" and not force:
-            report.skipped.append(read_result(folder / "result.json"))
+            done = read_result(folder / "result.json")
+            _refuse_other_precision(done, env, folder)
+            report.skipped.append(done)
             continue
         if state == "failed" and not (retry_failed or force):
             report.left_failed.append(spec.trial_id)

@@ -67,9 +67,28 @@ class ComputeSettings:
         """Nothing asked for beyond the defaults (the memory format left to the device)."""
         return self == ComputeSettings()
 
+    def label(self) -> str:
+        """Short form for tables: the precision, then any of channels-last, compile, tf32/no-tf32."""
+        return compute_label(self.describe())
+
     def describe(self) -> dict[str, Any]:
         return {"precision": self.precision, "channels_last": self.channels_last,
                 "compile": self.compile, "tf32": self.tf32}
+
+
+def compute_label(described: dict[str, Any] | None) -> str:
+    """:meth:`ComputeSettings.label` of a ``describe()`` dict as stored in result.json; "" for
+    results from before the settings were recorded (those ran fp32, NCHW)."""
+    if not described:
+        return ""
+    parts = [str(described.get("precision", "fp32"))]
+    if described.get("channels_last"):
+        parts.append("channels-last")
+    if described.get("compile"):
+        parts.append("compile")
+    if described.get("tf32") is not None:
+        parts.append("tf32" if described["tf32"] else "no-tf32")
+    return ",".join(parts)
 
 
 # ------------------------------------------------------------------ conv precision
@@ -179,5 +198,5 @@ def apply_compute_settings(networks: Iterable[nn.Module], settings: ComputeSetti
 
 
 __all__ = [
-    "CHANNELS_LAST_BY_DEFAULT", "ComputeSettings", "PRECISIONS", "apply_compute_settings", "networks_of", "set_conv_precision", "set_tf32",
+    "CHANNELS_LAST_BY_DEFAULT", "ComputeSettings", "compute_label", "PRECISIONS", "apply_compute_settings", "networks_of", "set_conv_precision", "set_tf32",
 ]
