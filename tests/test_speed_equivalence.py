@@ -20,6 +20,7 @@ Measured on CPU: both bit-identical to their reference (difference 0).
 from __future__ import annotations
 
 import math
+import sys
 import traceback
 from types import SimpleNamespace
 
@@ -521,3 +522,47 @@ def _assert_same_generator_training(a, b) -> None:
             continue
         scale = ref.abs().max().item() or 1.0
         assert (a[1][k] - ref).abs().max().item() <= loose.get(k, 1e-9) * scale, k
+
+
+# ------------------------------------------------------------------------------ allocator
+
+_FAULTS_SCRIPT = """
+import resource, torch
+from zsqbench.speed import tune_cpu_allocator
+tuned = tune_cpu_allocator()
+def iteration():
+    # the large activations of an AdaDFQ iteration at batch 200, alive at once, then freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    xs = [torch.empty(200, c, s, s) for c, s in [(128, 16), (64, 32)] + [(16, 32)] * 6 + [(32, 16)] * 4]
+    for x in xs:
+        x.fill_(1.0)
+    del xs, x
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+iteration()  # the first iteration grows the heap either way
+print(int(tuned), sum(iteration() for _ in range(5)))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
+def test_tuned_allocator_reuses_freed_activations_instead_of_faulting_them_in_again():
+    """The default glibc allocator maps large tensors afresh (or trims the heap they were in)
+    so that each iteration page-faults its activations in again (2.5 M minor faults in a
+    20-iteration benchmark); after tune_cpu_allocator the freed memory is mostly reused.
+    ``ZSQBENCH_MALLOC_TUNING=0`` keeps the C library's behaviour. Measured here over five
+    iterations: 70,000–120,000 faults by default, 8,000–19,000 tuned."""
+    import os
+    import subprocess
+
+    def second_allocation(tuning: str) -> tuple[int, int]:
+        env = {**os.environ, "ZSQBENCH_MALLOC_TUNING": tuning}
+        out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], env=env, capture_output=True, text=True,
+                             check=True).stdout.split()
+        return int(out[0]), int(out[1])
+
+    tuned, tuned_faults = second_allocation("1")
+    if not tuned:
+        pytest.skip("the C library is not glibc")
+    untuned, default_faults = second_allocation("0")
+    assert untuned == 0
+    assert default_faults > 50_000  # of 5 x 44,800 pages in use per iteration
+    assert tuned_faults < default_faults / 2

@@ -48,7 +48,7 @@ from zsqbench.interfaces import TeacherModel
 from zsqbench.plugins import Plugins, get_plugins
 from zsqbench.runner import resolve_device
 from zsqbench.spec import Budget, PluginChoice, TrialSpec
-from zsqbench.speed import ComputeSettings, apply_compute_settings, networks_of
+from zsqbench.speed import ComputeSettings, apply_compute_settings, networks_of, tune_cpu_allocator
 from zsqbench.train import GradientMonitor, build_trial_parts, seed_everything
 
 #: Generator options that keep a benchmark's setup short without changing the timed step
@@ -95,6 +95,7 @@ class BenchSession:
     def __init__(self, config: BenchConfig, plugins: Plugins | None = None) -> None:
         self.config = c = config
         self.device = resolve_device(c.device)
+        tune_cpu_allocator()  # as run_trial does
         if c.threads is not None:
             torch.set_num_threads(c.threads)
         if self.device.type == "cuda":

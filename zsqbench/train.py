@@ -30,7 +30,7 @@ from zsqbench.features import FeatureTaps
 from zsqbench.interfaces import Batch, Generator, LossInputs, StudentObjective, TeacherModel, TrainContext
 from zsqbench.plugins import Plugins
 from zsqbench.spec import TrialSpec
-from zsqbench.speed import ComputeSettings, apply_compute_settings, networks_of
+from zsqbench.speed import ComputeSettings, apply_compute_settings, networks_of, tune_cpu_allocator
 from zsqbench.teachers import LoadedTeacher, load_teacher
 
 
@@ -325,6 +325,7 @@ def run_trial(
     parts = build_trial_parts(spec, plugins, entry, teacher, device, env.cache_dir, progress)
     ctx, generator, objective, optimizer = parts.ctx, parts.generator, parts.objective, parts.optimizer
     student, quantizer, o = ctx.student, ctx.quantizer, spec.optim
+    tune_cpu_allocator()
     compute = env.compute.resolved(device)
     apply_compute_settings(networks_of(teacher, student, generator), compute)
     generator.prepare()
