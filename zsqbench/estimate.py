@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from zsqbench.spec import TrialSpec
 
 # seconds per generated sample per iteration on 2 CPU cores (`zsqbench bench`, 2026-11-27:
-# GDFQ + kd at batch 200 1.10 s/iteration; AdaDFQ + AKT 1.45 s, i.e. its factor 1.3 below)
-CPU_SECONDS_PER_SAMPLE = 0.0055
+# GDFQ + kd at batch 200 1.00 s/iteration; AdaDFQ + AKT 1.13-1.17 s)
+CPU_SECONDS_PER_SAMPLE = 0.005
 # a single H100 at batch 200, AKT: about 15 ms per iteration
 GPU_SECONDS_PER_SAMPLE = 0.015 / 200
 # ask before starting more than this many student iterations in one grid
