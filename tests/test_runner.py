@@ -115,6 +115,13 @@ def test_a_done_trial_is_not_reused_for_another_precision(tiny, tmp_path, capsys
     assert "was run at precision fp32, this run asks for bf16" in err and "--run NAME" in err
     assert (out / "leaderboard.csv").read_text() == before
     assert main(_args(root, weights, out, *grid, "--no-channels-last")) == 0  # rounding only: reused
+    # an interrupted trial (checkpoint, no result) is not resumed at another precision either
+    (trial,) = [p.parent for p in out.glob("*/*/result.json")]
+    (trial / "result.json").unlink()
+    assert (trial / "checkpoint.pt").is_file()
+    err = one_line_error(capsys, _args(root, weights, out, *grid, "--precision", "bf16"))
+    assert "was run at precision fp32, this run asks for bf16" in err
+    assert not (trial / "result.json").exists()
 
 
 @pytest.mark.slow

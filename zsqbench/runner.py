@@ -134,13 +134,13 @@ def _precheck(specs: list[TrialSpec], plugins: Plugins, env: Environment) -> Non
 
 def _refuse_other_precision(result: dict[str, Any], env: Environment, folder: Path) -> None:
     """The trial id does not include the compute settings (most change rounding only), but
-    the precision changes accuracy: a bf16 request must not be answered by an fp32 result
-    (or the reverse) just because the spec is the same."""
+    the precision changes accuracy: a bf16 request must not be answered by an fp32 result,
+    or resume an fp32 checkpoint (or the reverse), just because the spec is the same."""
     recorded = (result.get("compute") or {}).get("precision", "fp32")
     if recorded != env.precision:
         raise UserError(f"trial {result.get('trial_id', folder.name)} in {folder.parent} was run at precision "
                         f"{recorded}, this run asks for {env.precision}; write to another run folder "
-                        "(--run NAME or --out DIR) or pass --force to replace it")
+                        "(--run NAME or --out DIR) or pass --force to start it again")
 
 
 def run_grid(
@@ -176,7 +176,10 @@ def run_grid(
             report.left_failed.append(spec.trial_id)
             continue
         if state == "incomplete" and not force:
-            load_checkpoint(folder, spec.trial_id)  # a corrupt checkpoint stops the grid before anything changes
+            saved = load_checkpoint(folder, spec.trial_id)  # a corrupt checkpoint stops the grid before anything changes
+            if saved is not None:
+                _refuse_other_precision({"trial_id": spec.trial_id, "compute": {"precision": saved.get("precision", "fp32")}},
+                                        env, folder)
         plan.append((spec, folder, state))
     if plan:
         _precheck([s for s, _, _ in plan], plugins, env)

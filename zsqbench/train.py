@@ -336,6 +336,9 @@ def run_trial(
     first_epoch, previous_wall = 0, 0.0
     saved = load_checkpoint(trial_dir, spec.trial_id) if trial_dir is not None else None
     if saved is not None:
+        if saved.get("precision", "fp32") != compute.precision:  # runner.run_grid refuses this earlier
+            raise ValueError(f"trial {spec.trial_id} was started at precision {saved.get('precision', 'fp32')}; "
+                             f"it cannot be resumed at {compute.precision}")
         student.load_state_dict(saved["student"])
         optimizer.load_state_dict(saved["optimizer"])
         generator.load_state_dict(saved["generator"])
@@ -410,7 +413,7 @@ def run_trial(
                 "trial_id": spec.trial_id, "epoch": epoch, "records": [asdict(r) for r in records], "ptq": ptq,
                 "wall_s": previous_wall + time.perf_counter() - started,
                 "student": student.state_dict(), "optimizer": optimizer.state_dict(),
-                "generator": generator.state_dict(), "rng": rng_state(),
+                "generator": generator.state_dict(), "rng": rng_state(), "precision": compute.precision,
             })
             _append_metrics(trial_dir, record)
             if keeps_snapshot(epoch, budget.epochs):
