@@ -194,3 +194,18 @@ def test_readme_documents_every_leaderboard_column():
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     for column in LEADERBOARD_COLUMNS:
         assert f"| `{column}` |" in readme
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`zsqbench ... --json | head`: the closed pipe is the reader's choice, not an error."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    paper = Path(__file__).resolve().parents[1] / "results" / "akt-paper.csv"
+    proc = subprocess.Popen([sys.executable, "-m", "zsqbench.cli.main", "compare", str(paper), str(paper), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before anything is read: the first write hits a broken pipe
+    stderr = proc.stderr.read().decode()
+    assert proc.wait() == 0
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr

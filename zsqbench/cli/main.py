@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -40,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("zsqbench: interrupted; finished trials are saved, re-run the same command to continue", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`zsqbench leaderboard --json | head`): not an error of ours.
+        # Point stdout at /dev/null so the interpreter's final flush cannot raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
