@@ -132,15 +132,14 @@ def _precheck(specs: list[TrialSpec], plugins: Plugins, env: Environment) -> Non
         load_teacher(plugins.models.get(spec.model), env.data_root, env.teacher_weights, env.download)
 
 
-def _refuse_other_precision(result: dict[str, Any], env: Environment, folder: Path) -> None:
+def _refuse_other_precision(recorded: str, trial_id: str, env: Environment, folder: Path) -> None:
     """The trial id does not include the compute settings (most change rounding only), but
     the precision changes accuracy: a bf16 request must not be answered by an fp32 result,
     or resume an fp32 checkpoint (or the reverse), just because the spec is the same."""
-    recorded = (result.get("compute") or {}).get("precision", "fp32")
     if recorded != env.precision:
-        raise UserError(f"trial {result.get('trial_id', folder.name)} in {folder.parent} was run at precision "
-                        f"{recorded}, this run asks for {env.precision}; write to another run folder "
-                        "(--run NAME or --out DIR) or pass --force to start it again")
+        raise UserError(f"trial {trial_id} in {folder.parent} was run at precision {recorded}, this run asks "
+                        f"for {env.precision}; write to another run folder (--run NAME or --out DIR) or pass "
+                        "--force to start it again")
 
 
 def run_grid(
@@ -169,7 +168,7 @@ def run_grid(
         state = folder_state(folder)
         if state == "done" and not force:
             done = read_result(folder / "result.json")
-            _refuse_other_precision(done, env, folder)
+            _refuse_other_precision((done.get("compute") or {}).get("precision", "fp32"), spec.trial_id, env, folder)
             report.skipped.append(done)
             continue
         if state == "failed" and not (retry_failed or force):
@@ -178,8 +177,7 @@ def run_grid(
         if state == "incomplete" and not force:
             saved = load_checkpoint(folder, spec.trial_id)  # a corrupt checkpoint stops the grid before anything changes
             if saved is not None:
-                _refuse_other_precision({"trial_id": spec.trial_id, "compute": {"precision": saved.get("precision", "fp32")}},
-                                        env, folder)
+                _refuse_other_precision(saved.get("precision", "fp32"), spec.trial_id, env, folder)
         plan.append((spec, folder, state))
     if plan:
         _precheck([s for s, _, _ in plan], plugins, env)

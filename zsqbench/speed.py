@@ -65,15 +65,6 @@ class ComputeSettings:
         kind = torch.device(device).type
         return replace(self, channels_last=kind in CHANNELS_LAST_BY_DEFAULT)
 
-    @property
-    def is_default(self) -> bool:
-        """Nothing asked for beyond the defaults (the memory format left to the device)."""
-        return self == ComputeSettings()
-
-    def label(self) -> str:
-        """Short form for tables: the precision, then any of channels-last, compile, tf32/no-tf32."""
-        return compute_label(self.describe())
-
     def describe(self) -> dict[str, Any]:
         return {"precision": self.precision, "channels_last": self.channels_last,
                 "compile": self.compile, "tf32": self.tf32}
