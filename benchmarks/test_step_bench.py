@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from zsqbench.bench import BenchConfig, BenchSession
+from zsqbench.trial.bench import BenchConfig, BenchSession
 
 CASES = [("adadfq", "akt"), ("adadfq", "kd"), ("gdfq", "kd")]
 BATCH = int(os.environ.get("ZSQBENCH_BENCH_BATCH", "32"))

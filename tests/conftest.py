@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from zsqbench.plugins import build_plugins
-from zsqbench.spec import Budget, PluginChoice, TrialSpec
-from zsqbench.train import TrialParts, build_trial_parts, seed_everything
+from zsqbench.api.plugins import build_plugins
+from zsqbench.trial.spec import Budget, PluginChoice, TrialSpec
+from zsqbench.trial.train import TrialParts, build_trial_parts, seed_everything
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

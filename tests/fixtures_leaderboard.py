@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from zsqbench.results import LEADERBOARD_COLUMNS
+from zsqbench.leaderboard.results import LEADERBOARD_COLUMNS
 
 SHA_A = "c1757f29" + "0" * 56
 SHA_B = "9b0024ac" + "1" * 56

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from zsqbench.interfaces import LossInputs
+from zsqbench.api.interfaces import LossInputs
 from zsqbench_plugins.generators.adadfq import (
     AdaDFQOptions,
     EntropyDiffLoss,

@@ -12,11 +12,11 @@ import pytest
 from conftest import one_line_error
 from fixtures_leaderboard import SHA_A, SHA_B, snapshot, trial_row, write_trials
 
-from zsqbench.aggregate import AGGREGATED_COLUMNS, KEY_COLUMNS, aggregate
+from zsqbench.leaderboard.aggregate import AGGREGATED_COLUMNS, KEY_COLUMNS, aggregate
 from zsqbench.cli.main import main
 from zsqbench.errors import UserError
-from zsqbench.results import LEADERBOARD_COLUMNS
-from zsqbench.tables import read_table
+from zsqbench.leaderboard.results import LEADERBOARD_COLUMNS
+from zsqbench.leaderboard.tables import read_table
 
 
 def _json(capsys, argv: list[str]):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from zsqbench.cli.main import main
-from zsqbench.plugins import get_plugins
+from zsqbench.api.plugins import get_plugins
 
 from fixtures_data import write_random_weights, write_test_set
 

@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from zsqbench.cli.main import main
-from zsqbench.config import _load
-from zsqbench.plugins import get_plugins
-from zsqbench.results import LEADERBOARD_COLUMNS
+from zsqbench.api.config import _load
+from zsqbench.api.plugins import get_plugins
+from zsqbench.leaderboard.results import LEADERBOARD_COLUMNS
 
 from fixtures_data import write_random_weights, write_test_set
 

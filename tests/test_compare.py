@@ -12,8 +12,8 @@ from scipy import stats
 from conftest import one_line_error
 from fixtures_leaderboard import SHA_B, snapshot, trial_row, write_trials
 from zsqbench.cli.main import main
-from zsqbench.compare import compare, significance
-from zsqbench.tables import read_table
+from zsqbench.leaderboard.compare import compare, significance
+from zsqbench.leaderboard.tables import read_table
 
 REFERENCE = Path(__file__).parent.parent / "results" / "akt-paper.csv"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zsqbench.data import load_test_set, resolve_data_root
+from zsqbench.trial.data import load_test_set, resolve_data_root
 from zsqbench.errors import ChecksumError, DataNotFoundError, UserError
 from zsqbench.files import file_digest
-from zsqbench.teachers import load_teacher
+from zsqbench.trial.teachers import load_teacher
 
 from fixtures_data import write_random_weights, write_test_set
 
@@ -24,7 +24,7 @@ def test_cifar100_fixture_loads_with_fine_labels(tmp_path):
 def test_normalization_matches_definition(tmp_path):
     write_test_set(tmp_path, "cifar10", n=4)
     test = load_test_set("cifar10", tmp_path)
-    from zsqbench.interfaces import Normalization
+    from zsqbench.api.interfaces import Normalization
 
     norm = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     x = test.normalized(norm)

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from zsqbench.errors import UserError
-from zsqbench.interfaces import LossInputs, NativeLosses, StudentObjective, TeacherModel
-from zsqbench.train import Environment, run_trial
+from zsqbench.api.interfaces import LossInputs, NativeLosses, StudentObjective, TeacherModel
+from zsqbench.trial.train import Environment, run_trial
 from zsqbench_plugins.losses._feature import (
     AttentionDistillationLoss,
     attention_kl,
@@ -395,7 +395,7 @@ class _Progress:
 
 def _run_tiny_trial(plugins, tmp_path, monkeypatch):
     """run_trial on a random ResNet-20 with a fake test set (no data or weights needed)."""
-    import zsqbench.train as train_mod
+    import zsqbench.trial.train as train_mod
 
     entry = plugins.models.get("resnet20_cifar10")
     labels = torch.zeros(2, dtype=torch.long)

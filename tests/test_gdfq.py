@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from zsqbench.interfaces import LossInputs
+from zsqbench.api.interfaces import LossInputs
 from zsqbench_plugins.generators._common import BNStatsLoss, CifarGenerator, UpsampleConv2d, batch_moments
 from zsqbench_plugins.generators.gdfq import GDFQLogitLoss, GDFQOptions
 

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from zsqbench.features import FeatureTaps
-from zsqbench.interfaces import Batch, LossInputs
+from zsqbench.api.features import FeatureTaps
+from zsqbench.api.interfaces import Batch, LossInputs
 from zsqbench_plugins.generators import hast as hast_module
 from zsqbench_plugins.generators.hast import (
     HASTLogitLoss,

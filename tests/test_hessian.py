@@ -30,8 +30,8 @@ from zsqbench.analysis import (
     student_loss_closure,
     trial_hessian_trace,
 )
-from zsqbench.interfaces import Batch, Generator, LossInputs, NativeLosses, NoOptions
-from zsqbench.train import TrialParts
+from zsqbench.api.interfaces import Batch, Generator, LossInputs, NativeLosses, NoOptions
+from zsqbench.trial.train import TrialParts
 from zsqbench_plugins.quantizers.uniform import QuantAct
 
 from conftest import make_spec

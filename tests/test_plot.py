@@ -12,9 +12,9 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from fixtures_leaderboard import snapshot, trial_row, write_trials  # noqa: E402
-from zsqbench.aggregate import aggregate  # noqa: E402
+from zsqbench.leaderboard.aggregate import aggregate  # noqa: E402
 from zsqbench.cli.main import main  # noqa: E402
-from zsqbench.plots import gains_over_kd  # noqa: E402
+from zsqbench.leaderboard.plots import gains_over_kd  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STEMS = ("accuracy_vs_bits", "gain_over_kd", "training_curves")

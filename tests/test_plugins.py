@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from zsqbench.errors import UnknownNameError, UserError
-from zsqbench.hookspecs import hookimpl
-from zsqbench.plugins import build_plugins
-from zsqbench.registry import Registry
+from zsqbench.api.hookspecs import hookimpl
+from zsqbench.api.plugins import build_plugins
+from zsqbench.api.registry import Registry
 
 FIXTURE = Path(__file__).parent / "fixtures" / "zsqbench-noise"
 
@@ -67,7 +67,7 @@ def test_environment_variable_restricts_plugins(monkeypatch):
 
 
 def test_malformed_registry_is_a_user_error(tmp_path, monkeypatch):
-    from zsqbench.config import _load, load_registry_config
+    from zsqbench.api.config import _load, load_registry_config
 
     bad = tmp_path / "registry.toml"
     bad.write_text("[bundled\nx = 1\n")

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from zsqbench.cli.main import main
-from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import DistillationLoss
-from zsqbench.plugins import build_plugins, get_plugins
+from zsqbench.api.hookspecs import hookimpl
+from zsqbench.api.interfaces import DistillationLoss
+from zsqbench.api.plugins import build_plugins, get_plugins
 
 from fixtures_data import write_random_weights, write_test_set
 from conftest import one_line_error
@@ -194,7 +194,7 @@ def test_nan_run_is_marked_diverged_and_not_reported(tiny, tmp_path, monkeypatch
     root, weights = tiny
     custom = build_plugins(extra={"nan-loss": _NaNPlugin()})
     monkeypatch.setattr("zsqbench.cli.run_cmd.get_plugins", lambda: custom)
-    monkeypatch.setattr("zsqbench.runner.get_plugins", lambda: custom)
+    monkeypatch.setattr("zsqbench.grid.runner.get_plugins", lambda: custom)
     out = tmp_path / "nan"
     assert main(_args(root, weights, out, "--generators", "gdfq", "--loss", "nan,kd", "--bits", "4")) == 1
     (error_file,) = out.glob("*/*/error.json")
@@ -245,7 +245,7 @@ def test_status_summarizes_a_results_folder(tiny, tmp_path, capsys):
 
 
 def test_collapse_to_chance_is_divergence_only_on_a_real_sized_test_set():
-    from zsqbench.train import _collapsed
+    from zsqbench.trial.train import _collapsed
 
     assert _collapsed(10.5, 80.0, 10, 10_000)
     assert not _collapsed(40.0, 80.0, 10, 10_000)
@@ -254,7 +254,7 @@ def test_collapse_to_chance_is_divergence_only_on_a_real_sized_test_set():
 
 
 def test_exploding_gradients_are_flagged():
-    from zsqbench.results import training_flags
+    from zsqbench.leaderboard.results import training_flags
 
     calm = [{"grad_norm_mean": None, "grad_norm_max": None},
             {"grad_norm_mean": 2.0, "grad_norm_max": 5.0}, {"grad_norm_mean": 3.0, "grad_norm_max": 50.0}]

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from zsqbench.errors import UserError
-from zsqbench.spec import Budget, TrialSpec, parse_bits
+from zsqbench.trial.spec import Budget, TrialSpec, parse_bits
 
 from conftest import make_spec
 
@@ -34,7 +34,7 @@ def test_trial_id_changes_with_any_setting():
 def test_trial_id_is_stable_across_processes():
     spec = make_spec()
     code = (
-        "import json,sys; from zsqbench.spec import TrialSpec; "
+        "import json,sys; from zsqbench.trial.spec import TrialSpec; "
         "print(TrialSpec.model_validate(json.loads(sys.argv[1])).trial_id)"
     )
     out = subprocess.run(

@@ -28,8 +28,8 @@ import pytest
 import torch
 from torch import nn
 
-from zsqbench.speed import ComputeSettings, apply_compute_settings, networks_of, set_conv_precision
-from zsqbench.train import Environment, GradientMonitor, NullProgress, run_trial
+from zsqbench.trial.speed import ComputeSettings, apply_compute_settings, networks_of, set_conv_precision
+from zsqbench.trial.train import Environment, GradientMonitor, NullProgress, run_trial
 from zsqbench_plugins.quantizers.uniform import (
     FakeQuantSTE,
     QuantAct,
@@ -172,7 +172,7 @@ def test_range_tracking_never_reads_a_tensor_on_the_host(monkeypatch, tracking):
 def _tiny_run_trial(plugins, tmp_path, monkeypatch, iters: int, progress, **env_fields):
     """run_trial on a random ResNet-20 with a fake test set; returns the outcome and the
     number of .item() calls."""
-    import zsqbench.train as train_mod
+    import zsqbench.trial.train as train_mod
 
     entry = plugins.models.get("resnet20_cifar10")
     test = SimpleNamespace(labels=torch.zeros(2, dtype=torch.long))
@@ -218,7 +218,7 @@ def test_trainer_reads_the_running_loss_rarely_for_a_display(plugins, tmp_path, 
 
 
 def test_trial_with_opt_in_compute_settings_runs_and_records_them(plugins, tmp_path, monkeypatch):
-    from zsqbench.runner import environment_from_dict, environment_to_dict
+    from zsqbench.grid.runner import environment_from_dict, environment_to_dict
 
     outcome, _ = _tiny_run_trial(plugins, tmp_path / "a", monkeypatch, 2, NullProgress(),
                                  precision="bf16", channels_last=True, tf32=False)
@@ -321,7 +321,7 @@ def test_no_sharing_while_ranges_still_track(tiny_parts):
 
 
 def test_share_option_at_its_default_does_not_change_trial_ids(plugins):
-    from zsqbench.grid import _options
+    from zsqbench.grid.request import _options
 
     gen_cls = plugins.generators.get("adadfq")
     assert "share_student_forward" not in _options(gen_cls, {}, "generator", "adadfq")
@@ -529,7 +529,7 @@ def _assert_states_close(a: dict, b: dict, generator_prefix: str = "") -> None:
 
 _FAULTS_SCRIPT = """
 import resource, torch
-from zsqbench.speed import tune_cpu_allocator
+from zsqbench.trial.speed import tune_cpu_allocator
 tuned = tune_cpu_allocator()
 def iteration():
     # the large activations of an AdaDFQ iteration at batch 200, alive at once, then freed

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import Executor
-from zsqbench.runner import execute_job
+from zsqbench.api.hookspecs import hookimpl
+from zsqbench.api.interfaces import Executor
+from zsqbench.grid.runner import execute_job
 
 
 class LocalExecutor(Executor):

@@ -10,8 +10,8 @@ import torch
 from pydantic import Field
 
 from zsqbench.errors import UserError
-from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import Executor, JobOutcome, PluginOptions, TrialJob
+from zsqbench.api.hookspecs import hookimpl
+from zsqbench.api.interfaces import Executor, JobOutcome, PluginOptions, TrialJob
 
 _WORKER_DEVICE: str | None = None
 
@@ -25,7 +25,7 @@ def _init_worker(devices, threads: int) -> None:
 
 
 def _run_on_worker(job: TrialJob) -> JobOutcome:
-    from zsqbench.runner import execute_job
+    from zsqbench.grid.runner import execute_job
 
     env = {**job.env, "device": _WORKER_DEVICE}
     return execute_job(TrialJob(job.trial_id, job.trial_dir, job.label, env))

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pydantic import Field
 
 from zsqbench.errors import UserError
-from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import Executor, JobOutcome, PluginOptions
+from zsqbench.api.hookspecs import hookimpl
+from zsqbench.api.interfaces import Executor, JobOutcome, PluginOptions
 
 
 class RayOptions(PluginOptions):
@@ -21,7 +21,7 @@ class RayOptions(PluginOptions):
 
 
 def _execute(job):
-    from zsqbench.runner import execute_job
+    from zsqbench.grid.runner import execute_job
 
     return execute_job(job)
 

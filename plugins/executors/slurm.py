@@ -12,8 +12,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from zsqbench.errors import UserError
-from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import Executor, JobOutcome, PluginOptions, TrialJob
+from zsqbench.api.hookspecs import hookimpl
+from zsqbench.api.interfaces import Executor, JobOutcome, PluginOptions, TrialJob
 
 
 class SubmititOptions(PluginOptions):
@@ -33,7 +33,7 @@ class _TrialTask:
     """The callable submitit pickles; checkpoint() makes a preempted task requeue itself."""
 
     def __call__(self, job: TrialJob) -> JobOutcome:
-        from zsqbench.runner import execute_job
+        from zsqbench.grid.runner import execute_job
 
         return execute_job(job)
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from zsqbench.interfaces import Batch, Generator, PluginOptions, TrainContext
+from zsqbench.api.interfaces import Batch, Generator, PluginOptions, TrainContext
 
 
 def fold_upsample_into_kernel(weight: Tensor) -> Tensor:

@@ -24,8 +24,8 @@ from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, mod
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import Batch, NativeLosses, PluginOptions, TrainContext
+from zsqbench.api.hookspecs import hookimpl
+from zsqbench.api.interfaces import Batch, NativeLosses, PluginOptions, TrainContext
 from zsqbench_plugins.generators._common import OnlineGenerator
 from zsqbench_plugins.generators.gdfq import LogitObjective
 

@@ -12,8 +12,8 @@ from pydantic import Field
 from torch import Tensor
 from torch.nn import functional as F
 
-from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import Batch, LossInputs, NativeLosses, PluginOptions, StudentObjective
+from zsqbench.api.hookspecs import hookimpl
+from zsqbench.api.interfaces import Batch, LossInputs, NativeLosses, PluginOptions, StudentObjective
 from zsqbench_plugins.generators._common import OnlineGenerator, kd_kl
 
 

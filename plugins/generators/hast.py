@@ -34,10 +34,10 @@ from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
 from zsqbench.errors import UserError
-from zsqbench.features import FeatureTaps
+from zsqbench.api.features import FeatureTaps
 from zsqbench.files import file_digest, write_bytes_atomic, write_json_atomic
-from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import (
+from zsqbench.api.hookspecs import hookimpl
+from zsqbench.api.interfaces import (
     Batch, Generator, LossInputs, NativeLosses, PluginOptions, StudentObjective, TrainContext,
 )
 from zsqbench_plugins.generators._common import BNStatsLoss, CifarGenerator, kd_kl, step_on

@@ -44,7 +44,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from zsqbench.errors import UserError
-from zsqbench.interfaces import DistillationLoss, LossInputs, NativeLosses, PluginOptions, TeacherModel
+from zsqbench.api.interfaces import DistillationLoss, LossInputs, NativeLosses, PluginOptions, TeacherModel
 from zsqbench_plugins.generators._common import kd_kl
 
 # ------------------------------------------------------------------------ attentions

@@ -10,7 +10,7 @@ sum) so diagnostics show each branch. Code defaults, paper switches (``mode="pap
 
 from __future__ import annotations
 
-from zsqbench.hookspecs import hookimpl
+from zsqbench.api.hookspecs import hookimpl
 from zsqbench_plugins.losses._feature import AttentionDistillationLoss
 
 

@@ -7,7 +7,7 @@ paper/code modes: see :mod:`zsqbench_plugins.losses._feature`.
 
 from __future__ import annotations
 
-from zsqbench.hookspecs import hookimpl
+from zsqbench.api.hookspecs import hookimpl
 from zsqbench_plugins.losses._feature import AttentionDistillationLoss
 
 

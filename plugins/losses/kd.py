@@ -11,8 +11,8 @@ from typing import Literal
 from pydantic import Field
 from torch import Tensor
 
-from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import DistillationLoss, LossInputs, PluginOptions
+from zsqbench.api.hookspecs import hookimpl
+from zsqbench.api.interfaces import DistillationLoss, LossInputs, PluginOptions
 from zsqbench_plugins.generators._common import kd_kl
 
 

@@ -7,7 +7,7 @@ L = L_logit + λ·Σ_maps Σ_b KL( softmax(Sp(F_T)/τ) ‖ softmax(Sp(F_Q)/τ) )
 
 from __future__ import annotations
 
-from zsqbench.hookspecs import hookimpl
+from zsqbench.api.hookspecs import hookimpl
 from zsqbench_plugins.losses._feature import AttentionDistillationLoss
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import Normalization, PretrainedWeights, TeacherModel
+from zsqbench.api.hookspecs import hookimpl
+from zsqbench.api.interfaces import Normalization, PretrainedWeights, TeacherModel
 
 # DFQ normalization used by the ZSQ papers (METHODS §2.3).
 DFQ_CIFAR10 = Normalization((0.49139968, 0.48215827, 0.44653124), (0.24703233, 0.24348505, 0.26158768))

@@ -16,8 +16,8 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import PluginOptions, Quantizer
+from zsqbench.api.hookspecs import hookimpl
+from zsqbench.api.interfaces import PluginOptions, Quantizer
 
 
 def fake_quantize(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:

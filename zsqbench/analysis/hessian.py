@@ -55,11 +55,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from zsqbench.features import FeatureTaps
-from zsqbench.interfaces import Batch, LossInputs
+from zsqbench.api.features import FeatureTaps
+from zsqbench.api.interfaces import Batch, LossInputs
 
 if TYPE_CHECKING:  # pragma: no cover
-    from zsqbench.train import TrialParts
+    from zsqbench.trial.train import TrialParts
 
 
 # ------------------------------------------------------------------------------ results

@@ -18,13 +18,13 @@ from typing import Any
 import torch
 
 from zsqbench.analysis.hessian import fixed_generator_batch, trial_hessian_trace
-from zsqbench.checkpoint import load_checkpoint
+from zsqbench.trial.checkpoint import load_checkpoint
 from zsqbench.errors import UserError
 from zsqbench.files import file_digest, write_json_atomic
-from zsqbench.plugins import Plugins
-from zsqbench.spec import TrialSpec
-from zsqbench.teachers import load_teacher
-from zsqbench.train import SNAPSHOT_DIR, Environment, build_trial_parts, seed_everything
+from zsqbench.api.plugins import Plugins
+from zsqbench.trial.spec import TrialSpec
+from zsqbench.trial.teachers import load_teacher
+from zsqbench.trial.train import SNAPSHOT_DIR, Environment, build_trial_parts, seed_everything
 
 ANALYSIS_FILE = Path("analysis") / "hessian.json"
 _SNAPSHOT = re.compile(r"epoch_(\d+)\.pt$")

@@ -9,11 +9,11 @@ from pathlib import Path
 from rich.table import Table
 
 from zsqbench.cli.console import err, out
-from zsqbench.data import resolve_cache_dir, resolve_data_root
+from zsqbench.trial.data import resolve_cache_dir, resolve_data_root
 from zsqbench.errors import UserError
-from zsqbench.plugins import get_plugins
-from zsqbench.runner import resolve_device
-from zsqbench.train import Environment
+from zsqbench.api.plugins import get_plugins
+from zsqbench.grid.runner import resolve_device
+from zsqbench.trial.train import Environment
 
 
 def add_parser(sub) -> None:

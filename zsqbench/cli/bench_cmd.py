@@ -1,4 +1,4 @@
-"""`zsqbench bench`: time one training iteration against its bare network passes (zsqbench.bench)."""
+"""`zsqbench bench`: time one training iteration against its bare network passes (zsqbench.trial.bench)."""
 
 from __future__ import annotations
 
@@ -57,9 +57,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from zsqbench.bench import BenchConfig, run_bench  # keeps `zsqbench --help` light
+    from zsqbench.trial.bench import BenchConfig, run_bench  # keeps `zsqbench --help` light
     from zsqbench.cli.run_cmd import _parse_options  # the same PLUGIN.KEY=VALUE syntax as `run`
-    from zsqbench.spec import MAX_BITS, MIN_BITS
+    from zsqbench.trial.spec import MAX_BITS, MIN_BITS
 
     if not MIN_BITS <= args.bits <= MAX_BITS:
         raise UserError(f"--bits {args.bits}: bits must be between {MIN_BITS} and {MAX_BITS}")

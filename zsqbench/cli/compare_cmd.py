@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.table import Table
 
 from zsqbench.cli.console import out
-from zsqbench.compare import Comparison, compare
+from zsqbench.leaderboard.compare import Comparison, compare
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -1,10 +1,10 @@
-"""The compute flags shared by `zsqbench run` and `zsqbench bench` (see zsqbench.speed)."""
+"""The compute flags shared by `zsqbench run` and `zsqbench bench` (see zsqbench.trial.speed)."""
 
 from __future__ import annotations
 
 import argparse
 
-from zsqbench.speed import PRECISIONS, ComputeSettings
+from zsqbench.trial.speed import PRECISIONS, ComputeSettings
 
 
 def add_compute_flags(p: argparse.ArgumentParser) -> None:

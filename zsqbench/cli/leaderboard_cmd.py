@@ -12,12 +12,12 @@ from pathlib import Path
 import pandas as pd
 from rich.table import Table
 
-from zsqbench.aggregate import as_aggregated, done_trials
+from zsqbench.leaderboard.aggregate import as_aggregated, done_trials
 from zsqbench.cli.console import out
 from zsqbench.errors import UserError
 from zsqbench.files import write_text_atomic
-from zsqbench.tables import read_table, to_csv_text, to_json_text, to_markdown
-from zsqbench.views import ORACLE_NOTE, PIVOT_NOTE, display_aggregated, pivot
+from zsqbench.leaderboard.tables import read_table, to_csv_text, to_json_text, to_markdown
+from zsqbench.leaderboard.views import ORACLE_NOTE, PIVOT_NOTE, display_aggregated, pivot
 
 PER_TRIAL_SHOWN = ["trial_id", "model", "generator", "loss", "w_bits", "a_bits", "seed", "budget",
                    "fp_top1", "ptq_top1", "top1_last", "top1_oracle", "wall_s"]

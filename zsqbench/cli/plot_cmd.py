@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _formats(text: str) -> list[str]:
-    from zsqbench.plots import FORMATS
+    from zsqbench.leaderboard.plots import FORMATS
 
     formats = [f.strip().lower() for f in text.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
@@ -35,7 +35,7 @@ def _formats(text: str) -> list[str]:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from zsqbench.plots import plot_folder  # keeps `zsqbench --help` free of plotting imports
+    from zsqbench.leaderboard.plots import plot_folder  # keeps `zsqbench --help` free of plotting imports
 
     trials = [t.strip() for t in args.trials.split(",") if t.strip()] if args.trials else None
     out_dir = args.out or args.folder / "plots"

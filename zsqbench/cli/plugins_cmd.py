@@ -8,7 +8,7 @@ import json
 from rich.table import Table
 
 from zsqbench.cli.console import out
-from zsqbench.plugins import get_plugins
+from zsqbench.api.plugins import get_plugins
 
 
 def add_parser(sub) -> None:

@@ -12,13 +12,13 @@ from rich.table import Table
 
 from zsqbench.cli.compute_flags import add_compute_flags, compute_settings
 from zsqbench.cli.console import RichProgress, out
-from zsqbench.data import resolve_cache_dir, resolve_data_root
+from zsqbench.trial.data import resolve_cache_dir, resolve_data_root
 from zsqbench.errors import UserError
-from zsqbench.grid import expand, load_grid_file, make_request
-from zsqbench.plugins import get_plugins
-from zsqbench.estimate import LARGE_GRID_ITERATIONS, estimate_compute
-from zsqbench.runner import grid_states, resolve_device, run_grid, trial_state
-from zsqbench.train import Environment
+from zsqbench.grid.request import expand, load_grid_file, make_request
+from zsqbench.api.plugins import get_plugins
+from zsqbench.grid.estimate import LARGE_GRID_ITERATIONS, estimate_compute
+from zsqbench.grid.runner import grid_states, resolve_device, run_grid, trial_state
+from zsqbench.trial.train import Environment
 
 
 

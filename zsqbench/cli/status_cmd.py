@@ -11,7 +11,7 @@ from rich.table import Table
 
 from zsqbench.cli.console import out
 from zsqbench.errors import UserError
-from zsqbench.runner import folder_summary
+from zsqbench.grid.runner import folder_summary
 
 
 def add_parser(sub) -> None:

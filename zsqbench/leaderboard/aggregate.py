@@ -134,7 +134,7 @@ def _row(key: dict[str, Any], group: pd.DataFrame) -> dict[str, Any]:
 
 
 def aggregate(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per-trial rows (as read by :func:`zsqbench.tables.read_table`) -> one row per configuration."""
+    """Per-trial rows (as read by :func:`zsqbench.leaderboard.tables.read_table`) -> one row per configuration."""
     done = done_trials(trials)
     rows = [_row(dict(zip(KEY_COLUMNS, key)), group)
             for key, group in done.groupby(list(KEY_COLUMNS), sort=True)]

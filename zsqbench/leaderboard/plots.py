@@ -16,11 +16,11 @@ from typing import Any
 
 import pandas as pd
 
-from zsqbench.aggregate import as_aggregated
+from zsqbench.leaderboard.aggregate import as_aggregated
 from zsqbench.errors import UserError
 from zsqbench.files import write_bytes_atomic
-from zsqbench.tables import read_table
-from zsqbench.views import bits_label
+from zsqbench.leaderboard.tables import read_table
+from zsqbench.leaderboard.views import bits_label
 
 FORMATS = ("png", "svg")
 VARIANT_COLUMNS = ("model", "quantizer", "budget")  # shown in labels only when they vary

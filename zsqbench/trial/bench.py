@@ -15,7 +15,7 @@ dominate. This module measures it directly, in one process and interleaved:
   The bare passes always run eagerly (never compiled), so ``--compile`` shows up as a
   lower overhead.
 * ``overhead = step_s / bare_s``: how many bare iterations one real iteration costs.
-* ``eval_s`` / ``fp_eval_s``: one evaluation pass (``zsqbench.evaluate.top1``, inference
+* ``eval_s`` / ``fp_eval_s``: one evaluation pass (``zsqbench.trial.evaluate.top1``, inference
   mode) over ``eval_images`` random test-sized images for the quantized student and the FP
   teacher; ``eval_ratio = eval_s / fp_eval_s``.
 * ``peak_mem_mb``: CPU: the process's peak resident set (ru_maxrss); CUDA: the peak
@@ -42,14 +42,14 @@ import torch
 from torch import Tensor, nn
 
 from zsqbench.errors import UserError
-from zsqbench.evaluate import top1
-from zsqbench.grid import _options as plugin_options
-from zsqbench.interfaces import TeacherModel
-from zsqbench.plugins import Plugins, get_plugins
-from zsqbench.runner import resolve_device
-from zsqbench.spec import Budget, PluginChoice, TrialSpec
-from zsqbench.speed import ComputeSettings, apply_compute_settings, networks_of, tune_cpu_allocator
-from zsqbench.train import GradientMonitor, build_trial_parts, seed_everything
+from zsqbench.trial.evaluate import top1
+from zsqbench.grid.request import _options as plugin_options
+from zsqbench.api.interfaces import TeacherModel
+from zsqbench.api.plugins import Plugins, get_plugins
+from zsqbench.grid.runner import resolve_device
+from zsqbench.trial.spec import Budget, PluginChoice, TrialSpec
+from zsqbench.trial.speed import ComputeSettings, apply_compute_settings, networks_of, tune_cpu_allocator
+from zsqbench.trial.train import GradientMonitor, build_trial_parts, seed_everything
 
 #: Generator options that keep a benchmark's setup short without changing the timed step
 #: (HAST's synthetic set: its content does not affect the speed of a training step).
@@ -238,7 +238,7 @@ class BenchSession:
 
 def run_bench(config: BenchConfig, plugins: Plugins | None = None) -> dict[str, Any]:
     """Build, warm up, and measure; returns the ``--json`` object (keys :data:`JSON_KEYS`)."""
-    from zsqbench.provenance import device_name
+    from zsqbench.trial.provenance import device_name
 
     if config.iters < 1 or config.eval_images < 1 or config.batch_size < 1:
         raise ValueError("iters, eval_images and batch_size must be at least 1")

@@ -16,11 +16,11 @@ from typing import Any, Callable
 
 import pluggy
 
-from zsqbench import hookspecs
-from zsqbench.config import RegistryConfig, load_registry_config
+from zsqbench.api import hookspecs
+from zsqbench.api.config import RegistryConfig, load_registry_config
 from zsqbench.errors import UserError
-from zsqbench.interfaces import DistillationLoss, Executor, Generator, Quantizer, TeacherModel
-from zsqbench.registry import Registry
+from zsqbench.api.interfaces import DistillationLoss, Executor, Generator, Quantizer, TeacherModel
+from zsqbench.api.registry import Registry
 
 ENTRY_POINT_GROUP = "zsqbench"
 PLUGINS_ENV = "ZSQBENCH_PLUGINS"

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zsqbench.errors import UnknownNameError, UserError
-from zsqbench.spec import Budget, OptimSettings
+from zsqbench.trial.spec import Budget, OptimSettings
 
 REGISTRY_ENV = "ZSQBENCH_REGISTRY"
 

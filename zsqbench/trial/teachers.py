@@ -19,7 +19,7 @@ from torch import nn
 
 from zsqbench.errors import ChecksumError, DataNotFoundError, UserError
 from zsqbench.files import file_digest, write_bytes_atomic
-from zsqbench.interfaces import Normalization, PretrainedWeights, TeacherModel
+from zsqbench.api.interfaces import Normalization, PretrainedWeights, TeacherModel
 
 
 @dataclass(frozen=True)

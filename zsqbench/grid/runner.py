@@ -20,15 +20,15 @@ from typing import Any
 
 import torch
 
-from zsqbench.checkpoint import checkpoint_path, load_checkpoint
+from zsqbench.trial.checkpoint import checkpoint_path, load_checkpoint
 from zsqbench.errors import UserError
 from zsqbench.files import write_json_atomic
-from zsqbench.interfaces import JobOutcome, TrialJob
-from zsqbench.plugins import Plugins, get_plugins
-from zsqbench.results import build_result, read_result, result_row, upsert_leaderboard, write_result
-from zsqbench.spec import TrialSpec
-from zsqbench.teachers import load_teacher
-from zsqbench.train import Environment, NullProgress, ProgressSink, TrialDiverged, TrialResources, run_trial
+from zsqbench.api.interfaces import JobOutcome, TrialJob
+from zsqbench.api.plugins import Plugins, get_plugins
+from zsqbench.leaderboard.results import build_result, read_result, result_row, upsert_leaderboard, write_result
+from zsqbench.trial.spec import TrialSpec
+from zsqbench.trial.teachers import load_teacher
+from zsqbench.trial.train import Environment, NullProgress, ProgressSink, TrialDiverged, TrialResources, run_trial
 
 STATES = ("done", "failed", "incomplete", "pending")
 

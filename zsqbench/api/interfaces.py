@@ -1,7 +1,7 @@
 """The contracts between the core and the plugins.
 
 The core (trainer, runner, CLI) only ever talks to these types; a plugin implements one
-of them and registers it through a hook in :mod:`zsqbench.hookspecs`. Generators never
+of them and registers it through a hook in :mod:`zsqbench.api.hookspecs`. Generators never
 know which loss is used and losses never know which generator produced a batch: the
 trainer hands each what it declares it needs.
 """
@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 if TYPE_CHECKING:  # pragma: no cover
-    from zsqbench.features import FeatureTaps
-    from zsqbench.spec import TrialSpec
+    from zsqbench.api.features import FeatureTaps
+    from zsqbench.trial.spec import TrialSpec
 
 
 class PluginOptions(BaseModel):
@@ -175,7 +175,7 @@ class Batch:
     instead of running a second, identical one. They keep their graph, which also leads
     back through the images into the generator; whoever backpropagates from them must
     restrict the backward to the student's parameters (``backward(inputs=...)``), as
-    :func:`zsqbench.train.standard_student_step` does; it also clears them afterwards, so
+    :func:`zsqbench.trial.train.standard_student_step` does; it also clears them afterwards, so
     the retained generator activations are freed before the next generator step.
     """
 
@@ -250,7 +250,7 @@ class Generator(ABC):
         self, batch: Batch, objective: StudentObjective, optimizer: torch.optim.Optimizer
     ) -> dict[str, Tensor]:
         """One student update. Methods that change the step itself (HAST) override this."""
-        from zsqbench.train import standard_student_step
+        from zsqbench.trial.train import standard_student_step
 
         return standard_student_step(self.ctx, batch, objective, optimizer)
 
@@ -275,7 +275,7 @@ class TrialJob:
     trial_id: str
     trial_dir: str
     label: str
-    env: dict[str, Any]  # zsqbench.train.Environment fields as plain values
+    env: dict[str, Any]  # zsqbench.trial.train.Environment fields as plain values
 
 
 @dataclass(frozen=True)
@@ -288,7 +288,7 @@ class JobOutcome:
 class Executor(ABC):
     """Runs trial jobs somewhere (this process, one process per GPU, a cluster).
 
-    Executors call :func:`zsqbench.runner.execute_job` for each job wherever it runs and
+    Executors call :func:`zsqbench.grid.runner.execute_job` for each job wherever it runs and
     report every finished job through ``on_done`` in the coordinating process, which
     alone writes the leaderboard.
     """

@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from zsqbench.aggregate import BUDGET_SETTINGS, as_aggregated
+from zsqbench.leaderboard.aggregate import BUDGET_SETTINGS, as_aggregated
 from zsqbench.errors import UserError
-from zsqbench.tables import read_table
+from zsqbench.leaderboard.tables import read_table
 
 JOIN_COLUMNS: tuple[str, ...] = ("dataset", "generator", "loss", "w_bits", "a_bits")
 ALWAYS_CHECKED: tuple[str, ...] = ("model", "quantizer")

@@ -22,16 +22,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from zsqbench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from zsqbench.data import TestSet, load_test_set
+from zsqbench.trial.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from zsqbench.trial.data import TestSet, load_test_set
 from zsqbench.files import write_bytes_atomic, write_text_atomic
-from zsqbench.evaluate import top1
-from zsqbench.features import FeatureTaps
-from zsqbench.interfaces import Batch, Generator, LossInputs, StudentObjective, TeacherModel, TrainContext
-from zsqbench.plugins import Plugins
-from zsqbench.spec import TrialSpec
-from zsqbench.speed import ComputeSettings, apply_compute_settings, networks_of, tune_cpu_allocator
-from zsqbench.teachers import LoadedTeacher, load_teacher
+from zsqbench.trial.evaluate import top1
+from zsqbench.api.features import FeatureTaps
+from zsqbench.api.interfaces import Batch, Generator, LossInputs, StudentObjective, TeacherModel, TrainContext
+from zsqbench.api.plugins import Plugins
+from zsqbench.trial.spec import TrialSpec
+from zsqbench.trial.speed import ComputeSettings, apply_compute_settings, networks_of, tune_cpu_allocator
+from zsqbench.trial.teachers import LoadedTeacher, load_teacher
 
 
 #: The running loss shown in the progress display is refreshed this often (iterations).
@@ -73,7 +73,7 @@ class Environment:
     teacher_weights: Path | None = None
     download: bool = False
     eval_batch_size: int = 500
-    # Compute settings (zsqbench.speed): they change results at the rounding level
+    # Compute settings (zsqbench.trial.speed): they change results at the rounding level
     # (channels_last, compile) or more (tf32, bf16). Only the memory format has a measured
     # default (None: channels-last on CPU, NCHW on CUDA); every trial records the settings
     # it ran with in its result ("compute").

@@ -13,11 +13,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from zsqbench.data import dataset_info
+from zsqbench.trial.data import dataset_info
 from zsqbench.errors import UnknownNameError, UserError
-from zsqbench.interfaces import TeacherModel
-from zsqbench.plugins import Plugins
-from zsqbench.spec import PluginChoice, TrialSpec, parse_bits
+from zsqbench.api.interfaces import TeacherModel
+from zsqbench.api.plugins import Plugins
+from zsqbench.trial.spec import PluginChoice, TrialSpec, parse_bits
 
 
 class GridRequest(BaseModel):

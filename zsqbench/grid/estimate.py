@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zsqbench.spec import TrialSpec
+from zsqbench.trial.spec import TrialSpec
 
 # seconds per generated sample per iteration on 2 CPU cores (`zsqbench bench`, 2026-11-27:
 # GDFQ + kd at batch 200 1.00 s/iteration; AdaDFQ + AKT 1.13-1.17 s)

@@ -17,10 +17,10 @@ import pandas as pd
 
 from zsqbench.errors import UserError
 from zsqbench.files import write_json_atomic, write_text_atomic
-from zsqbench.provenance import device_name, git_hash, versions
-from zsqbench.spec import TrialSpec
-from zsqbench.speed import compute_label
-from zsqbench.train import Environment, TrialOutcome
+from zsqbench.trial.provenance import device_name, git_hash, versions
+from zsqbench.trial.spec import TrialSpec
+from zsqbench.trial.speed import compute_label
+from zsqbench.trial.train import Environment, TrialOutcome
 
 # Column -> meaning. README.md documents the same list; a test keeps them in step.
 LEADERBOARD_COLUMNS: dict[str, str] = {

@@ -17,7 +17,7 @@ import torch
 
 from zsqbench.errors import DataNotFoundError, UnknownNameError, UserError
 from zsqbench.files import file_digest
-from zsqbench.interfaces import Normalization
+from zsqbench.api.interfaces import Normalization
 
 DATA_ENV = "ZSQBENCH_DATA"
 DEFAULT_DATA_ROOT = Path("~/.cache/zsqbench/data").expanduser()

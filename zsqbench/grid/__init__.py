@@ -1,0 +1,1 @@
+"""Grids of trials: requests, budgets, the runner and the compute estimate."""

@@ -1,0 +1,1 @@
+"""One trial: its spec, its data and teacher, building its parts, the training loop, its folder."""
