@@ -1,5 +1,7 @@
 """Shared fixtures: loaded plugins, tiny trial parts on a randomly initialized ResNet-20,
-and the real data root (tests that need it are marked ``realdata`` and skip without it)."""
+and the real data root (tests that need it are marked ``realdata`` and skip without it).
+
+Tests run offline (``ZSQBENCH_OFFLINE=1``): nothing is downloaded, a missing file is an error."""
 
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ import pytest
 import torch
 
 from zsqbench.api.plugins import build_plugins
+from zsqbench.trial.build import TrialParts, build_trial_parts
 from zsqbench.trial.spec import Budget, PluginChoice, TrialSpec
-from zsqbench.trial.train import TrialParts, build_trial_parts, seed_everything
+from zsqbench.trial.trainer import seed_everything
 
+os.environ.setdefault("ZSQBENCH_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

@@ -19,3 +19,13 @@ class DataNotFoundError(UserError):
 
 class ChecksumError(UserError):
     """A file whose checksum does not match the pinned value."""
+
+
+def first_validation_error(exc: Exception) -> str:
+    """The first problem of a pydantic ValidationError as "where: what" (a one-line message part)."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    err = errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "value"
+    return f"{where}: {err['msg']}"

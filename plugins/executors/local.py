@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from zsqbench.api.hookspecs import hookimpl
-from zsqbench.api.interfaces import Executor
+from zsqbench.api import Executor, hookimpl
 from zsqbench.grid.runner import execute_job
 
 

@@ -10,8 +10,7 @@ import torch
 from pydantic import Field
 
 from zsqbench.errors import UserError
-from zsqbench.api.hookspecs import hookimpl
-from zsqbench.api.interfaces import Executor, JobOutcome, PluginOptions, TrialJob
+from zsqbench.api import Executor, JobOutcome, PluginOptions, TrialJob, hookimpl
 
 _WORKER_DEVICE: str | None = None
 

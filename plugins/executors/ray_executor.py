@@ -9,8 +9,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from zsqbench.errors import UserError
-from zsqbench.api.hookspecs import hookimpl
-from zsqbench.api.interfaces import Executor, JobOutcome, PluginOptions
+from zsqbench.api import Executor, JobOutcome, PluginOptions, hookimpl
 
 
 class RayOptions(PluginOptions):

@@ -12,8 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from zsqbench.errors import UserError
-from zsqbench.api.hookspecs import hookimpl
-from zsqbench.api.interfaces import Executor, JobOutcome, PluginOptions, TrialJob
+from zsqbench.api import Executor, JobOutcome, PluginOptions, TrialJob, hookimpl
 
 
 class SubmititOptions(PluginOptions):

@@ -9,9 +9,12 @@ with no label CE (§5.2). Its minimum is −T²·log C, reached at s = t + c·1.
 
 Departures from the reference code, none of which changes a number: the margin loss's zero
 vector follows the batch (defects A4/D4), and the generator's backward computes no student
-weight gradients (S2). After warm-up the student step reuses the generator step's student
-forward (``share_student_forward``, METHODS §7.6): with frozen ranges and not yet updated
-weights the reference's second forward Q(x.detach()) recomputes the very same values.
+weight gradients (S2). The method overrides the whole step: its generator update needs the
+student's forward, and in the training phase the student update reuses that forward
+(``share_student_forward``, METHODS §7.6): with frozen ranges and not yet updated weights the
+reference's second forward Q(x.detach()) recomputes the very same values.
+
+Budget: the paper preset trains at batch 16 (METHODS §11.1), contributed below.
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ from typing import Any
 
 import torch
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 
-from zsqbench.api.hookspecs import hookimpl
-from zsqbench.api.interfaces import Batch, NativeLosses, PluginOptions, TrainContext
-from zsqbench_plugins.generators._common import OnlineGenerator
-from zsqbench_plugins.generators.gdfq import LogitObjective
+from zsqbench.api import (
+    Batch, BudgetOverride, LossInputs, NativeLosses, Phase, PluginOptions, StudentUpdate, hookimpl,
+)
+from zsqbench.toolkit.logits import LogitObjective
+from zsqbench.toolkit.online import OnlineGenerator
 
 
 class AdaDFQOptions(PluginOptions):
@@ -136,46 +140,30 @@ class AdaDFQ(OnlineGenerator):
     )
     Options = AdaDFQOptions
 
-    def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:
-        super().__init__(options, ctx)
-        # Modules with a range-tracking switch (the uniform quantizer's QuantAct).
-        self._range_trackers: list[nn.Module] = [m for m in ctx.student.modules() if hasattr(m, "calibrating")]
+    def step(self, phase: Phase, student: StudentUpdate) -> dict[str, Tensor]:
+        """METHODS §5.4: a generator update through teacher *and* student, then the student's.
 
-    def _shares_student_forward(self, epoch: int) -> bool:
-        """Reuse this step's student forward for the student loss (METHODS §7.6)?
-
-        Only after warm-up and only while no activation range is tracking: then the student
-        is unchanged between the two forwards of the reference (ranges frozen, weights not
-        yet stepped), so both give the same logits and features. During warm-up each of the
-        two forwards updates the ranges, so the reference order is kept there.
+        The student forward here is the first of the iteration's two in the reference; while
+        calibrating it moves the activation ranges, and the calibration forward after it is the
+        second range update of the iteration, as in the code. In the training phase (ranges
+        frozen) with ``share_student_forward``, its logits and features, whose graph survives
+        the generator backward, are the student update's inputs, and the update's backward
+        reaches the student's parameters alone.
         """
-        if not self.options.share_student_forward or epoch < self.ctx.spec.budget.warmup_epochs:  # type: ignore[attr-defined]
-            return False
-        return not any(getattr(m, "calibrating", False) for m in self._range_trackers)
-
-    def next_batch(self, epoch: int) -> Batch:
-        """METHODS §5.4: G step through teacher *and* student; the student step follows in the trainer.
-
-        The student forward here updates activation ranges while they are unfrozen (the
-        trainer's own forward is the second update of the iteration, as in the code). Its
-        tapped features are discarded so the student step gets those of its own forward,
-        except after warm-up with ``share_student_forward``: then the logits and features
-        (with their graph, retained through the generator backward) go into the batch and
-        the student step backpropagates them into the student's parameters alone.
-        """
-        ctx = self.ctx
-        share = self._shares_student_forward(epoch)
-        z, y, x = self.sample()
-        with self.bns.recording():
-            t, t_feats = ctx.teacher_forward(x)
-        s = ctx.student(x)
-        s_feats = ctx.student_taps.take()
-        loss_g = generator_loss(t, s, y, self.bns.loss(), self.options)["total"]  # type: ignore[arg-type]
-        self.step_generator(loss_g, retain_graph=share)
+        opts: AdaDFQOptions = self.options  # type: ignore[assignment]
+        share = opts.share_student_forward and phase.training
+        _, y, x = self.online.draw()
+        with self.online.bns.recording():
+            t, t_feats = self.ctx.teacher_forward(x)
+        s, s_feats = student.forward(x)
+        loss_g = generator_loss(t, s, y, self.online.bns.loss(), opts)["total"]
+        self.online.step(loss_g, retain_graph=share)
+        if phase.calibrating:
+            student.calibrate(x.detach())
+            return {}
         if share:
-            return Batch(x=x.detach(), y=y, teacher_logits=t.detach(), teacher_features=t_feats,
-                         student_logits=s, student_features=s_feats)
-        return Batch(x=x.detach(), y=y, teacher_logits=t.detach(), teacher_features=t_feats)
+            return student.minimize(LossInputs(s, t.detach(), y, s_feats, t_feats), shared_graph=True)
+        return student.step(Batch(x=x.detach(), y=y, teacher_logits=t.detach(), teacher_features=t_feats))
 
     def native_losses(self) -> NativeLosses:
         logit = EntropyDiffLoss(self.options.temperature)  # type: ignore[attr-defined]
@@ -185,3 +173,9 @@ class AdaDFQ(OnlineGenerator):
 @hookimpl
 def register_generators(register) -> None:
     register(AdaDFQ)
+
+
+@hookimpl
+def register_budget_overrides(register) -> None:
+    register(BudgetOverride(preset="paper", generator="adadfq", batch_size=16,
+                            note="AdaDFQ's CIFAR schedule: 400 x 200 iterations at batch 16 (METHODS §11.1)"))

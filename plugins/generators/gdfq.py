@@ -1,7 +1,9 @@
 """GDFQ (ECCV 2020): a label-conditioned generator trained on CE + BN statistics (METHODS §3–4).
 
 Native student loss: α·T²·KL with PyTorch's element-mean reduction (÷B·C, METHODS §4.2 and
-defect G3, reproduced deliberately) plus label CE.
+defect G3, reproduced deliberately) plus label CE. The step is the default one: a generator
+update (:meth:`~zsqbench.toolkit.online.TrainedGenerator.gdfq_step`), then the student update
+on the same images with the teacher outputs reused.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from pydantic import Field
 from torch import Tensor
 from torch.nn import functional as F
 
-from zsqbench.api.hookspecs import hookimpl
-from zsqbench.api.interfaces import Batch, LossInputs, NativeLosses, PluginOptions, StudentObjective
-from zsqbench_plugins.generators._common import OnlineGenerator, kd_kl
+from zsqbench.api import Batch, NativeLosses, Phase, PluginOptions, hookimpl
+from zsqbench.toolkit.logits import LogitObjective, kd_kl
+from zsqbench.toolkit.online import OnlineGenerator
 
 
 class GDFQOptions(PluginOptions):
@@ -37,30 +39,13 @@ class GDFQLogitLoss:
         return o.kd_weight * kd + o.ce_weight * F.cross_entropy(student_logits, labels)
 
 
-class LogitObjective(StudentObjective):
-    """A student objective made of a logit loss alone (no feature taps)."""
-
-    def __init__(self, logit) -> None:
-        self.logit = logit
-
-    def __call__(self, inputs: LossInputs) -> dict[str, Tensor]:
-        value = self.logit(inputs.student_logits, inputs.teacher_logits, inputs.labels)
-        return {"total": value, "logit": value}
-
-
 class GDFQ(OnlineGenerator):
     name = "gdfq"
     description = "GDFQ generator: conditional generator trained on CE + BN statistics; KD-mean·T² + CE student loss"
     Options = GDFQOptions
 
-    def next_batch(self, epoch: int) -> Batch:
-        opts: GDFQOptions = self.options  # type: ignore[assignment]
-        z, y, x = self.sample()
-        with self.bns.recording():
-            t, feats = self.ctx.teacher_forward(x)
-        loss_g = F.cross_entropy(t, y) + opts.bns_weight * self.bns.loss()
-        self.step_generator(loss_g)
-        return Batch(x=x.detach(), y=y, teacher_logits=t.detach(), teacher_features=feats)
+    def next_batch(self, phase: Phase) -> Batch:
+        return self.online.gdfq_step(self.options.bns_weight)  # type: ignore[attr-defined]
 
     def native_losses(self) -> NativeLosses:
         logit = GDFQLogitLoss(self.options)  # type: ignore[arg-type]

@@ -43,9 +43,9 @@ from pydantic import Field, model_validator
 from torch import Tensor
 from torch.nn import functional as F
 
+from zsqbench.api import BudgetOverride, DistillationLoss, LossInputs, NativeLosses, PluginOptions, TeacherModel
 from zsqbench.errors import UserError
-from zsqbench.api.interfaces import DistillationLoss, LossInputs, NativeLosses, PluginOptions, TeacherModel
-from zsqbench_plugins.generators._common import kd_kl
+from zsqbench.toolkit.logits import kd_kl
 
 # ------------------------------------------------------------------------ attentions
 
@@ -291,7 +291,16 @@ class AttentionDistillationLoss(DistillationLoss):
         return terms
 
 
+def akt_paper_schedule(loss: str) -> BudgetOverride:
+    """AKT's own schedule for AdaDFQ + ``loss`` under the paper preset (the Table 2 AdaDFQ cells and
+    the Table 4 ablations): 200 epochs x 200 iterations at batch 200, LRs x0.1 at epoch 100
+    (METHODS §7.5, §11.1). GDFQ and HAST with these losses keep their own schedules (§7.7)."""
+    return BudgetOverride(preset="paper", generator="adadfq", loss=loss, epochs=200, iters_per_epoch=200,
+                          batch_size=200, lr_milestones=(100,),
+                          note="AKT's code: 200 x 200 iterations at batch 200, milestones {100} (METHODS §7.5)")
+
+
 __all__ = [
-    "ATTENTIONS", "AttentionDistillationLoss", "AttentionLossOptions", "PAPER_SETTINGS",
+    "ATTENTIONS", "AttentionDistillationLoss", "AttentionLossOptions", "PAPER_SETTINGS", "akt_paper_schedule",
     "attention_kl", "attentions", "channel_attention", "spatial_attention", "square_means",
 ]

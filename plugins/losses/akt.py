@@ -10,8 +10,8 @@ sum) so diagnostics show each branch. Code defaults, paper switches (``mode="pap
 
 from __future__ import annotations
 
-from zsqbench.api.hookspecs import hookimpl
-from zsqbench_plugins.losses._feature import AttentionDistillationLoss
+from zsqbench.api import hookimpl
+from zsqbench_plugins.losses._feature import AttentionDistillationLoss, akt_paper_schedule
 
 
 class AKTLoss(AttentionDistillationLoss):
@@ -23,3 +23,8 @@ class AKTLoss(AttentionDistillationLoss):
 @hookimpl
 def register_losses(register) -> None:
     register(AKTLoss)
+
+
+@hookimpl
+def register_budget_overrides(register) -> None:
+    register(akt_paper_schedule("akt"))

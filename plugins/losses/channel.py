@@ -7,8 +7,8 @@ paper/code modes: see :mod:`zsqbench_plugins.losses._feature`.
 
 from __future__ import annotations
 
-from zsqbench.api.hookspecs import hookimpl
-from zsqbench_plugins.losses._feature import AttentionDistillationLoss
+from zsqbench.api import hookimpl
+from zsqbench_plugins.losses._feature import AttentionDistillationLoss, akt_paper_schedule
 
 
 class ChannelLoss(AttentionDistillationLoss):
@@ -20,3 +20,8 @@ class ChannelLoss(AttentionDistillationLoss):
 @hookimpl
 def register_losses(register) -> None:
     register(ChannelLoss)
+
+
+@hookimpl
+def register_budget_overrides(register) -> None:
+    register(akt_paper_schedule("channel"))

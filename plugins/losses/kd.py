@@ -11,9 +11,8 @@ from typing import Literal
 from pydantic import Field
 from torch import Tensor
 
-from zsqbench.api.hookspecs import hookimpl
-from zsqbench.api.interfaces import DistillationLoss, LossInputs, PluginOptions
-from zsqbench_plugins.generators._common import kd_kl
+from zsqbench.api import DistillationLoss, LossInputs, PluginOptions, hookimpl
+from zsqbench.toolkit.logits import kd_kl
 
 
 class KDOptions(PluginOptions):

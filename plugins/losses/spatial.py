@@ -7,8 +7,8 @@ L = L_logit + λ·Σ_maps Σ_b KL( softmax(Sp(F_T)/τ) ‖ softmax(Sp(F_Q)/τ) )
 
 from __future__ import annotations
 
-from zsqbench.api.hookspecs import hookimpl
-from zsqbench_plugins.losses._feature import AttentionDistillationLoss
+from zsqbench.api import hookimpl
+from zsqbench_plugins.losses._feature import AttentionDistillationLoss, akt_paper_schedule
 
 
 class SpatialLoss(AttentionDistillationLoss):
@@ -20,3 +20,8 @@ class SpatialLoss(AttentionDistillationLoss):
 @hookimpl
 def register_losses(register) -> None:
     register(SpatialLoss)
+
+
+@hookimpl
+def register_budget_overrides(register) -> None:
+    register(akt_paper_schedule("spatial"))

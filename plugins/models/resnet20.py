@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from zsqbench.api.hookspecs import hookimpl
-from zsqbench.api.interfaces import Normalization, PretrainedWeights, TeacherModel
+from zsqbench.api import Normalization, PretrainedWeights, TeacherModel, hookimpl
 
 # DFQ normalization used by the ZSQ papers (METHODS §2.3).
 DFQ_CIFAR10 = Normalization((0.49139968, 0.48215827, 0.44653124), (0.24703233, 0.24348505, 0.26158768))
@@ -63,6 +62,8 @@ RESNET20_CIFAR10 = TeacherModel(
         ),
     ),
     feature_taps={"default": ALL_UNITS, "all_units": ALL_UNITS, "last_per_stage": LAST_UNIT_PER_STAGE},
+    input_size=(3, 32, 32),
+    classifier="output",
 )
 
 RESNET20_CIFAR100 = TeacherModel(
@@ -93,6 +94,8 @@ RESNET20_CIFAR100 = TeacherModel(
         ),
     ),
     feature_taps={"default": ALL_UNITS, "all_units": ALL_UNITS, "last_per_stage": LAST_UNIT_PER_STAGE},
+    input_size=(3, 32, 32),
+    classifier="output",
 )
 
 

@@ -16,8 +16,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from zsqbench.api.hookspecs import hookimpl
-from zsqbench.api.interfaces import PluginOptions, Quantizer
+from zsqbench.api import PluginOptions, Quantizer, hookimpl
 
 
 def fake_quantize(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
@@ -251,6 +250,15 @@ class UniformQuantizer(Quantizer):
         for module in student.modules():
             if isinstance(module, QuantAct):
                 module.calibrating = enabled
+
+    def is_calibrating(self, student: nn.Module) -> bool:
+        """True when the activation quantizers track their ranges (they are switched together;
+        a student whose quantizers disagree was changed behind the quantizer's back)."""
+        flags = {m.calibrating for m in student.modules() if isinstance(m, QuantAct)}
+        if len(flags) > 1:
+            raise RuntimeError("the student's activation quantizers disagree on calibration; "
+                               "switch them through the quantizer (set_calibrating)")
+        return flags == {True}
 
 
 @hookimpl

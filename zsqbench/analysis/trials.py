@@ -10,78 +10,64 @@ and re-plotting never recompute.
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from zsqbench.analysis.hessian import fixed_generator_batch, trial_hessian_trace
-from zsqbench.trial.checkpoint import load_checkpoint
-from zsqbench.errors import UserError
-from zsqbench.files import file_digest, write_json_atomic
+from zsqbench.api.models import TeacherModel
 from zsqbench.api.plugins import Plugins
-from zsqbench.trial.spec import TrialSpec
-from zsqbench.trial.teachers import load_teacher
-from zsqbench.trial.train import SNAPSHOT_DIR, Environment, build_trial_parts, seed_everything
+from zsqbench.bits import bits_label
+from zsqbench.errors import UserError
+from zsqbench.trial.build import build_trial_parts
+from zsqbench.trial.environment import Environment
+from zsqbench.trial.folder import TrialFolder
+from zsqbench.trial.spec import TeacherRef, TrialSpec
+from zsqbench.trial.teachers import UNPINNED, LoadedTeacher, load_teacher, select_checkpoint, sha256_of
+from zsqbench.trial.trainer import seed_everything
 
-ANALYSIS_FILE = Path("analysis") / "hessian.json"
-_SNAPSHOT = re.compile(r"epoch_(\d+)\.pt$")
+ANALYSIS = "hessian"
+FILTER_KEYS = ("generator", "loss", "model", "dataset", "w_bits", "a_bits", "bits", "seed", "budget")
 
 
-def find_trials(results: Path, ids: list[str] | None, filters: dict[str, str]) -> list[Path]:
-    """Trial folders under ``results`` whose id starts with one of ``ids`` and whose spec
-    matches every filter (generator, loss, model, dataset, w_bits, a_bits, bits, seed, budget)."""
-    if not results.is_dir():
-        raise UserError(f"results folder not found: {results}; pass the --out folder of `zsqbench run`")
+def _fields(spec: TrialSpec) -> dict[str, str]:
+    return {"generator": spec.generator.name, "loss": spec.loss.name, "model": spec.model, "dataset": spec.dataset,
+            "w_bits": str(spec.w_bits), "a_bits": str(spec.a_bits), "bits": spec.bits_label, "seed": str(spec.seed),
+            "budget": spec.budget_name}
+
+
+def find_trials(results: Path, ids: list[str] | None, filters: dict[str, str]) -> list[TrialFolder]:
+    """Trial folders under ``results`` whose id starts with one of ``ids`` and whose spec matches
+    every filter (``bits`` in either case, e.g. w3a3 or W3A3)."""
+    unknown = set(filters) - set(FILTER_KEYS)
+    if unknown:
+        raise UserError(f"unknown filter key(s) {sorted(unknown)}; use {', '.join(FILTER_KEYS)}")
+    wanted = {k: (v.upper() if k == "bits" else v) for k, v in filters.items()}
     chosen = []
-    for spec_file in sorted(results.glob("*/*/spec.json")):
-        folder = spec_file.parent
-        if ids and not any(folder.name.startswith(i) for i in ids):
+    for folder in TrialFolder.find(results):
+        if ids and not any(folder.trial_id.startswith(i) for i in ids):
             continue
-        spec = json.loads(spec_file.read_text())
-        fields = {"generator": spec["generator"]["name"], "loss": spec["loss"]["name"], "model": spec["model"],
-                  "dataset": spec["dataset"], "w_bits": str(spec["w_bits"]), "a_bits": str(spec["a_bits"]),
-                  "bits": f"w{spec['w_bits']}a{spec['a_bits']}", "seed": str(spec["seed"]),
-                  "budget": spec.get("budget_name", "")}
-        unknown = set(filters) - set(fields)
-        if unknown:
-            raise UserError(f"unknown filter key(s) {sorted(unknown)}; use {', '.join(fields)}")
-        if all(fields[k] == v for k, v in filters.items()):
+        fields = _fields(folder.read_spec())
+        if all(fields[k] == v for k, v in wanted.items()):
             chosen.append(folder)
     if not chosen:
         raise UserError(f"no trial under {results} matches the given ids/filters; see `zsqbench status {results} --all`")
     return chosen
 
 
-def snapshot_epochs(trial: Path) -> list[int]:
-    return sorted(int(m.group(1)) for p in (trial / SNAPSHOT_DIR).glob("epoch_*.pt") if (m := _SNAPSHOT.search(p.name)))
-
-
-def load_analysis(trial: Path) -> dict[str, Any] | None:
-    path = trial / ANALYSIS_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        raise UserError(f"corrupt analysis file {path}; delete it and analyse again") from None
-
-
-def _teacher_for(trial: Path, spec: TrialSpec, plugins: Plugins, env: Environment):
-    entry = plugins.models.get(spec.model)
-    result_file = trial / "result.json"
-    if result_file.is_file():
-        recorded = json.loads(result_file.read_text())["teacher"]
-        path = Path(recorded["path"])
-        if path.is_file() and file_digest(path) == recorded["sha256"]:
-            return entry, load_teacher(entry, env.data_root, path if recorded["weights"] == "unpinned" else None)
-    return entry, load_teacher(entry, env.data_root, env.teacher_weights, env.download)
+def _teacher_for(folder: TrialFolder, spec: TrialSpec, entry: TeacherModel, env: Environment) -> LoadedTeacher:
+    """The trial's teacher: its spec's checkpoint (trials from before teacher ids: the one the data
+    root gives now); unpinned weights from the path the trial recorded, while it holds the same file."""
+    ref: TeacherRef = spec.teacher or select_checkpoint(entry, env.data_root, env.teacher_weights, env.offline)
+    weights = env.teacher_weights
+    if ref.tag == UNPINNED and folder.state == "done":
+        recorded = Path(folder.read_result()["teacher"]["path"])
+        if recorded.is_file() and f"sha256:{sha256_of(recorded)}" == ref.digest:
+            weights = recorded
+    return load_teacher(entry, ref, env.data_root, weights, env.offline)
 
 
 def analyse_hessian(
-    trial: Path,
+    folder: TrialFolder,
     plugins: Plugins,
     env: Environment,
     epochs: list[int] | None,
@@ -94,49 +80,48 @@ def analyse_hessian(
     force: bool = False,
     report=lambda text: None,
 ) -> dict[str, Any]:
-    spec = TrialSpec.model_validate_json((trial / "spec.json").read_text())
-    available = snapshot_epochs(trial)
+    spec = folder.read_spec()
+    available = folder.snapshot_epochs()
     if not available:
-        raise UserError(f"trial {trial.name} has no student snapshots; re-run it with this zsqbench version")
+        raise UserError(f"trial {folder.trial_id} has no student snapshots; re-run it with this zsqbench version")
     wanted = available if epochs is None else [e for e in epochs if e in available]
     missing = sorted(set(epochs or []) - set(available))
     if missing:
-        raise UserError(f"trial {trial.name} has no snapshot for epoch(s) {missing}; available: {available}")
+        raise UserError(f"trial {folder.trial_id} has no snapshot for epoch(s) {missing}; available: {available}")
     settings = {"batch_size": batch_size, "seed": seed, "max_probes": max_probes, "min_probes": min_probes,
                 "rtol": rtol}
-    previous = load_analysis(trial)
+    previous = folder.read_analysis(ANALYSIS)
     saved = previous if previous and previous.get("settings") == settings and not force else None
     by_epoch: dict[str, Any] = dict(saved["epochs"]) if saved else {}
     todo = [e for e in wanted if str(e) not in by_epoch]
     if todo:
-        entry, loaded = _teacher_for(trial, spec, plugins, env)
-        teacher = loaded.module.to(env.device).eval()
+        entry = plugins.models.get(spec.model)
+        teacher = _teacher_for(folder, spec, entry, env).module.to(env.device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
         seed_everything(spec.seed)
         parts = build_trial_parts(spec, plugins, entry, teacher, env.device, env.cache_dir)
         parts.generator.prepare()
-        checkpoint = load_checkpoint(trial, spec.trial_id)
+        checkpoint = folder.load_checkpoint(spec.trial_id)
         if checkpoint is not None:
             parts.generator.load_state_dict(checkpoint["generator"])
-        batch = fixed_generator_batch(parts, batch_size, seed, epoch=spec.budget.warmup_epochs)
+        batch = fixed_generator_batch(parts, batch_size, seed, phase=spec.budget.first_training_phase)
         for epoch in todo:
-            state = torch.load(trial / SNAPSHOT_DIR / f"epoch_{epoch:04d}.pt", map_location=env.device,
-                               weights_only=True)
-            parts.ctx.student.load_state_dict(state)
+            parts.ctx.student.load_state_dict(folder.load_snapshot(epoch, env.device))
             estimate = trial_hessian_trace(parts, batch=batch, seed=seed, max_probes=max_probes,
                                            min_probes=min_probes, rtol=rtol)
             by_epoch[str(epoch)] = estimate.to_dict()
-            report(f"{trial.name} epoch {epoch}: tr(H) = {estimate.trace:.4g} ± {estimate.stderr:.2g} "
+            report(f"{folder.trial_id} epoch {epoch}: tr(H) = {estimate.trace:.4g} ± {estimate.stderr:.2g} "
                    f"({estimate.num_probes} probes{'' if estimate.converged else ', not converged'})")
     payload = {
         "trial_id": spec.trial_id,
         "spec": {"generator": spec.generator.name, "loss": spec.loss.name, "w_bits": spec.w_bits,
-                 "a_bits": spec.a_bits, "seed": spec.seed, "model": spec.model, "dataset": spec.dataset},
+                 "a_bits": spec.a_bits, "bits": bits_label(spec.w_bits, spec.a_bits), "seed": spec.seed,
+                 "model": spec.model, "dataset": spec.dataset},
         "settings": settings,
         "note": "Hutchinson estimate of tr(H) of the student objective w.r.t. the latent student weights, "
                 "with the STE making every quantizer an identity in second order; fixed generator batch",
         "epochs": dict(sorted(by_epoch.items(), key=lambda kv: int(kv[0]))),
     }
-    write_json_atomic(trial / ANALYSIS_FILE, payload)
+    folder.write_analysis(ANALYSIS, payload)
     return payload

@@ -1,1 +1,31 @@
-"""The plugin contracts (what a plugin implements) and the plugin manager that loads them."""
+"""The plugin API: what a plugin implements, and the plugin manager that loads it.
+
+A plugin author imports everything from here::
+
+    from zsqbench.api import Generator, Batch, Phase, StudentUpdate, NativeLosses, PluginOptions, hookimpl
+
+The modules: :mod:`~zsqbench.api.hookspecs` (the hooks, one per plugin kind),
+:mod:`~zsqbench.api.models` (teachers), :mod:`~zsqbench.api.quantizer`,
+:mod:`~zsqbench.api.generator` (generators and the training step), :mod:`~zsqbench.api.losses`,
+:mod:`~zsqbench.api.executor`, :mod:`~zsqbench.api.budgets`, :mod:`~zsqbench.api.features`
+(taps by module path) and :mod:`~zsqbench.api.plugins` (the manager). Building blocks shared by
+several methods (logit KD, the online generator, BN statistics, a content-addressed cache) are in
+:mod:`zsqbench.toolkit`.
+"""
+
+from zsqbench.api.budgets import BudgetOverride, BudgetPreset
+from zsqbench.api.executor import Executor, JobOutcome, TrialJob
+from zsqbench.api.features import FeatureTaps
+from zsqbench.api.generator import Batch, Generator, Phase, StudentUpdate, TrainContext
+from zsqbench.api.hookspecs import PLUGIN_KINDS, hookimpl
+from zsqbench.api.losses import DistillationLoss, LogitLoss, LossInputs, NativeLosses, StudentObjective
+from zsqbench.api.models import Normalization, PretrainedWeights, TeacherModel
+from zsqbench.api.options import NoOptions, PluginOptions
+from zsqbench.api.quantizer import Quantizer
+
+__all__ = [
+    "PLUGIN_KINDS", "Batch", "BudgetOverride", "BudgetPreset", "DistillationLoss", "Executor", "FeatureTaps",
+    "Generator", "JobOutcome", "LogitLoss", "LossInputs", "NativeLosses", "NoOptions", "Normalization", "Phase",
+    "PluginOptions", "PretrainedWeights", "Quantizer", "StudentObjective", "StudentUpdate", "TeacherModel",
+    "TrainContext", "TrialJob", "hookimpl",
+]

@@ -1,6 +1,8 @@
-"""The project configuration in registry.toml: bundled plugins, budget presets, default run.
+"""The project configuration in registry.toml: bundled plugins, generic budget presets, default run.
 
-Read once per process. A user may point ZSQBENCH_REGISTRY at another file.
+Read once per process. A user may point ZSQBENCH_REGISTRY at another file. Method-specific
+budget settings are not here: each method contributes them through its plugin
+(:mod:`zsqbench.api.budgets`).
 """
 
 from __future__ import annotations
@@ -10,57 +12,17 @@ import tomllib
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from zsqbench.api.budgets import BudgetPreset
 from zsqbench.errors import UnknownNameError, UserError
-from zsqbench.trial.spec import Budget, OptimSettings
 
 REGISTRY_ENV = "ZSQBENCH_REGISTRY"
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class BudgetOverride(_Strict):
-    """Per-generator changes to a preset (e.g. AdaDFQ's batch 16 under 'paper')."""
-
-    epochs: int | None = None
-    iters_per_epoch: int | None = None
-    batch_size: int | None = None
-    warmup_epochs: int | None = None
-    lr_milestones: list[int] | None = None
-    optim: dict[str, Any] = Field(default_factory=dict)
-    # Options of this generator that scale with the budget (e.g. HAST's synthesis size); they
-    # become part of the trial spec, and a user's own options for the generator win over them.
-    generator_options: dict[str, Any] = Field(default_factory=dict)
-
-
-class BudgetPreset(_Strict):
-    description: str = ""
-    epochs: int
-    iters_per_epoch: int
-    batch_size: int
-    warmup_epochs: int
-    lr_milestones: list[int] = Field(default_factory=list)
-    optim: dict[str, Any] = Field(default_factory=dict)
-    generators: dict[str, BudgetOverride] = Field(default_factory=dict)
-
-    def resolve(self, generator: str) -> tuple[Budget, OptimSettings]:
-        base = self.model_dump(exclude={"description", "generators", "optim"})
-        optim = dict(self.optim)
-        override = self.generators.get(generator)
-        if override is not None:
-            base.update(override.model_dump(exclude={"optim", "generator_options"}, exclude_none=True))
-            optim.update(override.optim)
-        return Budget(**base), OptimSettings(**optim)
-
-    def generator_options(self, generator: str) -> dict[str, Any]:
-        """The generator options this preset sets for ``generator`` (empty if none)."""
-        override = self.generators.get(generator)
-        return dict(override.generator_options) if override is not None else {}
 
 
 class DefaultRun(_Strict):

@@ -1,8 +1,9 @@
 """Feature taps: forward hooks addressed by module path, paired by name.
 
-Hooks exist only inside :meth:`FeatureTaps.active`; evaluation runs outside it, so no
-hook fires and nothing is retained between batches (the reference code's D10). Each
-forward overwrites the captured maps; :meth:`take` hands them over and forgets them.
+Hooks exist only inside :meth:`FeatureTaps.active`; evaluation runs outside it, so no hook
+fires and nothing is retained between batches (the reference code's D10). Each forward
+overwrites the captured maps; :meth:`take` hands them over (detached or with their graph, as
+the caller asks) and forgets them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from zsqbench.errors import UserError
 
 
 class FeatureTaps:
-    def __init__(self, model: nn.Module, paths: Sequence[str], detach: bool) -> None:
+    def __init__(self, model: nn.Module, paths: Sequence[str]) -> None:
         modules = dict(model.named_modules())
         missing = [p for p in paths if p not in modules]
         if missing:
@@ -26,13 +27,12 @@ class FeatureTaps:
             )
         self.paths = tuple(dict.fromkeys(paths))
         self._modules = [modules[p] for p in self.paths]
-        self.detach = detach
         self._captured: dict[str, Tensor] = {}
         self._handles: list = []
 
     def _make_hook(self, path: str):
         def hook(module: nn.Module, inputs, output: Tensor) -> None:
-            self._captured[path] = output.detach() if self.detach else output
+            self._captured[path] = output
 
         return hook
 
@@ -54,7 +54,8 @@ class FeatureTaps:
             self._handles = []
             self._captured = {}
 
-    def take(self) -> dict[str, Tensor]:
-        """The maps of the latest forward, keyed by path; the taps forget them."""
+    def take(self, detach: bool) -> dict[str, Tensor]:
+        """The maps of the latest forward, keyed by path (detached, or keeping their graph);
+        the taps forget them."""
         captured, self._captured = self._captured, {}
-        return captured
+        return {k: v.detach() for k, v in captured.items()} if detach else captured

@@ -12,48 +12,44 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pluggy
 
 from zsqbench.api import hookspecs
 from zsqbench.api.config import RegistryConfig, load_registry_config
+from zsqbench.api.hookspecs import PLUGIN_KINDS, PluginKind
+from zsqbench.api.registry import Entry, Registry
 from zsqbench.errors import UserError
-from zsqbench.api.interfaces import DistillationLoss, Executor, Generator, Quantizer, TeacherModel
-from zsqbench.api.registry import Registry
 
 ENTRY_POINT_GROUP = "zsqbench"
 PLUGINS_ENV = "ZSQBENCH_PLUGINS"
-
-# kind label -> (hook name, attribute on Plugins)
-KINDS: dict[str, tuple[str, str]] = {
-    "model": ("register_models", "models"),
-    "quantizer": ("register_quantizers", "quantizers"),
-    "generator": ("register_generators", "generators"),
-    "loss": ("register_losses", "losses"),
-    "executor": ("register_executors", "executors"),
-}
+_BY_PLURAL = {k.plural: k for k in PLUGIN_KINDS}
 
 
 @dataclass
 class Plugins:
-    """Everything loaded: the pluggy manager and one frozen registry per kind."""
+    """Everything loaded: the pluggy manager and one frozen registry per plugin kind, reachable
+    as ``plugins.<kinds>`` (``plugins.generators``, ``plugins.budget_overrides``, ...)."""
 
     manager: pluggy.PluginManager
     config: RegistryConfig
-    models: Registry[TeacherModel]
-    quantizers: Registry[type[Quantizer]]
-    generators: Registry[type[Generator]]
-    losses: Registry[type[DistillationLoss]]
-    executors: Registry[type[Executor]]
+    registries: dict[str, Registry[Any]]  # by PluginKind.plural
     sources: dict[str, str]  # plugin module name -> "bundled" / "dist version"
 
-    def registry(self, kind: str) -> Registry[Any]:
-        return getattr(self, KINDS[kind][1])
+    def __getattr__(self, plural: str) -> Registry[Any]:
+        registries = self.__dict__.get("registries", {})
+        if plural in registries:
+            return registries[plural]
+        raise AttributeError(plural)
 
-    def all_entries(self):
-        for kind in KINDS:
-            yield from self.registry(kind)
+    def registry(self, kind: str) -> Registry[Any]:
+        """A registry by the kind's singular name ("generator")."""
+        return next(r for k, r in self.registries.items() if _BY_PLURAL[k].name == kind)
+
+    def all_entries(self) -> Iterator[Entry[Any]]:
+        for registry in self.registries.values():
+            yield from registry
 
 
 def _allowed() -> set[str] | None:
@@ -110,33 +106,34 @@ def build_plugins(config: RegistryConfig | None = None, extra: dict[str, object]
         pm.register(obj, name=name)
         sources[name] = name
 
-    plugins = Plugins(
-        manager=pm,
-        config=config,
-        models=Registry("model"),
-        quantizers=Registry("quantizer"),
-        generators=Registry("generator"),
-        losses=Registry("loss"),
-        executors=Registry("executor"),
-        sources=sources,
-    )
-    for kind, (hook_name, _) in KINDS.items():
-        registry = plugins.registry(kind)
-        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+    registries = {k.plural: Registry(k.name, k.base, k.registers) for k in PLUGIN_KINDS}
+    for kind in PLUGIN_KINDS:
+        registry = registries[kind.plural]
+        for impl in getattr(pm.hook, kind.hook_name).get_hookimpls():
             source = sources.get(impl.plugin_name, impl.plugin_name)
             impl.function(register=_registrar(registry, kind, source))
         registry.freeze()
-    return plugins
+    _check_budget_overrides(registries["budget_overrides"], config)
+    return Plugins(manager=pm, config=config, registries=registries, sources=sources)
 
 
-def _registrar(registry: Registry[Any], kind: str, source: str) -> Callable[[Any], None]:
+def _registrar(registry: Registry[Any], kind: PluginKind, source: str) -> Callable[[Any], None]:
     def register(obj: Any) -> None:
+        registry.check(obj, source)
         name = getattr(obj, "name", None)
         if not isinstance(name, str) or not name:
-            raise UserError(f"a {kind} plugin from {source} registered an object without a name")
+            raise UserError(f"a {kind.name} plugin from {source} registered an object without a name")
         registry.add(name, obj, source, _describe(obj))
 
     return register
+
+
+def _check_budget_overrides(overrides: Registry[Any], config: RegistryConfig) -> None:
+    for entry in overrides:
+        if entry.obj.preset not in config.budgets:
+            raise UserError(f"budget override {entry.name} from {entry.source} changes preset "
+                            f"'{entry.obj.preset}', which registry.toml does not define; known presets: "
+                            f"{', '.join(sorted(config.budgets))}")
 
 
 @lru_cache(maxsize=1)

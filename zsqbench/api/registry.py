@@ -1,12 +1,15 @@
-"""Small typed registries: one per plugin kind, filled by the plugin manager.
+"""Typed registries, one per plugin kind, filled by the plugin manager.
 
-Duplicate names are an error naming both sources (silently shadowing a method would
-make a benchmark lie); unknown names list the known ones with a close-match hint.
+What is registered is checked at registration: the right base class, a name, no abstract
+methods left (a broken plugin fails when it loads, not in the middle of a grid). Duplicate
+names are an error naming both sources (silently shadowing a method would make a benchmark
+lie); unknown names list the known ones with a close-match hint.
 """
 
 from __future__ import annotations
 
 import difflib
+import inspect
 from dataclasses import dataclass
 from typing import Generic, Iterator, TypeVar
 
@@ -25,10 +28,33 @@ class Entry(Generic[T]):
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, base: type | None = None, registers: str = "subclass") -> None:
         self.kind = kind
+        self.base = base
+        self.registers = registers
         self._entries: dict[str, Entry[T]] = {}
         self._frozen = False
+
+    def check(self, obj: object, source: str) -> None:
+        """Refuse an object that is not what this kind of plugin registers, in one line."""
+        if self.base is None:
+            return
+        base = f"{self.base.__module__}.{self.base.__qualname__}"
+        if self.registers == "subclass":
+            if not (isinstance(obj, type) and issubclass(obj, self.base)):
+                raise UserError(f"a {self.kind} plugin from {source} registered {obj!r}, which is not a subclass of "
+                                f"{base}; register a subclass of it")
+            if inspect.isabstract(obj):
+                missing = ", ".join(sorted(getattr(obj, "__abstractmethods__", ())))
+                raise UserError(f"{self.kind} '{getattr(obj, 'name', obj.__name__)}' from {source} does not implement "
+                                f"{missing}; implement them before registering it")
+            for attribute in ("name", "description"):
+                if not isinstance(getattr(obj, attribute, None), str):
+                    raise UserError(f"{self.kind} class {obj.__qualname__} from {source} has no '{attribute}' "
+                                    "string; set it as a class attribute")
+        elif not isinstance(obj, self.base):
+            raise UserError(f"a {self.kind} plugin from {source} registered {obj!r}, which is not a {base}; "
+                            "register an instance of it")
 
     def add(self, name: str, obj: T, source: str, description: str) -> None:
         if self._frozen:

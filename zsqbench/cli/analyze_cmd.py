@@ -8,12 +8,13 @@ from pathlib import Path
 
 from rich.table import Table
 
-from zsqbench.cli.console import err, out
-from zsqbench.trial.data import resolve_cache_dir, resolve_data_root
-from zsqbench.errors import UserError
 from zsqbench.api.plugins import get_plugins
-from zsqbench.grid.runner import resolve_device
-from zsqbench.trial.train import Environment
+from zsqbench.bits import bits_label
+from zsqbench.cli.console import err, out
+from zsqbench.errors import UserError
+from zsqbench.trial.data import resolve_cache_dir, resolve_data_root
+from zsqbench.trial.environment import Environment, offline_from_env, resolve_device
+from zsqbench.trial.folder import TrialFolder
 
 
 def add_parser(sub) -> None:
@@ -27,7 +28,7 @@ def add_parser(sub) -> None:
     h.add_argument("results", nargs="?", type=Path, default=Path("results"), help="results folder (default ./results)")
     h.add_argument("--trials", help="comma-separated trial ids or id prefixes (default: all matching --filter)")
     h.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
-                   help="e.g. --filter loss=akt --filter bits=w3a3 (generator, loss, model, dataset, bits, w_bits, "
+                   help="e.g. --filter loss=akt --filter bits=W3A3 (generator, loss, model, dataset, bits, w_bits, "
                    "a_bits, seed, budget)")
     h.add_argument("--epochs", default="all", help="'all' saved epochs (default), 'last', or e.g. '0,4,9'")
     h.add_argument("--batch-size", type=int, default=64, help="size of the fixed batch (default 64)")
@@ -61,13 +62,11 @@ def _filters(items: list[str]) -> dict[str, str]:
     return result
 
 
-def _epochs(text: str, trial: Path) -> list[int] | None:
-    from zsqbench.analysis.trials import snapshot_epochs
-
+def _epochs(text: str, trial: TrialFolder) -> list[int] | None:
     if text == "all":
         return None
     if text == "last":
-        available = snapshot_epochs(trial)
+        available = trial.snapshot_epochs()
         return available[-1:] if available else []
     try:
         return [int(e) for e in text.split(",") if e.strip()]
@@ -83,8 +82,8 @@ def execute_hessian(args: argparse.Namespace) -> int:
     trials = find_trials(args.results, [t.strip() for t in args.trials.split(",")] if args.trials else None,
                          _filters(args.filter))
     env = Environment(data_root=resolve_data_root(args.data_root), device=resolve_device(args.device),
-                      cache_dir=resolve_cache_dir(args.cache_dir),
-                      teacher_weights=args.teacher_weights)
+                      cache_dir=resolve_cache_dir(args.cache_dir), teacher_weights=args.teacher_weights,
+                      offline=offline_from_env())
     plugins = get_plugins()
     analyses = []
     for trial in trials:
@@ -101,11 +100,9 @@ def execute_hessian(args: argparse.Namespace) -> int:
 
 
 def execute_list(args: argparse.Namespace) -> int:
-    from zsqbench.analysis.trials import ANALYSIS_FILE, load_analysis
+    from zsqbench.analysis.trials import ANALYSIS
 
-    if not args.results.is_dir():
-        raise UserError(f"results folder not found: {args.results}")
-    analyses = [a for f in sorted(args.results.glob(f"*/*/{ANALYSIS_FILE}")) if (a := load_analysis(f.parent.parent))]
+    analyses = [a for f in TrialFolder.find(args.results) if (a := f.read_analysis(ANALYSIS))]
     if args.json:
         print(json.dumps(analyses, indent=2))
     else:
@@ -120,7 +117,7 @@ def _print(analyses: list[dict]) -> None:
     for a in analyses:
         s = a["spec"]
         for epoch, e in a["epochs"].items():
-            table.add_row(a["trial_id"], s["generator"], s["loss"], f"w{s['w_bits']}a{s['a_bits']}", str(s["seed"]),
+            table.add_row(a["trial_id"], s["generator"], s["loss"], bits_label(s["w_bits"], s["a_bits"]), str(s["seed"]),
                           epoch, f"{e['trace']:.4g}", f"{e['stderr']:.2g}",
                           f"{e['num_probes']}{'' if e['converged'] else '*'}")
     out.print(table)

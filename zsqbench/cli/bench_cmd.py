@@ -59,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def execute(args: argparse.Namespace) -> int:
     from zsqbench.trial.bench import BenchConfig, run_bench  # keeps `zsqbench --help` light
     from zsqbench.cli.run_cmd import _parse_options  # the same PLUGIN.KEY=VALUE syntax as `run`
-    from zsqbench.trial.spec import MAX_BITS, MIN_BITS
+    from zsqbench.bits import MAX_BITS, MIN_BITS
 
     if not MIN_BITS <= args.bits <= MAX_BITS:
         raise UserError(f"--bits {args.bits}: bits must be between {MIN_BITS} and {MAX_BITS}")
@@ -73,10 +73,11 @@ def execute(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
+    from zsqbench.bits import bits_label
     from zsqbench.cli.console import out
 
     r = result
-    out.print(f"{r['generator']}+{r['loss']} w{r['bits']}a{r['bits']}, batch {r['batch_size']}, {r['device_name']}, "
+    out.print(f"{r['generator']}+{r['loss']} {bits_label(r['bits'], r['bits'])}, batch {r['batch_size']}, {r['device_name']}, "
               f"torch {r['torch']}, precision {r['precision']}"
               + (", channels-last" if r["channels_last"] else "") + (", compiled" if r["compile"] else ""),
               highlight=False, soft_wrap=True)

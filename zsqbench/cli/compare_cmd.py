@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from rich.table import Table
 
+from zsqbench.bits import bits_label
 from zsqbench.cli.console import out
 from zsqbench.leaderboard.compare import Comparison, compare
 
@@ -15,12 +15,13 @@ from zsqbench.leaderboard.compare import Comparison, compare
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare", help="compare two leaderboards (B − A, Welch's t-test)",
-        description="Join two leaderboards (per-trial or aggregated CSVs, e.g. results/akt-paper.csv and yours) on "
+        description="Join two leaderboards (results folders, per-trial or aggregated CSVs, or paper:NAME for a "
+                    "published table, e.g. paper:akt and yours) on "
                     "dataset, generator, loss and bits, and show B − A with Welch's t-test over seeds. Rows with "
                     "different budgets or teachers are refused unless --force; published reference rows are exempt "
                     "and labelled.")
-    p.add_argument("a", type=Path, metavar="A.csv", help="baseline leaderboard")
-    p.add_argument("b", type=Path, metavar="B.csv", help="leaderboard compared with A (delta = B − A)")
+    p.add_argument("a", metavar="A", help="baseline: a results folder, a leaderboard CSV or paper:NAME (paper:akt)")
+    p.add_argument("b", metavar="B", help="compared with A (delta = B − A), same forms")
     p.add_argument("--metric", choices=("last", "oracle"), default="last",
                    help="top1_last (default, the headline) or top1_oracle (best epoch chosen on the test set, "
                         "which is what the papers report)")
@@ -57,7 +58,7 @@ def print_comparison(result: Comparison) -> None:
         delta = "" if r.delta is None else f"{r.delta:+.2f}"
         shown = [f for f in r.flags if not f.endswith(" is reference")]
         flags = ", ".join([*([r.status] if r.status != "both" else []), *shown])
-        table.add_row(r.dataset, r.generator, r.loss, f"W{r.w_bits}A{r.a_bits}", _fmt(r.a_mean, r.a_std, r.a_n),
+        table.add_row(r.dataset, r.generator, r.loss, bits_label(r.w_bits, r.a_bits), _fmt(r.a_mean, r.a_std, r.a_n),
                       _fmt(r.b_mean, r.b_std, r.b_n), delta, _p(r.p_value), r.mark, flags)
     out.print(table)
 

@@ -8,18 +8,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.table import Table
 
+from zsqbench.api.plugins import get_plugins
+from zsqbench.bits import bits_label
 from zsqbench.cli.compute_flags import add_compute_flags, compute_settings
 from zsqbench.cli.console import RichProgress, out
-from zsqbench.trial.data import resolve_cache_dir, resolve_data_root
 from zsqbench.errors import UserError
-from zsqbench.grid.request import expand, load_grid_file, make_request
-from zsqbench.api.plugins import get_plugins
 from zsqbench.grid.estimate import LARGE_GRID_ITERATIONS, estimate_compute
-from zsqbench.grid.runner import grid_states, resolve_device, run_grid, trial_state
-from zsqbench.trial.train import Environment
-
+from zsqbench.grid.request import expand, load_grid_file, make_request
+from zsqbench.grid.runner import grid_states, run_grid, trial_folder
+from zsqbench.trial.data import resolve_cache_dir, resolve_data_root
+from zsqbench.trial.environment import Environment, offline_from_env, resolve_device
 
 
 def _csv(text: str) -> list[str]:
@@ -46,14 +47,16 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default 0)")
     p.add_argument("--model", help="teacher architecture or name (default resnet20)")
     p.add_argument("--dataset", help="cifar10 or cifar100")
-    p.add_argument("--budget", help="budget preset from registry.toml: smoke, cpu, paper, ...")
+    p.add_argument("--budget", help="budget preset: smoke, cpu, paper, ... (methods may override it: see --dry-run)")
     p.add_argument("--quantizer", help="quantizer plugin (default uniform)")
     p.add_argument("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
                    help="plugin option, e.g. -o gdfq.temperature=4 (repeatable; VALUE is JSON or a string)")
     p.add_argument("--config", type=Path, help="TOML file with the same keys as the flags (flags win)")
     p.add_argument("--data-root", help="folder with the test sets and weights/ (default: $ZSQBENCH_DATA)")
     p.add_argument("--teacher-weights", type=Path, help="use this weights file for the teacher")
-    p.add_argument("--download", action="store_true", help="download missing test sets / weights")
+    p.add_argument("--offline", action="store_true",
+                   help="never download: missing test sets or teacher weights are an error (also ZSQBENCH_OFFLINE=1); "
+                        "by default they are downloaded, checksums verified")
     p.add_argument("--cache-dir", type=Path, help="cache for synthesized data (default: $ZSQBENCH_CACHE or ~/.cache/zsqbench)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     add_compute_flags(p)
@@ -125,16 +128,18 @@ def execute(args: argparse.Namespace) -> int:
     values, source = build_request(args, plugins)
     executor_options = _split_executor_options(values, plugins.executors.names())
     plugins.executors.get(args.executor)  # unknown executor: one-line error before anything else
-    specs = expand(make_request(values, source), plugins)
-    if args.dry_run:
-        return _print_grid(specs, args)
-    device = resolve_device(args.device)
+    request = make_request(values, source)
+    # A dry run plans on any machine (a login node has no GPU): only the data root and teacher matter.
+    device = torch.device("cpu") if args.dry_run else resolve_device(args.device)
     env = Environment(
         data_root=resolve_data_root(args.data_root), device=device, cache_dir=resolve_cache_dir(args.cache_dir),
-        teacher_weights=args.teacher_weights, download=args.download,
+        teacher_weights=args.teacher_weights, offline=args.offline or offline_from_env(),
         **compute_settings(args).describe(),
     )
-    todo = [s for s in specs if trial_state(args.out, args.run_name, s) != "done" or args.force]
+    specs = expand(request, plugins, env)
+    if args.dry_run:
+        return _print_grid(specs, args)
+    todo = [s for s in specs if trial_folder(args.out, args.run_name, s).state != "done" or args.force]
     estimate = estimate_compute(todo)
     if not (args.quiet or args.json):
         out.print(f"{len(specs)} trial(s), {len(todo)} to run: {estimate.describe()}", highlight=False)
@@ -161,6 +166,9 @@ def execute(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+SCHEDULE = ("epochs", "iters_per_epoch", "batch_size", "warmup_epochs", "lr_milestones")
+
+
 def _print_grid(specs, args) -> int:
     rows = grid_states(specs, args.out, args.run_name)
     if args.json:
@@ -168,11 +176,17 @@ def _print_grid(specs, args) -> int:
         return 0
     table = Table(title=f"{len(specs)} trial(s), results in {args.out / args.run_name}; "
                         f"{estimate_compute([s for s, r in zip(specs, rows) if r['state'] != 'done']).describe()}")
-    for col in rows[0]:
-        table.add_column(col)
+    shown = [c for c in rows[0] if c not in SCHEDULE]
+    shown.insert(shown.index("budget") + 1, "schedule")
+    for col in shown:
+        table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(*(str(v) for v in r.values()))
+        milestones = f", lr x0.1 at {','.join(map(str, r['lr_milestones']))}" if r["lr_milestones"] else ""
+        r = {**r, "schedule": f"{r['epochs']}x{r['iters_per_epoch']}x{r['batch_size']} "
+                              f"(warm-up {r['warmup_epochs']}{milestones})"}
+        table.add_row(*(str(r[c]) for c in shown))
     out.print(table)
+    out.print("schedule: epochs x iterations x batch; `--json` lists every field", highlight=False)
     return 0
 
 
@@ -183,7 +197,7 @@ def _print_results(rows, report, out_dir: Path) -> None:
             table.add_column(col)
         for r in rows:
             s = r["spec"]
-            table.add_row(r["trial_id"], s["generator"]["name"], s["loss"]["name"], f"w{s['w_bits']}a{s['a_bits']}",
+            table.add_row(r["trial_id"], s["generator"]["name"], s["loss"]["name"], bits_label(s["w_bits"], s["a_bits"]),
                           str(s["seed"]), f"{r['fp_top1']:.2f}", f"{r['ptq_top1']:.2f}", f"{r['top1_last']:.2f}",
                           f"{r['top1_oracle']:.2f}")
         out.print(table)

@@ -10,7 +10,6 @@ from pathlib import Path
 from rich.table import Table
 
 from zsqbench.cli.console import out
-from zsqbench.errors import UserError
 from zsqbench.grid.runner import folder_summary
 
 
@@ -24,8 +23,6 @@ def add_parser(sub) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    if not args.results.is_dir():
-        raise UserError(f"results folder not found: {args.results}; pass the --out folder of `zsqbench run`")
     rows = folder_summary(args.results)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -36,10 +33,11 @@ def execute(args: argparse.Namespace) -> int:
     shown = rows if args.all else [r for r in rows if r["state"] != "done"]
     if shown:
         table = Table()
-        for col in ("run", "trial_id", "generator", "loss", "bits", "seed", "budget", "state", "epochs", "error"):
+        for col in ("run", "trial_id", "generator", "loss", "bits", "seed", "budget", "teacher", "state", "epochs",
+                    "error"):
             table.add_column(col, overflow="fold")
         for r in shown:
             table.add_row(r["run"], r["trial_id"], r["generator"], r["loss"], r["bits"], str(r["seed"]), r["budget"],
-                          r["state"], f"{r['epochs_done']}/{r['epochs']}", r["error"][:80])
+                          r["teacher"], r["state"], f"{r['epochs_done']}/{r['epochs']}", r["error"][:80])
         out.print(table)
     return 0

@@ -1,7 +1,9 @@
 """Grid requests (what a user asks for) and their expansion into trial specs.
 
 A request is validated against the loaded plugins before anything runs: unknown names,
-bad bit-widths and malformed plugin options fail here, before a single epoch is spent.
+bad bit-widths and malformed plugin options fail here, before a single epoch is spent. Each
+spec names the teacher checkpoint the trial will use (:func:`zsqbench.trial.teachers.select_checkpoint`)
+and the budget its methods resolve to (:func:`zsqbench.grid.budgets.resolve_budget`).
 """
 
 from __future__ import annotations
@@ -13,11 +15,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from zsqbench.trial.data import dataset_info
-from zsqbench.errors import UnknownNameError, UserError
-from zsqbench.api.interfaces import TeacherModel
+from zsqbench.api.models import TeacherModel
+from zsqbench.api.options import fill_options
 from zsqbench.api.plugins import Plugins
-from zsqbench.trial.spec import PluginChoice, TrialSpec, parse_bits
+from zsqbench.errors import UnknownNameError, UserError, first_validation_error
+from zsqbench.grid.budgets import resolve_budget
+from zsqbench.trial.data import dataset_info
+from zsqbench.trial.environment import Environment
+from zsqbench.bits import parse_bits
+from zsqbench.trial.spec import PluginChoice, TrialSpec
+from zsqbench.trial.teachers import select_checkpoint
 
 
 class GridRequest(BaseModel):
@@ -51,17 +58,11 @@ def load_grid_file(path: Path) -> dict[str, Any]:
         raise UserError(f"malformed config file {path}: {exc}; fix the TOML syntax") from None
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "value"
-    return f"{where}: {err['msg']}"
-
-
 def make_request(values: dict[str, Any], source: str) -> GridRequest:
     try:
         return GridRequest.model_validate(values)
     except ValidationError as exc:
-        raise UserError(f"invalid grid in {source}: {_first_error(exc)}") from None
+        raise UserError(f"invalid grid in {source}: {first_validation_error(exc)}") from None
 
 
 def resolve_teacher(plugins: Plugins, model: str, dataset: str) -> TeacherModel:
@@ -79,18 +80,10 @@ def resolve_teacher(plugins: Plugins, model: str, dataset: str) -> TeacherModel:
     raise UnknownNameError(plugins.models.unknown_message(model if "_" in model else f"{model}_{dataset}"))
 
 
-def _options(cls: Any, values: dict[str, Any], kind: str, name: str) -> dict[str, Any]:
-    try:
-        return cls.Options(**values).model_dump(mode="json")
-    except ValidationError as exc:
-        fields = ", ".join(cls.Options.model_fields) or "(none)"
-        raise UserError(f"bad option for {kind} '{name}': {_first_error(exc)}; its options are: {fields}") from None
-
-
-def expand(request: GridRequest, plugins: Plugins) -> list[TrialSpec]:
+def expand(request: GridRequest, plugins: Plugins, env: Environment) -> list[TrialSpec]:
     """Cross product generators × losses × bits × seeds, in that nesting order."""
     teacher = resolve_teacher(plugins, request.model, request.dataset)
-    preset = plugins.config.budget(request.budget)
+    plugins.config.budget(request.budget)  # an unknown preset fails before anything else is looked at
     bits = parse_bits(request.bits)
     if not request.generators or not request.losses:
         raise UserError("empty grid: give at least one --generators and one --loss")
@@ -99,41 +92,47 @@ def expand(request: GridRequest, plugins: Plugins) -> list[TrialSpec]:
     stray = sorted(set(request.options) - known)
     if stray:
         raise UserError(f"options given for unknown plugin(s) {stray}; known: {', '.join(sorted(known))}")
-    quant = PluginChoice(
-        name=request.quantizer, options=_options(quant_cls, request.options.get(request.quantizer, {}), "quantizer", request.quantizer)
-    )
+    for name in request.generators:
+        plugins.generators.get(name)
+    for name in request.losses:
+        plugins.losses.get(name)
+    checkpoint = select_checkpoint(teacher, env.data_root, env.teacher_weights, env.offline)
+    quant = PluginChoice(name=request.quantizer, options=fill_options(
+        quant_cls, request.options.get(request.quantizer, {}), "quantizer", request.quantizer))
     specs: list[TrialSpec] = []
     for gen_name, loss_name, (w, a), seed in itertools.product(request.generators, request.losses, bits, request.seeds):
         gen_cls = plugins.generators.get(gen_name)
         loss_cls = plugins.losses.get(loss_name)
-        budget, optim = preset.resolve(gen_name)
-        gen_options = {**preset.generator_options(gen_name), **request.options.get(gen_name, {})}
+        resolved = resolve_budget(plugins, request.budget, gen_name, loss_name)
+        budget, optim = resolved.budget, resolved.optim
+        gen_options = {**resolved.generator_options, **request.options.get(gen_name, {})}
         if request.budget_overrides:
             try:
                 budget = type(budget).model_validate({**budget.model_dump(), **request.budget_overrides})
             except ValidationError as exc:
-                raise UserError(f"bad budget override: {_first_error(exc)}") from None
+                raise UserError(f"bad budget override: {first_validation_error(exc)}") from None
         if request.optim:
             try:
-                optim = optim.model_copy(update=request.optim)
-                optim = type(optim).model_validate(optim.model_dump())
+                optim = type(optim).model_validate({**optim.model_dump(), **request.optim})
             except ValidationError as exc:
-                raise UserError(f"bad optimizer override: {_first_error(exc)}") from None
+                raise UserError(f"bad optimizer override: {first_validation_error(exc)}") from None
         try:
             spec = TrialSpec(
                 model=teacher.name,
                 dataset=request.dataset,
-                generator=PluginChoice(name=gen_name, options=_options(gen_cls, gen_options, "generator", gen_name)),
-                loss=PluginChoice(name=loss_name, options=_options(loss_cls, request.options.get(loss_name, {}), "loss", loss_name)),
+                generator=PluginChoice(name=gen_name, options=fill_options(gen_cls, gen_options, "generator", gen_name)),
+                loss=PluginChoice(name=loss_name,
+                                  options=fill_options(loss_cls, request.options.get(loss_name, {}), "loss", loss_name)),
                 quantizer=quant,
                 w_bits=w,
                 a_bits=a,
                 seed=seed,
                 budget=budget,
                 optim=optim,
+                teacher=checkpoint,
                 budget_name=request.budget + ("+custom" if request.budget_overrides else ""),
             )
         except ValidationError as exc:
-            raise UserError(f"invalid trial: {_first_error(exc)}") from None
+            raise UserError(f"invalid trial: {first_validation_error(exc)}") from None
         specs.append(spec)
     return specs

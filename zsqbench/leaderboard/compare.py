@@ -17,9 +17,12 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from zsqbench.leaderboard.aggregate import BUDGET_SETTINGS, as_aggregated
+from zsqbench.bits import bits_label
 from zsqbench.errors import UserError
-from zsqbench.leaderboard.tables import read_table
+from zsqbench.leaderboard.aggregate import as_aggregated
+from zsqbench.leaderboard.references import resolve_source
+from zsqbench.leaderboard.schema import BUDGET_SETTINGS, plain
+from zsqbench.leaderboard.table import read_table
 
 JOIN_COLUMNS: tuple[str, ...] = ("dataset", "generator", "loss", "w_bits", "a_bits")
 ALWAYS_CHECKED: tuple[str, ...] = ("model", "quantizer")
@@ -65,27 +68,21 @@ class Comparison:
                 "notes": self.notes}
 
 
-def load_side(path: Path) -> pd.DataFrame:
-    """Either kind of leaderboard CSV as aggregated rows."""
-    frame, kind = read_table(path)
+def load_side(source: str | Path) -> pd.DataFrame:
+    """Either kind of leaderboard (a CSV, a results folder or ``paper:NAME``) as aggregated rows."""
+    frame, kind = read_table(resolve_source(source))
     return as_aggregated(frame, kind)
 
 
-def _value(x: Any) -> Any:
-    if x is None or x is pd.NA or (isinstance(x, float) and math.isnan(x)):
-        return None
-    return x.item() if hasattr(x, "item") else x
-
-
 def _key_name(row: dict[str, Any]) -> str:
-    return f"{row['dataset']} {row['generator']}+{row['loss']} W{row['w_bits']}A{row['a_bits']}"
+    return f"{row['dataset']} {row['generator']}+{row['loss']} {bits_label(row['w_bits'], row['a_bits'])}"
 
 
 def _index(frame: pd.DataFrame, side: str, path: Path) -> dict[tuple, dict[str, Any]]:
     """Rows by join key; a side with two rows for one key is ambiguous and must be filtered first."""
     rows: dict[tuple, dict[str, Any]] = {}
     for r in frame.to_dict("records"):
-        key = tuple(_value(r[c]) for c in JOIN_COLUMNS)
+        key = tuple(plain(r[c]) for c in JOIN_COLUMNS)
         if key in rows:
             other = rows[key]
             diff = [c for c in ("model", "quantizer", "budget", "source") if other[c] != r[c]]
@@ -101,7 +98,7 @@ def _is_reference(row: dict[str, Any]) -> bool:
 
 
 def _budget(row: dict[str, Any]) -> str:
-    vals = [_value(row[c]) for c in BUDGET_SETTINGS]
+    vals = [plain(row[c]) for c in BUDGET_SETTINGS]
     return "x".join("?" if v is None else str(v) for v in vals)
 
 
@@ -112,7 +109,7 @@ def _mismatches(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
         return found
     if _budget(a) != _budget(b):
         found.append(f"budget differs (A {_budget(a)}, B {_budget(b)} epochs x iters x batch)")
-    sha_a, sha_b = _value(a["teacher_sha256"]) or "", _value(b["teacher_sha256"]) or ""
+    sha_a, sha_b = plain(a["teacher_sha256"]) or "", plain(b["teacher_sha256"]) or ""
     if sha_a != sha_b:
         found.append(f"teacher sha256 differs (A {sha_a[:8] or 'none'}…, B {sha_b[:8] or 'none'}…)")
     return found
@@ -136,7 +133,7 @@ def significance(p: float | None) -> str:
 
 def _stats(row: dict[str, Any], metric: Metric) -> tuple[float | None, float | None, int | None]:
     prefix = "top1_last" if metric == "last" else "top1_oracle"
-    return _value(row[f"{prefix}_mean"]), _value(row[f"{prefix}_std"]), _value(row["n_seeds"])
+    return plain(row[f"{prefix}_mean"]), plain(row[f"{prefix}_std"]), plain(row["n_seeds"])
 
 
 def _joined(key: tuple, a: dict[str, Any] | None, b: dict[str, Any] | None, metric: Metric) -> CompareRow:
@@ -159,7 +156,7 @@ def _joined(key: tuple, a: dict[str, Any] | None, b: dict[str, Any] | None, metr
     return row
 
 
-def compare(path_a: Path, path_b: Path, metric: Metric = "last", force: bool = False) -> Comparison:
+def compare(path_a: str | Path, path_b: str | Path, metric: Metric = "last", force: bool = False) -> Comparison:
     """Join A and B; refuse (UserError) budget/teacher/model mismatches unless ``force``."""
     side_a = _index(load_side(path_a), "A", path_a)
     side_b = _index(load_side(path_b), "B", path_b)

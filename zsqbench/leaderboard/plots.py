@@ -9,18 +9,18 @@ atomically, like the results.
 from __future__ import annotations
 
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from zsqbench.leaderboard.aggregate import as_aggregated
+from zsqbench.bits import bits_label
 from zsqbench.errors import UserError
 from zsqbench.files import write_bytes_atomic
-from zsqbench.leaderboard.tables import read_table
-from zsqbench.leaderboard.views import bits_label
+from zsqbench.leaderboard.aggregate import as_aggregated
+from zsqbench.leaderboard.table import read_table
+from zsqbench.trial.folder import TrialFolder
 
 FORMATS = ("png", "svg")
 VARIANT_COLUMNS = ("model", "quantizer", "budget")  # shown in labels only when they vary
@@ -41,23 +41,22 @@ def require_matplotlib() -> Any:
 
 
 def load_aggregated(folder: Path) -> pd.DataFrame:
-    frame, kind = read_table(folder / "leaderboard.csv")
+    frame, kind = read_table(folder)
     return as_aggregated(frame, kind)
 
 
 def load_trial_results(folder: Path) -> dict[str, dict[str, Any]]:
     """Finished trials' result.json files under <folder>/<run>/<trial_id>/, by trial id."""
     found: dict[str, dict[str, Any]] = {}
-    for path in sorted(folder.glob("*/*/result.json")):
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(f"corrupt result file {path} ({msg}); delete its trial folder and re-run") from None
-        if not isinstance(result, dict) or not isinstance(result.get("epochs"), list):
-            raise UserError(f"result file {path} has no 'epochs' list; delete its trial folder and re-run")
+    for trial in TrialFolder.find(folder):
+        if trial.state != "done":
+            continue
+        result = trial.read_result()
+        if not isinstance(result.get("epochs"), list):
+            raise UserError(f"result file {trial.file(trial.RESULT)} has no 'epochs' list; delete its trial "
+                            "folder and re-run")
         if result.get("status", "done") == "done":
-            found[str(result.get("trial_id", path.parent.name))] = result
+            found[str(result.get("trial_id", trial.trial_id))] = result
     return found
 
 
@@ -182,7 +181,7 @@ def _trial_label(result: dict[str, Any]) -> str:
     spec = result.get("spec") or {}
     tid = str(result.get("trial_id", "?"))[:8]
     try:
-        return (f"{spec['generator']['name']}+{spec['loss']['name']} W{spec['w_bits']}A{spec['a_bits']} "
+        return (f"{spec['generator']['name']}+{spec['loss']['name']} {bits_label(spec['w_bits'], spec['a_bits'])} "
                 f"s{spec['seed']} ({tid})")
     except (KeyError, TypeError):
         return tid
@@ -239,7 +238,7 @@ def curvature(analyses: list[dict[str, Any]], Figure: Any) -> Any:
         pts = sorted((int(e) + 1, v["trace"], v["stderr"]) for e, v in a["epochs"].items())
         xs, ys, es = zip(*pts)
         ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=f"C{idx % 10}",
-                    label=f"{s['generator']}+{s['loss']} W{s['w_bits']}A{s['a_bits']} s{s['seed']} "
+                    label=f"{s['generator']}+{s['loss']} {bits_label(s['w_bits'], s['a_bits'])} s{s['seed']} "
                           f"({a['trial_id'][:8]})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("tr(H) of the student loss")
@@ -275,12 +274,9 @@ def gradient_norms(results: list[dict[str, Any]], Figure: Any) -> Any:
 
 def load_analyses(folder: Path, trial_ids: set[str] | None) -> list[dict[str, Any]]:
     analyses = []
-    for path in sorted(folder.glob("*/*/analysis/hessian.json")):
-        try:
-            a = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            raise UserError(f"corrupt analysis file {path}; delete it and run `zsqbench analyze hessian` again") from None
-        if a.get("epochs") and (trial_ids is None or a.get("trial_id") in trial_ids):
+    for trial in TrialFolder.find(folder):
+        a = trial.read_analysis("hessian")
+        if a and a.get("epochs") and (trial_ids is None or a.get("trial_id") in trial_ids):
             analyses.append(a)
     return analyses
 

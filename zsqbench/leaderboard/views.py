@@ -1,44 +1,63 @@
-"""Display forms of an aggregated leaderboard: the flat table and the paper's pivot layout.
+"""Display forms of an aggregated leaderboard: the compact and the wide table, the paper's pivot.
 
 Kept apart from the numbers (aggregate.py) so CSV/JSON stay machine-readable while terminals and
-Markdown get "mean ± std" strings.
+Markdown get "mean ± std" strings. The compact view fits an 80-column terminal or CI log; the wide
+one shows every setting.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pandas as pd
 
 from zsqbench.errors import UserError
+from zsqbench.leaderboard.schema import is_missing
+from zsqbench.bits import bits_label
 
 ORACLE_NOTE = ("`top1_oracle` is the best epoch selected on the test set (an oracle, not a result); "
                "`top1_last` (mean ± sample std over seeds) is the headline.")
 PIVOT_NOTE = "Cells: top1_last mean ± sample std over seeds (number of seeds); rows dataset × bits, columns generator+loss."
 
 
-def _missing(value: Any) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
-
-
 def mean_std(mean: Any, std: Any, digits: int = 2) -> str:
     """"72.40 ± 0.31", or just the mean when there is no spread to show (one seed)."""
-    if _missing(mean):
+    if is_missing(mean):
         return ""
-    return f"{mean:.{digits}f}" if _missing(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def bits_label(w_bits: Any, a_bits: Any) -> str:
-    return f"W{w_bits}A{a_bits}"
+    return f"{mean:.{digits}f}" if is_missing(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def _num(value: Any, digits: int) -> str:
-    return "" if _missing(value) else f"{value:.{digits}f}"
+    return "" if is_missing(value) else f"{value:.{digits}f}"
+
+
+COMPACT_NOTE = ("top-1 last: mean ± sample std over n seeds (the headline); oracle*: best epoch selected on the "
+                "test set, not a result; --wide shows every setting.")
+
+
+def _varying(frame: pd.DataFrame, columns: tuple[str, ...]) -> list[str]:
+    return [c for c in columns if len(frame) and frame[c].astype(str).nunique() > 1]
+
+
+def display_compact(frame: pd.DataFrame) -> pd.DataFrame:
+    """One short line per configuration: what it is, seeds, top-1 last, oracle, PTQ (fits 80 columns).
+
+    The configuration names dataset, generator+loss and bits, plus model, quantizer and budget
+    only where they vary within the table."""
+    extra = _varying(frame, ("model", "quantizer", "budget"))
+    rows = [{
+        "configuration": " ".join([r["dataset"], f"{r['generator']}+{r['loss']}", bits_label(r["w_bits"], r["a_bits"]),
+                                   *(str(r[c]) for c in extra)]),
+        "n": str(r["n_seeds"]),
+        "top-1 last": mean_std(r["top1_last_mean"], r["top1_last_std"]),
+        "oracle*": _num(r["top1_oracle_mean"], 2),
+        "PTQ": _num(r["ptq_top1_mean"], 2),
+    } for r in frame.to_dict("records")]
+    return pd.DataFrame(rows, columns=["configuration", "n", "top-1 last", "oracle*", "PTQ"])
 
 
 def display_aggregated(frame: pd.DataFrame) -> pd.DataFrame:
-    """The aggregated rows as strings for a terminal or Markdown table."""
+    """The aggregated rows as strings for a wide terminal or Markdown table."""
     rows = [{
         "model": r["model"], "dataset": r["dataset"], "generator": r["generator"], "loss": r["loss"],
         "quantizer": r["quantizer"], "bits": bits_label(r["w_bits"], r["a_bits"]), "budget": r["budget"],
@@ -46,10 +65,11 @@ def display_aggregated(frame: pd.DataFrame) -> pd.DataFrame:
         "top1_last": mean_std(r["top1_last_mean"], r["top1_last_std"]),
         "top1_oracle (test-selected)": mean_std(r["top1_oracle_mean"], r["top1_oracle_std"]),
         "fp_top1": _num(r["fp_top1"], 2), "ptq_top1": _num(r["ptq_top1_mean"], 2),
-        "cpu_h": _num(r["cpu_hours"], 2), "gpu_h": _num(r["gpu_hours"], 2), "source": r["source"],
+        "precision": r["precision"], "cpu_h": _num(r["cpu_hours"], 2), "gpu_h": _num(r["gpu_hours"], 2),
+        "source": r["source"],
     } for r in frame.to_dict("records")]
     columns = ["model", "dataset", "generator", "loss", "quantizer", "bits", "budget", "n", "top1_last",
-               "top1_oracle (test-selected)", "fp_top1", "ptq_top1", "cpu_h", "gpu_h", "source"]
+               "top1_oracle (test-selected)", "fp_top1", "ptq_top1", "precision", "cpu_h", "gpu_h", "source"]
     return pd.DataFrame(rows, columns=columns)
 
 

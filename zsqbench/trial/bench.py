@@ -5,12 +5,14 @@ A trial's wall time is ~all training iterations, and these networks are small (M
 dominate. This module measures it directly, in one process and interleaved:
 
 * ``step_s``: one full training iteration after warm-up, exactly as the trainer runs it:
-  ``generator.next_batch`` + ``generator.student_step`` (with the student update), feature
-  taps active, gradient monitor and loss accumulation included.
+  :func:`zsqbench.trial.step.iterate` (the generator's step, with the student update) inside the
+  training epoch's :func:`~zsqbench.trial.step.epoch_context`, feature taps active, gradient
+  monitor and loss accumulation included.
 * ``bare_s``: the irreducible network passes of that iteration with plain FP modules and
   nothing else (no quantizers, hooks or losses; ``sum()`` as the loss): generator forward
-  and backward, teacher forward and an input-gradient backward, and an FP student (an
-  unquantized copy of the teacher) forward and backward for input and weight gradients,
+  and backward (from :meth:`Generator.sample` on an eager copy of the generator; a random batch
+  for generators without a network), teacher forward and an input-gradient backward, and an FP
+  student (an unquantized copy of the teacher) forward and backward for input and weight gradients,
   all in one backward, on the same batch size, memory format, precision and threads.
   The bare passes always run eagerly (never compiled), so ``--compile`` shows up as a
   lower overhead.
@@ -33,23 +35,26 @@ import resource
 import statistics
 import tempfile
 import time
-from contextlib import AbstractContextManager, ExitStack, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from zsqbench.errors import UserError
-from zsqbench.trial.evaluate import top1
-from zsqbench.grid.request import _options as plugin_options
-from zsqbench.api.interfaces import TeacherModel
+from zsqbench.api.models import TeacherModel
+from zsqbench.api.options import fill_options
 from zsqbench.api.plugins import Plugins, get_plugins
-from zsqbench.grid.runner import resolve_device
+from zsqbench.errors import UserError
+from zsqbench.trial.build import build_trial_parts
+from zsqbench.trial.environment import resolve_device
+from zsqbench.trial.evaluate import top1
+from zsqbench.trial.monitor import EpochStats
 from zsqbench.trial.spec import Budget, PluginChoice, TrialSpec
-from zsqbench.trial.speed import ComputeSettings, apply_compute_settings, networks_of, tune_cpu_allocator
-from zsqbench.trial.train import GradientMonitor, build_trial_parts, seed_everything
+from zsqbench.trial.speed import ComputeSettings, apply_compute_settings, tune_cpu_allocator
+from zsqbench.trial.step import epoch_context, iterate
+from zsqbench.trial.trainer import seed_everything
 
 #: Generator options that keep a benchmark's setup short without changing the timed step
 #: (HAST's synthetic set: its content does not affect the speed of a training step).
@@ -90,7 +95,7 @@ class BenchConfig:
 class BenchSession:
     """The objects of one benchmark, ready to time: :meth:`step`, :meth:`bare`,
     :meth:`eval_student`, :meth:`eval_teacher`. Call :meth:`close` when done (or use it as
-    a context manager); :meth:`step` needs :meth:`taps_active` around it, as in the trainer."""
+    a context manager); :meth:`step` needs :meth:`training` around it, as in the trainer."""
 
     def __init__(self, config: BenchConfig, plugins: Plugins | None = None) -> None:
         self.config = c = config
@@ -113,9 +118,9 @@ class BenchSession:
         self.spec = TrialSpec(
             model=c.model, dataset=entry.dataset, w_bits=c.bits, a_bits=c.bits, seed=c.seed,
             generator=PluginChoice(name=c.generator,
-                                   options=plugin_options(gen_cls, gen_options, "generator", c.generator)),
+                                   options=fill_options(gen_cls, gen_options, "generator", c.generator)),
             loss=PluginChoice(name=c.loss,
-                              options=plugin_options(loss_cls, c.options.get(c.loss, {}), "loss", c.loss)),
+                              options=fill_options(loss_cls, c.options.get(c.loss, {}), "loss", c.loss)),
             budget=Budget(epochs=2, iters_per_epoch=max(1, c.iters), batch_size=c.batch_size, warmup_epochs=1),
         )
         self._tmp = tempfile.TemporaryDirectory(prefix="zsqbench-bench-")  # e.g. HAST's synthetic-set cache
@@ -131,72 +136,52 @@ class BenchSession:
         teacher = entry.build().to(self.device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-        self.parts = build_trial_parts(self.spec, plugins, entry, teacher, self.device, Path(self._tmp.name))
-        ctx, gen = self.parts.ctx, self.parts.generator
+        self.parts = parts = build_trial_parts(self.spec, plugins, entry, teacher, self.device, Path(self._tmp.name))
+        gen = parts.generator
         self.num_classes = entry.num_classes
+        self.input_size = tuple(entry.input_size)
 
         # The bare FP networks, copied before any compilation (they always run eagerly).
-        gen_net = getattr(gen, "net", None)
-        self.bare_generator = copy.deepcopy(gen_net).train() if isinstance(gen_net, nn.Module) else None
+        self.bare_generator = copy.deepcopy(gen) if gen.networks() else None
         self.bare_teacher = copy.deepcopy(teacher)
         self.bare_student = copy.deepcopy(teacher)
         for p in self.bare_student.parameters():
             p.requires_grad_(True)
+        bare_gen_nets = list(self.bare_generator.networks().values()) if self.bare_generator else []
         self.compute = compute = c.compute.resolved(self.device)
-        apply_compute_settings([n for n in (self.bare_generator, self.bare_teacher, self.bare_student) if n is not None],
-                               replace(compute, compile=False))
-        self._bare_params = [p for n in (self.bare_generator, self.bare_student) if n is not None
-                             for p in n.parameters()]
-        apply_compute_settings(networks_of(teacher, ctx.student, gen), compute)
+        apply_compute_settings([*bare_gen_nets, self.bare_teacher, self.bare_student], replace(compute, compile=False))
+        self._bare_params = [p for n in (*bare_gen_nets, self.bare_student) for p in n.parameters()]
+        apply_compute_settings(parts.networks(), compute)
 
         # Prepare and calibrate as in the warm-up epochs, then freeze the ranges (METHODS §1.3).
         gen.prepare()
-        ctx.quantizer.set_calibrating(ctx.student, True)
-        gen.start_epoch(0)
-        with self.taps_active():
+        calibration = self.spec.budget.phase(0)
+        with epoch_context(parts, calibration):
             for _ in range(c.calibration_iters):
-                batch = gen.next_batch(0)
-                with torch.no_grad():
-                    ctx.student(batch.x)
-                ctx.student_taps.take()
-        ctx.quantizer.set_calibrating(ctx.student, False)
-        self.epoch = self.spec.budget.warmup_epochs
-        gen.start_epoch(self.epoch)
-        self.monitor = GradientMonitor(ctx.student)
-        self.sums: dict[str, Tensor] = {}
+                iterate(parts, calibration)
+        self.phase = self.spec.budget.first_training_phase
+        self.stats = EpochStats(parts.ctx.student)
 
         g = torch.Generator().manual_seed(c.seed)
-        self.eval_inputs = torch.randn(c.eval_images, 3, 32, 32, generator=g)
+        self.eval_inputs = torch.randn(c.eval_images, *self.input_size, generator=g)
         self.eval_labels = torch.randint(0, entry.num_classes, (c.eval_images,), generator=g)
 
     # -- what is timed
-    def taps_active(self) -> ExitStack:
-        """Teacher and student feature taps active, as during a training epoch."""
-        stack = ExitStack()
-        stack.enter_context(self.parts.ctx.teacher_taps.active())
-        stack.enter_context(self.parts.ctx.student_taps.active())
-        return stack
+    def training(self) -> AbstractContextManager[float]:
+        """The training epoch's setting (frozen ranges, feature taps installed), as in the trainer."""
+        return epoch_context(self.parts, self.phase)
 
     def step(self) -> None:
-        """One training iteration after warm-up, as run_trial does it."""
-        p = self.parts
-        batch = p.generator.next_batch(self.epoch)
-        terms = p.generator.student_step(batch, p.objective, p.optimizer)
-        self.monitor.observe(terms["total"])
-        for k, v in terms.items():
-            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+        """One training iteration after warm-up, as the trainer runs it (inside :meth:`training`)."""
+        iterate(self.parts, self.phase, self.stats)
 
     def bare(self) -> None:
         """The same iteration's network passes alone, with plain FP modules (see the module doc)."""
         b, dev = self.config.batch_size, self.device
         for prm in self._bare_params:
             prm.grad = None
-        if self.bare_generator is not None:
-            z = torch.randn(b, self.bare_generator.latent_dim, device=dev)
-            y = torch.randint(0, self.num_classes, (b,), device=dev)
-            x = self.bare_generator(z, y)
-        else:
-            x = torch.randn(b, 3, 32, 32, device=dev, requires_grad=True)
+        batch = self.bare_generator.sample(b) if self.bare_generator is not None else None
+        x = batch.x if batch is not None else torch.randn(b, *self.input_size, device=dev, requires_grad=True)
         (self.bare_teacher(x).sum() + self.bare_student(x).sum()).backward()
 
     def eval_student(self, images: int | None = None) -> float:
@@ -251,7 +236,7 @@ def run_bench(config: BenchConfig, plugins: Plugins | None = None) -> dict[str, 
     with quantization, BenchSession(config, plugins) as session:
         steps: list[float] = []
         bares: list[float] = []
-        with session.taps_active():
+        with session.training():
             for _ in range(config.warmup_iters):
                 session.step()
                 session.bare()

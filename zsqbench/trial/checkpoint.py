@@ -1,9 +1,9 @@
 """Per-epoch trial checkpoints: everything needed to continue a trial bit for bit.
 
-Written atomically at the end of every epoch (student, generator, optimizer, quantizer
-ranges as student buffers, RNG states, the epoch records so far). A trial that was killed
-resumes from its last checkpoint and produces the same numbers as an uninterrupted run
-on the same device.
+Written atomically at the end of every epoch (student, generator, optimizer, quantizer ranges
+as student buffers, RNG states, the epoch records so far; see
+:meth:`zsqbench.trial.folder.TrialFolder.save_checkpoint`). A trial that was killed resumes from
+its last checkpoint and produces the same numbers as an uninterrupted run on the same device.
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ import numpy as np
 import torch
 
 from zsqbench.errors import UserError
-from zsqbench.files import write_bytes_atomic
 
 FORMAT = 1
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def rng_state() -> dict[str, Any]:
@@ -42,21 +40,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def checkpoint_path(trial_dir: Path) -> Path:
-    return Path(trial_dir) / CHECKPOINT_NAME
-
-
-def save_checkpoint(trial_dir: Path, state: dict[str, Any]) -> None:
+def encode(state: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buf)
-    write_bytes_atomic(checkpoint_path(trial_dir), buf.getvalue())
+    return buf.getvalue()
 
 
-def load_checkpoint(trial_dir: Path, trial_id: str | None = None) -> dict[str, Any] | None:
-    """The trial's last checkpoint, None if it has none; a corrupt one is a user error."""
-    path = checkpoint_path(trial_dir)
-    if not path.is_file():
-        return None
+def decode(path: Path, trial_id: str | None = None) -> dict[str, Any]:
+    """A checkpoint file's state; a corrupt or foreign one is a user error naming the fix."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # truncated zip, pickle errors, ...

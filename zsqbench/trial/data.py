@@ -2,22 +2,28 @@
 
 The data root comes from, in order: an explicit flag/config value, ``ZSQBENCH_DATA``, or
 ``~/.cache/zsqbench/data``. Files are read in torchvision's layout directly, so a root
-that holds only the test file (no train batches) works.
+that holds only the test file (no train batches) works. A missing test set is downloaded
+(the official archive, md5 verified; only the test split and its metadata are kept) unless
+the run is offline.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from zsqbench.api.models import Normalization
 from zsqbench.errors import DataNotFoundError, UnknownNameError, UserError
-from zsqbench.files import file_digest
-from zsqbench.api.interfaces import Normalization
+from zsqbench.files import file_digest, write_bytes_atomic
+from zsqbench.trial.download import download
+from zsqbench.trial.progress import ProgressSink
 
 DATA_ENV = "ZSQBENCH_DATA"
 DEFAULT_DATA_ROOT = Path("~/.cache/zsqbench/data").expanduser()
@@ -32,11 +38,18 @@ class DatasetInfo:
     folder: str
     test_file: str
     label_key: str
+    meta_file: str
+    url: str
+    md5: str  # of the archive at ``url``, as torchvision pins it
 
 
 DATASETS = {
-    "cifar10": DatasetInfo("cifar10", 10, "cifar-10-batches-py", "test_batch", "labels"),
-    "cifar100": DatasetInfo("cifar100", 100, "cifar-100-python", "test", "fine_labels"),
+    "cifar10": DatasetInfo("cifar10", 10, "cifar-10-batches-py", "test_batch", "labels", "batches.meta",
+                           "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                           "c58f30108f718f92721af3b95e74349a"),
+    "cifar100": DatasetInfo("cifar100", 100, "cifar-100-python", "test", "fine_labels", "meta",
+                            "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                            "eb9058c3a382ffc7106e4002c42a8d85"),
 }
 
 
@@ -84,31 +97,33 @@ def test_file_path(name: str, root: Path) -> Path:
     return root / info.folder / info.test_file
 
 
-def download_test_set(name: str, root: Path) -> None:
-    """Fetch the official archive with torchvision (it holds train batches too; we read only test)."""
-    import torchvision
+def download_test_set(name: str, root: Path, progress: ProgressSink | None = None) -> None:
+    """Fetch the official archive, verify its md5, and keep only the test split and metadata."""
+    info = dataset_info(name)
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
+        archive = download(info.url, Path(tmp) / Path(info.url).name, algorithm="md5", digest=info.md5,
+                           what=f"the {name} archive", progress=progress)
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in (info.test_file, info.meta_file):
+                source = tar.extractfile(f"{info.folder}/{member}")
+                if source is None:
+                    raise DataNotFoundError(f"the {name} archive from {info.url} holds no {info.folder}/{member}")
+                write_bytes_atomic(root / info.folder / member, source.read())
 
-    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-    try:
-        cls(str(root), train=False, download=True)
-    except Exception as exc:  # network errors come in many types
-        raise DataNotFoundError(
-            f"could not download the {name} test set into {root}: {exc}; "
-            "download it by hand or point --data-root/ZSQBENCH_DATA at a copy"
-        ) from None
 
-
-def load_test_set(name: str, root: Path, download: bool = False) -> TestSet:
+def load_test_set(name: str, root: Path, offline: bool = True, progress: ProgressSink | None = None) -> TestSet:
+    """The test split, downloaded first when it is missing and ``offline`` is False."""
     info = dataset_info(name)
     path = test_file_path(name, root)
     if not path.is_file():
-        if download:
-            download_test_set(name, root)
-        if not path.is_file():
+        if offline:
             raise DataNotFoundError(
                 f"{name} test set not found at {path}; set --data-root or ZSQBENCH_DATA to a folder "
-                f"holding {info.folder}/{info.test_file} (torchvision layout), or pass --download"
+                f"holding {info.folder}/{info.test_file} (torchvision layout), or run without --offline "
+                "(and without ZSQBENCH_OFFLINE) to download it"
             )
+        download_test_set(name, root, progress)
     try:
         with open(path, "rb") as fh:
             raw = pickle.load(fh, encoding="latin1")

@@ -1,7 +1,8 @@
 """Trial specifications: one pydantic model per grid cell, hashed into its trial id.
 
-A spec is complete and concrete: every plugin option is filled in with its default
-before hashing, so two commands that mean the same trial get the same id.
+A spec is complete and concrete: every plugin option is filled in with its default before
+hashing, so two commands that mean the same trial get the same id; and it names the teacher
+checkpoint, so a trial is never reused with another teacher.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from zsqbench.errors import UserError
+from zsqbench.api.generator import Phase
+from zsqbench.bits import MAX_BITS, MIN_BITS, bits_label
 
-MIN_BITS, MAX_BITS = 2, 8
 
 
 class StrictModel(BaseModel):
@@ -45,6 +46,21 @@ class Budget(StrictModel):
         """Multi-step decay: at the start of epoch e, 0.1 ** (#milestones <= e)."""
         return 0.1 ** sum(1 for m in self.lr_milestones if m <= epoch)
 
+    def phase(self, epoch: int) -> Phase:
+        """The phase of an epoch: the first ``warmup_epochs`` calibrate, the rest train. The one
+        place that decides it; the trainer hands the result to the plugins."""
+        return Phase(epoch=epoch, calibrating=epoch < self.warmup_epochs)
+
+    @property
+    def first_training_phase(self) -> Phase:
+        return self.phase(self.warmup_epochs)
+
+    @property
+    def ptq_epoch(self) -> int:
+        """The last calibration epoch: its evaluation is the PTQ accuracy (ranges calibrated, no
+        student update yet), and every epoch from it on is evaluated."""
+        return self.warmup_epochs - 1
+
 
 class OptimSettings(StrictModel):
     """Student SGD and generator Adam settings (METHODS §3.3, §4.1)."""
@@ -62,8 +78,28 @@ class PluginChoice(StrictModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class TeacherRef(StrictModel):
+    """Which teacher checkpoint a trial uses: a pinned one by its tag and pinned digest, or a
+    user's file ("unpinned") by its sha256. Part of the trial id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tag: str
+    digest: str = Field(description="'sha256:<hex>' or 'sha1:<hex>' (pytorchcv pins sha1)")
+
+    @property
+    def short(self) -> str:
+        algorithm, _, value = self.digest.partition(":")
+        return f"{self.tag} ({algorithm} {value[:8]})"
+
+
 class TrialSpec(StrictModel):
-    """Everything that determines one trial's numbers (and nothing about where it runs)."""
+    """Everything that determines one trial's numbers (and nothing about where it runs).
+
+    ``teacher`` is None only in specs written before the teacher was part of the trial id;
+    such specs keep their old ids (``canonical_json`` leaves the field out), so old results
+    folders stay readable.
+    """
 
     model: str
     dataset: str
@@ -75,6 +111,7 @@ class TrialSpec(StrictModel):
     seed: int = Field(ge=0)
     budget: Budget
     optim: OptimSettings = OptimSettings()
+    teacher: TeacherRef | None = None
     budget_name: str = Field("custom", description="label of the preset; not part of the trial id")
 
     @field_validator("w_bits", "a_bits")
@@ -85,7 +122,8 @@ class TrialSpec(StrictModel):
         return v
 
     def canonical_json(self) -> str:
-        data = self.model_dump(mode="json", exclude={"budget_name"})
+        exclude = {"budget_name"} | ({"teacher"} if self.teacher is None else set())
+        data = self.model_dump(mode="json", exclude=exclude)
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @property
@@ -94,33 +132,4 @@ class TrialSpec(StrictModel):
 
     @property
     def bits_label(self) -> str:
-        return f"w{self.w_bits}a{self.a_bits}"
-
-
-def parse_bits(text: str) -> list[tuple[int, int]]:
-    """'3,4,5' -> [(3,3),(4,4),(5,5)]; '4/8' -> [(4,8)] (weights/activations)."""
-    pairs: list[tuple[int, int]] = []
-    for item in (p.strip() for p in str(text).split(",")):
-        if not item:
-            continue
-        parts = item.split("/")
-        try:
-            if len(parts) == 1:
-                w = a = int(parts[0])
-            elif len(parts) == 2:
-                w, a = int(parts[0]), int(parts[1])
-            else:
-                raise ValueError
-        except ValueError:
-            raise UserError(
-                f"bad bit-width '{item}': use integers like '3,4,5' (wXaX) or '4/8' (w4a8)"
-            ) from None
-        for b in (w, a):
-            if not MIN_BITS <= b <= MAX_BITS:
-                raise UserError(
-                    f"bad bit-width '{item}': bits must be between {MIN_BITS} and {MAX_BITS}"
-                )
-        pairs.append((w, a))
-    if not pairs:
-        raise UserError("no bit-width given: pass e.g. --bits 3,4,5")
-    return pairs
+        return bits_label(self.w_bits, self.a_bits)

@@ -3,7 +3,7 @@
 Each changes the floating-point results (at the rounding level for channels-last and
 compile, more for TF32 and bf16). Only the memory format has a measured default: the
 others are opt-in, and a trial records the settings it ran with. They are shared by the
-trainer (:class:`zsqbench.trial.train.Environment`) and ``zsqbench bench`` so that a benchmark
+trainer (:class:`zsqbench.trial.environment.Environment`) and ``zsqbench bench`` so that a benchmark
 measures exactly what a trial would run.
 
 * ``channels_last``: NHWC convolutions. ``None`` (the default) resolves by device, from
@@ -31,7 +31,7 @@ import ctypes
 import os
 import sys
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -175,30 +175,6 @@ def set_tf32(enabled: bool | None) -> None:
     torch.backends.cudnn.allow_tf32 = enabled
 
 
-def networks_of(*objects: Any) -> list[nn.Module]:
-    """The networks held by the given objects: modules themselves, or modules among the
-    attributes of zsqbench objects (a generator's ``net``, HAST's calibration generator's
-    ``net``), two attribute levels deep. Each network once, outermost modules only."""
-    found: dict[int, nn.Module] = {}
-
-    def visit(obj: Any, depth: int) -> Iterator[nn.Module]:
-        if isinstance(obj, nn.Module):
-            yield obj
-            return
-        module_name = type(obj).__module__ or ""
-        if depth == 0 or not module_name.startswith(("zsqbench", "zsqbench_plugins")):
-            return
-        for value in list(getattr(obj, "__dict__", {}).values()):
-            yield from visit(value, depth - 1)
-
-    for obj in objects:
-        for net in visit(obj, 2):
-            found.setdefault(id(net), net)
-    nets = list(found.values())
-    inner = {id(sub) for net in nets for sub in net.modules() if sub is not net}
-    return [n for n in nets if id(n) not in inner]
-
-
 def _allow_compiled_backward_twice() -> None:
     """AdaDFQ's shared student forward backpropagates the same graph twice (generator step
     with ``retain_graph``, then the student step). A compiled backward that donates its
@@ -229,5 +205,5 @@ def apply_compute_settings(networks: Iterable[nn.Module], settings: ComputeSetti
 
 
 __all__ = [
-    "CHANNELS_LAST_BY_DEFAULT", "ComputeSettings", "compute_label", "tune_cpu_allocator", "PRECISIONS", "apply_compute_settings", "networks_of", "set_conv_precision", "set_tf32",
+    "CHANNELS_LAST_BY_DEFAULT", "ComputeSettings", "compute_label", "tune_cpu_allocator", "PRECISIONS", "apply_compute_settings", "set_conv_precision", "set_tf32",
 ]

@@ -1,25 +1,35 @@
-"""Loading a pinned teacher checkpoint: find it, verify it, and say which one it is.
+"""Teacher checkpoints: which one a trial uses, and loading it verified.
 
-Lookup order: an explicit file (any weights; sha256 recorded and matched against the pinned
-list), ``<data root>/weights/<filename>`` for each pinned checkpoint, then a download into
-the data root when allowed. A file found under a pinned name whose hash differs is an
-error: a corrupt or substituted teacher silently changes every number.
+:func:`select_checkpoint` decides, before anything runs, which checkpoint a trial will use (its
+:class:`~zsqbench.trial.spec.TeacherRef` goes into the trial id): an explicit file (matched
+against the pinned list by sha256, else "unpinned"), else the first pinned checkpoint found
+under ``<data root>/weights/``, else the first downloadable one when downloads are allowed.
+:func:`load_teacher` then loads exactly that checkpoint, verifying its digest: a file found under
+a pinned name whose hash differs is an error (a corrupt or substituted teacher silently changes
+every number), and so is an explicit file that changed since the trial was planned.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
-import warnings
+import tempfile
 import zipfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from zsqbench.api.models import Normalization, PretrainedWeights, TeacherModel
 from zsqbench.errors import ChecksumError, DataNotFoundError, UserError
 from zsqbench.files import file_digest, write_bytes_atomic
-from zsqbench.api.interfaces import Normalization, PretrainedWeights, TeacherModel
+from zsqbench.trial.download import download
+from zsqbench.trial.progress import ProgressSink
+from zsqbench.trial.spec import TeacherRef
+
+UNPINNED = "unpinned"
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,47 @@ class LoadedTeacher:
     sha256: str
     normalization: Normalization
     expected_top1: float | None
+
+
+@lru_cache(maxsize=32)
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
+    return file_digest(path)
+
+
+def sha256_of(path: Path) -> str:
+    """The file's sha256, hashed once per process while the file is unchanged."""
+    st = path.stat()
+    return _sha256(path.resolve(), st.st_size, st.st_mtime_ns)
+
+
+def _explicit(weights_file: Path) -> Path:
+    path = Path(weights_file).expanduser()
+    if not path.is_file():
+        raise DataNotFoundError(f"teacher weights file not found: {path}; check --teacher-weights")
+    return path
+
+
+def select_checkpoint(entry: TeacherModel, data_root: Path, weights_file: Path | None = None,
+                      offline: bool = True) -> TeacherRef:
+    """The checkpoint trials of ``entry`` will use under these settings (nothing is loaded)."""
+    if weights_file is not None:
+        sha = sha256_of(_explicit(weights_file))
+        pinned = next((w for w in entry.weights if w.sha256 == sha), None)
+        return TeacherRef(tag=pinned.tag, digest=pinned.digest) if pinned else TeacherRef(tag=UNPINNED,
+                                                                                         digest=f"sha256:{sha}")
+    folder = data_root / "weights"
+    for w in entry.weights:
+        if (folder / w.filename).is_file():
+            return TeacherRef(tag=w.tag, digest=w.digest)
+    downloadable = next((w for w in entry.weights if w.url), None)
+    if not offline and downloadable is not None:
+        return TeacherRef(tag=downloadable.tag, digest=downloadable.digest)
+    names = ", ".join(w.filename for w in entry.weights)
+    how = "or run without --offline to download it" if downloadable else "(none can be downloaded)"
+    raise DataNotFoundError(
+        f"no weights for teacher '{entry.name}' under {folder} (looked for {names}); "
+        f"set --data-root/ZSQBENCH_DATA, pass --teacher-weights FILE, {how}"
+    )
 
 
 def _verify_pinned(w: PretrainedWeights, path: Path, sha256: str) -> None:
@@ -48,21 +99,24 @@ def _verify_pinned(w: PretrainedWeights, path: Path, sha256: str) -> None:
             )
 
 
-def _download(w: PretrainedWeights, dest: Path) -> None:
-    from urllib.request import urlopen
-
+def _download(w: PretrainedWeights, dest: Path, progress: ProgressSink | None) -> None:
+    """The release file (for pytorchcv a zip holding the checkpoint); the checkpoint's pinned
+    digest is checked before it is written under its name."""
     if not w.url:
-        raise DataNotFoundError(f"the '{w.tag}' weights have no download URL")
-    try:
-        with urlopen(w.url, timeout=60) as resp:  # noqa: S310 - pinned https URL
-            data = resp.read()
-    except Exception as exc:  # network errors come in many types
-        raise DataNotFoundError(
-            f"could not download {w.url}: {exc}; download it by hand into {dest.parent}"
-        ) from None
+        raise DataNotFoundError(f"the '{w.tag}' weights have no download URL; put {w.filename} into {dest.parent}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as tmp:
+        fetched = download(w.url, Path(tmp) / Path(w.url).name, what=f"the '{w.tag}' weights of {w.filename}",
+                           progress=progress)
+        data = fetched.read_bytes()
     if w.url.endswith(".zip"):
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             data = zf.read(w.archive_member or zf.namelist()[0])
+    algorithm, _, expected = w.digest.partition(":")
+    digest = hashlib.new(algorithm, data).hexdigest()
+    if digest != expected:
+        raise ChecksumError(f"the downloaded '{w.tag}' weights have {algorithm} {digest[:12]}…, expected "
+                            f"{expected[:12]}…; try again or fetch {w.filename} by hand into {dest.parent}")
     write_bytes_atomic(dest, data)
 
 
@@ -84,45 +138,39 @@ def _load_state(module: nn.Module, path: Path) -> None:
         )
 
 
-def load_teacher(
-    entry: TeacherModel, data_root: Path, weights_file: Path | None = None, download: bool = False
-) -> LoadedTeacher:
+def load_teacher(entry: TeacherModel, ref: TeacherRef, data_root: Path, weights_file: Path | None = None,
+                 offline: bool = True, progress: ProgressSink | None = None) -> LoadedTeacher:
+    """The FP teacher with exactly the checkpoint ``ref`` names, verified."""
     module = entry.build()
-    if weights_file is not None:
-        path = Path(weights_file).expanduser()
-        if not path.is_file():
-            raise DataNotFoundError(f"teacher weights file not found: {path}; check --teacher-weights")
-        sha = file_digest(path)
-        pinned = next((w for w in entry.weights if w.sha256 == sha), None)
+    if ref.tag == UNPINNED:
+        if weights_file is None:
+            raise UserError(f"this trial uses unpinned teacher weights ({ref.digest[:15]}…); pass the same file "
+                            "with --teacher-weights")
+        path = _explicit(weights_file)
+        sha = sha256_of(path)
+        if f"sha256:{sha}" != ref.digest:
+            raise ChecksumError(f"teacher weights file {path} has changed since the trial was planned (sha256 "
+                                f"{sha[:12]}…, the trial's spec says {ref.digest[7:19]}…); re-run the grid to "
+                                "plan new trials for it")
         _load_state(module, path)
-        if pinned is None:
-            default = entry.weights[0]
-            warnings.warn(
-                f"{path} is not a pinned {entry.name} checkpoint; using the '{default.tag}' "
-                "normalization and no expected accuracy",
-                stacklevel=2,
-            )
-            return LoadedTeacher(module, "unpinned", path, sha, default.normalization, None)
-        return LoadedTeacher(module, pinned.tag, path, sha, pinned.normalization, pinned.expected_top1)
+        default = entry.weights[0]
+        return LoadedTeacher(module, UNPINNED, path, sha, default.normalization, None)
 
-    folder = data_root / "weights"
-    for w in entry.weights:
-        path = folder / w.filename
-        if path.is_file():
-            sha = file_digest(path)
-            _verify_pinned(w, path, sha)
-            _load_state(module, path)
-            return LoadedTeacher(module, w.tag, path, sha, w.normalization, w.expected_top1)
-    if download:
-        w = entry.weights[0]
-        path = folder / w.filename
-        _download(w, path)
-        sha = file_digest(path)
-        _verify_pinned(w, path, sha)
-        _load_state(module, path)
-        return LoadedTeacher(module, w.tag, path, sha, w.normalization, w.expected_top1)
-    names = ", ".join(w.filename for w in entry.weights)
-    raise DataNotFoundError(
-        f"no weights for teacher '{entry.name}' under {folder} (looked for {names}); "
-        "set --data-root/ZSQBENCH_DATA, pass --teacher-weights FILE, or --download"
-    )
+    try:
+        w = entry.pinned(ref.tag)
+    except KeyError:
+        raise UserError(f"teacher '{entry.name}' no longer pins a checkpoint '{ref.tag}'; this trial cannot run "
+                        "with this zsqbench version") from None
+    if w.digest != ref.digest:
+        raise UserError(f"the '{ref.tag}' checkpoint of '{entry.name}' is now pinned as {w.digest[:15]}…, the trial's "
+                        f"spec says {ref.digest[:15]}…; re-run the grid to plan new trials")
+    path = _explicit(weights_file) if weights_file is not None else data_root / "weights" / w.filename
+    if not path.is_file():
+        if offline:
+            raise DataNotFoundError(f"teacher weights {path} not found ('{w.tag}' checkpoint of '{entry.name}'); "
+                                    "put the file there, pass --teacher-weights FILE, or run without --offline")
+        _download(w, path, progress)
+    sha = sha256_of(path)
+    _verify_pinned(w, path, sha)
+    _load_state(module, path)
+    return LoadedTeacher(module, w.tag, path, sha, w.normalization, w.expected_top1)

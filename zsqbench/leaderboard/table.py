@@ -1,9 +1,10 @@
-"""Strict reading of leaderboard CSVs (per-trial or aggregated) and writing them as text.
+"""Leaderboard tables on disk and as text: the one strict reader, the one writer, the renderings.
 
 A leaderboard that was cut short (a crashed copy, a full disk) or edited by hand must not be
 averaged silently: pandas fills a short last row with NaN and shifts a long row into the index,
-so every row is first checked with the csv module, then required cells and numbers are checked.
-The leaderboard, compare and plot commands all read through :func:`read_table`.
+so every row is first checked with the csv module, then required cells and types are checked
+against :mod:`zsqbench.leaderboard.schema`. Every command (leaderboard, compare, plot) and the
+runner's own updates read through :func:`read_table`, which takes a CSV file or a results folder.
 """
 
 from __future__ import annotations
@@ -11,41 +12,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
+from rich.table import Table
 
 from zsqbench.errors import UserError
+from zsqbench.files import write_text_atomic
+from zsqbench.leaderboard.schema import PER_TRIAL, REQUIRED, Kind, is_missing, of_type, plain
 
-Kind = Literal["per-trial", "aggregated"]
-
-# Columns read as text whatever they look like (a seed list "0" or a hex hash of digits only).
-TEXT_COLUMNS = (
-    "trial_id", "run", "model", "dataset", "generator", "loss", "quantizer", "budget", "device",
-    "teacher_weights", "teacher_sha256", "data_sha256", "zsqbench_version", "torch_version", "git_hash",
-    "finished_at", "status", "seeds", "source", "note",
-)
-INT_COLUMNS = ("w_bits", "a_bits", "seed", "epochs", "iters_per_epoch", "batch_size", "warmup_epochs", "n_seeds")
-FLOAT_COLUMNS = (
-    "fp_top1", "ptq_top1", "top1_last", "top1_oracle", "wall_s", "top1_last_mean", "top1_last_std",
-    "top1_oracle_mean", "top1_oracle_std", "ptq_top1_mean", "cpu_hours", "gpu_hours",
-)
-
-# What each kind needs present and non-empty in every row to be aggregated or compared.
-REQUIRED: dict[Kind, tuple[str, ...]] = {
-    "per-trial": (
-        "trial_id", "model", "dataset", "generator", "loss", "quantizer", "w_bits", "a_bits", "budget", "seed",
-        "epochs", "iters_per_epoch", "batch_size", "fp_top1", "ptq_top1", "top1_last", "top1_oracle", "wall_s",
-        "device", "teacher_sha256",
-    ),
-    "aggregated": (
-        "model", "dataset", "generator", "loss", "quantizer", "w_bits", "a_bits", "budget", "n_seeds",
-        "top1_last_mean", "source",
-    ),
-}
-
+LEADERBOARD_NAME = "leaderboard.csv"
 
 def _fail(path: Path, problem: str, fix: str = "regenerate it") -> UserError:
     """One-line error: CSV problems are user-fixable, and tracebacks would hide the file name."""
@@ -95,14 +72,17 @@ def _check_cells(path: Path, frame: pd.DataFrame, kind: Kind) -> pd.DataFrame:
         empty = frame.index[frame[col].isna() & counted].tolist()
         if empty:
             raise _fail(path, f"data row {empty[0] + 1} has no value in column '{col}' (truncated or hand-edited?)")
-    for col in (*INT_COLUMNS, *FLOAT_COLUMNS):
-        if col not in frame.columns:
+    for col in frame.columns:
+        if col in of_type("bool"):
+            frame[col] = _booleans(path, frame, col)
+            continue
+        if col not in of_type("int") and col not in of_type("float"):
             continue
         numbers = pd.to_numeric(frame[col], errors="coerce")
         bad = frame.index[numbers.isna() & frame[col].notna()].tolist()
         if bad:
             raise _fail(path, f"data row {bad[0] + 1}: column '{col}' holds {frame[col][bad[0]]!r}, not a number")
-        if col in INT_COLUMNS:
+        if col in of_type("int"):
             if ((numbers.dropna() % 1) != 0).any():
                 raise _fail(path, f"column '{col}' must hold whole numbers")
             frame[col] = numbers.astype("Int64")
@@ -111,8 +91,22 @@ def _check_cells(path: Path, frame: pd.DataFrame, kind: Kind) -> pd.DataFrame:
     return frame
 
 
+def resolve_table(path: Path) -> Path:
+    """A leaderboard CSV, or a results folder standing for its ``leaderboard.csv``."""
+    path = Path(path)
+    if path.is_dir():
+        inside = path / LEADERBOARD_NAME
+        if not inside.is_file():
+            raise UserError(f"results folder {path} has no {LEADERBOARD_NAME} (no trial finished there yet); "
+                            "pass the --out folder of a `zsqbench run` or a leaderboard CSV")
+        return inside
+    return path
+
+
 def read_table(path: Path) -> tuple[pd.DataFrame, Kind]:
-    """Read a per-trial or aggregated leaderboard, refusing anything cut short or malformed."""
+    """Read a per-trial or aggregated leaderboard (a CSV or a results folder), refusing anything
+    cut short or malformed."""
+    path = resolve_table(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -125,15 +119,66 @@ def read_table(path: Path) -> tuple[pd.DataFrame, Kind]:
     header = next(csv.reader(io.StringIO(text, newline="")))
     kind = detect_kind(path, header)
     try:
-        frame = pd.read_csv(io.StringIO(text), dtype={c: str for c in TEXT_COLUMNS if c in header},
+        frame = pd.read_csv(io.StringIO(text), dtype={c: str for c in of_type("text") if c in header},
                             index_col=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         raise _fail(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    if kind == "per-trial" and "compute" in frame.columns and "precision" not in frame.columns:
+        frame = _upgrade_compute_label(frame)
     return _check_cells(path, frame, kind), kind
 
 
 # ----------------------------------------------------------------------------------------------
 # Writing: CSV (machine-readable numbers), JSON (nulls for missing), Markdown (display strings).
+
+
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+
+
+def _booleans(path: Path, frame: pd.DataFrame, col: str) -> pd.Series:
+    def convert(value: Any) -> Any:
+        if is_missing(value) or isinstance(value, bool):
+            return pd.NA if is_missing(value) else value
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise _fail(path, f"column '{col}' holds {value!r}, not True/False")
+
+    return frame[col].map(convert).astype("boolean")
+
+
+def _upgrade_compute_label(frame: pd.DataFrame) -> pd.DataFrame:
+    """Leaderboards written before the compute settings had columns of their own held one label
+    ("fp32,channels-last"); this is the one place that reads it, to turn it into the columns."""
+    frame = frame.copy()
+    labels = frame.pop("compute").fillna("").astype(str)
+    parts = labels.str.split(",")
+    frame["precision"] = parts.str[0].replace("", "fp32")
+    frame["channels_last"] = labels.str.contains("channels-last")
+    frame["compile"] = parts.map(lambda p: "compile" in p)
+    frame["tf32"] = parts.map(lambda p: True if "tf32" in p else (False if "no-tf32" in p else pd.NA))
+    return frame
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing: the per-trial table (atomic, one row per trial id) and text renderings.
+
+
+def upsert_row(path: Path, row: dict[str, Any]) -> None:
+    """Add or replace (by trial id) one trial's row; the file is rewritten atomically, in schema order."""
+    if Path(path).exists():
+        frame, kind = read_table(path)
+        if kind != "per-trial":
+            raise UserError(f"{path} is an aggregated leaderboard; trials are written to a per-trial one")
+        frame = frame[frame["trial_id"] != row["trial_id"]]
+        frame = pd.concat([frame, pd.DataFrame([row])], ignore_index=True) if len(frame) else pd.DataFrame([row])
+    else:
+        frame = pd.DataFrame([row])
+    extra = [c for c in frame.columns if c not in PER_TRIAL]
+    write_text_atomic(Path(path), to_csv_text(frame.reindex(columns=[*PER_TRIAL, *extra])))
 
 
 def to_csv_text(frame: pd.DataFrame) -> str:
@@ -142,34 +187,32 @@ def to_csv_text(frame: pd.DataFrame) -> str:
     return buf.getvalue()
 
 
-def _plain(value: Any) -> Any:
-    """numpy/pandas scalars and missing values as JSON-friendly Python values."""
-    if value is None or value is pd.NA:
-        return None
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if hasattr(value, "item"):
-        value = value.item()
-        if isinstance(value, float) and math.isnan(value):
-            return None
-    return value
-
-
 def to_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    return [{str(k): _plain(v) for k, v in row.items()} for row in frame.to_dict("records")]
+    return [{str(k): plain(v) for k, v in row.items()} for row in frame.to_dict("records")]
 
 
 def to_json_text(frame: pd.DataFrame) -> str:
     return json.dumps(to_records(frame), indent=2)
 
 
+def _cell(value: Any) -> str:
+    value = plain(value)
+    return "" if value is None else str(value)
+
+
 def to_markdown(frame: pd.DataFrame, note: str = "") -> str:
     """A GitHub-flavoured Markdown table of the frame's cells as they are (pass display strings)."""
-    def cell(v: Any) -> str:
-        v = _plain(v)
-        return "" if v is None else str(v).replace("|", "\\|")
-
     header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
     sep = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    body = ["| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, sep, *body]) + (f"\n\n{note}\n" if note else "\n")
+
+
+def to_rich_table(frame: pd.DataFrame, title: str = "", caption: str = "", **options: Any) -> Table:
+    """The frame as a terminal table (display strings, like :func:`to_markdown`)."""
+    table = Table(title=title or None, caption=caption or None, **options)
+    for c in frame.columns:
+        table.add_column(str(c), overflow="fold")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(_cell(v) for v in row))
+    return table

@@ -1,0 +1,50 @@
+"""Executors: where the jobs of a grid run (this process, one process per GPU, a cluster)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+from zsqbench.api.options import NoOptions, PluginOptions
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """One trial to run, in a form that pickles to another process or machine.
+
+    The trial folder already holds ``spec.json``; the job writes ``result.json`` (done) or
+    ``error.json`` (failed) there, resuming from ``checkpoint.pt`` if one exists.
+    """
+
+    trial_id: str
+    trial_dir: str
+    label: str
+    env: dict[str, Any]  # zsqbench.trial.environment.Environment fields as plain values
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    trial_id: str
+    status: str  # "done", "failed", "diverged"
+    error: str = ""
+
+
+class Executor(ABC):
+    """Runs trial jobs somewhere.
+
+    Executors call :func:`zsqbench.grid.runner.execute_job` for each job wherever it runs and
+    report every finished job through ``on_done`` in the coordinating process, which alone
+    writes the leaderboard.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Options: ClassVar[type[PluginOptions]] = NoOptions
+
+    def __init__(self, options: PluginOptions, max_parallel: int | None = None) -> None:
+        self.options = options
+        self.max_parallel = max_parallel
+
+    @abstractmethod
+    def run(self, jobs: list[TrialJob], on_done: Callable[[TrialJob, JobOutcome], None], progress: Any) -> None: ...

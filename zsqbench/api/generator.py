@@ -1,0 +1,215 @@
+"""Generators: the data source of a trial, and the plug point for a method's training step.
+
+One iteration of a trial is :meth:`Generator.step`. Its default is GDFQ's order: produce a
+batch (:meth:`Generator.next_batch`, which may update the generator), then either calibrate the
+student's activation ranges on it (calibration phase) or update the student
+(:meth:`Generator.student_step`, by default :meth:`StudentUpdate.step`). A method that changes
+the order overrides ``step`` (AdaDFQ reuses its generator step's student forward) or
+``student_step`` (HAST's perturbed double pass). The trainer passes the :class:`Phase`; no
+plugin derives it from epoch numbers, and no plugin changes the trainer's state.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from zsqbench.api.features import FeatureTaps
+from zsqbench.api.losses import LossInputs, NativeLosses, StudentObjective
+from zsqbench.api.models import TeacherModel
+from zsqbench.api.options import NoOptions, PluginOptions
+
+if TYPE_CHECKING:  # pragma: no cover
+    from zsqbench.trial.spec import TrialSpec
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Where an iteration stands: its epoch, and whether the epoch calibrates the student's
+    activation ranges (no student update) or trains the student. Made by
+    :meth:`zsqbench.trial.spec.Budget.phase`, the one place that knows the warm-up length."""
+
+    epoch: int
+    calibrating: bool
+
+    @property
+    def training(self) -> bool:
+        return not self.calibrating
+
+    @property
+    def name(self) -> str:
+        """"warmup" or "train", as recorded per epoch in metrics.jsonl and result.json."""
+        return "warmup" if self.calibrating else "train"
+
+
+@dataclass
+class Batch:
+    """One batch for the student. ``x`` is detached from the generator. When the generator
+    already ran the teacher on ``x`` it passes the (detached) logits and tapped features, so
+    the student step need not run the teacher again."""
+
+    x: Tensor
+    y: Tensor
+    teacher_logits: Tensor | None = None
+    teacher_features: dict[str, Tensor] | None = None
+
+
+@dataclass
+class TrainContext:
+    """What a generator may use: the networks, the trial settings and helpers."""
+
+    spec: "TrialSpec"
+    teacher_entry: TeacherModel
+    teacher: nn.Module
+    student: nn.Module
+    device: torch.device
+    cache_dir: Path
+    teacher_taps: FeatureTaps
+    student_taps: FeatureTaps
+    # Reports the progress of long preparation work: (description, completed, total).
+    report: Callable[[str, int, int], None] = lambda desc, done, total: None
+
+    @property
+    def num_classes(self) -> int:
+        return self.teacher_entry.num_classes
+
+    def teacher_forward(self, x: Tensor, detach_features: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+        """Teacher logits and the tapped features of this very forward. The logits follow the
+        caller's grad mode; the features are detached unless the caller needs their graph
+        (HAST's input gradient flows through the teacher's features)."""
+        logits = self.teacher(x)
+        return logits, self.teacher_taps.take(detach=detach_features)
+
+    def student_forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Student logits and tapped features, both with their graph."""
+        logits = self.student(x)
+        return logits, self.student_taps.take(detach=False)
+
+
+class StudentUpdate:
+    """The student side of one iteration, made by the core and handed to :meth:`Generator.step`:
+    the trial's objective and optimizer, and the standard ways to use them."""
+
+    def __init__(self, ctx: TrainContext, objective: StudentObjective, optimizer: torch.optim.Optimizer) -> None:
+        self.ctx = ctx
+        self.objective = objective
+        self.optimizer = optimizer
+        self.parameters = [p for p in ctx.student.parameters() if p.requires_grad]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.ctx.student_forward(x)
+
+    def calibrate(self, x: Tensor) -> None:
+        """A student forward that only moves the activation ranges (calibration phase)."""
+        with torch.no_grad():
+            self.ctx.student(x)
+        self.ctx.student_taps.take(detach=True)
+
+    def teacher_outputs(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """The batch's teacher outputs, or a no-grad teacher forward when it carries none."""
+        if batch.teacher_logits is None:
+            with torch.no_grad():
+                return self.ctx.teacher_forward(batch.x)
+        return batch.teacher_logits, batch.teacher_features or {}
+
+    def step(self, batch: Batch) -> dict[str, Tensor]:
+        """The standard update: teacher outputs, student forward, objective, one optimizer step."""
+        t, t_feats = self.teacher_outputs(batch)
+        s, s_feats = self.forward(batch.x)
+        return self.minimize(LossInputs(s, t, batch.y, s_feats, t_feats))
+
+    def minimize(self, inputs: LossInputs, *, shared_graph: bool = False) -> dict[str, Tensor]:
+        """The objective on ``inputs``, its gradient, one optimizer step; the detached terms.
+
+        ``shared_graph``: the student tensors come from a forward whose graph also leads back
+        through the images into the generator (AdaDFQ's shared forward); the backward is then
+        restricted to the student's parameters, so the generator gets no gradient and its part
+        of the graph is not traversed.
+        """
+        terms = self.objective(inputs)
+        self.optimizer.zero_grad(set_to_none=True)
+        if shared_graph:
+            terms["total"].backward(inputs=self.parameters)
+        else:
+            terms["total"].backward()
+        self.optimizer.step()
+        return {k: v.detach() for k, v in terms.items()}
+
+
+class Generator(ABC):
+    """A source of synthetic batches that may train itself against teacher and student.
+
+    Online generators (GDFQ, AdaDFQ) update a network every step; offline ones (HAST) build a
+    dataset in :meth:`prepare` and serve batches from it. Implement :meth:`next_batch` (and use
+    the default step) or override :meth:`step`; declare trainable networks and their optimizers
+    in :meth:`networks` and :meth:`optimizers`: the core applies compute settings (memory
+    format, precision, compilation) to those networks and checkpoints both.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Options: ClassVar[type[PluginOptions]] = NoOptions
+
+    def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:
+        self.options = options
+        self.ctx = ctx
+
+    # -- the iteration
+    def prepare(self) -> None:
+        """Offline work before epoch 0 (e.g. synthesizing a dataset)."""
+
+    def start_epoch(self, phase: Phase) -> None:
+        """Called at the start of each epoch (learning-rate schedules, phase switches)."""
+
+    def step(self, phase: Phase, student: StudentUpdate) -> dict[str, Tensor]:
+        """One iteration; returns the student's detached loss terms (empty while calibrating)."""
+        batch = self.next_batch(phase)
+        if phase.calibrating:
+            student.calibrate(batch.x)
+            return {}
+        return self.student_step(batch, phase, student)
+
+    def next_batch(self, phase: Phase) -> Batch:
+        """The next batch, updating the generator if it learns (used by the default step)."""
+        raise NotImplementedError(f"generator '{self.name}' implements neither next_batch() nor step()")
+
+    def student_step(self, batch: Batch, phase: Phase, student: StudentUpdate) -> dict[str, Tensor]:
+        """The student update of the default step."""
+        return student.step(batch)
+
+    @abstractmethod
+    def native_losses(self) -> NativeLosses:
+        """The student losses this method was published with."""
+
+    # -- what the core needs to know
+    def networks(self) -> dict[str, nn.Module]:
+        """The generator's trainable networks by name (none for a fixed dataset)."""
+        return {}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimizers of :meth:`networks`, by name."""
+        return {}
+
+    def sample(self, batch_size: int, rng: torch.Generator | None = None) -> Batch | None:
+        """A batch as the generator's networks produce it now, without updating anything, for
+        analyses and benchmarks; draws its noise from ``rng`` (else the global RNG). ``x`` keeps
+        its graph to the networks. None for generators without a network to sample from."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"networks": {k: v.state_dict() for k, v in self.networks().items()},
+                "optimizers": {k: v.state_dict() for k, v in self.optimizers().items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for kind, owned in (("networks", self.networks()), ("optimizers", self.optimizers())):
+            saved = state.get(kind, {})
+            if set(saved) != set(owned):
+                raise ValueError(f"generator '{self.name}': checkpoint holds {kind} {sorted(saved)}, "
+                                 f"this generator has {sorted(owned)}")
+            for name, obj in owned.items():
+                obj.load_state_dict(saved[name])

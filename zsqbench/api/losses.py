@@ -1,0 +1,73 @@
+"""Student objectives: what the student minimizes, and what a loss plugin is."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+from torch import Tensor
+
+from zsqbench.api.models import TeacherModel
+from zsqbench.api.options import NoOptions, PluginOptions
+
+
+@dataclass
+class LossInputs:
+    """Everything a student objective may use for one batch.
+
+    Teacher tensors are detached unless a method asks for the teacher's graph (HAST's input
+    gradient); student tensors carry the graph to the student weights. Feature dicts are keyed
+    by module path and hold only the taps the objective asked for.
+    """
+
+    student_logits: Tensor
+    teacher_logits: Tensor
+    labels: Tensor
+    student_features: dict[str, Tensor] = field(default_factory=dict)
+    teacher_features: dict[str, Tensor] = field(default_factory=dict)
+
+
+class LogitLoss(Protocol):
+    def __call__(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor) -> Tensor: ...
+
+
+class StudentObjective(ABC):
+    """A student loss: returns named terms, ``total`` among them (the one to minimize).
+
+    ``feature_taps``: module paths whose outputs this objective needs, in teacher and student
+    alike. ``feature_weight``: the weight of its feature term in ``total`` (0 for a logit-only
+    objective); the trainer warns when a weighted feature term is exactly 0 for a whole epoch,
+    the signature of broken taps or pairing.
+    """
+
+    feature_taps: tuple[str, ...] = ()
+    feature_weight: float = 0.0
+
+    @abstractmethod
+    def __call__(self, inputs: LossInputs) -> dict[str, Tensor]: ...
+
+
+@dataclass(frozen=True)
+class NativeLosses:
+    """What a generator's paper trains the student with.
+
+    ``logit`` is the method's logit term alone (feature losses add to it); ``objective`` is
+    the method's complete student loss as published (for HAST it includes its feature term).
+    """
+
+    logit: LogitLoss
+    objective: StudentObjective
+
+
+class DistillationLoss(StudentObjective):
+    """A loss plugin: built from its options, the generator's native losses and the teacher."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Options: ClassVar[type[PluginOptions]] = NoOptions
+
+    def __init__(self, options: PluginOptions, native: NativeLosses, teacher: TeacherModel) -> None:
+        self.options = options
+        self.native = native
+        self.teacher = teacher

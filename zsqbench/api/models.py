@@ -1,0 +1,71 @@
+"""Teachers: a pretrained FP network with its pinned checkpoints and what the core must know of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Normalization:
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """One pinned checkpoint of a teacher: where it comes from, how it is checked, what it expects.
+
+    ``filename`` is looked up under ``<data root>/weights/``; ``url`` (with ``sha1`` as in
+    pytorchcv's release names) is where it is downloaded from. The pinned digest (``sha256``,
+    else ``sha1``) identifies the checkpoint in every trial id that uses it.
+    """
+
+    tag: str
+    filename: str
+    normalization: Normalization
+    expected_top1: float | None
+    sha256: str | None = None
+    url: str | None = None
+    sha1: str | None = None
+    archive_member: str | None = None
+    note: str = ""
+
+    @property
+    def digest(self) -> str:
+        """``sha256:<hex>`` or ``sha1:<hex>``: the pinned identity of this checkpoint."""
+        if self.sha256:
+            return f"sha256:{self.sha256}"
+        if self.sha1:
+            return f"sha1:{self.sha1}"
+        raise ValueError(f"pinned weights '{self.tag}' ({self.filename}) have neither sha256 nor sha1")
+
+
+@dataclass(frozen=True)
+class TeacherModel:
+    """A pretrained FP network registered by a model plugin.
+
+    Everything the core and the methods need to know about the architecture is declared here
+    rather than assumed: the input size (generators and benchmarks build images of it), the
+    classifier's module path, and named sets of module paths whose outputs feature losses may
+    tap ("default" is required by losses that use the model's recommended maps).
+    """
+
+    name: str
+    description: str
+    arch: str
+    dataset: str
+    num_classes: int
+    build: Callable[[], nn.Module]
+    weights: tuple[PretrainedWeights, ...]
+    feature_taps: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    input_size: tuple[int, int, int] = (3, 32, 32)
+    classifier: str | None = None
+
+    def pinned(self, tag: str) -> PretrainedWeights:
+        for w in self.weights:
+            if w.tag == tag:
+                return w
+        raise KeyError(f"teacher '{self.name}' has no pinned checkpoint '{tag}'")

@@ -1,0 +1,53 @@
+"""A trial's row of the per-trial leaderboard, from its result.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zsqbench.leaderboard.schema import PER_TRIAL
+
+
+def compute_fields(compute: dict[str, Any] | None) -> dict[str, Any]:
+    """The compute settings of a result as columns; results recorded before they were ran fp32, NCHW."""
+    compute = compute or {}
+    return {"precision": compute.get("precision", "fp32"), "channels_last": bool(compute.get("channels_last")),
+            "compile": bool(compute.get("compile")), "tf32": compute.get("tf32")}
+
+
+def result_row(result: dict[str, Any]) -> dict[str, Any]:
+    spec = result["spec"]
+    budget = spec["budget"]
+    row = {
+        "trial_id": result["trial_id"],
+        "run": result["run"],
+        "model": spec["model"],
+        "dataset": spec["dataset"],
+        "generator": spec["generator"]["name"],
+        "loss": spec["loss"]["name"],
+        "quantizer": spec["quantizer"]["name"],
+        "w_bits": spec["w_bits"],
+        "a_bits": spec["a_bits"],
+        "seed": spec["seed"],
+        "budget": spec["budget_name"],
+        "epochs": budget["epochs"],
+        "iters_per_epoch": budget["iters_per_epoch"],
+        "batch_size": budget["batch_size"],
+        "warmup_epochs": budget["warmup_epochs"],
+        "fp_top1": round(result["fp_top1"], 2),
+        "ptq_top1": round(result["ptq_top1"], 2),
+        "top1_last": round(result["top1_last"], 2),
+        "top1_oracle": round(result["top1_oracle"], 2),
+        "wall_s": round(result["wall_s"], 1),
+        "flags": ";".join(result.get("flags", [])),
+        "device": result["device"],
+        **compute_fields(result.get("compute")),
+        "teacher_weights": result["teacher"]["weights"],
+        "teacher_sha256": result["teacher"]["sha256"],
+        "data_sha256": result["data"]["sha256"],
+        "zsqbench_version": result["versions"]["zsqbench"],
+        "torch_version": result["versions"]["torch"],
+        "git_hash": result["git_hash"],
+        "finished_at": result["finished_at"],
+    }
+    assert tuple(row) == PER_TRIAL, "result_row and schema.PER_TRIAL must list the same columns"
+    return row

@@ -1,0 +1,143 @@
+"""The leaderboard's columns, once: per-trial and aggregated tables, their types and meanings.
+
+Every reader, writer and view takes its columns from here; README.md documents the same lists
+(a test keeps them in step). Compute settings are columns of their own (``precision``,
+``channels_last``, ``compile``, ``tf32``), never parsed out of a display label.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pandas as pd
+
+Kind = Literal["per-trial", "aggregated"]
+CellType = Literal["text", "int", "float", "bool"]
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: CellType
+    doc: str  # its meaning in a per-trial table
+    aggregated_doc: str | None = None  # its meaning in an aggregated table, where different
+
+
+_COLUMNS = (
+    Column("trial_id", "text", "hash of the canonical trial spec (teacher checkpoint included)"),
+    Column("run", "text", "name of the run folder under the results directory"),
+    Column("model", "text", "teacher name"),
+    Column("dataset", "text", "cifar10 / cifar100"),
+    Column("generator", "text", "generator plugin"),
+    Column("loss", "text", "loss plugin"),
+    Column("quantizer", "text", "quantizer plugin"),
+    Column("w_bits", "int", "weight bits"),
+    Column("a_bits", "int", "activation bits"),
+    Column("seed", "int", "trial seed"),
+    Column("budget", "text", "budget preset name",
+           "budget preset name ('paper' for published reference rows)"),
+    Column("n_seeds", "int", "", "number of finished trials (one per seed) in the row"),
+    Column("seeds", "text", "", "their seeds, ';'-separated (empty for reference rows)"),
+    Column("top1_last_mean", "float", "",
+           "mean over seeds of top1_last (%): the headline number (reference rows: the published number)"),
+    Column("top1_last_std", "float", "", "sample standard deviation (ddof=1) of top1_last over seeds; empty with one seed"),
+    Column("top1_oracle_mean", "float", "",
+           "ORACLE: mean over seeds of the best epoch's top-1 (%), selected on the test set; not a result"),
+    Column("top1_oracle_std", "float", "", "ORACLE: sample standard deviation (ddof=1) of top1_oracle; empty with one seed"),
+    Column("epochs", "int", "epochs (warm-up included)",
+           "epochs (warm-up included), identical within the row (empty for reference rows)"),
+    Column("iters_per_epoch", "int", "iterations per epoch",
+           "iterations per epoch, identical within the row (empty for reference rows)"),
+    Column("batch_size", "int", "batch size", "batch size, identical within the row (empty for reference rows)"),
+    Column("warmup_epochs", "int", "calibration epochs without student updates"),
+    Column("fp_top1", "float", "FP teacher top-1 (%) measured on the full test set",
+           "FP teacher top-1 (%) measured on the full test set (mean over the row's trials)"),
+    Column("ptq_top1", "float", "student top-1 (%) after calibration, before any student update"),
+    Column("ptq_top1_mean", "float", "", "mean student top-1 (%) after calibration, before any student update"),
+    Column("top1_last", "float", "student top-1 (%) after the last epoch: the headline number"),
+    Column("top1_oracle", "float", "ORACLE: best student top-1 (%) over epochs, selected on the test set"),
+    Column("wall_s", "float", "wall-clock seconds of the trial"),
+    Column("cpu_hours", "float", "",
+           "sum of wall_s / 3600 over the row's trials run on a CPU (device starting with 'cpu')"),
+    Column("gpu_hours", "float", "", "sum of wall_s / 3600 over the row's trials run on any other device (a GPU)"),
+    Column("flags", "text", "training warnings: exploding_gradients (an epoch's max student gradient norm > 100x the "
+           "first training epoch's mean), warnings (see result.json, e.g. a zero feature term)"),
+    Column("device", "text", "device the trial ran on"),
+    Column("precision", "text", "precision of the convolutions: fp32 or bf16 (--precision)",
+           "precision of the convolutions, identical within the row (empty for reference rows)"),
+    Column("channels_last", "bool", "whether the networks ran in channels-last memory format"),
+    Column("compile", "bool", "whether the networks were compiled with torch.compile"),
+    Column("tf32", "bool", "TF32 in CUDA matmuls/convs allowed (True), forbidden (False), or PyTorch's defaults (empty)"),
+    Column("teacher_weights", "text", "pinned checkpoint tag (or 'unpinned')"),
+    Column("teacher_sha256", "text", "sha256 of the teacher weights file",
+           "sha256 of the teacher weights, identical within the row (empty for reference rows)"),
+    Column("data_sha256", "text", "sha256 of the test-set file"),
+    Column("zsqbench_version", "text", "zsqbench version"),
+    Column("torch_version", "text", "PyTorch version"),
+    Column("git_hash", "text", "git commit of zsqbench ('+dirty' if modified)"),
+    Column("finished_at", "text", "UTC time the trial finished"),
+    Column("source", "text", "", "'zsqbench' for rows aggregated from trials, 'reference' for published numbers"),
+    Column("note", "text", "", "free text: for reference rows, where the numbers come from and how they were selected"),
+    Column("status", "text", "", ""),  # only in hand-made tables: a failed trial's row is never aggregated
+)
+COLUMNS: dict[str, Column] = {c.name: c for c in _COLUMNS}
+
+PER_TRIAL: tuple[str, ...] = (
+    "trial_id", "run", "model", "dataset", "generator", "loss", "quantizer", "w_bits", "a_bits", "seed", "budget",
+    "epochs", "iters_per_epoch", "batch_size", "warmup_epochs", "fp_top1", "ptq_top1", "top1_last", "top1_oracle",
+    "wall_s", "flags", "device", "precision", "channels_last", "compile", "tf32", "teacher_weights", "teacher_sha256",
+    "data_sha256", "zsqbench_version", "torch_version", "git_hash", "finished_at",
+)
+AGGREGATED: tuple[str, ...] = (
+    "model", "dataset", "generator", "loss", "quantizer", "w_bits", "a_bits", "budget", "n_seeds", "seeds",
+    "top1_last_mean", "top1_last_std", "top1_oracle_mean", "top1_oracle_std", "fp_top1", "ptq_top1_mean", "epochs",
+    "iters_per_epoch", "batch_size", "precision", "teacher_sha256", "cpu_hours", "gpu_hours", "source", "note",
+)
+
+#: A configuration: everything that defines an aggregated row except the seed.
+KEY_COLUMNS: tuple[str, ...] = ("model", "dataset", "generator", "loss", "quantizer", "w_bits", "a_bits", "budget")
+BUDGET_SETTINGS: tuple[str, ...] = ("epochs", "iters_per_epoch", "batch_size")
+
+#: What each kind needs present and non-empty in every counted row to be aggregated or compared.
+REQUIRED: dict[Kind, tuple[str, ...]] = {
+    "per-trial": (
+        "trial_id", "model", "dataset", "generator", "loss", "quantizer", "w_bits", "a_bits", "budget", "seed",
+        "epochs", "iters_per_epoch", "batch_size", "fp_top1", "ptq_top1", "top1_last", "top1_oracle", "wall_s",
+        "device", "teacher_sha256",
+    ),
+    "aggregated": (
+        "model", "dataset", "generator", "loss", "quantizer", "w_bits", "a_bits", "budget", "n_seeds",
+        "top1_last_mean", "source",
+    ),
+}
+
+
+def columns(kind: Kind) -> tuple[str, ...]:
+    return PER_TRIAL if kind == "per-trial" else AGGREGATED
+
+
+def documented(kind: Kind) -> dict[str, str]:
+    """Column -> meaning, in table order (what README.md lists)."""
+    if kind == "per-trial":
+        return {n: COLUMNS[n].doc for n in PER_TRIAL}
+    return {n: COLUMNS[n].aggregated_doc or COLUMNS[n].doc for n in AGGREGATED}
+
+
+def of_type(cell_type: CellType) -> tuple[str, ...]:
+    return tuple(c.name for c in _COLUMNS if c.type == cell_type)
+
+
+def is_missing(value: Any) -> bool:
+    """The one missing-value rule: None, pandas' NA/NaT, or a float NaN."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
+def plain(value: Any) -> Any:
+    """A cell as a JSON-friendly Python value (numpy/pandas scalars unwrapped; missing -> None)."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    return None if is_missing(value) else value

@@ -1,0 +1,120 @@
+"""A generator network trained online, with Adam, alongside the student (METHODS §3–4).
+
+:class:`TrainedGenerator` is the network with its optimizer and the teacher's BN-statistics
+loss; :meth:`TrainedGenerator.gdfq_step` is GDFQ's generator update (CE + weighted BNS), which
+HAST reuses for its range calibration. :class:`OnlineGenerator` is the base of generator plugins
+built on one such network (GDFQ, AdaDFQ): it declares the network and optimizer to the core,
+follows the LR schedule and samples fixed batches for analyses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from zsqbench.api.generator import Batch, Generator, Phase, TrainContext
+from zsqbench.api.options import PluginOptions
+from zsqbench.toolkit.bn_stats import BNStatsLoss
+from zsqbench.toolkit.cifar_generator import CifarGenerator
+
+
+def step_on(
+    optimizer: torch.optim.Optimizer, loss: Tensor, module: nn.Module, retain_graph: bool = False
+) -> None:
+    """One optimizer step on ``module``'s parameters with the gradient of ``loss`` w.r.t. them alone.
+
+    Other networks the loss passes through (teacher, student) get no weight gradients
+    computed and none left behind; ``module``'s gradient equals a full backward's.
+    With ``retain_graph`` the graph survives for another backward (e.g. the student loss
+    reusing the same student forward); the optimizer step itself does not touch it.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=retain_graph)
+    optimizer.zero_grad(set_to_none=True)
+    for p, g in zip(params, grads):
+        p.grad = g
+    optimizer.step()
+
+
+
+class TrainedGenerator:
+    """GDFQ's conditional generator with its Adam optimizer and the teacher's BNS loss."""
+
+    def __init__(self, ctx: TrainContext, batch_size: int) -> None:
+        self.ctx = ctx
+        self.batch_size = batch_size
+        self.net = CifarGenerator(ctx.num_classes).to(ctx.device)
+        self.net.train()
+        optim = ctx.spec.optim
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=optim.generator_lr, betas=optim.generator_betas)
+        self.bns = BNStatsLoss(ctx.teacher)
+
+    def set_epoch(self, phase: Phase) -> None:
+        """The generator LR follows the trial's multi-step schedule (METHODS §3.3)."""
+        lr = self.ctx.spec.optim.generator_lr * self.ctx.spec.budget.lr_factor(phase.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def draw(self, batch_size: int | None = None, rng: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """(z, y, images) with the images' graph. The noise and labels come from the global RNG
+        on the device, or from ``rng`` on the CPU (the same images on any device)."""
+        b = batch_size or self.batch_size
+        dev = self.ctx.device
+        if rng is None:
+            z = torch.randn(b, self.net.latent_dim, device=dev)
+            y = torch.randint(0, self.ctx.num_classes, (b,), device=dev)
+        else:
+            z = torch.randn(b, self.net.latent_dim, generator=rng).to(dev)
+            y = torch.randint(0, self.ctx.num_classes, (b,), generator=rng).to(dev)
+        return z, y, self.net(z, y)
+
+    def step(self, loss: Tensor, retain_graph: bool = False) -> None:
+        """One Adam step on the generator alone.
+
+        The gradient is taken with respect to the generator's parameters only, so a loss that
+        also passes through the student (AdaDFQ's zero-sum terms) computes no student weight
+        gradients and leaves none behind (METHODS §9 S2). ``retain_graph`` keeps the forward's
+        graph for a later backward (AdaDFQ's shared student forward).
+        """
+        step_on(self.optimizer, loss, self.net, retain_graph=retain_graph)
+
+    def gdfq_step(self, bns_weight: float) -> Batch:
+        """GDFQ's generator update (METHODS §4.2): CE(T(x), y) + w·L_BNS, one Adam step; the
+        batch carries the detached images and the teacher's outputs on them."""
+        _, y, x = self.draw()
+        with self.bns.recording():
+            t, feats = self.ctx.teacher_forward(x)
+        loss = F.cross_entropy(t, y) + bns_weight * self.bns.loss()
+        self.step(loss)
+        return Batch(x=x.detach(), y=y, teacher_logits=t.detach(), teacher_features=feats)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class OnlineGenerator(Generator):
+    """A generator plugin built on one :class:`TrainedGenerator` at the trial's batch size."""
+
+    def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:
+        super().__init__(options, ctx)
+        self.online = TrainedGenerator(ctx, ctx.spec.budget.batch_size)
+
+    def start_epoch(self, phase: Phase) -> None:
+        self.online.set_epoch(phase)
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"generator": self.online.net}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"generator": self.online.optimizer}
+
+    def sample(self, batch_size: int, rng: torch.Generator | None = None) -> Batch:
+        _, y, x = self.online.draw(batch_size, rng)
+        return Batch(x=x, y=y)

@@ -1,0 +1,77 @@
+"""Building one trial's parts: student, generator, objective, optimizer, and how they meet.
+
+Used by the trainer, ``zsqbench bench``, the analyses and the tests alike, so all of them run
+exactly the objects a trial runs. The order of construction is part of a trial's numbers (module
+initializations draw from the seeded RNG), so it is fixed here, once.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from zsqbench.api.features import FeatureTaps
+from zsqbench.api.generator import Generator, StudentUpdate, TrainContext
+from zsqbench.api.losses import StudentObjective
+from zsqbench.api.models import TeacherModel
+from zsqbench.api.plugins import Plugins
+from zsqbench.api.quantizer import Quantizer
+from zsqbench.trial.progress import NullProgress, ProgressSink
+from zsqbench.trial.spec import TrialSpec
+
+
+@dataclass
+class TrialParts:
+    """The objects of one trial, wired together."""
+
+    ctx: TrainContext
+    quantizer: Quantizer
+    generator: Generator
+    objective: StudentObjective
+    optimizer: torch.optim.Optimizer
+    student_update: StudentUpdate
+
+    def networks(self) -> list[nn.Module]:
+        """Every network of the trial (teacher, student, the generator's declared ones): what
+        compute settings apply to."""
+        return [self.ctx.teacher, self.ctx.student, *self.generator.networks().values()]
+
+
+def build_trial_parts(
+    spec: TrialSpec,
+    plugins: Plugins,
+    entry: TeacherModel,
+    teacher: nn.Module,
+    device: torch.device,
+    cache_dir: Path,
+    progress: ProgressSink | None = None,
+) -> TrialParts:
+    """Quantize a copy of the (eval-mode, frozen) teacher, build generator, objective and optimizer."""
+    progress = progress or NullProgress()
+    quant_cls = plugins.quantizers.get(spec.quantizer.name)
+    quantizer = quant_cls(quant_cls.Options(**spec.quantizer.options))
+    student_fp = copy.deepcopy(teacher)
+    for p in student_fp.parameters():
+        p.requires_grad_(True)
+    student = quantizer.quantize(student_fp, spec.w_bits, spec.a_bits).to(device).eval()
+
+    gen_cls = plugins.generators.get(spec.generator.name)
+    loss_cls = plugins.losses.get(spec.loss.name)
+    ctx = TrainContext(
+        spec=spec, teacher_entry=entry, teacher=teacher, student=student, device=device, cache_dir=Path(cache_dir),
+        teacher_taps=FeatureTaps(teacher, ()), student_taps=FeatureTaps(student, ()),
+        report=lambda desc, done, total: progress.advance(done, desc),
+    )
+    generator = gen_cls(gen_cls.Options(**spec.generator.options), ctx)
+    objective = loss_cls(loss_cls.Options(**spec.loss.options), generator.native_losses(), entry)
+    ctx.teacher_taps = FeatureTaps(teacher, objective.feature_taps)
+    ctx.student_taps = FeatureTaps(student, objective.feature_taps)
+    o = spec.optim
+    optimizer = torch.optim.SGD(
+        student.parameters(), lr=o.student_lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+    )
+    return TrialParts(ctx, quantizer, generator, objective, optimizer, StudentUpdate(ctx, objective, optimizer))

@@ -1,0 +1,46 @@
+"""One training iteration and the epoch setting it runs in, for every caller alike.
+
+The trainer, ``zsqbench bench``, the analyses and the tests all train through
+:func:`epoch_context` and :func:`iterate`, so a benchmark times what a trial runs and a test
+checks what a trial computes. The phase comes from the budget
+(:meth:`zsqbench.trial.spec.Budget.phase`) and is handed to the plugins.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from torch import Tensor
+
+from zsqbench.api.generator import Phase
+from zsqbench.trial.build import TrialParts
+from zsqbench.trial.monitor import EpochStats
+
+
+@contextmanager
+def epoch_context(parts: TrialParts, phase: Phase) -> Iterator[float]:
+    """An epoch's setting: the student LR of the schedule (yielded), activation ranges tracked
+    in calibration epochs and frozen otherwise, the generator's own schedule, the student in eval
+    mode (METHODS §1.6), the feature taps installed. Ranges are frozen again on exit."""
+    spec, student = parts.ctx.spec, parts.ctx.student
+    lr = spec.optim.student_lr * spec.budget.lr_factor(phase.epoch)
+    for group in parts.optimizer.param_groups:
+        group["lr"] = lr
+    parts.quantizer.set_calibrating(student, phase.calibrating)
+    try:
+        parts.generator.start_epoch(phase)
+        student.eval()
+        with parts.ctx.teacher_taps.active(), parts.ctx.student_taps.active():
+            yield lr
+    finally:
+        parts.quantizer.set_calibrating(student, False)
+
+
+def iterate(parts: TrialParts, phase: Phase, stats: EpochStats | None = None) -> dict[str, Tensor]:
+    """One iteration: the generator's step (its batch, then calibration or a student update);
+    the student's detached loss terms, observed by ``stats`` (empty while calibrating)."""
+    terms = parts.generator.step(phase, parts.student_update)
+    if terms and stats is not None:
+        stats.observe(terms)
+    return terms
