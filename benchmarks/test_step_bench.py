@@ -49,8 +49,8 @@ def _measure(benchmark, session: BenchSession, name: str, fn) -> None:
 
 
 def test_step(benchmark, session: BenchSession) -> None:
-    """One training iteration after warm-up, as the trainer runs it (feature taps active)."""
-    with session.taps_active():
+    """One training iteration after warm-up, as the trainer runs it (in the training epoch's setting)."""
+    with session.training():
         _measure(benchmark, session, "step", session.step)
 
 

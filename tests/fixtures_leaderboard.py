@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from zsqbench.leaderboard.results import LEADERBOARD_COLUMNS
+from zsqbench.leaderboard.schema import PER_TRIAL
 
 SHA_A = "c1757f29" + "0" * 56
 SHA_B = "9b0024ac" + "1" * 56
@@ -15,7 +15,7 @@ SHA_B = "9b0024ac" + "1" * 56
 
 def trial_row(generator: str = "gdfq", loss: str = "kd", bits: int = 3, seed: int = 0, top1_last: float | None = 70.0,
               dataset: str = "cifar10", **overrides: Any) -> dict[str, Any]:
-    """A complete per-trial row (every LEADERBOARD_COLUMNS column) with sensible defaults."""
+    """A complete per-trial row (every schema.PER_TRIAL column) with sensible defaults."""
     row = {
         "trial_id": f"{generator}{loss}{dataset}{bits}{overrides.get('budget', 'cpu')}s{seed}".ljust(16, "0"),
         "run": "run1",
@@ -38,7 +38,10 @@ def trial_row(generator: str = "gdfq", loss: str = "kd", bits: int = 3, seed: in
         "top1_oracle": None if top1_last is None else top1_last + 1.0,
         "wall_s": 600.0,
         "device": "cpu (x86_64, 2 threads)",
-        "compute": "fp32,channels-last",
+        "precision": "fp32",
+        "channels_last": True,
+        "compile": False,
+        "tf32": None,
         "teacher_weights": "chenyaofo",
         "teacher_sha256": SHA_A,
         "data_sha256": "72b7c94d" + "2" * 56,
@@ -54,7 +57,7 @@ def trial_row(generator: str = "gdfq", loss: str = "kd", bits: int = 3, seed: in
 def write_trials(path: Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> Path:
     """Write rows as a per-trial leaderboard with pandas, as `zsqbench run` does."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    cols = columns or list(LEADERBOARD_COLUMNS) + [c for c in rows[0] if c not in LEADERBOARD_COLUMNS]
+    cols = columns or list(PER_TRIAL) + [c for c in rows[0] if c not in PER_TRIAL]
     pd.DataFrame(rows, columns=cols).to_csv(path, index=False)
     return path
 

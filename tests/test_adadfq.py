@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 
-from zsqbench.api.interfaces import LossInputs
+from zsqbench.api import LossInputs
+from zsqbench.trial.step import epoch_context, iterate
 from zsqbench_plugins.generators.adadfq import (
     AdaDFQOptions,
     EntropyDiffLoss,
@@ -139,29 +140,38 @@ def test_options_reject_inverted_bounds():
 def test_adadfq_iteration_smoke(tiny_parts):
     parts = tiny_parts(make_spec("adadfq", batch_size=4))
     ctx, gen = parts.ctx, parts.generator
+    budget = ctx.spec.budget
     student_before = [p.detach().clone() for p in ctx.student.parameters()]
-    gen_before = [p.detach().clone() for p in gen.net.parameters()]
+    gen_before = [p.detach().clone() for p in gen.online.net.parameters()]
     acts = [m for m in ctx.student.modules() if isinstance(m, QuantAct)]
-    ctx.quantizer.set_calibrating(ctx.student, True)
-    with ctx.teacher_taps.active(), ctx.student_taps.active():
-        batch = gen.next_batch(epoch=0)
-        assert ctx.student_taps.take() == {}  # the G step's student features were discarded
-    assert all(int(a.updates) == 1 for a in acts)  # the G step's student forward calibrates ranges
-    assert batch.x.shape == (4, 3, 32, 32) and not batch.x.requires_grad
-    assert batch.teacher_logits.shape == (4, 10) and not batch.teacher_logits.requires_grad
-    assert any(not torch.equal(a, b) for a, b in zip(gen_before, gen.net.parameters()))
+    inputs = []
+    handle = ctx.student.register_forward_pre_hook(lambda m, args: inputs.append(args[0]))
+    try:
+        with epoch_context(parts, budget.phase(0)):
+            assert iterate(parts, budget.phase(0)) == {}  # calibration: no student update
+            assert ctx.student_taps.take(detach=True) == {}  # the step's student features were consumed
+    finally:
+        handle.remove()
+    # the G step's student forward (with the graph to G) and the calibration forward (detached
+    # images) both move the ranges, as in the code
+    assert [x.requires_grad for x in inputs] == [True, False] and inputs[0].shape == (4, 3, 32, 32)
+    assert all(int(a.updates) == 2 for a in acts)
+    assert any(not torch.equal(a, b) for a, b in zip(gen_before, gen.online.net.parameters()))
     # G learned through the student, but left no gradients and no change in it
     assert all(p.grad is None for p in ctx.student.parameters())
     assert all(torch.equal(a, b) for a, b in zip(student_before, ctx.student.parameters()))
     assert all(p.grad is None for p in ctx.teacher.parameters())
 
-    ctx.quantizer.set_calibrating(ctx.student, False)
-    with ctx.teacher_taps.active(), ctx.student_taps.active():
-        terms = gen.student_step(batch, parts.objective, parts.optimizer)
+    with epoch_context(parts, budget.first_training_phase):
+        terms = iterate(parts, budget.first_training_phase)
     assert set(terms) == {"total", "logit"}
     assert torch.isfinite(terms["total"]) and terms["total"].item() >= -400 * math.log(10) - 1e-3
     assert any(not torch.equal(a, b) for a, b in zip(student_before, ctx.student.parameters()))
     # the kd loss in its native form is the entropy-of-difference loss itself
-    s = ctx.student(batch.x)
-    native = EntropyDiffLoss(20.0)(s, batch.teacher_logits, batch.y)
-    assert parts.objective(LossInputs(s, batch.teacher_logits, batch.y))["total"].item() == pytest.approx(native.item())
+    batch = gen.sample(4)
+    x, y = batch.x.detach(), batch.y
+    with torch.no_grad():
+        t = ctx.teacher(x)
+    s = ctx.student(x)
+    native = EntropyDiffLoss(20.0)(s, t, y)
+    assert parts.objective(LossInputs(s, t, y))["total"].item() == pytest.approx(native.item())

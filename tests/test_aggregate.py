@@ -12,11 +12,11 @@ import pytest
 from conftest import one_line_error
 from fixtures_leaderboard import SHA_A, SHA_B, snapshot, trial_row, write_trials
 
-from zsqbench.leaderboard.aggregate import AGGREGATED_COLUMNS, KEY_COLUMNS, aggregate
+from zsqbench.leaderboard.aggregate import aggregate
+from zsqbench.leaderboard.schema import AGGREGATED, KEY_COLUMNS, PER_TRIAL, documented
 from zsqbench.cli.main import main
 from zsqbench.errors import UserError
-from zsqbench.leaderboard.results import LEADERBOARD_COLUMNS
-from zsqbench.leaderboard.tables import read_table
+from zsqbench.leaderboard.table import read_table
 
 
 def _json(capsys, argv: list[str]):
@@ -43,7 +43,7 @@ def grid_csv(tmp_path) -> Path:
 
 def test_aggregate_numbers_match_a_hand_computation(capsys, grid_csv):
     rows = _json(capsys, ["leaderboard", str(grid_csv), "--json"])
-    assert [list(r) for r in rows] == [list(AGGREGATED_COLUMNS)] * 2
+    assert [list(r) for r in rows] == [list(AGGREGATED)] * 2
     akt, kd = rows  # sorted by key: akt before kd
     assert (kd["generator"], kd["loss"], kd["w_bits"], kd["a_bits"], kd["budget"]) == ("gdfq", "kd", 3, 3, "cpu")
     assert kd["n_seeds"] == 3 and kd["seeds"] == "0;1;2"
@@ -67,7 +67,7 @@ def test_aggregated_csv_round_trips_and_leaves_std_empty_for_one_seed(capsys, gr
     out = tmp_path / "agg.csv"
     assert main(["leaderboard", str(grid_csv), "--csv", str(out)]) == 0
     lines = out.read_text().splitlines()
-    assert lines[0].split(",") == list(AGGREGATED_COLUMNS)
+    assert lines[0].split(",") == list(AGGREGATED)
     frame, kind = read_table(out)
     assert kind == "aggregated" and len(frame) == 2
     akt = frame[frame["loss"] == "akt"].iloc[0]
@@ -136,14 +136,35 @@ def test_different_teachers_in_one_key_are_refused_naming_the_trials(capsys, tmp
 
 
 def test_different_precisions_in_one_key_are_refused_other_compute_settings_not(capsys, tmp_path):
-    rows = [trial_row(seed=0, compute="fp32,channels-last"), trial_row(seed=1, compute="bf16,channels-last")]
+    rows = [trial_row(seed=0, precision="fp32"), trial_row(seed=1, precision="bf16")]
     path = write_trials(tmp_path / "lb.csv", rows)
     err = one_line_error(capsys, ["leaderboard", str(path)])
     assert "different precisions" in err and "bf16 in trials" in err and "fp32 in trials" in err
     # memory format (rounding only) and pre-column results (empty = fp32) aggregate together
-    rows = [trial_row(seed=0, compute=""), trial_row(seed=1, compute="fp32,channels-last")]
+    rows = [trial_row(seed=0, precision=None, channels_last=False), trial_row(seed=1, precision="fp32")]
     (row,) = _json(capsys, ["leaderboard", str(write_trials(tmp_path / "ok.csv", rows)), "--json"])
+    assert row["n_seeds"] == 2 and row["precision"] == "fp32"
+
+
+def test_leaderboards_from_before_the_compute_columns_are_read_through_their_label(capsys, tmp_path):
+    """A per-trial CSV of the older format (one 'compute' label) still aggregates: the label is turned
+    into the columns once, on reading, and a bf16 trial is still kept apart from an fp32 one."""
+    rows = []
+    for seed, label in ((0, "fp32,channels-last"), (1, "")):
+        row = trial_row(seed=seed)
+        for col in ("precision", "channels_last", "compile", "tf32"):
+            del row[col]
+        rows.append({**row, "compute": label})
+    path = write_trials(tmp_path / "old.csv", rows, columns=list(rows[0]))
+    frame, kind = read_table(path)
+    assert kind == "per-trial" and "compute" not in frame.columns
+    assert frame["precision"].tolist() == ["fp32", "fp32"] and frame["channels_last"].tolist() == [True, False]
+    (row,) = _json(capsys, ["leaderboard", str(path), "--json"])
     assert row["n_seeds"] == 2
+    rows[1]["compute"] = "bf16"
+    err = one_line_error(capsys, ["leaderboard", str(write_trials(tmp_path / "mixed.csv", rows,
+                                                                   columns=list(rows[0])))])
+    assert "different precisions" in err
 
 
 def test_different_budget_numbers_under_one_budget_name_are_refused(tmp_path):
@@ -154,14 +175,14 @@ def test_different_budget_numbers_under_one_budget_name_are_refused(tmp_path):
 
 def test_aggregate_of_nothing_is_an_empty_table():
     frame = pd.DataFrame([trial_row(status="failed")])
-    assert list(aggregate(frame).columns) == list(AGGREGATED_COLUMNS) and aggregate(frame).empty
-    assert set(KEY_COLUMNS) <= set(AGGREGATED_COLUMNS)
+    assert list(aggregate(frame).columns) == list(AGGREGATED) and aggregate(frame).empty
+    assert set(KEY_COLUMNS) <= set(AGGREGATED)
 
 
 BROKEN = {  # name: (how the file is broken, what the one-line error must say)
-    "truncated mid-row": (lambda t: t[: t.rindex("\n", 0, len(t) - 1) + 40], f"line 3 has 3 fields but the header has {len(LEADERBOARD_COLUMNS)}"),
+    "truncated mid-row": (lambda t: t[: t.rindex("\n", 0, len(t) - 1) + 40], f"line 3 has 3 fields but the header has {len(PER_TRIAL)}"),
     "no final newline": (lambda t: t.rstrip("\n")[:-3], "does not end with a newline"),
-    "extra field": (lambda t: t.rstrip("\n") + ",surplus\n", f"line 3 has {len(LEADERBOARD_COLUMNS) + 1} fields"),
+    "extra field": (lambda t: t.rstrip("\n") + ",surplus\n", f"line 3 has {len(PER_TRIAL) + 1} fields"),
     "empty file": (lambda t: "", "the file is empty"),
     "header only, cut": (lambda t: t.splitlines()[0][:30], "does not end with a newline"),
     "not a number": (lambda t: t.replace(",3,3,0,cpu,", ",3,three,0,cpu,", 1), "column 'a_bits' holds 'three'"),
@@ -196,7 +217,7 @@ def test_binary_and_missing_files_are_one_line_errors(capsys, tmp_path):
 
 
 def test_per_trial_flag_on_an_aggregated_csv_is_refused(capsys):
-    ref = Path(__file__).parent.parent / "results" / "akt-paper.csv"
+    ref = "paper:akt"
     assert "drop --per-trial" in one_line_error(capsys, ["leaderboard", str(ref), "--per-trial"])
 
 
@@ -204,5 +225,5 @@ def test_readme_documents_every_aggregated_column():
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     match = re.search(r"## Aggregated leaderboard columns\n(.*?)\n## ", readme, re.S)
     assert match, "README.md needs an 'Aggregated leaderboard columns' section"
-    for column in AGGREGATED_COLUMNS:
-        assert f"| `{column}` |" in match.group(1), column
+    for column, meaning in documented("aggregated").items():
+        assert f"| `{column}` | {meaning} |" in match.group(1), column

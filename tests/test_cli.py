@@ -11,7 +11,7 @@ import pytest
 from zsqbench.cli.main import main
 from zsqbench.api.config import _load
 from zsqbench.api.plugins import get_plugins
-from zsqbench.leaderboard.results import LEADERBOARD_COLUMNS
+from zsqbench.leaderboard.schema import PER_TRIAL, documented
 
 from fixtures_data import write_random_weights, write_test_set
 
@@ -82,11 +82,12 @@ def test_malformed_config_file(capsys, tmp_path):
     assert "invalid grid" in msg and str(cfg) in msg
 
 
-def test_missing_test_set_leaves_no_result(capsys, tmp_path):
+def test_missing_test_set_leaves_no_result(capsys, tmp_path, tiny_root):
+    _, weights = tiny_root
     out = tmp_path / "results"
     msg = _one_line_error(capsys, ["run", "--budget", "smoke", "--data-root", str(tmp_path / "empty"),
-                                   "--out", str(out), "--device", "cpu"])
-    assert "test set not found" in msg
+                                   "--teacher-weights", str(weights["cifar10"]), "--out", str(out), "--device", "cpu"])
+    assert "test set not found" in msg and "without --offline" in msg
     assert not (out / "leaderboard.csv").exists()
     assert not list(out.rglob("result.json"))
 
@@ -102,19 +103,27 @@ def test_corrupt_weights_leave_no_result(capsys, tmp_path, plugins):
     assert not (out / "leaderboard.csv").exists()
 
 
-def test_dry_run_lists_the_grid_as_json(capsys):
+def test_dry_run_lists_the_grid_as_json(capsys, tiny_root):
+    _, weights = tiny_root
     assert main(["run", "--generators", "gdfq", "--loss", "kd", "--bits", "3,4/8", "--seeds", "0,1",
-                 "--dry-run", "--json"]) == 0
+                 "--teacher-weights", str(weights["cifar10"]), "--dry-run", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [(r["bits"], r["seed"]) for r in rows] == [("w3a3", 0), ("w3a3", 1), ("w4a8", 0), ("w4a8", 1)]
+    assert [(r["bits"], r["seed"]) for r in rows] == [("W3A3", 0), ("W3A3", 1), ("W4A8", 0), ("W4A8", 1)]
     assert all(r["state"] == "pending" for r in rows)
+    assert all(r["teacher"].startswith("unpinned (sha256 ") for r in rows)
+    assert [(r["epochs"], r["iters_per_epoch"], r["batch_size"]) for r in rows] == [(8, 100, 64)] * 4
 
 
-def test_default_run_is_gdfq_kd_w3a3_cpu(capsys):
-    assert main(["run", "--dry-run", "--json"]) == 0
+def test_dry_run_needs_a_teacher_and_says_where_to_get_one(capsys, tmp_path):
+    msg = _one_line_error(capsys, ["run", "--data-root", str(tmp_path), "--dry-run", "--offline"])
+    assert "no weights for teacher 'resnet20_cifar10'" in msg and "--teacher-weights" in msg
+
+
+def test_default_run_is_gdfq_kd_w3a3_cpu(capsys, tiny_root):
+    assert main(["run", "--teacher-weights", str(tiny_root[1]["cifar10"]), "--dry-run", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 1
-    assert (rows[0]["generator"], rows[0]["loss"], rows[0]["bits"], rows[0]["budget"]) == ("gdfq", "kd", "w3a3", "cpu")
+    assert (rows[0]["generator"], rows[0]["loss"], rows[0]["bits"], rows[0]["budget"]) == ("gdfq", "kd", "W3A3", "cpu")
 
 
 @pytest.mark.slow
@@ -134,7 +143,7 @@ def test_tiny_run_writes_result_and_leaderboard_and_skips_when_done(capsys, tiny
     assert result["teacher"]["sha256"] and result["data"]["sha256"] and result["git_hash"]
     assert result["data"]["num_images"] == 24
     header = (out / "leaderboard.csv").read_text().splitlines()[0].split(",")
-    assert header == list(LEADERBOARD_COLUMNS)
+    assert header == list(PER_TRIAL)
     # a second identical command skips the done trial and keeps one row
     mtime = (trial / "result.json").stat().st_mtime_ns
     assert main(_tiny_args(root, weights["cifar10"], out, "--bits", "4")) == 0
@@ -192,8 +201,8 @@ def test_readme_documents_every_leaderboard_column():
     from pathlib import Path
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    for column in LEADERBOARD_COLUMNS:
-        assert f"| `{column}` |" in readme
+    for column, meaning in documented("per-trial").items():
+        assert f"| `{column}` | {meaning} |" in readme, column
 
 
 def test_a_reader_that_stops_early_gets_no_traceback():
@@ -202,8 +211,7 @@ def test_a_reader_that_stops_early_gets_no_traceback():
     import sys
     from pathlib import Path
 
-    paper = Path(__file__).resolve().parents[1] / "results" / "akt-paper.csv"
-    proc = subprocess.Popen([sys.executable, "-m", "zsqbench.cli.main", "compare", str(paper), str(paper), "--json"],
+    proc = subprocess.Popen([sys.executable, "-m", "zsqbench.cli.main", "compare", "paper:akt", "paper:akt", "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # before anything is read: the first write hits a broken pipe
     stderr = proc.stderr.read().decode()

@@ -13,9 +13,10 @@ from conftest import one_line_error
 from fixtures_leaderboard import SHA_B, snapshot, trial_row, write_trials
 from zsqbench.cli.main import main
 from zsqbench.leaderboard.compare import compare, significance
-from zsqbench.leaderboard.tables import read_table
+from zsqbench.leaderboard.references import reference_path
+from zsqbench.leaderboard.table import read_table
 
-REFERENCE = Path(__file__).parent.parent / "results" / "akt-paper.csv"
+REFERENCE = reference_path("akt")
 
 
 def _compare_json(capsys, *argv: str) -> dict:

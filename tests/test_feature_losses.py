@@ -19,8 +19,10 @@ import torch
 from torch import Tensor
 
 from zsqbench.errors import UserError
-from zsqbench.api.interfaces import LossInputs, NativeLosses, StudentObjective, TeacherModel
-from zsqbench.trial.train import Environment, run_trial
+from zsqbench.api import LossInputs, NativeLosses, StudentObjective, TeacherModel
+from zsqbench.trial.environment import Environment
+from zsqbench.trial.step import epoch_context
+from zsqbench.trial.trainer import run_trial
 from zsqbench_plugins.losses._feature import (
     AttentionDistillationLoss,
     attention_kl,
@@ -314,11 +316,8 @@ def _parts_or_skip(plugins, tiny_parts, generator: str, **loss_options):
 
 def _calibrate(parts) -> None:
     """One warm-up forward so the student's activation ranges are non-degenerate."""
-    ctx = parts.ctx
-    ctx.quantizer.set_calibrating(ctx.student, True)
-    with torch.no_grad():
-        ctx.student(torch.randn(4, 3, 32, 32))
-    ctx.quantizer.set_calibrating(ctx.student, False)
+    with parts.quantizer.calibrating(parts.ctx.student, True), torch.no_grad():
+        parts.ctx.student(torch.randn(4, 3, 32, 32))
 
 
 @pytest.mark.parametrize("generator", GENERATORS)
@@ -329,8 +328,13 @@ def test_training_iteration_feature_gradient_reaches_student_convs(plugins, tiny
     _calibrate(parts)
     convs = {n: p for n, p in ctx.student.named_parameters() if n.endswith("conv.weight") and "body" in n}
     assert len(convs) == 18  # 9 units × conv1, conv2
-    with ctx.teacher_taps.active(), ctx.student_taps.active():
-        batch = parts.generator.next_batch(epoch=1)
+    phase = ctx.spec.budget.first_training_phase
+    with epoch_context(parts, phase):
+        if generator == "gdfq":  # a batch with the teacher outputs of the generator step
+            batch = parts.generator.next_batch(phase)
+        else:  # AdaDFQ's step makes its batch internally: the images it trains on
+            batch = parts.generator.sample(4)
+            batch.x = batch.x.detach()
         # The feature term alone, on the trainer's inputs, must carry gradient into the student.
         if batch.teacher_logits is None:
             with torch.no_grad():
@@ -350,7 +354,7 @@ def test_training_iteration_feature_gradient_reaches_student_convs(plugins, tiny
         assert sum(int(g is not None and g.abs().sum() > 0) for g in grads) == len(convs)
         # and the real student step runs and changes the conv weights
         before = {n: p.detach().clone() for n, p in convs.items()}
-        stepped = parts.generator.student_step(batch, objective, parts.optimizer)
+        stepped = parts.generator.step(phase, parts.student_update)
     assert torch.isfinite(stepped["total"]) and stepped["feature"].item() > 0
     assert any(not torch.equal(before[n], p) for n, p in convs.items())
 
@@ -359,10 +363,10 @@ def test_hooks_leave_nothing_alive_after_evaluation(plugins, tiny_parts):
     parts = _parts_or_skip(plugins, tiny_parts, "gdfq")
     ctx = parts.ctx
     _calibrate(parts)
-    with ctx.teacher_taps.active(), ctx.student_taps.active():
+    phase = ctx.spec.budget.first_training_phase
+    with epoch_context(parts, phase):
         assert ctx.teacher_taps.is_active and ctx.student_taps.is_active
-        batch = parts.generator.next_batch(epoch=1)
-        parts.generator.student_step(batch, parts.objective, parts.optimizer)
+        parts.generator.step(phase, parts.student_update)
     # evaluation forward outside active(): nothing fires, nothing is kept
     ctx.student.eval()
     with torch.no_grad():
@@ -371,7 +375,7 @@ def test_hooks_leave_nothing_alive_after_evaluation(plugins, tiny_parts):
     for taps in (ctx.teacher_taps, ctx.student_taps):
         assert not taps.is_active
         assert taps._captured == {}
-        assert taps.take() == {}
+        assert taps.take(detach=True) == {}
     for net in (ctx.teacher, ctx.student):
         assert all(len(m._forward_hooks) == 0 for m in net.modules())
 
@@ -395,14 +399,14 @@ class _Progress:
 
 def _run_tiny_trial(plugins, tmp_path, monkeypatch):
     """run_trial on a random ResNet-20 with a fake test set (no data or weights needed)."""
-    import zsqbench.trial.train as train_mod
+    import zsqbench.trial.trainer as train_mod
 
     entry = plugins.models.get("resnet20_cifar10")
     labels = torch.zeros(2, dtype=torch.long)
     test = SimpleNamespace(labels=labels)
 
     class Resources:
-        def test_set(self, name, env):
+        def test_set(self, name, env, progress=None):
             return test
 
         def inputs(self, test, teacher):
@@ -412,6 +416,7 @@ def _run_tiny_trial(plugins, tmp_path, monkeypatch):
             return 10.0
 
     torch.manual_seed(0)
+    monkeypatch.setattr(train_mod, "select_checkpoint", lambda *a, **k: None)
     monkeypatch.setattr(train_mod, "load_teacher",
                         lambda *a, **k: SimpleNamespace(module=entry.build(), expected_top1=None))
     monkeypatch.setattr(train_mod, "top1", lambda *a, **k: 10.0)

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from zsqbench.api.interfaces import LossInputs
-from zsqbench_plugins.generators._common import BNStatsLoss, CifarGenerator, UpsampleConv2d, batch_moments
+from zsqbench.api import LossInputs
+from zsqbench.toolkit.bn_stats import BNStatsLoss, batch_moments
+from zsqbench.toolkit.cifar_generator import CifarGenerator, UpsampleConv2d
 from zsqbench_plugins.generators.gdfq import GDFQLogitLoss, GDFQOptions
 
 from conftest import make_spec
@@ -127,14 +128,15 @@ def test_gdfq_student_loss_hand_computed():
 def test_gdfq_iteration_trains_generator_and_returns_teacher_outputs(tiny_parts):
     parts = tiny_parts(make_spec(batch_size=4))
     gen = parts.generator
-    before = [p.clone() for p in gen.net.parameters()]
-    batch = gen.next_batch(epoch=0)
+    phase = parts.ctx.spec.budget.first_training_phase
+    before = [p.clone() for p in gen.online.net.parameters()]
+    batch = gen.next_batch(phase)
     assert batch.x.shape == (4, 3, 32, 32) and not batch.x.requires_grad
     assert batch.teacher_logits.shape == (4, 10) and not batch.teacher_logits.requires_grad
-    assert any(not torch.equal(a, b) for a, b in zip(before, gen.net.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, gen.online.net.parameters()))
     # teacher weights stay frozen: no gradients accumulate there
     assert all(p.grad is None for p in parts.ctx.teacher.parameters())
-    terms = gen.student_step(batch, parts.objective, parts.optimizer)
+    terms = gen.student_step(batch, phase, parts.student_update)
     assert set(terms) == {"total", "logit"} and torch.isfinite(terms["total"])
     objective_value = parts.objective(LossInputs(parts.ctx.student(batch.x), batch.teacher_logits, batch.y))
     assert torch.isfinite(objective_value["total"])

@@ -8,15 +8,11 @@ import math
 import pytest
 import torch
 
-from zsqbench.api.features import FeatureTaps
-from zsqbench.api.interfaces import Batch, LossInputs
-from zsqbench_plugins.generators import hast as hast_module
-from zsqbench_plugins.generators.hast import (
-    HASTLogitLoss,
-    HASTObjective,
-    hardness_loss,
-    random_resized_crop_flip,
-)
+from zsqbench.api import Batch, FeatureTaps, LossInputs, StudentUpdate
+from zsqbench.trial.step import epoch_context, iterate
+from zsqbench_plugins.generators import hast_synthesis
+from zsqbench_plugins.generators.hast import HASTLogitLoss, HASTObjective, random_resized_crop_flip
+from zsqbench_plugins.generators.hast_synthesis import hardness_loss
 
 from conftest import make_parts, make_spec
 
@@ -123,31 +119,31 @@ class Recorder:
 def test_student_step_perturbs_by_eps_sign_of_input_gradient(tiny_parts):
     parts = tiny_parts(hast_spec(eps=0.05))
     ctx, gen = parts.ctx, parts.generator
-    ctx.quantizer.set_calibrating(ctx.student, False)
+    parts.quantizer.set_calibrating(ctx.student, False)
     torch.manual_seed(1)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     objective = parts.objective
     paths = objective.feature_taps
 
     # expected, computed independently: g = dL/dx through student *and* teacher (features included)
-    t_taps, s_taps = FeatureTaps(ctx.teacher, paths, detach=False), FeatureTaps(ctx.student, paths, detach=False)
+    t_taps, s_taps = FeatureTaps(ctx.teacher, paths), FeatureTaps(ctx.student, paths)
     with t_taps.active(), s_taps.active():
         xg = x.clone().requires_grad_(True)
         t = ctx.teacher(xg)
-        t_feats = t_taps.take()
+        t_feats = t_taps.take(detach=False)
         s = ctx.student(xg)
-        loss = objective(LossInputs(s, t, y, s_taps.take(), t_feats))["total"]
+        loss = objective(LossInputs(s, t, y, s_taps.take(detach=False), t_feats))["total"]
         (g,) = torch.autograd.grad(loss, xg)
         x_adv = x + 0.05 * g.sign()
         params = list(ctx.student.parameters())
         clean_grads = torch.autograd.grad(
-            objective(LossInputs(ctx.student(x), t.detach(), y, s_taps.take(), {k: v.detach() for k, v in t_feats.items()}))["total"],
+            objective(LossInputs(ctx.student(x), t.detach(), y, s_taps.take(detach=False), {k: v.detach() for k, v in t_feats.items()}))["total"],
             params, allow_unused=True,
         )
         with torch.no_grad():
             t_adv = ctx.teacher(x_adv)
-            t_adv_feats = t_taps.take()
-        adv_total = objective(LossInputs(ctx.student(x_adv), t_adv, y, s_taps.take(), t_adv_feats))["total"]
+            t_adv_feats = t_taps.take(detach=False)
+        adv_total = objective(LossInputs(ctx.student(x_adv), t_adv, y, s_taps.take(detach=False), t_adv_feats))["total"]
         adv_grads = torch.autograd.grad(adv_total, params, allow_unused=True)
 
     seen_inputs = []
@@ -156,7 +152,8 @@ def test_student_step_perturbs_by_eps_sign_of_input_gradient(tiny_parts):
     recorder = Recorder(objective)
     try:
         with ctx.teacher_taps.active(), ctx.student_taps.active():
-            terms = gen.student_step(Batch(x=x, y=y), recorder, optimizer)
+            terms = gen.student_step(Batch(x=x, y=y), ctx.spec.budget.first_training_phase,
+                                     StudentUpdate(ctx, recorder, optimizer))
     finally:
         handle.remove()
 
@@ -179,14 +176,17 @@ def test_student_step_perturbs_by_eps_sign_of_input_gradient(tiny_parts):
 def test_perturbation_can_ignore_the_teacher_path(tiny_parts):
     parts = tiny_parts(hast_spec(perturb_through_teacher=False))
     ctx = parts.ctx
-    ctx.quantizer.set_calibrating(ctx.student, False)
+    parts.quantizer.set_calibrating(ctx.student, False)
     recorder = Recorder(parts.objective)
     with ctx.teacher_taps.active(), ctx.student_taps.active():
         parts.generator.student_step(Batch(x=torch.randn(4, 3, 32, 32), y=torch.zeros(4, dtype=torch.long)),
-                                     recorder, parts.optimizer)
+                                     ctx.spec.budget.first_training_phase,
+                                     StudentUpdate(ctx, recorder, parts.optimizer))
+        # no trainer state was changed for the step: a plain teacher forward detaches its features
+        _, feats = ctx.teacher_forward(torch.randn(2, 3, 32, 32, requires_grad=True))
     assert not recorder.seen[0].teacher_logits.requires_grad
     assert all(not f.requires_grad for f in recorder.seen[0].teacher_features.values())
-    assert ctx.teacher_taps.detach  # the taps are restored
+    assert feats and all(not f.requires_grad for f in feats.values())
 
 
 # ------------------------------------------------------------------------------- cache
@@ -196,8 +196,8 @@ class CountingSynthesis:
     def __init__(self, monkeypatch, fail_at: int | None = None):
         self.calls = 0
         self.fail_at = fail_at
-        self.real = hast_module.synthesize_batch
-        monkeypatch.setattr(hast_module, "synthesize_batch", self)
+        self.real = hast_synthesis.synthesize_batch
+        monkeypatch.setattr(hast_synthesis, "synthesize_batch", self)
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
@@ -212,7 +212,7 @@ def test_cache_reused_then_rebuilt_when_truncated(tiny_parts, monkeypatch):
     first.prepare()
     assert counter.calls == 2  # 6 images in batches of 4 + 2
     assert first.images.shape == (6, 3, 32, 32) and first.labels.shape == (6,)
-    cache = first.cache()
+    cache = first.synthetic_set.cache()
     assert cache.manifest_path.is_file() and not cache.parts_dir.exists()
 
     second = tiny_parts(hast_spec()).generator
@@ -229,7 +229,7 @@ def test_cache_reused_then_rebuilt_when_truncated(tiny_parts, monkeypatch):
     assert counter.calls == 4  # rebuilt, never silently used
     assert any("unusable" in r for r in reports)
     assert torch.equal(third.images, first.images)  # synthesis is seeded per batch
-    assert third.cache().load(6, 10)[0] is not None
+    assert third.synthetic_set.cache().load(lambda tensors: "")[0] is not None
 
 
 def test_cache_follows_teacher_and_settings(tiny_parts, monkeypatch):
@@ -237,13 +237,14 @@ def test_cache_follows_teacher_and_settings(tiny_parts, monkeypatch):
     tiny_parts(hast_spec()).generator.prepare()
     assert counter.calls == 2
     other_teacher = tiny_parts(hast_spec(), seed=1).generator  # a different random teacher
-    assert other_teacher.cache().key != tiny_parts(hast_spec()).generator.cache().key
+    assert other_teacher.synthetic_set.cache().key != tiny_parts(hast_spec()).generator.synthetic_set.cache().key
     other_teacher.prepare()
     assert counter.calls == 4
     tiny_parts(hast_spec(synthesis_iters=3)).generator.prepare()
     assert counter.calls == 6
     # groups is informational and does not change the set
-    assert tiny_parts(hast_spec(groups=2)).generator.cache().key == tiny_parts(hast_spec()).generator.cache().key
+    assert (tiny_parts(hast_spec(groups=2)).generator.synthetic_set.cache().key
+            == tiny_parts(hast_spec()).generator.synthetic_set.cache().key)
 
 
 def test_interrupted_synthesis_resumes_from_finished_batches(tiny_parts, monkeypatch):
@@ -255,7 +256,7 @@ def test_interrupted_synthesis_resumes_from_finished_batches(tiny_parts, monkeyp
     gen = tiny_parts(hast_spec(synthesis_seed=7)).generator
     with pytest.raises(KeyboardInterrupt):
         gen.prepare()
-    cache = gen.cache()
+    cache = gen.synthetic_set.cache()
     assert not cache.manifest_path.exists() and (cache.parts_dir / "00000.pt").is_file()
     counter.fail_at = None
     gen.prepare()
@@ -264,7 +265,7 @@ def test_interrupted_synthesis_resumes_from_finished_batches(tiny_parts, monkeyp
 
     # a damaged finished batch is redone, not trusted
     cache.invalidate()
-    cache.save_part(0, gen.images[:4], gen.labels[:4])
+    cache.save_part(0, {"x": gen.images[:4], "y": gen.labels[:4]})
     part = cache.parts_dir / "00000.pt"
     part.write_bytes(part.read_bytes()[:100])
     calls = counter.calls
@@ -300,26 +301,29 @@ def test_batches_cycle_through_reshuffled_passes(tiny_parts):
 def test_hast_smoke_calibration_then_training(tiny_parts):
     parts = tiny_parts(hast_spec())
     ctx, gen = parts.ctx, parts.generator
+    budget = ctx.spec.budget
     gen.prepare()
-    ctx.quantizer.set_calibrating(ctx.student, True)
-    with ctx.teacher_taps.active(), ctx.student_taps.active():
-        gen.start_epoch(0)
-        calib_before = [p.detach().clone() for p in gen.calibration.net.parameters()]
-        batch = gen.next_batch(0)
-        assert batch.x.shape == (4, 3, 32, 32)  # calibration_batch
-        assert any(not torch.equal(a, b) for a, b in zip(calib_before, gen.calibration.net.parameters()))
-        with torch.no_grad():
-            ctx.student(batch.x)
-        ctx.student_taps.take()
-        ctx.quantizer.set_calibrating(ctx.student, False)
+    calibration = gen.calibration
+    assert set(gen.networks()) == {"calibration"}  # declared, so it gets the compute settings
+    calib_before = [p.detach().clone() for p in calibration.net.parameters()]
+    seen = []
+    handle = ctx.student.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
+    try:
+        with epoch_context(parts, budget.phase(0)):
+            assert iterate(parts, budget.phase(0)) == {}
+    finally:
+        handle.remove()
+    assert seen == [(4, 3, 32, 32)]  # calibration_batch images from the GDFQ generator
+    assert any(not torch.equal(a, b) for a, b in zip(calib_before, calibration.net.parameters()))
 
-        gen.start_epoch(1)
-        assert gen.calibration is None
-        batch = gen.next_batch(1)
+    phase = budget.first_training_phase
+    before = [p.detach().clone() for p in ctx.student.parameters()]
+    with epoch_context(parts, phase):
+        assert gen.calibration is None and gen.networks() == {}
+        batch = gen.next_batch(phase)
         assert batch.x.shape == (4, 3, 32, 32) and batch.teacher_logits is None
         assert all(any(torch.equal(l, v) for v in gen.labels) for l in batch.y)
-        before = [p.detach().clone() for p in ctx.student.parameters()]
-        terms = gen.student_step(batch, parts.objective, parts.optimizer)
+        terms = gen.student_step(batch, phase, parts.student_update)
     assert set(terms) == {"total", "logit", "fa", "adv_total"}
     assert all(torch.isfinite(v) for v in terms.values())
     assert terms["fa"].item() > 0  # 4-bit features differ from the teacher's

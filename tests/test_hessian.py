@@ -20,18 +20,16 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from zsqbench.analysis import (
+from zsqbench.analysis.hessian import (
     fixed_generator_batch,
-    hutchinson_trace,
     model_state_fingerprint,
-    parameter_groups,
-    rademacher_probe,
     state_differences,
     student_loss_closure,
     trial_hessian_trace,
 )
-from zsqbench.api.interfaces import Batch, Generator, LossInputs, NativeLosses, NoOptions
-from zsqbench.trial.train import TrialParts
+from zsqbench.analysis.hutchinson import hutchinson_trace, parameter_groups, rademacher_probe
+from zsqbench.api import Batch, Generator, LossInputs, NativeLosses, NoOptions, Phase
+from zsqbench.trial.build import TrialParts
 from zsqbench_plugins.quantizers.uniform import QuantAct
 
 from conftest import make_spec
@@ -211,7 +209,7 @@ def _calibrate(parts, batch: int = 2) -> None:
     """A warm-up forward so the activation ranges are non-degenerate; calibration stays ON,
     which the analysis must override (and restore)."""
     ctx = parts.ctx
-    ctx.quantizer.set_calibrating(ctx.student, True)
+    parts.quantizer.set_calibrating(ctx.student, True)
     with torch.no_grad():
         ctx.student(torch.randn(batch, 3, 32, 32, generator=_rng(99)))
 
@@ -227,7 +225,7 @@ def _hook_count(model: nn.Module) -> int:
 def test_resnet20_trial_trace_is_finite_and_leaves_the_trial_untouched(tiny_parts):
     parts = tiny_parts(make_spec(loss="kd", batch_size=2))
     ctx = parts.ctx
-    student, teacher, gen_net = ctx.student, ctx.teacher, parts.generator.net
+    student, teacher, gen_net = ctx.student, ctx.teacher, parts.generator.networks()["generator"]
     _calibrate(parts)
     params = [p for p in student.parameters() if p.requires_grad]
     for i, p in enumerate(params[:3]):
@@ -274,7 +272,7 @@ def test_akt_closure_is_the_training_objective_and_trial_analysis_checks_state(t
     ctx = parts.ctx
     assert parts.objective.feature_taps  # AKT taps the residual-unit bodies
     _calibrate(parts)
-    ctx.quantizer.set_calibrating(ctx.student, False)
+    parts.quantizer.set_calibrating(ctx.student, False)
     batch = fixed_generator_batch(parts, batch_size=2, seed=3)
     closure_value = student_loss_closure(parts, batch)().item()
 
@@ -298,7 +296,8 @@ def test_akt_closure_is_the_training_objective_and_trial_analysis_checks_state(t
 
 
 class _CountingGenerator(Generator):
-    """A generator with no ``net`` that mutates itself, the student and the global RNG."""
+    """A generator without networks (``sample`` gives None) that mutates itself, the student and
+    the global RNG."""
 
     name = "counting"
     description = "test double"
@@ -308,7 +307,7 @@ class _CountingGenerator(Generator):
         self.calls = 0
         self.state = torch.zeros(())
 
-    def next_batch(self, epoch: int) -> Batch:
+    def next_batch(self, phase: Phase) -> Batch:
         self.calls += 1
         self.state.add_(1)
         x = torch.randn(3, 3, 32, 32)
@@ -323,7 +322,7 @@ class _CountingGenerator(Generator):
 def test_fixed_batch_of_a_generator_without_net_changes_nothing(tiny_parts):
     base = tiny_parts(make_spec(loss="kd", batch_size=2))
     gen = _CountingGenerator(NoOptions(), base.ctx)
-    parts = TrialParts(base.ctx, gen, base.objective, base.optimizer)
+    parts = TrialParts(base.ctx, base.quantizer, gen, base.objective, base.optimizer, base.student_update)
     student_before = model_state_fingerprint(base.ctx.student)
     rng_before = torch.get_rng_state()
 

@@ -16,6 +16,8 @@ from zsqbench.leaderboard.aggregate import aggregate  # noqa: E402
 from zsqbench.cli.main import main  # noqa: E402
 from zsqbench.leaderboard.plots import gains_over_kd  # noqa: E402
 
+from conftest import make_spec  # noqa: E402
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STEMS = ("accuracy_vs_bits", "gain_over_kd", "training_curves")
 
@@ -49,9 +51,12 @@ def results_dir(tmp_path) -> Path:
     for row in rows:
         trial = folder / row["run"] / row["trial_id"]
         trial.mkdir(parents=True)
+        spec = make_spec(row["generator"], row["loss"], bits=row["w_bits"]).model_dump(mode="json")
+        (trial / "spec.json").write_text(json.dumps(spec))
         (trial / "result.json").write_text(json.dumps(_result_json(row)))
     failed = folder / "run1" / ("f" * 16)
     failed.mkdir()
+    (failed / "spec.json").write_text(json.dumps(make_spec().model_dump(mode="json")))
     (failed / "error.json").write_text('{"status": "failed"}')  # no result.json: never plotted
     return folder
 

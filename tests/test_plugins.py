@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from zsqbench.errors import UnknownNameError, UserError
-from zsqbench.api.hookspecs import hookimpl
+from zsqbench.api import BudgetOverride, Generator, Quantizer, hookimpl
+from zsqbench.api.hookspecs import PLUGIN_KINDS
 from zsqbench.api.plugins import build_plugins
 from zsqbench.api.registry import Registry
+from zsqbench.errors import UnknownNameError, UserError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "zsqbench-noise"
 
@@ -38,6 +39,71 @@ def test_unknown_name_lists_known_names_with_suggestion(plugins):
         plugins.generators.get("gdgq")
     msg = str(err.value)
     assert "Did you mean 'gdfq'?" in msg and "gdfq" in msg and "\n" not in msg
+
+
+def test_every_kind_has_its_hook_and_registry(plugins):
+    """A plugin kind is declared once (PLUGIN_KINDS): its hook and its registry follow."""
+    for kind in PLUGIN_KINDS:
+        assert hasattr(plugins.manager.hook, kind.hook_name)
+        assert getattr(plugins, kind.plural) is plugins.registry(kind.name)
+        assert getattr(plugins, kind.plural).base is kind.base
+
+
+def _plugin(hook: str, obj):
+    class One:
+        pass
+
+    def register(self, register):
+        register(obj)
+
+    register.__name__ = hook
+    setattr(One, hook, hookimpl(register))
+    return One()
+
+
+def test_registration_checks_the_base_class_in_one_line(plugins):
+    class NotAGenerator:
+        name = "nope"
+        description = "a class of the wrong kind"
+
+    class Half(Generator):  # native_losses left abstract
+        name = "half"
+        description = "unfinished"
+
+    class NoName(Quantizer):
+        description = "no name"
+
+        def quantize(self, model, w_bits, a_bits):
+            return model
+
+        def set_calibrating(self, student, enabled):
+            pass
+
+        def is_calibrating(self, student):
+            return False
+
+    cases = [
+        ("register_generators", NotAGenerator, "not a subclass of zsqbench.api.generator.Generator"),
+        ("register_generators", Half, "does not implement native_losses"),
+        ("register_quantizers", NoName, "has no 'name' string"),
+        ("register_models", "resnet20", "not a zsqbench.api.models.TeacherModel"),
+        ("register_budget_overrides", {"preset": "cpu"}, "not a zsqbench.api.budgets.BudgetOverride"),
+    ]
+    for hook, obj, message in cases:
+        with pytest.raises(UserError, match=message) as err:
+            build_plugins(extra={"bad": _plugin(hook, obj)})
+        assert "\n" not in str(err.value)
+
+
+def test_budget_overrides_must_name_a_known_preset_and_a_method():
+    with pytest.raises(UserError, match="changes preset 'nonexistent'"):
+        build_plugins(extra={"bad": _plugin("register_budget_overrides",
+                                            BudgetOverride(preset="nonexistent", generator="gdfq", epochs=3))})
+    with pytest.raises(ValueError, match="must name a generator, a loss or both"):
+        BudgetOverride(preset="cpu", epochs=3)
+    with pytest.raises(UserError, match="duplicate budget override name 'paper:adadfq\\+\\*'"):
+        build_plugins(extra={"clash": _plugin("register_budget_overrides",
+                                              BudgetOverride(preset="paper", generator="adadfq", batch_size=8))})
 
 
 def test_duplicate_name_names_both_sources():
@@ -82,20 +148,42 @@ def test_malformed_registry_is_a_user_error(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_third_party_package_is_discovered(tmp_path):
-    """Install the fixture package (offline, into a private folder) and list it."""
+def test_third_party_package_is_discovered_and_runs_a_grid(tmp_path):
+    """Install the fixture package (offline, into a private folder), list its three plugins, and
+    run a smoke grid that uses its generator, its loss and its budget override."""
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-build-isolation",
          "--target", str(target), str(FIXTURE)],
         check=True, capture_output=True, text=True,
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")]),
+           "ZSQBENCH_OFFLINE": "1"}
     out = subprocess.run(
         [sys.executable, "-m", "zsqbench.cli.main", "plugins", "--json"],
         check=True, capture_output=True, text=True, env=env,
     )
     rows = {r["name"]: r for r in json.loads(out.stdout)}
-    assert rows["noise"]["kind"] == "generator"
-    assert rows["noise"]["source"] == "zsqbench-noise 0.1.0"
+    assert rows["noise"]["kind"] == "generator" and rows["at"]["kind"] == "loss"
+    assert rows["smoke:noise+*"]["kind"] == "budget override"
+    assert {rows[n]["source"] for n in ("noise", "at", "smoke:noise+*")} == {"zsqbench-noise 0.1.0"}
     assert rows["gdfq"]["source"] == "bundled"
+
+    from pytorchcv.models.resnet_cifar import get_resnet_cifar
+
+    from fixtures_data import write_random_weights, write_test_set
+
+    write_test_set(tmp_path / "data", "cifar10", n=20)
+    weights = write_random_weights(tmp_path / "teacher.pth", get_resnet_cifar(10, blocks=20, bottleneck=False,
+                                                                              model_name=None))
+    grid = [sys.executable, "-m", "zsqbench.cli.main", "run", "--generators", "noise,gdfq", "--loss", "kd,at",
+            "--bits", "4", "--budget", "smoke", "--data-root", str(tmp_path / "data"), "--teacher-weights",
+            str(weights), "--out", str(tmp_path / "results"), "--device", "cpu", "-q", "--json"]
+    planned = json.loads(subprocess.run([*grid, "--dry-run"], check=True, capture_output=True, text=True,
+                                        env=env).stdout)
+    assert {(r["generator"], r["batch_size"]) for r in planned} == {("noise", 8), ("gdfq", 16)}
+    done = subprocess.run(grid, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(done.stdout)["results"]
+    assert sorted((r["spec"]["generator"]["name"], r["spec"]["loss"]["name"]) for r in results) == [
+        ("gdfq", "at"), ("gdfq", "kd"), ("noise", "at"), ("noise", "kd")]

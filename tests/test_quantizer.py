@@ -142,3 +142,21 @@ def test_calibration_switch_reaches_every_activation_quantizer(plugins):
     student(torch.randn(2, 3, 32, 32) * 10)
     assert all(torch.equal(a, m.x_max) for a, m in zip(ranges, (m for m in student.modules() if isinstance(m, QuantAct))))
     assert all(r.item() > 0 for r in ranges)
+
+
+def test_calibration_state_is_read_and_restored_through_the_quantizer(plugins):
+    teacher = plugins.models.get("resnet20_cifar10").build().eval()
+    quantizer = UniformQuantizer(UniformOptions())
+    student = quantizer.quantize(copy.deepcopy(teacher), 4, 4).eval()
+    assert quantizer.is_calibrating(student)  # a fresh student tracks its ranges
+    with quantizer.calibrating(student, False):
+        assert not quantizer.is_calibrating(student)
+        assert not any(m.calibrating for m in student.modules() if isinstance(m, QuantAct))
+    assert quantizer.is_calibrating(student)  # the previous state comes back
+    quantizer.set_calibrating(student, False)
+    with quantizer.calibrating(student, True):
+        assert quantizer.is_calibrating(student)
+    assert not quantizer.is_calibrating(student)
+    next(m for m in student.modules() if isinstance(m, QuantAct)).calibrating = True
+    with pytest.raises(RuntimeError, match="disagree"):
+        quantizer.is_calibrating(student)

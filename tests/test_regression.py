@@ -8,8 +8,9 @@ once on the real CIFAR-10 test set with the chenyaofo teacher (``realdata``). A 
 training loop, the step, the contracts or the plugins must reproduce them exactly: any change of
 operation order, RNG use or dtype shows up here.
 
-Each trial runs in its own process with one thread and the CPU kernels pinned to AVX2 (ATen,
-oneDNN and MKL), so a machine with AVX-512 computes what the recording machine computed.
+The four trials run in one process (each seeds everything itself; the test set and the FP
+accuracy are loaded once), with one thread and the CPU kernels pinned to AVX2 (ATen, oneDNN and
+MKL), so a machine with AVX-512 computes what the recording machine computed.
 """
 
 from __future__ import annotations
@@ -51,16 +52,32 @@ def _fixture_root(root: Path) -> tuple[Path, Path]:
     return root, write_random_weights(root / "teacher.pth", model, seed=0)
 
 
-def _run(case: str, data_root: Path, weights: Path | None, out: Path) -> dict:
+_DRIVER = """
+import json, sys
+from zsqbench.cli.main import main
+cases, common = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+for name, argv in cases.items():
+    out = common["out"] + "/" + name.replace("/", "_")
+    code = main(["run", *argv, *common["argv"], "--out", out, "--cache-dir", out + "/cache", "-q"])
+    if code:
+        sys.exit(f"{name}: exit {code}")
+"""
+
+
+def _run_all(data_root: Path, weights: Path | None, out: Path) -> dict[str, dict]:
+    """Every case's result.json, from one process running them one after another."""
     env = {**os.environ, **RECORDED["environment"], "ZSQBENCH_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    argv = [sys.executable, "-m", "zsqbench.cli.main", "run", *CASES[case], "--device", "cpu",
-            "--data-root", str(data_root), "--out", str(out), "--cache-dir", str(out / "cache"), "-q", "--json"]
+    common = ["--device", "cpu", "--data-root", str(data_root)]
     if weights is not None:
-        argv += ["--teacher-weights", str(weights)]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+        common += ["--teacher-weights", str(weights)]
+    done = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(CASES), json.dumps({"out": str(out), "argv": common})],
+                          env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-2000:]
-    (trial,) = json.loads(done.stdout)["results"]
-    return json.loads((out / "default" / trial["trial_id"] / "result.json").read_text())
+    results = {}
+    for case in CASES:
+        (path,) = (out / case.replace("/", "_")).glob("*/*/result.json")
+        results[case] = json.loads(path.read_text())
+    return results
 
 
 def _measured(result: dict) -> dict:
@@ -72,16 +89,14 @@ def _measured(result: dict) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", list(CASES))
-def test_fixture_trials_reproduce_the_recorded_numbers(case, tmp_path):
+def test_fixture_trials_reproduce_the_recorded_numbers(tmp_path):
     root, weights = _fixture_root(tmp_path / "data")
-    measured = _measured(_run(case, root, weights, tmp_path / "results"))
-    assert measured == RECORDED["trials"][f"fixture/{case}"]
+    for case, result in _run_all(root, weights, tmp_path / "results").items():
+        assert _measured(result) == RECORDED["trials"][f"fixture/{case}"], case
 
 
 @pytest.mark.slow
 @pytest.mark.realdata
-@pytest.mark.parametrize("case", list(CASES))
-def test_real_data_trials_reproduce_the_recorded_numbers(case, data_root, tmp_path):
-    measured = _measured(_run(case, data_root, None, tmp_path / "results"))
-    assert measured == RECORDED["trials"][f"real/{case}"]
+def test_real_data_trials_reproduce_the_recorded_numbers(data_root, tmp_path):
+    for case, result in _run_all(data_root, None, tmp_path / "results").items():
+        assert _measured(result) == RECORDED["trials"][f"real/{case}"], case

@@ -14,12 +14,13 @@ import pytest
 import torch
 
 from zsqbench.cli.main import main
-from zsqbench.api.hookspecs import hookimpl
-from zsqbench.api.interfaces import DistillationLoss
+from zsqbench.api import DistillationLoss, PretrainedWeights, hookimpl
 from zsqbench.api.plugins import build_plugins, get_plugins
 
+from zsqbench.files import file_digest
+
 from fixtures_data import write_random_weights, write_test_set
-from conftest import one_line_error
+from conftest import make_spec, one_line_error
 
 
 @pytest.fixture(autouse=True)
@@ -108,7 +109,7 @@ def test_a_done_trial_is_not_reused_for_another_precision(tiny, tmp_path, capsys
     grid = ["--generators", "gdfq", "--loss", "kd", "--bits", "4"]
     assert main(_args(root, weights, out, *grid)) == 0
     row = pd.read_csv(out / "leaderboard.csv", keep_default_na=False).iloc[0]
-    assert row["compute"] == "fp32,channels-last"  # the CPU default, recorded in every row
+    assert (row["precision"], row["channels_last"]) == ("fp32", True)  # the CPU default, recorded in every row
     capsys.readouterr()
     before = (out / "leaderboard.csv").read_text()
     err = one_line_error(capsys, _args(root, weights, out, *grid, "--precision", "bf16"))
@@ -232,8 +233,7 @@ def test_corrupt_checkpoint_stops_before_changing_anything(tiny, tmp_path, capsy
 def test_status_summarizes_a_results_folder(tiny, tmp_path, capsys):
     out = tmp_path / "status"
     (out / "default" / "abc").mkdir(parents=True)
-    spec = {"generator": {"name": "gdfq"}, "loss": {"name": "kd"}, "w_bits": 3, "a_bits": 3, "seed": 0,
-            "budget_name": "smoke", "budget": {"epochs": 2}}
+    spec = make_spec(bits=3).model_dump(mode="json")
     (out / "default" / "abc" / "spec.json").write_text(json.dumps(spec))
     (out / "default" / "def").mkdir()
     (out / "default" / "def" / "spec.json").write_text(json.dumps(spec))
@@ -242,19 +242,22 @@ def test_status_summarizes_a_results_folder(tiny, tmp_path, capsys):
     states = {r["trial_id"]: r["state"] for r in json.loads(capsys.readouterr().out)}
     assert states == {"abc": "incomplete", "def": "failed"}
     assert main(["status", str(tmp_path / "missing")]) == 2
+    capsys.readouterr()
+    (out / "default" / "abc" / "spec.json").write_text("{}")
+    assert "corrupt spec file" in one_line_error(capsys, ["status", str(out)])
 
 
 def test_collapse_to_chance_is_divergence_only_on_a_real_sized_test_set():
-    from zsqbench.trial.train import _collapsed
+    from zsqbench.trial.monitor import collapsed
 
-    assert _collapsed(10.5, 80.0, 10, 10_000)
-    assert not _collapsed(40.0, 80.0, 10, 10_000)
-    assert not _collapsed(10.5, 15.0, 10, 10_000)  # the calibrated student was never clearly above chance
-    assert not _collapsed(8.3, 25.0, 10, 24)  # a 24-image fixture: too noisy to call
+    assert collapsed(10.5, 80.0, 10, 10_000)
+    assert not collapsed(40.0, 80.0, 10, 10_000)
+    assert not collapsed(10.5, 15.0, 10, 10_000)  # the calibrated student was never clearly above chance
+    assert not collapsed(8.3, 25.0, 10, 24)  # a 24-image fixture: too noisy to call
 
 
 def test_exploding_gradients_are_flagged():
-    from zsqbench.leaderboard.results import training_flags
+    from zsqbench.trial.record import training_flags
 
     calm = [{"grad_norm_mean": None, "grad_norm_max": None},
             {"grad_norm_mean": 2.0, "grad_norm_max": 5.0}, {"grad_norm_mean": 3.0, "grad_norm_max": 50.0}]
@@ -262,3 +265,64 @@ def test_exploding_gradients_are_flagged():
     exploding = calm + [{"grad_norm_mean": 90.0, "grad_norm_max": 201.0}]
     assert training_flags(exploding) == ["exploding_gradients"]
     assert training_flags([{"warnings": ["feature term is exactly 0"]}]) == ["warnings"]
+
+
+def _twin_teacher_plugins(plugins, first: Path, second: Path):
+    """ResNet-20 CIFAR-10 pinned to two checkpoints ('first' preferred), as the bundled teacher pins
+    pytorchcv's file before chenyaofo's."""
+    base = plugins.models.get("resnet20_cifar10")
+    norm = base.weights[0].normalization
+    twin = base.__class__(**{**base.__dict__, "name": "twin_cifar10", "weights": (
+        PretrainedWeights(tag="first", filename=first.name, normalization=norm, expected_top1=None,
+                          sha256=file_digest(first)),
+        PretrainedWeights(tag="second", filename=second.name, normalization=norm, expected_top1=None,
+                          sha256=file_digest(second)))})
+
+    class Twin:
+        @hookimpl
+        def register_models(self, register):
+            register(twin)
+
+    return build_plugins(extra={"twin": Twin()})
+
+
+@pytest.mark.slow
+def test_a_run_with_another_teacher_checkpoint_does_not_reuse_results(tmp_path, plugins, monkeypatch, capsys):
+    """Run with one pinned checkpoint, add the preferred one, run again: a second trial (another id)
+    is trained, and both stay done with their own teacher."""
+    root = tmp_path / "data"
+    write_test_set(root, "cifar10", n=24)
+    build = plugins.models.get("resnet20_cifar10").build
+    first = write_random_weights(tmp_path / "spare" / "first.pth", build(), seed=1)
+    second = write_random_weights(root / "weights" / "second.pth", build(), seed=2)
+    custom = _twin_teacher_plugins(plugins, first, second)
+    monkeypatch.setattr("zsqbench.cli.run_cmd.get_plugins", lambda: custom)
+    monkeypatch.setattr("zsqbench.grid.runner.get_plugins", lambda: custom)
+    out = tmp_path / "results"
+    argv = ["run", "--model", "twin_cifar10", "--generators", "gdfq", "--loss", "kd", "--bits", "4", "--budget",
+            "smoke", "--data-root", str(root), "--out", str(out), "--device", "cpu", "-q", "--json"]
+
+    assert main(argv) == 0
+    (one,) = json.loads(capsys.readouterr().out)["results"]
+    (root / "weights" / "first.pth").write_bytes(first.read_bytes())  # the preferred checkpoint appears
+    assert main([*argv, "--dry-run"]) == 0
+    (planned,) = json.loads(capsys.readouterr().out)
+    assert planned["teacher"].startswith("first (sha256 ") and planned["state"] == "pending"
+    assert main(argv) == 0
+    (two,) = json.loads(capsys.readouterr().out)["results"]
+    assert one["trial_id"] != two["trial_id"]
+    assert (one["spec"]["teacher"]["tag"], two["spec"]["teacher"]["tag"]) == ("second", "first")
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert sorted(board["teacher_weights"]) == ["first", "second"]
+    assert set(board["teacher_sha256"]) == {file_digest(first), file_digest(second)}
+    assert main(["status", str(out), "--json"]) == 0
+    assert [r["state"] for r in json.loads(capsys.readouterr().out)] == ["done", "done"]
+
+    # the same with explicit, unpinned files: another file, another trial
+    other = write_random_weights(tmp_path / "other.pth", build(), seed=3)
+    mine = write_random_weights(tmp_path / "mine.pth", build(), seed=4)
+    ids = []
+    for weights in (other, mine):
+        assert main([*argv, "--teacher-weights", str(weights)]) == 0
+        ids.append(json.loads(capsys.readouterr().out)["results"][0]["trial_id"])
+    assert len(set(ids) | {one["trial_id"], two["trial_id"]}) == 4

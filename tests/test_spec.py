@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from zsqbench.api import Phase
+from zsqbench.bits import bits_label, parse_bits
 from zsqbench.errors import UserError
-from zsqbench.trial.spec import Budget, TrialSpec, parse_bits
+from zsqbench.trial.spec import Budget, TeacherRef, TrialSpec
 
 from conftest import make_spec
 
@@ -62,6 +65,38 @@ def test_budget_needs_training_epochs_after_warmup():
     assert b.lr_factor(99) == 1.0
     assert b.lr_factor(100) == pytest.approx(0.1)
     assert b.lr_factor(399) == pytest.approx(0.001)
+
+
+def test_trial_id_includes_the_teacher_checkpoint():
+    base = make_spec()
+    chenyaofo = base.model_copy(update={"teacher": TeacherRef(tag="chenyaofo", digest="sha256:" + "a" * 64)})
+    pytorchcv = base.model_copy(update={"teacher": TeacherRef(tag="pytorchcv", digest="sha1:" + "b" * 40)})
+    unpinned = base.model_copy(update={"teacher": TeacherRef(tag="unpinned", digest="sha256:" + "c" * 64)})
+    other_file = base.model_copy(update={"teacher": TeacherRef(tag="unpinned", digest="sha256:" + "d" * 64)})
+    ids = {s.trial_id for s in (base, chenyaofo, pytorchcv, unpinned, other_file)}
+    assert len(ids) == 5
+    assert chenyaofo.teacher.short == "chenyaofo (sha256 aaaaaaaa)"
+
+
+def test_specs_from_before_teacher_ids_keep_their_ids():
+    """A spec.json written by the code before the teacher was in the id (commit d18d179) still
+    validates and hashes to the id of its folder, so old results folders stay readable."""
+    path = Path(__file__).parent / "regression" / "legacy_spec_094de2fc31ecc466.json"
+    legacy = TrialSpec.model_validate_json(path.read_text())
+    assert legacy.teacher is None and legacy.trial_id == "094de2fc31ecc466"
+
+
+def test_phases_come_from_the_budget():
+    b = Budget(epochs=5, iters_per_epoch=1, batch_size=1, warmup_epochs=2)
+    assert [b.phase(e) for e in range(3)] == [Phase(0, True), Phase(1, True), Phase(2, False)]
+    assert [b.phase(e).name for e in range(5)] == ["warmup", "warmup", "train", "train", "train"]
+    assert b.first_training_phase == Phase(2, False) and b.first_training_phase.training
+    assert b.ptq_epoch == 1
+
+
+def test_bits_have_one_label():
+    assert bits_label(4, 8) == "W4A8"
+    assert make_spec(bits=3).bits_label == "W3A3"
 
 
 def test_parse_bits():

@@ -28,8 +28,13 @@ import pytest
 import torch
 from torch import nn
 
-from zsqbench.trial.speed import ComputeSettings, apply_compute_settings, networks_of, set_conv_precision
-from zsqbench.trial.train import Environment, GradientMonitor, NullProgress, run_trial
+from zsqbench.api.options import fill_options
+from zsqbench.trial.environment import Environment
+from zsqbench.trial.monitor import GradientMonitor
+from zsqbench.trial.progress import NullProgress
+from zsqbench.trial.speed import ComputeSettings, apply_compute_settings, set_conv_precision
+from zsqbench.trial.step import epoch_context, iterate
+from zsqbench.trial.trainer import run_trial
 from zsqbench_plugins.quantizers.uniform import (
     FakeQuantSTE,
     QuantAct,
@@ -172,13 +177,14 @@ def test_range_tracking_never_reads_a_tensor_on_the_host(monkeypatch, tracking):
 def _tiny_run_trial(plugins, tmp_path, monkeypatch, iters: int, progress, **env_fields):
     """run_trial on a random ResNet-20 with a fake test set; returns the outcome and the
     number of .item() calls."""
-    import zsqbench.trial.train as train_mod
+    import zsqbench.trial.trainer as train_mod
 
     entry = plugins.models.get("resnet20_cifar10")
     test = SimpleNamespace(labels=torch.zeros(2, dtype=torch.long))
-    resources = SimpleNamespace(test_set=lambda name, env: test, inputs=lambda t, teacher: torch.zeros(2, 3, 32, 32),
-                                fp_top1=lambda *a: 10.0)
+    resources = SimpleNamespace(test_set=lambda name, env, progress=None: test,
+                                inputs=lambda t, teacher: torch.zeros(2, 3, 32, 32), fp_top1=lambda *a: 10.0)
     torch.manual_seed(0)
+    monkeypatch.setattr(train_mod, "select_checkpoint", lambda *a, **k: None)
     monkeypatch.setattr(train_mod, "load_teacher",
                         lambda *a, **k: SimpleNamespace(module=entry.build(), expected_top1=None))
     monkeypatch.setattr(train_mod, "top1", lambda *a, **k: 10.0)
@@ -218,21 +224,19 @@ def test_trainer_reads_the_running_loss_rarely_for_a_display(plugins, tmp_path, 
 
 
 def test_trial_with_opt_in_compute_settings_runs_and_records_them(plugins, tmp_path, monkeypatch):
-    from zsqbench.grid.runner import environment_from_dict, environment_to_dict
-
     outcome, _ = _tiny_run_trial(plugins, tmp_path / "a", monkeypatch, 2, NullProgress(),
                                  precision="bf16", channels_last=True, tf32=False)
-    assert outcome.extra["compute"] == {"precision": "bf16", "channels_last": True, "compile": False, "tf32": False}
+    assert outcome.compute == {"precision": "bf16", "channels_last": True, "compile": False, "tf32": False}
     assert all(math.isfinite(v) for e in outcome.epochs for v in e.losses.values())
     plain, _ = _tiny_run_trial(plugins, tmp_path / "b", monkeypatch, 2, NullProgress())
     # every result records what it ran with; the memory format resolved for the device (CPU)
-    assert plain.extra["compute"] == {"precision": "fp32", "channels_last": True, "compile": False, "tf32": None}
+    assert plain.compute == {"precision": "fp32", "channels_last": True, "compile": False, "tf32": None}
     nchw, _ = _tiny_run_trial(plugins, tmp_path / "c", monkeypatch, 2, NullProgress(), channels_last=False)
-    assert nchw.extra["compute"]["channels_last"] is False
+    assert nchw.compute["channels_last"] is False
     for channels_last in (None, False, True):
         env = Environment(data_root=tmp_path, device=torch.device("cpu"), cache_dir=tmp_path, precision="bf16",
                           channels_last=channels_last, compile=True, tf32=True)
-        assert environment_from_dict(environment_to_dict(env, "cpu")).compute == env.compute
+        assert Environment.from_dict(env.to_dict("cpu")).compute == env.compute
 
 
 def test_memory_format_default_is_resolved_per_device():
@@ -248,33 +252,41 @@ def test_memory_format_default_is_resolved_per_device():
 # ------------------------------------------------------------------- training equivalence
 
 
+class _WatchedUpdates:
+    """Wraps a trial's StudentUpdate.minimize: records whether each student update reused the
+    generator step's forward (``shared_graph``) and checks that the generator step before it
+    left no gradient in teacher or student."""
+
+    def __init__(self, parts) -> None:
+        self.parts, self.shared = parts, []
+        self.inner = parts.student_update.minimize
+        parts.student_update.minimize = self
+
+    def __call__(self, inputs, *, shared_graph=False):
+        ctx = self.parts.ctx
+        assert all(p.grad is None for p in ctx.teacher.parameters())
+        assert all(p.grad is None for p in ctx.student.parameters())
+        self.shared.append(shared_graph)
+        return self.inner(inputs, shared_graph=shared_graph)
+
+
 def _train(parts, warmup_iters: int = 2, steps: int = 3):
     """A warm-up (ranges calibrated, no student step) then ``steps`` trainer iterations."""
-    ctx, gen = parts.ctx, parts.generator
-    losses, shared = [], []
-    with ctx.teacher_taps.active(), ctx.student_taps.active():
-        ctx.quantizer.set_calibrating(ctx.student, True)
-        gen.start_epoch(0)
+    ctx, gen, budget = parts.ctx, parts.generator, parts.ctx.spec.budget
+    watched = _WatchedUpdates(parts)
+    losses = []
+    with epoch_context(parts, budget.phase(0)):
         for _ in range(warmup_iters):
-            batch = gen.next_batch(0)
-            assert batch.student_logits is None  # never shared during warm-up
-            with torch.no_grad():
-                ctx.student(batch.x)
-            ctx.student_taps.take()
-        ctx.quantizer.set_calibrating(ctx.student, False)
-        gen.start_epoch(1)
+            assert iterate(parts, budget.phase(0)) == {}
+    assert watched.shared == []  # no student update during warm-up, shared or not
+    with epoch_context(parts, budget.first_training_phase):
         for _ in range(steps):
             parts.optimizer.zero_grad(set_to_none=True)  # as the student step does anyway
-            batch = gen.next_batch(1)
-            shared.append(batch.student_logits is not None)
-            # the generator step left no gradient in teacher or student, shared graph or not
-            assert all(p.grad is None for p in ctx.teacher.parameters())
-            assert all(p.grad is None for p in ctx.student.parameters())
-            terms = gen.student_step(batch, parts.objective, parts.optimizer)
+            terms = iterate(parts, budget.first_training_phase)
             losses.append({k: v.item() for k, v in terms.items()})
     state = {f"student.{k}": v.detach().clone() for k, v in ctx.student.state_dict().items()}
-    state.update({f"generator.{k}": v.detach().clone() for k, v in gen.net.state_dict().items()})
-    return losses, state, shared
+    state.update({f"generator.{k}": v.detach().clone() for k, v in gen.networks()["generator"].state_dict().items()})
+    return losses, state, watched.shared
 
 
 def _assert_same_training(a, b, rtol: float, atol: float) -> None:
@@ -301,31 +313,51 @@ def test_shared_student_forward_trains_exactly_like_two_forwards(tiny_parts, los
 def test_shared_student_forward_backward_reaches_student_parameters_only(tiny_parts):
     parts = tiny_parts(make_spec("adadfq", "akt", batch_size=4))
     ctx, gen = parts.ctx, parts.generator
-    ctx.quantizer.set_calibrating(ctx.student, False)
-    with ctx.teacher_taps.active(), ctx.student_taps.active():
-        batch = gen.next_batch(1)
-        assert batch.student_logits is not None and batch.student_logits.requires_grad
-        assert set(batch.student_features) == set(parts.objective.feature_taps)
-        gen.optimizer.zero_grad(set_to_none=True)
-        gen.student_step(batch, parts.objective, parts.optimizer)
-    assert batch.student_logits is None and batch.student_features is None  # spent graph released
-    assert all(p.grad is None for p in gen.net.parameters())
+    inner, seen = parts.student_update.minimize, []
+
+    def minimize(inputs, *, shared_graph=False):
+        seen.append((inputs.student_logits.requires_grad, set(inputs.student_features), shared_graph))
+        gen.online.optimizer.zero_grad(set_to_none=True)  # forget the generator step's own gradient
+        return inner(inputs, shared_graph=shared_graph)
+
+    parts.student_update.minimize = minimize
+    phase = ctx.spec.budget.first_training_phase
+    with epoch_context(parts, phase):
+        iterate(parts, phase)
+    assert seen == [(True, set(parts.objective.feature_taps), True)]  # the generator step's own forward
+    assert all(p.grad is None for p in gen.online.net.parameters())
     assert all(p.grad is None for p in ctx.teacher.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in ctx.student.parameters())
 
 
-def test_no_sharing_while_ranges_still_track(tiny_parts):
+def _student_forwards(parts, phase) -> int:
+    count = []
+    handle = parts.ctx.student.register_forward_pre_hook(lambda m, args: count.append(1))
+    try:
+        with epoch_context(parts, phase):
+            iterate(parts, phase)
+    finally:
+        handle.remove()
+    return len(count)
+
+
+def test_no_sharing_while_ranges_track(tiny_parts):
+    """While calibrating, both of the reference's student forwards run (each moves the ranges);
+    once training, sharing saves one."""
     parts = tiny_parts(make_spec("adadfq", "kd", batch_size=2))
-    parts.ctx.quantizer.set_calibrating(parts.ctx.student, True)  # e.g. a custom loop forgot to freeze
-    assert parts.generator.next_batch(1).student_logits is None
+    watched = _WatchedUpdates(parts)
+    budget = parts.ctx.spec.budget
+    assert _student_forwards(parts, budget.phase(0)) == 2 and watched.shared == []
+    parts.optimizer.zero_grad(set_to_none=True)
+    assert _student_forwards(parts, budget.first_training_phase) == 1 and watched.shared == [True]
+    reference = tiny_parts(make_spec("adadfq", "kd", batch_size=2, generator_options={"share_student_forward": False}))
+    assert _student_forwards(reference, budget.first_training_phase) == 2
 
 
 def test_share_option_at_its_default_does_not_change_trial_ids(plugins):
-    from zsqbench.grid.request import _options
-
     gen_cls = plugins.generators.get("adadfq")
-    assert "share_student_forward" not in _options(gen_cls, {}, "generator", "adadfq")
-    off = _options(gen_cls, {"share_student_forward": False}, "generator", "adadfq")
+    assert "share_student_forward" not in fill_options(gen_cls, {}, "generator", "adadfq")
+    off = fill_options(gen_cls, {"share_student_forward": False}, "generator", "adadfq")
     assert off["share_student_forward"] is False
     assert gen_cls.Options(**off).share_student_forward is False
 
@@ -346,15 +378,14 @@ def test_channels_last_changes_the_fp_networks_by_rounding_only(tiny_parts):
     in near-zero generator gradients into full-size updates. Statistically equivalent, not
     bit-equivalent."""
     parts = tiny_parts(make_spec("adadfq", "akt", batch_size=4))
-    ctx, gen = parts.ctx, parts.generator.net.eval()
+    ctx, gen = parts.ctx, parts.generator.networks()["generator"].eval()
     torch.manual_seed(1)
     x, z, y = torch.randn(8, 3, 32, 32), torch.randn(8, 100), torch.randint(0, 10, (8,))
     with torch.no_grad():
         ctx.student(x)
-        ctx.quantizer.set_calibrating(ctx.student, False)
+        parts.quantizer.set_calibrating(ctx.student, False)
         before = [ctx.teacher(x), gen(z, y), ctx.student(x)]
-        apply_compute_settings(networks_of(ctx.teacher, ctx.student, parts.generator),
-                               ComputeSettings(channels_last=True))
+        apply_compute_settings(parts.networks(), ComputeSettings(channels_last=True))
         assert ctx.student.features.init_block.conv.weight.is_contiguous(memory_format=torch.channels_last)
         after = [ctx.teacher(x), gen(z, y), ctx.student(x)]
     for a, b in zip(before[:2], after[:2]):
@@ -366,10 +397,39 @@ def test_channels_last_changes_the_fp_networks_by_rounding_only(tiny_parts):
 # ------------------------------------------------------------------------- compute settings
 
 
-def test_networks_of_finds_teacher_student_and_generator_once(tiny_parts):
+def test_a_trial_declares_teacher_student_and_generator_networks_once(tiny_parts):
     parts = tiny_parts(make_spec("adadfq", "kd", batch_size=2))
-    nets = networks_of(parts.ctx.teacher, parts.ctx.student, parts.generator)
-    assert {id(n) for n in nets} == {id(parts.ctx.teacher), id(parts.ctx.student), id(parts.generator.net)}
+    nets = parts.networks()
+    assert [id(n) for n in nets] == [id(parts.ctx.teacher), id(parts.ctx.student), id(parts.generator.online.net)]
+    hast = tiny_parts(make_spec("hast", "kd", batch_size=2, generator_options={"num_images": 2}))
+    assert hast.networks()[2] is hast.generator.calibration.net
+
+
+def test_a_third_party_generator_gets_channels_last_on_cpu(plugins, tmp_path):
+    """The compute settings reach the networks a generator declares, whatever its module is
+    called: the fixture package's module is ``noise_zsq``, not zsqbench_*."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent / "fixtures" / "zsqbench-noise" / "src" / "noise_zsq.py"
+    spec = importlib.util.spec_from_file_location("noise_zsq", path)
+    noise_zsq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(noise_zsq)
+
+    from zsqbench.api.plugins import build_plugins
+    from conftest import make_parts
+
+    assert not noise_zsq.__name__.startswith("zsqbench")
+    custom = build_plugins(extra={"noise": noise_zsq})
+    parts = make_parts(custom, make_spec("noise", "at", batch_size=2), tmp_path / "cache")
+    shaper = parts.generator.networks()["shaper"]
+    apply_compute_settings(parts.networks(), ComputeSettings().resolved("cpu"))
+    assert shaper.mix.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not shaper.mix.weight.is_contiguous()
+    phase = parts.ctx.spec.budget.first_training_phase
+    with epoch_context(parts, phase):  # and the step still trains in that memory format
+        terms = iterate(parts, phase)
+    assert set(terms) == {"total", "logit", "feature"} and terms["feature"].item() > 0
 
 
 def test_bf16_convolutions_keep_everything_else_float32(tiny_parts):
@@ -379,7 +439,7 @@ def test_bf16_convolutions_keep_everything_else_float32(tiny_parts):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         student(x)
-        parts.ctx.quantizer.set_calibrating(student, False)
+        parts.quantizer.set_calibrating(student, False)
         ref = student(x)
     set_conv_precision(student, "bf16")
     seen: list[torch.dtype] = []
@@ -403,9 +463,10 @@ def test_gradient_monitor_is_untouched_by_shared_steps(tiny_parts):
     """The trainer's per-step diagnostics see student gradients only (none from the generator)."""
     parts = tiny_parts(make_spec("adadfq", "kd", batch_size=2))
     ctx = parts.ctx
-    ctx.quantizer.set_calibrating(ctx.student, False)
     monitor = GradientMonitor(ctx.student)
-    terms = parts.generator.student_step(parts.generator.next_batch(1), parts.objective, parts.optimizer)
+    phase = ctx.spec.budget.first_training_phase
+    with epoch_context(parts, phase):
+        terms = iterate(parts, phase)
     monitor.observe(terms["total"])
     summary = monitor.summary()
     assert summary["nonfinite_steps"] == 0 and summary["grad_norm_mean"] > 0
@@ -426,10 +487,10 @@ def float64_default():
 
 def _reference_reductions(monkeypatch):
     """The straightforward autograd forms the one-node moments and attention energies replace."""
-    from zsqbench_plugins.generators import _common
+    from zsqbench.toolkit import bn_stats
     from zsqbench_plugins.losses import _feature
 
-    monkeypatch.setattr(_common, "batch_moments", lambda x: torch.var_mean(x, dim=(0, 2, 3), unbiased=False))
+    monkeypatch.setattr(bn_stats, "batch_moments", lambda x: torch.var_mean(x, dim=(0, 2, 3), unbiased=False))
     monkeypatch.setattr(_feature, "square_means",
                         lambda f, spatial=True, channel=True: (f.pow(2).mean(dim=1), f.pow(2).mean(dim=(2, 3))))
 
@@ -466,7 +527,7 @@ def test_folded_upsampling_trains_the_generator_like_upsample_then_conv(tiny_par
     count, BLAS or device) therefore makes a student's trajectory different, not worse;
     the component test in tests/test_gdfq.py bounds the generator's difference in every
     output and gradient."""
-    from zsqbench_plugins.generators._common import UpsampleConv2d
+    from zsqbench.toolkit.cifar_generator import UpsampleConv2d
 
     fast = _generator_training(tiny_parts(make_spec("gdfq", "kd", batch_size=8)))
     monkeypatch.setattr(UpsampleConv2d, "forward", UpsampleConv2d.reference_forward)
@@ -478,8 +539,9 @@ def test_channels_last_trains_the_generator_like_nchw(tiny_parts, float64_defaul
     """The default memory format on CPU against NCHW, as the folded upsampling above:
     5 Adam steps of a channels-last generator through a channels-last teacher."""
     parts = tiny_parts(make_spec("gdfq", "kd", batch_size=8))
-    apply_compute_settings(networks_of(parts.ctx.teacher, parts.generator), ComputeSettings(channels_last=True))
-    assert parts.generator.net.block2[0].weight.is_contiguous(memory_format=torch.channels_last)
+    apply_compute_settings([parts.ctx.teacher, *parts.generator.networks().values()],
+                           ComputeSettings(channels_last=True))
+    assert parts.generator.online.net.block2[0].weight.is_contiguous(memory_format=torch.channels_last)
     channels_last = _generator_training(parts)
     nchw = _generator_training(tiny_parts(make_spec("gdfq", "kd", batch_size=8)))
     _assert_same_generator_training(channels_last, nchw)
@@ -488,17 +550,17 @@ def test_channels_last_trains_the_generator_like_nchw(tiny_parts, float64_defaul
 def _generator_training(parts, steps: int = 5):
     """``steps`` Adam steps of the generator on the part of GDFQ's loss that involves only FP
     networks (teacher BN statistics + CE); losses and the generator's state."""
-    gen, teacher = parts.generator, parts.ctx.teacher
+    online, teacher = parts.generator.online, parts.ctx.teacher
     torch.manual_seed(7)
     losses = []
     for _ in range(steps):
-        z, y, x = gen.sample()
-        with gen.bns.recording():
+        z, y, x = online.draw()
+        with online.bns.recording():
             logits = teacher(x)
-        loss = gen.bns.loss() + torch.nn.functional.cross_entropy(logits, y)
-        gen.step_generator(loss)
+        loss = online.bns.loss() + torch.nn.functional.cross_entropy(logits, y)
+        online.step(loss)
         losses.append(loss.item())
-    return losses, {k: v.clone() for k, v in gen.net.state_dict().items()}
+    return losses, {k: v.clone() for k, v in online.net.state_dict().items()}
 
 
 def _assert_same_generator_training(a, b) -> None:

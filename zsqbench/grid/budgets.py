@@ -26,7 +26,7 @@ class ResolvedBudget:
     budget: Budget
     optim: OptimSettings
     generator_options: dict[str, Any]
-    sources: tuple[str, ...]  # the preset, then each applied override as "name (plugin)"
+    sources: tuple[str, ...]  # the preset, then the name of each applied override
 
     @property
     def schedule(self) -> str:
@@ -71,7 +71,7 @@ def resolve_budget(plugins: Plugins, preset_name: str, generator: str, loss: str
         fields.update(entry.obj.fields())
         optim.update(entry.obj.optim)
         generator_options.update(entry.obj.generator_options)
-        sources.append(f"{entry.name} ({entry.source})")
+        sources.append(entry.name)
     try:
         return ResolvedBudget(Budget(**fields), OptimSettings(**optim), generator_options, tuple(sources))
     except ValidationError as exc:

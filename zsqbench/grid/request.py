@@ -92,10 +92,10 @@ def expand(request: GridRequest, plugins: Plugins, env: Environment) -> list[Tri
     stray = sorted(set(request.options) - known)
     if stray:
         raise UserError(f"options given for unknown plugin(s) {stray}; known: {', '.join(sorted(known))}")
-    for name in request.generators:
-        plugins.generators.get(name)
+    for name in request.generators:  # the user's own options are checked before any file is looked at
+        fill_options(plugins.generators.get(name), request.options.get(name, {}), "generator", name)
     for name in request.losses:
-        plugins.losses.get(name)
+        fill_options(plugins.losses.get(name), request.options.get(name, {}), "loss", name)
     checkpoint = select_checkpoint(teacher, env.data_root, env.teacher_weights, env.offline)
     quant = PluginChoice(name=request.quantizer, options=fill_options(
         quant_cls, request.options.get(request.quantizer, {}), "quantizer", request.quantizer))

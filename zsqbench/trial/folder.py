@@ -94,7 +94,7 @@ class TrialFolder:
         write_json_atomic(self.file(self.RESULT), result)
 
     def read_result(self) -> dict[str, Any]:
-        return self._read_json(self.RESULT, "delete its trial folder and re-run")
+        return self._read_json(self.RESULT, "result file", "delete its trial folder and re-run")
 
     def write_error(self, status: str, error: str, traceback: str | None = None) -> None:
         payload = {"status": status, "error": error}
@@ -103,17 +103,17 @@ class TrialFolder:
         write_json_atomic(self.file(self.ERROR), payload)
 
     def read_error(self) -> dict[str, Any]:
-        return self._read_json(self.ERROR, "delete it to retry the trial")
+        return self._read_json(self.ERROR, "error file", "delete it to retry the trial")
 
-    def _read_json(self, name: str, fix: str) -> dict[str, Any]:
+    def _read_json(self, name: str, what: str, fix: str) -> dict[str, Any]:
         path = self.file(name)
         try:
             data = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(f"corrupt file {path} ({msg}); {fix}") from None
+            raise UserError(f"corrupt {what} {path} ({msg}); {fix}") from None
         if not isinstance(data, dict):
-            raise UserError(f"corrupt file {path} (not a JSON object); {fix}")
+            raise UserError(f"corrupt {what} {path} (not a JSON object); {fix}")
         return data
 
     # -- per-epoch records
@@ -163,7 +163,8 @@ class TrialFolder:
         """A saved analysis (``analysis/<name>.json``), None if there is none."""
         if not self.analysis_path(name).is_file():
             return None
-        return self._read_json(f"{self.ANALYSIS}/{name}.json", f"delete it and run `zsqbench analyze {name}` again")
+        return self._read_json(f"{self.ANALYSIS}/{name}.json", "analysis file",
+                               f"delete it and run `zsqbench analyze {name}` again")
 
     def write_analysis(self, name: str, payload: dict[str, Any]) -> None:
         write_json_atomic(self.analysis_path(name), payload)

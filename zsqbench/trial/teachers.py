@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -154,6 +155,8 @@ def load_teacher(entry: TeacherModel, ref: TeacherRef, data_root: Path, weights_
                                 "plan new trials for it")
         _load_state(module, path)
         default = entry.weights[0]
+        warnings.warn(f"{path} is not a pinned {entry.name} checkpoint; using the '{default.tag}' normalization and "
+                      "no expected accuracy", stacklevel=2)
         return LoadedTeacher(module, UNPINNED, path, sha, default.normalization, None)
 
     try:
