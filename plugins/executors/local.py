@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from zsqbench.api import Executor, hookimpl
-from zsqbench.grid.runner import execute_job
 
 
 class LocalExecutor(Executor):
     name = "local"
     description = "sequential, in this process (default)"
 
-    def run(self, jobs, on_done, progress) -> None:
+    def run(self, jobs, execute, on_done, progress) -> None:
         for job in jobs:
             progress.message(f"{job.label}: trial {job.trial_id}")
-            on_done(job, execute_job(job, progress))
+            on_done(job, execute(job, progress))  # in this process: the live progress display
 
 
 @hookimpl

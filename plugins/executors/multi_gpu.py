@@ -23,11 +23,9 @@ def _init_worker(devices, threads: int) -> None:
         torch.cuda.set_device(torch.device(_WORKER_DEVICE))
 
 
-def _run_on_worker(job: TrialJob) -> JobOutcome:
-    from zsqbench.grid.runner import execute_job
-
+def _run_on_worker(execute, job: TrialJob) -> JobOutcome:
     env = {**job.env, "device": _WORKER_DEVICE}
-    return execute_job(TrialJob(job.trial_id, job.trial_dir, job.label, env))
+    return execute(TrialJob(job.trial_id, job.trial_dir, job.label, env))
 
 
 class MultiGPUOptions(PluginOptions):
@@ -49,7 +47,7 @@ class MultiGPUExecutor(Executor):
             devices = devices[: self.max_parallel]
         return devices
 
-    def run(self, jobs, on_done, progress) -> None:
+    def run(self, jobs, execute, on_done, progress) -> None:
         devices = self.devices()
         ctx = mp.get_context("spawn")  # CUDA cannot be re-initialized in forked children
         queue = ctx.Manager().Queue()
@@ -59,7 +57,7 @@ class MultiGPUExecutor(Executor):
         progress.message(f"multi-gpu: {len(jobs)} trial(s) on {len(devices)} worker(s): {', '.join(devices)}")
         with ProcessPoolExecutor(len(devices), mp_context=ctx, initializer=_init_worker,
                                  initargs=(queue, threads)) as pool:
-            pending = {pool.submit(_run_on_worker, job): job for job in jobs}
+            pending = {pool.submit(_run_on_worker, execute, job): job for job in jobs}
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:

@@ -19,10 +19,8 @@ class RayOptions(PluginOptions):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a locally started instance")
 
 
-def _execute(job):
-    from zsqbench.grid.runner import execute_job
-
-    return execute_job(job)
+def _execute(execute, job):
+    return execute(job)
 
 
 class RayExecutor(Executor):
@@ -30,7 +28,7 @@ class RayExecutor(Executor):
     description = "one Ray task per trial on a Ray cluster (pip install 'zsqbench[ray]')"
     Options = RayOptions
 
-    def run(self, jobs, on_done, progress) -> None:
+    def run(self, jobs, execute, on_done, progress) -> None:
         try:
             import ray
         except ImportError:
@@ -51,7 +49,7 @@ class RayExecutor(Executor):
             while queue or in_flight:
                 while queue and len(in_flight) < limit:
                     job = queue.pop(0)
-                    in_flight[task.remote(job)] = job
+                    in_flight[task.remote(execute, job)] = job
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 for ref in ready:
                     job = in_flight.pop(ref)

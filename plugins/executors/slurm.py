@@ -31,10 +31,11 @@ class SubmititOptions(PluginOptions):
 class _TrialTask:
     """The callable submitit pickles; checkpoint() makes a preempted task requeue itself."""
 
-    def __call__(self, job: TrialJob) -> JobOutcome:
-        from zsqbench.grid.runner import execute_job
+    def __init__(self, execute) -> None:
+        self.execute = execute
 
-        return execute_job(job)
+    def __call__(self, job: TrialJob) -> JobOutcome:
+        return self.execute(job)
 
     def checkpoint(self, job: TrialJob):
         import submitit
@@ -47,7 +48,7 @@ class SubmititExecutor(Executor):
     description = "SLURM job arrays through submitit (pip install 'zsqbench[slurm]')"
     Options = SubmititOptions
 
-    def run(self, jobs, on_done, progress) -> None:
+    def run(self, jobs, execute, on_done, progress) -> None:
         try:
             import submitit
         except ImportError:
@@ -68,7 +69,7 @@ class SubmititExecutor(Executor):
             if o.slurm_additional_parameters:
                 params["slurm_additional_parameters"] = o.slurm_additional_parameters
         executor.update_parameters(**params)
-        submitted = executor.map_array(_TrialTask(), jobs)
+        submitted = executor.map_array(_TrialTask(execute), jobs)
         progress.message(f"slurm: submitted {len(submitted)} task(s) ({executor.cluster}); logs in {log_dir}")
         by_id = {id(s): job for s, job in zip(submitted, jobs)}
         for sub in submitit.helpers.as_completed(submitted):

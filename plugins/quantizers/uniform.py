@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -102,27 +102,30 @@ def reference_ste(enabled: bool = True) -> Iterator[None]:
         _USE_REFERENCE_STE = previous
 
 
-def fake_quantize_ste(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
-    """Fake-quantize ``x`` onto the grid of [lo, hi] with an identity STE for ``x``.
+def fake_quantize_ste(x: Tensor, lo: Tensor, hi: Tensor, bits: int, reference: bool = False) -> Tensor:
+    """Fake-quantize ``x`` onto the grid of [lo, hi] with an identity STE for ``x``; ``reference``
+    (the quantizer's ``ste="reference"``, or inside :func:`reference_ste`) takes the
+    straightforward path.
 
     ``lo``/``hi`` must not need gradients (the reference gives m, M, S and Z none).
     """
-    if _USE_REFERENCE_STE:
+    if reference or _USE_REFERENCE_STE:
         return ste(x, fake_quantize(x.detach(), lo, hi, bits))
     return FakeQuantSTE.apply(x, lo.detach(), hi.detach(), bits)
 
 
-def quantize_weight(weight: Tensor, bits: int) -> Tensor:
+def quantize_weight(weight: Tensor, bits: int, reference: bool = False) -> Tensor:
     flat = weight.detach().flatten(1)
     lo, hi = torch.aminmax(flat, dim=1)
     shape = (-1,) + (1,) * (weight.dim() - 1)
-    return fake_quantize_ste(weight, lo.view(shape), hi.view(shape), bits)
+    return fake_quantize_ste(weight, lo.view(shape), hi.view(shape), bits, reference)
 
 
 class QuantConv2d(nn.Conv2d):
     """Conv2d whose latent FP weight is fake-quantized per output channel on every forward."""
 
     w_bits: int
+    reference_ste: bool = False
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, bits: int) -> "QuantConv2d":
@@ -136,7 +139,7 @@ class QuantConv2d(nn.Conv2d):
         return new
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, quantize_weight(self.weight, self.w_bits), self.bias)
+        return self._conv_forward(x, quantize_weight(self.weight, self.w_bits, self.reference_ste), self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", w_bits={self.w_bits}"
@@ -146,6 +149,7 @@ class QuantLinear(nn.Linear):
     """Linear layer with per-row (per class) weight fake quantization; bias stays FP."""
 
     w_bits: int
+    reference_ste: bool = False
 
     @classmethod
     def from_float(cls, fc: nn.Linear, bits: int) -> "QuantLinear":
@@ -156,7 +160,7 @@ class QuantLinear(nn.Linear):
         return new
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, quantize_weight(self.weight, self.w_bits), self.bias)
+        return F.linear(x, quantize_weight(self.weight, self.w_bits, self.reference_ste), self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", w_bits={self.w_bits}"
@@ -169,6 +173,8 @@ class QuantAct(nn.Module):
     the stored value again at every step (METHODS §1.3, S1); ``"ema"`` is a plain EMA whose
     first batch initializes the range.
     """
+
+    reference_ste: bool = False
 
     def __init__(self, bits: int, momentum: float = 0.9, tracking: str = "exact") -> None:
         super().__init__()
@@ -201,7 +207,7 @@ class QuantAct(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.calibrating:
             self.update_range(x)
-        return fake_quantize_ste(x, self.x_min, self.x_max, self.a_bits)
+        return fake_quantize_ste(x, self.x_min, self.x_max, self.a_bits, self.reference_ste)
 
     def extra_repr(self) -> str:
         return f"a_bits={self.a_bits}, tracking={self.tracking}"
@@ -224,6 +230,19 @@ class UniformOptions(PluginOptions):
         "exact", description="'exact' reference recurrence (default) or a plain EMA"
     )
     momentum: float = Field(0.9, gt=0, lt=1)
+    ste: Literal["fused", "reference"] = Field(
+        "fused", description="'fused' one-node fake quantization (default) or the straightforward "
+        "x + (q - x).detach(), for comparisons (forward bit-identical, tests/test_speed_equivalence.py)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_default_ste(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """``ste`` changes speed, not numbers: at its default it stays out of the dumped options,
+        so specs and trial ids are the same as before it existed."""
+        data = handler(self)
+        if data.get("ste") == "fused":
+            del data["ste"]
+        return data
 
 
 class UniformQuantizer(Quantizer):
@@ -233,17 +252,24 @@ class UniformQuantizer(Quantizer):
 
     def quantize(self, model: nn.Module, w_bits: int, a_bits: int) -> nn.Module:
         opts: UniformOptions = self.options  # type: ignore[assignment]
+        reference = opts.ste == "reference"
         for parent_name, parent in list(model.named_modules()):
             for child_name, child in list(parent.named_children()):
                 if isinstance(child, (QuantConv2d, QuantLinear, QuantizedActivation)):
                     continue
                 if isinstance(child, nn.Conv2d):
-                    setattr(parent, child_name, QuantConv2d.from_float(child, w_bits))
+                    new: nn.Module = QuantConv2d.from_float(child, w_bits)
                 elif isinstance(child, nn.Linear):
-                    setattr(parent, child_name, QuantLinear.from_float(child, w_bits))
+                    new = QuantLinear.from_float(child, w_bits)
                 elif isinstance(child, (nn.ReLU, nn.ReLU6)):
                     quant = QuantAct(a_bits, opts.momentum, opts.range_tracking)
+                    quant.reference_ste = reference
                     setattr(parent, child_name, QuantizedActivation(child, quant))
+                    continue
+                else:
+                    continue
+                new.reference_ste = reference
+                setattr(parent, child_name, new)
         return model
 
     def set_calibrating(self, student: nn.Module, enabled: bool) -> None:

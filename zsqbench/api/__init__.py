@@ -14,7 +14,7 @@ several methods (logit KD, the online generator, BN statistics, a content-addres
 """
 
 from zsqbench.api.budgets import BudgetOverride, BudgetPreset
-from zsqbench.api.executor import Executor, JobOutcome, TrialJob
+from zsqbench.api.executor import ExecuteJob, Executor, JobOutcome, TrialJob
 from zsqbench.api.features import FeatureTaps
 from zsqbench.api.generator import Batch, Generator, Phase, StudentUpdate, TrainContext
 from zsqbench.api.hookspecs import PLUGIN_KINDS, hookimpl
@@ -24,7 +24,8 @@ from zsqbench.api.options import NoOptions, PluginOptions
 from zsqbench.api.quantizer import Quantizer
 
 __all__ = [
-    "PLUGIN_KINDS", "Batch", "BudgetOverride", "BudgetPreset", "DistillationLoss", "Executor", "FeatureTaps",
+    "PLUGIN_KINDS", "Batch", "BudgetOverride", "BudgetPreset", "DistillationLoss", "ExecuteJob", "Executor",
+    "FeatureTaps",
     "Generator", "JobOutcome", "LogitLoss", "LossInputs", "NativeLosses", "NoOptions", "Normalization", "Phase",
     "PluginOptions", "PretrainedWeights", "Quantizer", "StudentObjective", "StudentUpdate", "TeacherModel",
     "TrainContext", "TrialJob", "hookimpl",

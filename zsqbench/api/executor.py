@@ -30,12 +30,19 @@ class JobOutcome:
     error: str = ""
 
 
+#: ``execute(job, progress=None)`` runs one job wherever it is called (resuming from the trial's
+#: checkpoint; ``progress`` only where a display is live) and says how it ended. The core passes
+#: :func:`zsqbench.grid.runner.execute_job`, a module-level function, so it pickles by reference to
+#: other processes and machines (which need zsqbench installed).
+ExecuteJob = Callable[..., JobOutcome]
+
+
 class Executor(ABC):
     """Runs trial jobs somewhere.
 
-    Executors call :func:`zsqbench.grid.runner.execute_job` for each job wherever it runs and
-    report every finished job through ``on_done`` in the coordinating process, which alone
-    writes the leaderboard.
+    :meth:`run` calls ``execute(job)`` for each job wherever it runs, and reports every finished
+    job through ``on_done(job, outcome)`` in the coordinating process, which alone writes the
+    leaderboard. ``progress`` (a :class:`zsqbench.trial.progress.ProgressSink`) shows messages.
     """
 
     name: ClassVar[str]
@@ -47,4 +54,5 @@ class Executor(ABC):
         self.max_parallel = max_parallel
 
     @abstractmethod
-    def run(self, jobs: list[TrialJob], on_done: Callable[[TrialJob, JobOutcome], None], progress: Any) -> None: ...
+    def run(self, jobs: list[TrialJob], execute: ExecuteJob, on_done: Callable[[TrialJob, JobOutcome], None],
+            progress: Any) -> None: ...

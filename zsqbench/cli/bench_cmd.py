@@ -48,10 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-images", type=_positive, default=10000,
                    help="random test-sized images per evaluation pass (default 10000, batch 200)")
     p.add_argument("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
-                   help="generator/loss option, e.g. -o adadfq.share_student_forward=false (repeatable)")
+                   help="generator/loss/quantizer option, e.g. -o adadfq.share_student_forward=false, "
+                        "-o uniform.ste=reference (the straightforward STE, for comparison; repeatable)")
     add_compute_flags(p)
-    p.add_argument("--reference-ste", action="store_true",
-                   help="time the straightforward x + (q - x).detach() STE instead of the fused one (comparison)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(execute=execute)
 
@@ -67,7 +66,6 @@ def execute(args: argparse.Namespace) -> int:
         generator=args.generator, loss=args.loss, bits=args.bits, batch_size=args.batch_size, device=args.device,
         threads=args.threads, iters=args.iters, warmup_iters=args.warmup_iters, eval_images=args.eval_images,
         model=args.model, compute=compute_settings(args), options=_parse_options(args.option),
-        reference_ste=args.reference_ste,
     )
     result = run_bench(config)
     if args.json:

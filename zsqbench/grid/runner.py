@@ -169,7 +169,7 @@ def run_grid(
             progress.message(f"{job.label}: {outcome.status}: {outcome.error}")
 
     if jobs:
-        executor.run(jobs, on_done, progress)
+        executor.run(jobs, execute_job, on_done, progress)
     return report
 
 

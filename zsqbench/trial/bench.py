@@ -35,7 +35,7 @@ import resource
 import statistics
 import tempfile
 import time
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -66,7 +66,7 @@ SETUP_OPTIONS: dict[str, Callable[[int], dict[str, Any]]] = {
 JSON_KEYS = (
     "step_s", "bare_s", "overhead", "eval_s", "fp_eval_s", "eval_ratio", "peak_mem_mb",
     "generator", "loss", "bits", "batch_size", "device", "device_name", "threads",
-    "precision", "channels_last", "compile", "tf32", "iters", "options", "reference_ste", "torch",
+    "precision", "channels_last", "compile", "tf32", "iters", "options", "torch",
 )
 
 
@@ -86,10 +86,10 @@ class BenchConfig:
     model: str = "resnet20_cifar10"
     seed: int = 0
     compute: ComputeSettings = field(default_factory=ComputeSettings)
-    #: Plugin options by plugin name, e.g. {"adadfq": {"share_student_forward": False}}.
+    quantizer: str = "uniform"
+    #: Plugin options by plugin name, e.g. {"adadfq": {"share_student_forward": False}} or
+    #: {"uniform": {"ste": "reference"}} (the straightforward ``x + (q − x).detach()`` STE).
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: Time the straightforward ``x + (q − x).detach()`` STE instead of the fused one.
-    reference_ste: bool = False
 
 
 class BenchSession:
@@ -109,10 +109,11 @@ class BenchSession:
         entry = plugins.models.get(c.model)
         gen_cls = plugins.generators.get(c.generator)  # unknown names: one-line errors before any work
         loss_cls = plugins.losses.get(c.loss)
-        unknown = sorted(set(c.options) - {c.generator, c.loss})
+        quant_cls = plugins.quantizers.get(c.quantizer)
+        unknown = sorted(set(c.options) - {c.generator, c.loss, c.quantizer})
         if unknown:
             raise UserError(f"options given for {unknown}, which this benchmark does not use "
-                            f"(generator '{c.generator}', loss '{c.loss}')")
+                            f"(generator '{c.generator}', loss '{c.loss}', quantizer '{c.quantizer}')")
         gen_options = SETUP_OPTIONS[c.generator](c.batch_size) if c.generator in SETUP_OPTIONS else {}
         gen_options.update(c.options.get(c.generator, {}))
         self.spec = TrialSpec(
@@ -121,6 +122,8 @@ class BenchSession:
                                    options=fill_options(gen_cls, gen_options, "generator", c.generator)),
             loss=PluginChoice(name=c.loss,
                               options=fill_options(loss_cls, c.options.get(c.loss, {}), "loss", c.loss)),
+            quantizer=PluginChoice(name=c.quantizer, options=fill_options(
+                quant_cls, c.options.get(c.quantizer, {}), "quantizer", c.quantizer)),
             budget=Budget(epochs=2, iters_per_epoch=max(1, c.iters), batch_size=c.batch_size, warmup_epochs=1),
         )
         self._tmp = tempfile.TemporaryDirectory(prefix="zsqbench-bench-")  # e.g. HAST's synthetic-set cache
@@ -227,13 +230,7 @@ def run_bench(config: BenchConfig, plugins: Plugins | None = None) -> dict[str, 
 
     if config.iters < 1 or config.eval_images < 1 or config.batch_size < 1:
         raise ValueError("iters, eval_images and batch_size must be at least 1")
-    if config.reference_ste:
-        from zsqbench_plugins.quantizers.uniform import reference_ste
-
-        quantization: AbstractContextManager[Any] = reference_ste()
-    else:
-        quantization = nullcontext()
-    with quantization, BenchSession(config, plugins) as session:
+    with BenchSession(config, plugins) as session:
         steps: list[float] = []
         bares: list[float] = []
         with session.training():
@@ -277,7 +274,6 @@ def run_bench(config: BenchConfig, plugins: Plugins | None = None) -> dict[str, 
             "tf32": c.tf32,
             "iters": config.iters,
             "options": config.options,
-            "reference_ste": config.reference_ste,
             "torch": torch.__version__,
         }
     assert tuple(result) == JSON_KEYS
