@@ -227,3 +227,39 @@ def test_readme_documents_every_aggregated_column():
     assert match, "README.md needs an 'Aggregated leaderboard columns' section"
     for column, meaning in documented("aggregated").items():
         assert f"| `{column}` | {meaning} |" in match.group(1), column
+
+
+def test_leaderboard_takes_a_results_folder(capsys, tmp_path):
+    folder = tmp_path / "results"
+    write_trials(folder / "leaderboard.csv", [trial_row(seed=0), trial_row(seed=1, top1_last=72.0)])
+    out = tmp_path / "out.csv"
+    assert main(["leaderboard", str(folder), "--csv", str(out)]) == 0
+    frame, kind = read_table(out)
+    assert kind == "aggregated" and frame["n_seeds"].tolist() == [2] and frame["top1_last_mean"].tolist() == [71.0]
+    (tmp_path / "empty").mkdir()
+    assert "has no leaderboard.csv" in one_line_error(capsys, ["leaderboard", str(tmp_path / "empty")])
+
+
+def test_the_default_view_fits_80_columns_and_wide_shows_every_setting(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from zsqbench.leaderboard.table import to_rich_table
+    from zsqbench.leaderboard.views import display_aggregated, display_compact
+
+    rows = [trial_row("adadfq", loss, bits, seed, 60.0 + seed + bits, budget=budget)
+            for loss in ("kd", "channel") for bits in (3, 4) for seed in (0, 1, 2) for budget in ("cpu", "paper")]
+    agg = aggregate(write_and_read(tmp_path, rows))
+    buf = io.StringIO()
+    Console(file=buf, width=80, color_system=None).print(to_rich_table(display_compact(agg), title="t", caption="c"))
+    lines = buf.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert any("cifar10 adadfq+channel W4A4 paper" in line and "65.00 ± 1.00" in line for line in lines)
+    wide = display_aggregated(agg)
+    assert {"model", "quantizer", "budget", "precision", "cpu_h", "top1_oracle (test-selected)"} <= set(wide.columns)
+
+
+def write_and_read(tmp_path, rows):
+    frame, _ = read_table(write_trials(tmp_path / "lb.csv", rows))
+    return frame

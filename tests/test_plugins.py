@@ -187,3 +187,10 @@ def test_third_party_package_is_discovered_and_runs_a_grid(tmp_path):
     results = json.loads(done.stdout)["results"]
     assert sorted((r["spec"]["generator"]["name"], r["spec"]["loss"]["name"]) for r in results) == [
         ("gdfq", "at"), ("gdfq", "kd"), ("noise", "at"), ("noise", "kd")]
+
+
+def test_contributing_shows_the_fixture_package_verbatim():
+    """The walk-through in CONTRIBUTING.md is the package the tests install and run."""
+    contributing = (Path(__file__).parent.parent / "CONTRIBUTING.md").read_text()
+    for name in ("src/noise_zsq.py", "pyproject.toml"):
+        assert (FIXTURE / name).read_text().strip() in contributing, name

@@ -1,0 +1,107 @@
+"""The contracts, checked on every registered plugin: a third-party plugin installed next to the
+bundled ones is held to the same bar (these tests parametrize over whatever is registered)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from zsqbench.api import Batch, Generator, NativeLosses, StudentObjective
+from zsqbench.api.plugins import build_plugins
+from zsqbench.trial.step import epoch_context, iterate
+
+from conftest import make_parts, make_spec
+
+PLUGINS = build_plugins()
+#: Options that keep a generator's preparation short (the contract does not depend on its size).
+SMALL = {"hast": {"num_images": 4, "synthesis_batch": 4, "synthesis_iters": 1, "calibration_batch": 2}}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def plugins():
+    return PLUGINS
+
+
+@pytest.mark.parametrize("name", PLUGINS.generators.names())
+def test_generator_contract(plugins, tmp_path, name):
+    spec = make_spec(name, "kd", batch_size=2, generator_options=SMALL.get(name))
+    parts = make_parts(plugins, spec, tmp_path / "cache")
+    gen = parts.generator
+    assert isinstance(gen.native_losses(), NativeLosses)
+    assert isinstance(gen.native_losses().objective, StudentObjective)
+    assert all(isinstance(n, nn.Module) for n in gen.networks().values())
+    declared = {id(p) for net in gen.networks().values() for p in net.parameters()}
+    for opt in gen.optimizers().values():  # optimizers train the declared networks (so both are checkpointed)
+        assert all(id(p) in declared for group in opt.param_groups for p in group["params"])
+    gen.prepare()
+    budget = spec.budget
+    before = copy.deepcopy(parts.ctx.student.state_dict())
+    with epoch_context(parts, budget.phase(0)):
+        assert iterate(parts, budget.phase(0)) == {}  # calibration: no student update, no loss terms
+    assert all(torch.equal(before[k], v) for k, v in parts.ctx.student.state_dict().items()
+               if k.endswith("weight"))  # calibration moves ranges, never weights
+    with epoch_context(parts, budget.first_training_phase):
+        terms = iterate(parts, budget.first_training_phase)
+    assert "total" in terms and all(not v.requires_grad and torch.isfinite(v) for v in terms.values())
+    assert any(not torch.equal(before[k], v) for k, v in parts.ctx.student.state_dict().items())
+    gen.load_state_dict(gen.state_dict())  # a checkpoint round trip
+    sampled = gen.sample(3, torch.Generator().manual_seed(0))
+    assert sampled is None or (isinstance(sampled, Batch) and sampled.x.shape == (3, *parts.ctx.teacher_entry.input_size))
+
+
+@pytest.mark.parametrize("name", PLUGINS.losses.names())
+def test_loss_contract(plugins, tmp_path, name):
+    parts = make_parts(plugins, make_spec("gdfq", name, batch_size=2), tmp_path / "cache")
+    objective = parts.objective
+    modules = dict(parts.ctx.teacher.named_modules())
+    assert all(p in modules for p in objective.feature_taps)
+    assert objective.feature_weight >= 0
+    phase = parts.ctx.spec.budget.first_training_phase
+    with parts.quantizer.calibrating(parts.ctx.student, True), torch.no_grad():
+        parts.ctx.student(torch.randn(2, *parts.ctx.teacher_entry.input_size))
+    with epoch_context(parts, phase):
+        terms = iterate(parts, phase)
+    assert "total" in terms and torch.isfinite(terms["total"])
+    if objective.feature_weight > 0:
+        assert terms.get("feature", torch.tensor(1.0)).item() != 0.0
+
+
+@pytest.mark.parametrize("name", PLUGINS.models.names())
+def test_model_contract(plugins, name):
+    entry = plugins.models.get(name)
+    model = entry.build().eval()
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        logits = model(torch.randn(2, *entry.input_size))
+    assert logits.shape == (2, entry.num_classes)
+    assert entry.classifier is None or entry.classifier in modules
+    assert "default" in entry.feature_taps
+    assert all(p in modules for paths in entry.feature_taps.values() for p in paths)
+    assert entry.weights and all(w.digest for w in entry.weights)
+
+
+@pytest.mark.parametrize("name", PLUGINS.quantizers.names())
+def test_quantizer_contract(plugins, name):
+    cls = plugins.quantizers.get(name)
+    quantizer = cls(cls.Options())
+    teacher = plugins.models.get("resnet20_cifar10").build().eval()
+    names = {n for n, _ in teacher.named_modules()}
+    student = quantizer.quantize(copy.deepcopy(teacher), 4, 4)
+    assert names <= {n for n, _ in student.named_modules()}  # FP module names kept: taps address both
+    for state in (True, False):
+        quantizer.set_calibrating(student, state)
+        assert quantizer.is_calibrating(student) is state
+        with quantizer.calibrating(student, not state):
+            assert quantizer.is_calibrating(student) is (not state)
+        assert quantizer.is_calibrating(student) is state
+
+
+def test_every_generator_class_implements_a_batch_source():
+    for entry in PLUGINS.generators:
+        cls = entry.obj
+        assert cls.step is not Generator.step or cls.next_batch is not Generator.next_batch, entry.name
