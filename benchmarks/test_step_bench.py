@@ -16,6 +16,7 @@ from typing import Iterator
 
 import pytest
 
+from zsqbench.bits import bits_label
 from zsqbench.trial.bench import BenchConfig, BenchSession
 
 CASES = [("adadfq", "akt"), ("adadfq", "kd"), ("gdfq", "kd")]
@@ -37,7 +38,7 @@ def session(request) -> Iterator[BenchSession]:
 
 def _measure(benchmark, session: BenchSession, name: str, fn) -> None:
     c = session.config
-    benchmark.group = f"{c.generator}+{c.loss} w{c.bits}a{c.bits} batch {c.batch_size} {session.device.type}"
+    benchmark.group = f"{c.generator}+{c.loss} {bits_label(c.bits, c.bits)} batch {c.batch_size} {session.device.type}"
     benchmark.extra_info.update(generator=c.generator, loss=c.loss, bits=c.bits, batch_size=c.batch_size,
                                 device=session.device.type, kind=name)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -152,9 +153,11 @@ def test_third_party_package_is_discovered_and_runs_a_grid(tmp_path):
     """Install the fixture package (offline, into a private folder), list its three plugins, and
     run a smoke grid that uses its generator, its loss and its budget override."""
     target = tmp_path / "site"
-    subprocess.run(
+    source = tmp_path / "zsqbench-noise"
+    shutil.copytree(FIXTURE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    subprocess.run(  # from a copy: building writes build/ and egg-info next to the sources
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-build-isolation",
-         "--target", str(target), str(FIXTURE)],
+         "--target", str(target), str(source)],
         check=True, capture_output=True, text=True,
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")]),

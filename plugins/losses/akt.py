@@ -10,8 +10,7 @@ sum) so diagnostics show each branch. Code defaults, paper switches (``mode="pap
 
 from __future__ import annotations
 
-from zsqbench.api import hookimpl
-from zsqbench_plugins.losses._feature import AttentionDistillationLoss, akt_paper_schedule
+from zsqbench_plugins.losses._feature import AttentionDistillationLoss, plugin_hooks
 
 
 class AKTLoss(AttentionDistillationLoss):
@@ -20,11 +19,4 @@ class AKTLoss(AttentionDistillationLoss):
     branches = ("spatial", "channel")
 
 
-@hookimpl
-def register_losses(register) -> None:
-    register(AKTLoss)
-
-
-@hookimpl
-def register_budget_overrides(register) -> None:
-    register(akt_paper_schedule("akt"))
+register_losses, register_budget_overrides = plugin_hooks(AKTLoss)

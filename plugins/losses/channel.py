@@ -7,8 +7,7 @@ paper/code modes: see :mod:`zsqbench_plugins.losses._feature`.
 
 from __future__ import annotations
 
-from zsqbench.api import hookimpl
-from zsqbench_plugins.losses._feature import AttentionDistillationLoss, akt_paper_schedule
+from zsqbench_plugins.losses._feature import AttentionDistillationLoss, plugin_hooks
 
 
 class ChannelLoss(AttentionDistillationLoss):
@@ -17,11 +16,4 @@ class ChannelLoss(AttentionDistillationLoss):
     branches = ("channel",)
 
 
-@hookimpl
-def register_losses(register) -> None:
-    register(ChannelLoss)
-
-
-@hookimpl
-def register_budget_overrides(register) -> None:
-    register(akt_paper_schedule("channel"))
+register_losses, register_budget_overrides = plugin_hooks(ChannelLoss)

@@ -7,8 +7,7 @@ L = L_logit + λ·Σ_maps Σ_b KL( softmax(Sp(F_T)/τ) ‖ softmax(Sp(F_Q)/τ) )
 
 from __future__ import annotations
 
-from zsqbench.api import hookimpl
-from zsqbench_plugins.losses._feature import AttentionDistillationLoss, akt_paper_schedule
+from zsqbench_plugins.losses._feature import AttentionDistillationLoss, plugin_hooks
 
 
 class SpatialLoss(AttentionDistillationLoss):
@@ -17,11 +16,4 @@ class SpatialLoss(AttentionDistillationLoss):
     branches = ("spatial",)
 
 
-@hookimpl
-def register_losses(register) -> None:
-    register(SpatialLoss)
-
-
-@hookimpl
-def register_budget_overrides(register) -> None:
-    register(akt_paper_schedule("spatial"))
+register_losses, register_budget_overrides = plugin_hooks(SpatialLoss)

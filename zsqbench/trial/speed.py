@@ -70,21 +70,6 @@ class ComputeSettings:
                 "compile": self.compile, "tf32": self.tf32}
 
 
-def compute_label(described: dict[str, Any] | None) -> str:
-    """:meth:`ComputeSettings.label` of a ``describe()`` dict as stored in result.json; "" for
-    results from before the settings were recorded (those ran fp32, NCHW)."""
-    if not described:
-        return ""
-    parts = [str(described.get("precision", "fp32"))]
-    if described.get("channels_last"):
-        parts.append("channels-last")
-    if described.get("compile"):
-        parts.append("compile")
-    if described.get("tf32") is not None:
-        parts.append("tf32" if described["tf32"] else "no-tf32")
-    return ",".join(parts)
-
-
 # ------------------------------------------------------------------ allocator
 
 #: glibc mallopt parameters (malloc.h).
@@ -205,5 +190,5 @@ def apply_compute_settings(networks: Iterable[nn.Module], settings: ComputeSetti
 
 
 __all__ = [
-    "CHANNELS_LAST_BY_DEFAULT", "ComputeSettings", "compute_label", "tune_cpu_allocator", "PRECISIONS", "apply_compute_settings", "set_conv_precision", "set_tf32",
+    "CHANNELS_LAST_BY_DEFAULT", "ComputeSettings", "tune_cpu_allocator", "PRECISIONS", "apply_compute_settings", "set_conv_precision", "set_tf32",
 ]
