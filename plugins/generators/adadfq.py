@@ -139,6 +139,7 @@ class AdaDFQ(OnlineGenerator):
         "disagreement/agreement + BNS); entropy-of-difference student loss"
     )
     Options = AdaDFQOptions
+    cost_factor = 1.3  # a rough guide: two student passes per iteration
 
     def step(self, phase: Phase, student: StudentUpdate) -> dict[str, Tensor]:
         """METHODS §5.4: a generator update through teacher *and* student, then the student's.

@@ -155,6 +155,7 @@ class HAST(Generator):
         "promotion and KD + feature-alignment student loss"
     )
     Options = HASTOptions
+    cost_factor = 1.6  # a rough guide: a clean and a perturbed pass per student step
 
     def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:
         super().__init__(options, ctx)
@@ -268,9 +269,6 @@ class HAST(Generator):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"calibration": self.calibration.optimizer} if self.calibration is not None else {}
-
-    def sample(self, batch_size: int, rng: torch.Generator | None = None) -> Batch | None:
-        return None  # the set is not a network; analyses draw from next_batch on a copy
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"perm": self._perm, "pos": self._pos}

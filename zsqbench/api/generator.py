@@ -154,6 +154,9 @@ class Generator(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     Options: ClassVar[type[PluginOptions]] = NoOptions
+    #: An iteration's cost relative to GDFQ's at the same batch, for the compute estimate of a grid
+    #: (AdaDFQ's second student pass, HAST's perturbed pass cost more).
+    cost_factor: ClassVar[float] = 1.0
 
     def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:
         self.options = options

@@ -138,9 +138,9 @@ def execute(args: argparse.Namespace) -> int:
     )
     specs = expand(request, plugins, env)
     if args.dry_run:
-        return _print_grid(specs, args)
+        return _print_grid(specs, args, plugins)
     todo = [s for s in specs if trial_folder(args.out, args.run_name, s).state != "done" or args.force]
-    estimate = estimate_compute(todo)
+    estimate = estimate_compute(todo, plugins)
     if not (args.quiet or args.json):
         out.print(f"{len(specs)} trial(s), {len(todo)} to run: {estimate.describe()}", highlight=False)
     if estimate.student_iterations > LARGE_GRID_ITERATIONS and not (args.yes or args.dry_run):
@@ -169,13 +169,13 @@ def execute(args: argparse.Namespace) -> int:
 SCHEDULE = ("epochs", "iters_per_epoch", "batch_size", "warmup_epochs", "lr_milestones")
 
 
-def _print_grid(specs, args) -> int:
+def _print_grid(specs, args, plugins) -> int:
     rows = grid_states(specs, args.out, args.run_name)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     table = Table(title=f"{len(specs)} trial(s), results in {args.out / args.run_name}; "
-                        f"{estimate_compute([s for s, r in zip(specs, rows) if r['state'] != 'done']).describe()}")
+                        f"{estimate_compute([s for s, r in zip(specs, rows) if r['state'] != 'done'], plugins).describe()}")
     shown = [c for c in rows[0] if c not in SCHEDULE]
     shown.insert(shown.index("budget") + 1, "schedule")
     for col in shown:

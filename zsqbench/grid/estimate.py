@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from zsqbench.api.plugins import Plugins
 from zsqbench.trial.spec import TrialSpec
 
 # seconds per generated sample per iteration on 2 CPU cores (`zsqbench bench`, 2026-11-27:
@@ -19,8 +20,6 @@ CPU_SECONDS_PER_SAMPLE = 0.005
 GPU_SECONDS_PER_SAMPLE = 0.015 / 200
 # ask before starting more than this many student iterations in one grid
 LARGE_GRID_ITERATIONS = 200_000
-# extra cost of methods with two student passes or two perturbed passes per iteration
-_METHOD_FACTOR = {"adadfq": 1.3, "hast": 1.6}
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,8 @@ class ComputeEstimate:
                 f"≈ {self.cpu_hours:.1f} CPU-hours on 2 cores or ≈ {self.gpu_hours:.2f} GPU-hours")
 
 
-def estimate_compute(specs: list[TrialSpec]) -> ComputeEstimate:
+def estimate_compute(specs: list[TrialSpec], plugins: Plugins) -> ComputeEstimate:
+    """Each generator declares its iteration's cost relative to GDFQ's (``Generator.cost_factor``)."""
     iterations = student = samples = 0
     weighted = 0.0
     for spec in specs:
@@ -46,7 +46,7 @@ def estimate_compute(specs: list[TrialSpec]) -> ComputeEstimate:
         iterations += it
         student += (b.epochs - b.warmup_epochs) * b.iters_per_epoch
         samples += it * b.batch_size
-        weighted += it * b.batch_size * _METHOD_FACTOR.get(spec.generator.name, 1.0)
+        weighted += it * b.batch_size * plugins.generators.get(spec.generator.name).cost_factor
     return ComputeEstimate(
         trials=len(specs), iterations=iterations, student_iterations=student, samples=samples,
         cpu_hours=weighted * CPU_SECONDS_PER_SAMPLE / 3600, gpu_hours=weighted * GPU_SECONDS_PER_SAMPLE / 3600,
