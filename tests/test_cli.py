@@ -207,10 +207,6 @@ def test_readme_documents_every_leaderboard_column():
 
 def test_a_reader_that_stops_early_gets_no_traceback():
     """`zsqbench ... --json | head`: the closed pipe is the reader's choice, not an error."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     proc = subprocess.Popen([sys.executable, "-m", "zsqbench.cli.main", "compare", "paper:akt", "paper:akt", "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # before anything is read: the first write hits a broken pipe
