@@ -10,7 +10,12 @@ operation order, RNG use or dtype shows up here.
 
 The four trials run in one process (each seeds everything itself; the test set and the FP
 accuracy are loaded once), with one thread and the CPU kernels pinned to AVX2 (ATen, oneDNN and
-MKL), so a machine with AVX-512 computes what the recording machine computed.
+MKL). Pinning the instruction set is not enough for the same bits on another CPU model (oneDNN
+blocks its loops by the caches it finds, so sums run in another order), so the values are
+recorded per CPU kind, each by running the code of commit d18d179 on such a machine. On a
+recorded kind the check is exact. On any other it is coarse: top-1 within 1 point, loss terms and
+gradient norms within 25 % (an AMD and an Intel machine differed by up to 0.15 points and 12 %
+after a few chaotic training steps), which still catches a lost loss term or a changed schedule.
 """
 
 from __future__ import annotations
@@ -27,6 +32,54 @@ import torch
 from fixtures_data import write_random_weights, write_test_set
 
 RECORDED = json.loads((Path(__file__).parent / "regression" / "api_v1_values.json").read_text())
+
+
+def _this_cpu() -> dict[str, str]:
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return {"vendor": fields.get("vendor_id", ""), "model": fields.get("model name", "")}
+
+
+def _recording() -> tuple[dict, bool]:
+    """The recorded values for this CPU kind (exact), else the first recording (coarse check)."""
+    cpu = _this_cpu()
+    for machine in RECORDED["machines"]:
+        if machine["cpu"]["vendor"] == cpu["vendor"] and machine["cpu"]["model"] in (None, cpu["model"]):
+            return machine["trials"], True
+    return RECORDED["machines"][0]["trials"], False
+
+
+def _close(measured: dict, recorded: dict) -> bool:
+    def near(a, b, rel):
+        return (a is None and b is None) or (a is not None and b is not None and abs(a - b) <= rel * abs(b) + 1e-12)
+
+    top1s = [(measured["fp_top1"], recorded["fp_top1"]), (measured["ptq_top1"], recorded["ptq_top1"])]
+    top1s += [(m["top1"], r["top1"]) for m, r in zip(measured["epochs"], recorded["epochs"])]
+    if len(measured["epochs"]) != len(recorded["epochs"]):
+        return False
+    if any((a is None) != (b is None) or (a is not None and abs(a - b) > 1.0) for a, b in top1s):
+        return False
+    for m, r in zip(measured["epochs"], recorded["epochs"]):
+        if m["phase"] != r["phase"] or set(m["losses"]) != set(r["losses"]):
+            return False
+        if not all(near(m["losses"][k], r["losses"][k], 0.25) for k in r["losses"]):
+            return False
+        if not near(m["grad_norm_mean"], r["grad_norm_mean"], 0.25):
+            return False
+    return True
+
+
+def _check(measured: dict, key: str) -> None:
+    trials, exact = _recording()
+    if exact:
+        assert measured == trials[key], key
+    else:
+        assert _close(measured, trials[key]), (key, measured, trials[key])
 
 CASES: dict[str, list[str]] = {
     "smoke/gdfq+kd": ["--generators", "gdfq", "--loss", "kd", "--bits", "4", "--budget", "smoke"],
@@ -92,11 +145,20 @@ def _measured(result: dict) -> dict:
 def test_fixture_trials_reproduce_the_recorded_numbers(tmp_path):
     root, weights = _fixture_root(tmp_path / "data")
     for case, result in _run_all(root, weights, tmp_path / "results").items():
-        assert _measured(result) == RECORDED["trials"][f"fixture/{case}"], case
+        _check(_measured(result), f"fixture/{case}")
 
 
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_real_data_trials_reproduce_the_recorded_numbers(data_root, tmp_path):
     for case, result in _run_all(data_root, None, tmp_path / "results").items():
-        assert _measured(result) == RECORDED["trials"][f"real/{case}"], case
+        _check(_measured(result), f"real/{case}")
+
+
+def test_the_coarse_check_accepts_another_cpu_and_refuses_a_lost_loss_term():
+    amd, intel = (m["trials"] for m in RECORDED["machines"][:2])
+    for key in amd:
+        assert _close(intel[key], amd[key]), key
+    broken = json.loads(json.dumps(amd["real/custom/adadfq+akt"]))
+    broken["epochs"][-1]["losses"]["feature"] = 0.0  # the feature term lost (METHODS §9, defect D3)
+    assert not _close(broken, amd["real/custom/adadfq+akt"])
