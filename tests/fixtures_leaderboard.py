@@ -65,3 +65,20 @@ def write_trials(path: Path, rows: list[dict[str, Any]], columns: list[str] | No
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under a folder with its bytes, to check a failed command changed nothing."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def fake_result(trial_id: str, run: str = "run1", seed: int = 0, top1_last: float = 70.0,
+                finished_at: str = "2025-01-01T00:00:00+00:00") -> dict[str, Any]:
+    """A result.json payload with every field the leaderboard reads (as trial/record.py writes it)."""
+    return {
+        "trial_id": trial_id, "run": run, "status": "done",
+        "spec": {"model": "resnet20_cifar10", "dataset": "cifar10", "generator": {"name": "gdfq", "options": {}},
+                 "loss": {"name": "kd", "options": {}}, "quantizer": {"name": "uniform", "options": {}},
+                 "w_bits": 4, "a_bits": 4, "seed": seed, "budget_name": "smoke",
+                 "budget": {"epochs": 2, "iters_per_epoch": 2, "batch_size": 16, "warmup_epochs": 1}},
+        "fp_top1": 92.6, "ptq_top1": 60.0, "top1_last": top1_last, "top1_oracle": top1_last + 1.0,
+        "epochs": [], "flags": [], "wall_s": 12.0, "device": "cpu (x86_64, 2 threads)",
+        "teacher": {"weights": "chenyaofo", "sha256": SHA_A}, "data": {"sha256": "72b7c94d" + "2" * 56},
+        "versions": {"zsqbench": "0.1.0", "torch": "2.14.1"}, "git_hash": "abc123", "finished_at": finished_at,
+        "compute": {"precision": "fp32", "channels_last": True, "compile": False, "tf32": None},
+    }

@@ -195,7 +195,7 @@ def test_nan_run_is_marked_diverged_and_not_reported(tiny, tmp_path, monkeypatch
     root, weights = tiny
     custom = build_plugins(extra={"nan-loss": _NaNPlugin()})
     monkeypatch.setattr("zsqbench.cli.run_cmd.get_plugins", lambda: custom)
-    monkeypatch.setattr("zsqbench.grid.runner.get_plugins", lambda: custom)
+    monkeypatch.setattr("zsqbench.grid.worker.get_plugins", lambda: custom)
     out = tmp_path / "nan"
     assert main(_args(root, weights, out, "--generators", "gdfq", "--loss", "nan,kd", "--bits", "4")) == 1
     (error_file,) = out.glob("*/*/error.json")
@@ -297,7 +297,7 @@ def test_a_run_with_another_teacher_checkpoint_does_not_reuse_results(tmp_path, 
     second = write_random_weights(root / "weights" / "second.pth", build(), seed=2)
     custom = _twin_teacher_plugins(plugins, first, second)
     monkeypatch.setattr("zsqbench.cli.run_cmd.get_plugins", lambda: custom)
-    monkeypatch.setattr("zsqbench.grid.runner.get_plugins", lambda: custom)
+    monkeypatch.setattr("zsqbench.grid.worker.get_plugins", lambda: custom)
     out = tmp_path / "results"
     argv = ["run", "--model", "twin_cifar10", "--generators", "gdfq", "--loss", "kd", "--bits", "4", "--budget",
             "smoke", "--data-root", str(root), "--out", str(out), "--device", "cpu", "-q", "--json"]

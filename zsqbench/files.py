@@ -28,15 +28,24 @@ def _umask() -> int:
     return mask
 
 
+def _fill(tmp: str, data: bytes) -> None:
+    """Write and sync the temporary file (where a full disk or an I/O error shows up)."""
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` by ``data`` all at once: on any error (``ENOSPC`` included) the previous file
+    is left as it was and the temporary one is removed."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
+        _fill(tmp, data)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -25,7 +26,7 @@ def _init_worker(devices, threads: int) -> None:
 
 def _run_on_worker(execute, job: TrialJob) -> JobOutcome:
     env = {**job.env, "device": _WORKER_DEVICE}
-    return execute(TrialJob(job.trial_id, job.trial_dir, job.label, env))
+    return execute(dataclasses.replace(job, env=env))
 
 
 class MultiGPUOptions(PluginOptions):

@@ -13,26 +13,30 @@ from zsqbench.api.options import NoOptions, PluginOptions
 class TrialJob:
     """One trial to run, in a form that pickles to another process or machine.
 
-    The trial folder already holds ``spec.json``; the job writes ``result.json`` (done) or
-    ``error.json`` (failed) there, resuming from ``checkpoint.pt`` if one exists.
+    The trial folder already holds ``spec.json``; the job claims the trial's lease, then writes
+    ``result.json`` (done) or ``error.json`` (failed) there, resuming from ``checkpoint.pt`` if one
+    exists. Executors that change a job (a worker's device) use ``dataclasses.replace``.
     """
 
     trial_id: str
     trial_dir: str
     label: str
     env: dict[str, Any]  # zsqbench.trial.environment.Environment fields as plain values
+    # The state the coordinator asked to start over from (--force, --retry-failed), or None. The
+    # worker resets the folder only if it still finds it in that state once it holds the lease.
+    reset_state: str | None = None
 
 
 @dataclass(frozen=True)
 class JobOutcome:
     trial_id: str
-    status: str  # "done", "failed", "diverged"
+    status: str  # "done", "failed", "diverged", or "elsewhere" (another worker holds or finished it)
     error: str = ""
 
 
 #: ``execute(job, progress=None)`` runs one job wherever it is called (resuming from the trial's
 #: checkpoint; ``progress`` only where a display is live) and says how it ended. The core passes
-#: :func:`zsqbench.grid.runner.execute_job`, a module-level function, so it pickles by reference to
+#: :func:`zsqbench.grid.worker.execute_job`, a module-level function, so it pickles by reference to
 #: other processes and machines (which need zsqbench installed).
 ExecuteJob = Callable[..., JobOutcome]
 

@@ -50,6 +50,6 @@ class RichProgress:
             self._progress.update(self._task, completed=completed, info=info)
 
     def message(self, text: str) -> None:
-        if not self.quiet:
-            err.print(text, highlight=False, markup=False)
+        if not self.quiet or text.startswith("warning:"):  # -q silences progress, not warnings
+            err.print(text, highlight=False, markup=False, soft_wrap=True)  # one line per message in logs
             sys.stderr.flush()

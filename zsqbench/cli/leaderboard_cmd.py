@@ -4,11 +4,15 @@ One view is chosen (aggregated by default, ``--per-trial`` or ``--pivot``) and t
 written to every requested file. The terminal shows the aggregated view compactly (it fits 80
 columns: configuration, seeds, top-1 last, oracle, PTQ); ``--wide`` shows every setting there
 and in Markdown. CSV and JSON always hold every column.
+
+A results folder is read from its trials' result files, and its ``leaderboard.csv`` is rewritten
+when it disagrees with them (missing, out of date, damaged); ``--rebuild`` does only that.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +22,7 @@ from zsqbench.errors import UserError
 from zsqbench.files import write_text_atomic
 from zsqbench.leaderboard.aggregate import as_aggregated, done_trials
 from zsqbench.leaderboard.references import resolve_source
+from zsqbench.leaderboard.results_folder import LEADERBOARD_NAME, rebuild_leaderboard, trial_rows
 from zsqbench.leaderboard.table import read_table, to_csv_text, to_json_text, to_markdown, to_rich_table
 from zsqbench.leaderboard.views import (
     COMPACT_NOTE, ORACLE_NOTE, PIVOT_NOTE, display_aggregated, display_compact, pivot,
@@ -46,6 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also write the view as CSV (the aggregated view is what `zsqbench compare` reads)")
     p.add_argument("--markdown", type=Path, metavar="FILE", help="also write the view as Markdown")
     p.add_argument("--json", action="store_true", help="print the view as JSON instead of a table")
+    p.add_argument("--rebuild", action="store_true",
+                   help="only regenerate RESULTS_DIR/leaderboard.csv from the trials' result.json files (repairs "
+                        "a CSV damaged by an editor or an old version)")
     p.set_defaults(execute=execute)
 
 
@@ -82,7 +90,31 @@ def build_view(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, st
     return agg, display_compact(agg), f"{path} ({len(agg)} configurations)", COMPACT_NOTE
 
 
+def _sync_folder_csv(folder: Path, required: bool) -> None:
+    """Rewrite the folder's CSV if it disagrees with its trials; unless ``required`` (--rebuild),
+    a folder that cannot be written (read-only, full) only gets a warning: the view is still right."""
+    try:
+        changed = rebuild_leaderboard(folder)
+    except OSError as exc:
+        if required:
+            raise UserError(f"cannot write {folder / LEADERBOARD_NAME}: {exc.strerror or exc}; free space or fix "
+                            "the folder's permissions and retry") from None
+        print(f"warning: {folder / LEADERBOARD_NAME} is out of date and could not be rewritten "
+              f"({exc.strerror or exc})", file=sys.stderr)
+        return
+    if changed or required:
+        state = "rebuilt" if changed else "already agreed with"
+        print(f"{folder / LEADERBOARD_NAME}: {state} the {len(trial_rows(folder))} result file(s)", file=sys.stderr)
+
+
 def execute(args: argparse.Namespace) -> int:
+    source = resolve_source(args.source)
+    if args.rebuild and not Path(source).is_dir():
+        raise UserError(f"--rebuild needs a results folder (the --out of `zsqbench run`), not {source}")
+    if Path(source).is_dir():
+        _sync_folder_csv(Path(source), required=args.rebuild)
+        if args.rebuild:
+            return 0
     machine, display, title, note = build_view(args)
     if args.csv_out:
         write_text_atomic(args.csv_out, to_csv_text(machine))

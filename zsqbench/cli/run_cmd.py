@@ -21,6 +21,7 @@ from zsqbench.grid.request import expand, load_grid_file, make_request
 from zsqbench.grid.runner import grid_states, run_grid, trial_folder
 from zsqbench.trial.data import resolve_cache_dir, resolve_data_root
 from zsqbench.trial.environment import Environment, offline_from_env, resolve_device
+from zsqbench.trial.lease import DEFAULT_TIMEOUT_S, TIMEOUT_ENV, lease_timeout_from_env
 
 
 def _csv(text: str) -> list[str]:
@@ -32,6 +33,16 @@ def _seeds(text: str) -> list[int]:
         return [int(p) for p in _csv(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"seeds must be integers like '0,1,2', got '{text}'") from None
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got '{text}'")
+    return value
 
 
 def add_parser(sub) -> None:
@@ -69,6 +80,9 @@ def add_parser(sub) -> None:
     p.add_argument("--executor", default="local", help="where trials run: local (default), multi-gpu, slurm, ray")
     p.add_argument("--max-parallel", type=int, help="at most this many trials at once (multi-gpu, slurm, ray)")
     p.add_argument("--retry-failed", action="store_true", help="run trials that failed earlier again")
+    p.add_argument("--lease-timeout", type=_positive_seconds, metavar="SECONDS",
+                   help="a trial whose worker sent no heartbeat for this long is taken over and resumed "
+                        f"(default: ${TIMEOUT_ENV} or {DEFAULT_TIMEOUT_S:.0f})")
     p.add_argument("--yes", action="store_true", help="do not ask before starting a large grid")
     p.add_argument("--force", action="store_true", help="re-run trials that are already done (from scratch)")
     p.add_argument("--dry-run", action="store_true", help="print the expanded grid and exit")
@@ -134,7 +148,7 @@ def execute(args: argparse.Namespace) -> int:
     env = Environment(
         data_root=resolve_data_root(args.data_root), device=device, cache_dir=resolve_cache_dir(args.cache_dir),
         teacher_weights=args.teacher_weights, offline=args.offline or offline_from_env(),
-        **compute_settings(args).describe(),
+        lease_timeout_s=args.lease_timeout or lease_timeout_from_env(), **compute_settings(args).describe(),
     )
     specs = expand(request, plugins, env)
     if args.dry_run:
@@ -160,6 +174,7 @@ def execute(args: argparse.Namespace) -> int:
                         | {"spec": r["spec"]} for r in rows],
             "failed": [{"trial_id": t, "error": e} for t, e in report.failed],
             "left_failed": report.left_failed,
+            "elsewhere": [{"trial_id": t, "reason": why} for t, why in report.elsewhere],
         }, indent=2))
     else:
         _print_results(rows, report, args.out)
@@ -204,3 +219,6 @@ def _print_results(rows, report, out_dir: Path) -> None:
         out.print("* oracle = best epoch selected on the test set; report 'top-1 last'.")
     for trial_id, error in report.failed:
         out.print(f"[red]failed[/red] {trial_id}: {error}", highlight=False)
+    if report.elsewhere:
+        out.print(f"{len(report.elsewhere)} trial(s) left to other workers sharing {out_dir} (see `zsqbench status "
+                  f"{out_dir}`); they join the leaderboard when they finish", highlight=False)

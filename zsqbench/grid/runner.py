@@ -1,38 +1,35 @@
-"""Running a grid of trials into a results folder, through an executor plugin.
+"""Running a grid of trials into a results folder, through an executor plugin (the coordinator).
 
 Layout: ``<out>/<run>/<trial_id>/`` is a :class:`~zsqbench.trial.folder.TrialFolder`;
-``<out>/leaderboard.csv`` gets one row per done trial, written only by the coordinating process.
+``<out>/leaderboard.csv`` is rebuilt from the folder's result files whenever a trial finishes
+(:mod:`zsqbench.leaderboard.results_folder`).
 
 Re-running the same command skips done trials, resumes incomplete ones from their last
-checkpoint, and leaves failed ones alone unless ``retry_failed``. The trial id includes the
-teacher checkpoint, so a done trial is never reused (nor an incomplete one resumed) for another
-teacher: that is another trial.
+checkpoint, and leaves failed ones alone unless ``retry_failed`` (a trial failed by a machine
+fault, such as a full disk, is resumed). Trials whose lease another live worker holds are left to
+it ("running elsewhere"), so any number of runs may share one results folder; the workers
+(:mod:`zsqbench.grid.worker`) settle who trains what. The trial id includes the teacher
+checkpoint, so a done trial is never reused (nor an incomplete one resumed) for another teacher:
+that is another trial.
 """
 
 from __future__ import annotations
 
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from zsqbench.api.executor import JobOutcome, TrialJob
-from zsqbench.api.plugins import Plugins, get_plugins
+from zsqbench.api.plugins import Plugins
 from zsqbench.errors import UserError
-from zsqbench.leaderboard.table import upsert_row
-from zsqbench.leaderboard.rows import result_row
+from zsqbench.grid.worker import RESOURCES, execute_job
+from zsqbench.leaderboard.results_folder import LEADERBOARD_NAME, rebuild_leaderboard
 from zsqbench.trial.environment import Environment
 from zsqbench.trial.folder import TrialFolder
-from zsqbench.trial.monitor import TrialDiverged
-from zsqbench.trial.progress import NullProgress, ProgressSink
-from zsqbench.trial.record import build_result
-from zsqbench.trial.resources import TrialResources
+from zsqbench.trial.lease import DEFAULT_TIMEOUT_S, LeaseOwner
+from zsqbench.trial.progress import ProgressSink
 from zsqbench.trial.spec import TrialSpec
 from zsqbench.trial.teachers import load_teacher
-from zsqbench.trial.trainer import run_trial
-
-LEADERBOARD = "leaderboard.csv"
-
 
 @dataclass
 class GridReport:
@@ -40,37 +37,11 @@ class GridReport:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (trial id, error)
     left_failed: list[str] = field(default_factory=list)  # failed earlier, not retried
+    elsewhere: list[tuple[str, str]] = field(default_factory=list)  # (trial id, why): another worker has it
 
 
 def trial_folder(out: Path, run: str, spec: TrialSpec) -> TrialFolder:
     return TrialFolder.of(out, run, spec.trial_id)
-
-
-# ------------------------------------------------------------------ inside a worker
-
-
-_RESOURCES = TrialResources()  # test sets and FP accuracies shared by the jobs of one process
-
-
-def execute_job(job: TrialJob, progress: ProgressSink | None = None, plugins: Plugins | None = None) -> JobOutcome:
-    """Run (or resume) one trial in its folder. Safe to call in any process or on any machine
-    that sees the folder; never touches the leaderboard."""
-    folder = TrialFolder(Path(job.trial_dir))
-    spec = folder.read_spec()
-    try:
-        env = Environment.from_dict(job.env)
-        outcome = run_trial(spec, plugins or get_plugins(), env, progress or NullProgress(), _RESOURCES, folder)
-    except TrialDiverged as exc:
-        folder.write_error("diverged", str(exc))
-        return JobOutcome(job.trial_id, "diverged", str(exc))
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as exc:
-        message = f"{type(exc).__name__}: {exc}"
-        folder.write_error("failed", message, traceback.format_exc())
-        return JobOutcome(job.trial_id, "failed", message)
-    folder.write_result(build_result(spec, outcome, env, folder.run))
-    return JobOutcome(job.trial_id, "done")
 
 
 # ------------------------------------------------------------------ the coordinator
@@ -84,7 +55,7 @@ def _precheck(specs: list[TrialSpec], plugins: Plugins, env: Environment, progre
         if key in seen:
             continue
         seen.add(key)
-        _RESOURCES.test_set(spec.dataset, env, progress)
+        RESOURCES.test_set(spec.dataset, env, progress)
         if spec.teacher is not None:
             load_teacher(plugins.models.get(spec.model), spec.teacher, env.data_root, env.teacher_weights,
                          env.offline, progress)
@@ -120,6 +91,7 @@ def run_grid(
     except Exception as exc:  # pydantic ValidationError and friends
         raise UserError(f"bad option for executor '{executor_name}': {str(exc).splitlines()[0]}") from None
     report = GridReport()
+    me = LeaseOwner.me()
     plan: list[tuple[TrialSpec, TrialFolder, str]] = []
     for spec in specs:
         folder = trial_folder(out, run, spec)
@@ -129,6 +101,12 @@ def run_grid(
             _refuse_other_precision((done.get("compute") or {}).get("precision", "fp32"), spec.trial_id, env, folder)
             report.skipped.append(done)
             continue
+        lease = folder.read_lease()
+        if lease is not None and lease.stale_reason(env.lease_timeout_s, me) is None:
+            report.elsewhere.append((spec.trial_id, f"running elsewhere ({lease.owner.describe()})"))
+            continue
+        if state == "failed" and folder.failed_resumably() and not force:
+            state = "incomplete"  # a machine fault (full disk, I/O error): resume it
         if state == "failed" and not (retry_failed or force):
             report.left_failed.append(spec.trial_id)
             continue
@@ -143,22 +121,25 @@ def run_grid(
     jobs: list[TrialJob] = []
     for index, (spec, folder, state) in enumerate(plan, 1):
         folder.path.mkdir(parents=True, exist_ok=True)
-        if force or state == "failed":
-            folder.reset()
         folder.write_spec(spec)
+        # The reset itself happens in the worker, once it holds the lease (another run may be training it).
+        reset = state if (force and state != "pending") or state == "failed" else None
         label = f"[{index}/{len(plan)}] {spec.generator.name}+{spec.loss.name} {spec.bits_label} seed {spec.seed}"
-        jobs.append(TrialJob(spec.trial_id, str(folder.path), label, env.to_dict(device)))
+        jobs.append(TrialJob(spec.trial_id, str(folder.path), label, env.to_dict(device), reset_state=reset))
     for tid in report.left_failed:
         progress.message(f"trial {tid} failed earlier; skipped (use --retry-failed)")
     if report.skipped:
         progress.message(f"{len(report.skipped)} trial(s) already done, skipped")
-
-    leaderboard = out / LEADERBOARD
+    for tid, why in report.elsewhere:
+        progress.message(f"trial {tid}: {why}; skipped")
 
     def on_done(job: TrialJob, outcome: JobOutcome) -> None:
-        if outcome.status == "done":
+        if outcome.status == "elsewhere":
+            report.elsewhere.append((job.trial_id, outcome.error))
+            progress.message(f"{job.label}: {outcome.error}; skipped")
+        elif outcome.status == "done":
             result = TrialFolder(Path(job.trial_dir)).read_result()
-            upsert_row(leaderboard, result_row(result))
+            _update_leaderboard(out, progress)
             report.done.append(result)
             progress.message(
                 f"{job.label}: FP {result['fp_top1']:.2f}  PTQ {result['ptq_top1']:.2f}  "
@@ -173,6 +154,17 @@ def run_grid(
     return report
 
 
+def _update_leaderboard(out: Path, progress: ProgressSink) -> None:
+    """Rebuild the leaderboard view; a failure to write it loses nothing (the result files are the
+    truth), so it is a warning with the repair command, not a failed trial."""
+    try:
+        rebuild_leaderboard(out)
+    except (OSError, UserError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        progress.message(f"warning: could not update {out / LEADERBOARD_NAME} ({reason}); the trial's result.json is "
+                         f"kept: `zsqbench leaderboard {out} --rebuild` repairs the leaderboard")
+
+
 def grid_states(specs: list[TrialSpec], out: Path, run: str) -> list[dict[str, Any]]:
     """The rows of a dry run: each trial with its teacher, schedule and state."""
     return [
@@ -185,19 +177,30 @@ def grid_states(specs: list[TrialSpec], out: Path, run: str) -> list[dict[str, A
     ]
 
 
-def folder_summary(out: Path) -> list[dict[str, Any]]:
-    """Every trial folder under a results directory with its state (for `zsqbench status`)."""
+def folder_summary(out: Path, lease_timeout_s: float = DEFAULT_TIMEOUT_S) -> list[dict[str, Any]]:
+    """Every trial folder under a results directory with its state (for `zsqbench status`): an
+    incomplete trial whose lease is live is "running" (owner, heartbeat age), one whose lease is
+    stale is "stale" (the next run takes it over and resumes it)."""
     rows = []
+    me = LeaseOwner.me()
     for folder in TrialFolder.find(out):
         spec = folder.read_spec()
         state = folder.state
+        lease = folder.read_lease()
         row = {"run": folder.run, "trial_id": folder.trial_id, "generator": spec.generator.name,
                "loss": spec.loss.name, "bits": spec.bits_label, "seed": spec.seed, "budget": spec.budget_name,
                "teacher": spec.teacher.short if spec.teacher else "(before teacher ids)", "state": state,
-               "epochs_done": folder.metrics_count(), "epochs": spec.budget.epochs, "error": ""}
+               "epochs_done": folder.metrics_count(), "epochs": spec.budget.epochs, "error": "",
+               "owner": "", "heartbeat_age_s": None, "stale_reason": ""}
+        if lease is not None:
+            reason = lease.stale_reason(lease_timeout_s, me)
+            row.update(owner=lease.owner.describe(), heartbeat_age_s=round(lease.age(), 1), stale_reason=reason or "")
+            if state == "incomplete":
+                row["state"] = "stale" if reason else "running"
         if state == "failed":
             try:
-                row["error"] = folder.read_error().get("error", "")
+                error = folder.read_error()
+                row["error"] = error.get("error", "") + (" (resumable)" if error.get("resumable") else "")
             except UserError:
                 row["error"] = "unreadable error.json"
         rows.append(row)

@@ -3,8 +3,10 @@
 A leaderboard that was cut short (a crashed copy, a full disk) or edited by hand must not be
 averaged silently: pandas fills a short last row with NaN and shifts a long row into the index,
 so every row is first checked with the csv module, then required cells and types are checked
-against :mod:`zsqbench.leaderboard.schema`. Every command (leaderboard, compare, plot) and the
-runner's own updates read through :func:`read_table`, which takes a CSV file or a results folder.
+against :mod:`zsqbench.leaderboard.schema`. Every command (leaderboard, compare, plot) reads
+through :func:`read_table`, which takes a CSV file or a results folder; a results folder is read
+from its trials' result files (:mod:`zsqbench.leaderboard.results_folder`), so it always agrees
+with them, whatever its ``leaderboard.csv`` holds.
 """
 
 from __future__ import annotations
@@ -19,10 +21,8 @@ import pandas as pd
 from rich.table import Table
 
 from zsqbench.errors import UserError
-from zsqbench.files import write_text_atomic
-from zsqbench.leaderboard.schema import PER_TRIAL, REQUIRED, Kind, is_missing, of_type, plain
-
-LEADERBOARD_NAME = "leaderboard.csv"
+from zsqbench.leaderboard.results_folder import leaderboard_text
+from zsqbench.leaderboard.schema import REQUIRED, Kind, is_missing, of_type, plain
 
 def _fail(path: Path, problem: str, fix: str = "regenerate it") -> UserError:
     """One-line error: CSV problems are user-fixable, and tracebacks would hide the file name."""
@@ -91,30 +91,25 @@ def _check_cells(path: Path, frame: pd.DataFrame, kind: Kind) -> pd.DataFrame:
     return frame
 
 
-def resolve_table(path: Path) -> Path:
-    """A leaderboard CSV, or a results folder standing for its ``leaderboard.csv``."""
+def read_table(path: Path) -> tuple[pd.DataFrame, Kind]:
+    """Read a per-trial or aggregated leaderboard (a CSV, or a results folder: its trials), refusing
+    anything cut short or malformed."""
     path = Path(path)
     if path.is_dir():
-        inside = path / LEADERBOARD_NAME
-        if not inside.is_file():
-            raise UserError(f"results folder {path} has no {LEADERBOARD_NAME} (no trial finished there yet); "
-                            "pass the --out folder of a `zsqbench run` or a leaderboard CSV")
-        return inside
-    return path
-
-
-def read_table(path: Path) -> tuple[pd.DataFrame, Kind]:
-    """Read a per-trial or aggregated leaderboard (a CSV or a results folder), refusing anything
-    cut short or malformed."""
-    path = resolve_table(path)
+        return parse_table(path, leaderboard_text(path))
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"leaderboard not found: {path}; run `zsqbench run` first or pass the right path") from None
     except UnicodeDecodeError:
         raise _fail(path, "it is not UTF-8 text") from None
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}; pass a readable CSV file") from None
+    return parse_table(path, text)
+
+
+def parse_table(path: Path, text: str) -> tuple[pd.DataFrame, Kind]:
+    """The checked table of a leaderboard's text (``path`` names it in errors)."""
     _check_shape(path, text)
     header = next(csv.reader(io.StringIO(text, newline="")))
     kind = detect_kind(path, header)
@@ -164,21 +159,7 @@ def _upgrade_compute_label(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------------
-# Writing: the per-trial table (atomic, one row per trial id) and text renderings.
-
-
-def upsert_row(path: Path, row: dict[str, Any]) -> None:
-    """Add or replace (by trial id) one trial's row; the file is rewritten atomically, in schema order."""
-    if Path(path).exists():
-        frame, kind = read_table(path)
-        if kind != "per-trial":
-            raise UserError(f"{path} is an aggregated leaderboard; trials are written to a per-trial one")
-        frame = frame[frame["trial_id"] != row["trial_id"]]
-        frame = pd.concat([frame, pd.DataFrame([row])], ignore_index=True) if len(frame) else pd.DataFrame([row])
-    else:
-        frame = pd.DataFrame([row])
-    extra = [c for c in frame.columns if c not in PER_TRIAL]
-    write_text_atomic(Path(path), to_csv_text(frame.reindex(columns=[*PER_TRIAL, *extra])))
+# Text renderings.
 
 
 def to_csv_text(frame: pd.DataFrame) -> str:

@@ -10,7 +10,6 @@ the run is offline.
 from __future__ import annotations
 
 import os
-import pickle
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from zsqbench.errors import DataNotFoundError, UnknownNameError, UserError
 from zsqbench.files import file_digest, write_bytes_atomic
 from zsqbench.trial.download import download
 from zsqbench.trial.progress import ProgressSink
+from zsqbench.trial.safe_pickle import RefusedGlobal, load_data_pickle_file
 
 DATA_ENV = "ZSQBENCH_DATA"
 DEFAULT_DATA_ROOT = Path("~/.cache/zsqbench/data").expanduser()
@@ -125,8 +125,15 @@ def load_test_set(name: str, root: Path, offline: bool = True, progress: Progres
             )
         download_test_set(name, root, progress)
     try:
-        with open(path, "rb") as fh:
-            raw = pickle.load(fh, encoding="latin1")
+        raw = load_data_pickle_file(path)
+    except RefusedGlobal as exc:
+        raise UserError(f"{name} test file {path} is not a plain CIFAR pickle: it asks to import {exc}, which "
+                        "could run code, so it is not read; delete it and download the test set again") from None
+    except Exception as exc:
+        raise UserError(
+            f"corrupt {name} test file {path} ({type(exc).__name__}: {exc}); delete it and download it again"
+        ) from None
+    try:
         data = np.asarray(raw["data"], dtype=np.uint8)
         labels = np.asarray(raw[info.label_key], dtype=np.int64)
         images = data.reshape(-1, 3, 32, 32)

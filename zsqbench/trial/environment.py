@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from zsqbench.errors import UserError
+from zsqbench.trial.lease import DEFAULT_TIMEOUT_S
 from zsqbench.trial.speed import ComputeSettings
 
 OFFLINE_ENV = "ZSQBENCH_OFFLINE"
@@ -41,6 +42,8 @@ class Environment:
     channels_last: bool | None = None
     compile: bool = False
     tf32: bool | None = None  # None: PyTorch's defaults
+    # A trial lease whose heartbeat is older than this is stale (zsqbench.trial.lease).
+    lease_timeout_s: float = DEFAULT_TIMEOUT_S
 
     @property
     def compute(self) -> ComputeSettings:
@@ -62,6 +65,7 @@ class Environment:
             offline=bool(data.get("offline", False)), eval_batch_size=int(data.get("eval_batch_size", 500)),
             precision=str(data.get("precision", "fp32")), channels_last=data.get("channels_last"),
             compile=bool(data.get("compile", False)), tf32=data.get("tf32"),
+            lease_timeout_s=float(data.get("lease_timeout_s", DEFAULT_TIMEOUT_S)),
         )
 
 

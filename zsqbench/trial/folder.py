@@ -3,8 +3,10 @@
 ``<results>/<run>/<trial_id>/`` holds ``spec.json`` (what the trial is), ``metrics.jsonl`` (one
 line per finished epoch), ``checkpoint.pt`` (every epoch, for resuming), ``snapshots/`` (the
 student after some epochs, for analysis), ``analysis/`` (diagnostics computed later) and finally
-``result.json`` (the done marker) or ``error.json`` (failed or diverged). Every file is written
-atomically, so a reader never sees half of one and a killed process leaves the previous version.
+``result.json`` (the done marker) or ``error.json`` (failed or diverged), and while a worker trains
+it, ``lease.json`` (:mod:`zsqbench.trial.lease`). Every file is written atomically, so a reader
+never sees half of one and a killed process (or a full disk) leaves the previous version; a folder
+claimed through :meth:`TrialFolder.claim` refuses every write once its lease is lost.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from torch import nn
 from zsqbench.errors import UserError
 from zsqbench.files import write_bytes_atomic, write_json_atomic, write_text_atomic
 from zsqbench.trial import checkpoint
+from zsqbench.trial.lease import LeaseInfo, TrialLease, read_lease
+from zsqbench.trial.result_file import RESULT_NAME, validate_result
 from zsqbench.trial.spec import TrialSpec
 
 STATES = ("done", "failed", "incomplete", "pending")
@@ -29,7 +33,7 @@ _SNAPSHOT = re.compile(r"epoch_(\d+)\.pt$")
 
 class TrialFolder:
     SPEC = "spec.json"
-    RESULT = "result.json"
+    RESULT = RESULT_NAME
     ERROR = "error.json"
     METRICS = "metrics.jsonl"
     CHECKPOINT = "checkpoint.pt"
@@ -38,6 +42,8 @@ class TrialFolder:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.lease: TrialLease | None = None
+        self.holder: LeaseInfo | None = None  # after a failed claim: the live lease that kept us out
 
     @classmethod
     def of(cls, out: Path, run: str, trial_id: str) -> "TrialFolder":
@@ -75,11 +81,42 @@ class TrialFolder:
 
     def reset(self) -> None:
         """Forget an earlier attempt (``--force``, ``--retry-failed``); the spec stays."""
+        self._check_writer()
         for name in (self.RESULT, self.ERROR, self.METRICS, self.CHECKPOINT):
             self.file(name).unlink(missing_ok=True)
 
+    # -- the lease: one writer at a time
+    def claim(self, timeout_s: float) -> bool:
+        """Claim the trial for this worker (False: a live lease of another worker holds it). From
+        then on every write checks that the lease is still ours; :meth:`release` gives it up."""
+        lease = TrialLease(self.path, timeout_s)
+        if not lease.acquire():
+            self.lease = None
+            self.holder = lease.holder
+            return False
+        self.lease = lease
+        return True
+
+    def release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+
+    def read_lease(self) -> LeaseInfo | None:
+        return read_lease(self.path)
+
+    def heartbeat(self) -> None:
+        """Renew the lease (every epoch, besides the background heartbeat)."""
+        if self.lease is not None:
+            self.lease.refresh()
+
+    def _check_writer(self) -> None:
+        if self.lease is not None:
+            self.lease.ensure_held()
+
     # -- spec
     def write_spec(self, spec: TrialSpec) -> None:
+        self._check_writer()
         write_json_atomic(self.file(self.SPEC), spec.model_dump(mode="json"))
 
     def read_spec(self) -> TrialSpec:
@@ -91,19 +128,33 @@ class TrialFolder:
 
     # -- results
     def write_result(self, result: dict[str, Any]) -> None:
+        self._check_writer()
         write_json_atomic(self.file(self.RESULT), result)
 
     def read_result(self) -> dict[str, Any]:
-        return self._read_json(self.RESULT, "result file", "delete its trial folder and re-run")
+        """The result, validated (:mod:`zsqbench.trial.result_file`)."""
+        data = self._read_json(self.RESULT, "result file", "delete its trial folder and re-run")
+        return validate_result(data, self.file(self.RESULT))
 
-    def write_error(self, status: str, error: str, traceback: str | None = None) -> None:
-        payload = {"status": status, "error": error}
+    def write_error(self, status: str, error: str, traceback: str | None = None, resumable: bool = False) -> None:
+        """``resumable``: the failure came from the machine (a full disk, an I/O error), not the trial;
+        the next run resumes the trial from its checkpoint instead of leaving it failed."""
+        payload: dict[str, Any] = {"status": status, "error": error, "resumable": resumable}
         if traceback is not None:
             payload["traceback"] = traceback
+        self._check_writer()
         write_json_atomic(self.file(self.ERROR), payload)
 
     def read_error(self) -> dict[str, Any]:
         return self._read_json(self.ERROR, "error file", "delete it to retry the trial")
+
+    def failed_resumably(self) -> bool:
+        """A failed trial whose error was the machine's (see :meth:`write_error`)."""
+        return self.state == "failed" and bool(self.read_error().get("resumable"))
+
+    def clear_error(self) -> None:
+        self._check_writer()
+        self.file(self.ERROR).unlink(missing_ok=True)
 
     def _read_json(self, name: str, what: str, fix: str) -> dict[str, Any]:
         path = self.file(name)
@@ -117,12 +168,10 @@ class TrialFolder:
         return data
 
     # -- per-epoch records
-    def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.file(self.METRICS), "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-
-    def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
-        """The log holds exactly these epochs (after a resume, a kill may have left more)."""
+    def write_metrics(self, records: list[dict[str, Any]]) -> None:
+        """The log holds exactly these epochs, one line each: rewritten whole (atomically) every epoch
+        from the records the checkpoint holds, so it can neither repeat an epoch nor lose one."""
+        self._check_writer()
         write_text_atomic(self.file(self.METRICS), "".join(json.dumps(r) + "\n" for r in records))
 
     def metrics_count(self) -> int:
@@ -131,6 +180,7 @@ class TrialFolder:
 
     # -- checkpoint
     def save_checkpoint(self, state: dict[str, Any]) -> None:
+        self._check_writer()
         write_bytes_atomic(self.file(self.CHECKPOINT), checkpoint.encode(state))
 
     def load_checkpoint(self, trial_id: str | None = None) -> dict[str, Any] | None:
@@ -146,6 +196,7 @@ class TrialFolder:
         """The student (weights and quantizer ranges) after ``epoch``, for later analysis."""
         buf = io.BytesIO()
         torch.save(student.state_dict(), buf)
+        self._check_writer()
         write_bytes_atomic(self.snapshot_path(epoch), buf.getvalue())
 
     def snapshot_epochs(self) -> list[int]:

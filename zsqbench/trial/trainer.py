@@ -113,6 +113,7 @@ def resume(setup: TrialSetup, folder: TrialFolder, progress: ProgressSink) -> Tr
     spec, parts = setup.spec, setup.parts
     saved = folder.load_checkpoint(spec.trial_id)
     if saved is None:
+        folder.write_metrics([])  # epochs logged by an attempt whose checkpoint is gone are not this run's
         return TrainingState()
     if saved.get("precision", "fp32") != setup.compute.precision:  # grid.runner refuses this earlier
         raise ValueError(f"trial {spec.trial_id} was started at precision {saved.get('precision', 'fp32')}; "
@@ -123,7 +124,7 @@ def resume(setup: TrialSetup, folder: TrialFolder, progress: ProgressSink) -> Tr
     set_rng_state(saved["rng"])
     state = TrainingState([EpochRecord(**r) for r in saved["records"]], saved["ptq"], saved["wall_s"])
     progress.message(f"resuming trial {spec.trial_id} after epoch {state.next_epoch}/{spec.budget.epochs}")
-    folder.rewrite_metrics([r.to_dict() for r in state.records])
+    folder.write_metrics([r.to_dict() for r in state.records])
     return state
 
 
@@ -175,16 +176,18 @@ def evaluate(setup: TrialSetup, phase: Phase) -> float | None:
 
 
 def save_epoch(folder: TrialFolder, setup: TrialSetup, state: TrainingState, wall_s: float) -> None:
-    """The checkpoint (atomic), the epoch's line in metrics.jsonl, and a snapshot when due."""
+    """The lease renewed (and checked: a worker that lost it stops here), then the checkpoint, the
+    records so far as metrics.jsonl, and a snapshot when due; each written atomically."""
     spec, parts = setup.spec, setup.parts
     record = state.records[-1]
+    folder.heartbeat()
     folder.save_checkpoint({
         "trial_id": spec.trial_id, "epoch": record.epoch, "records": [r.to_dict() for r in state.records],
         "ptq": state.ptq, "wall_s": wall_s, "student": parts.ctx.student.state_dict(),
         "optimizer": parts.optimizer.state_dict(), "generator": parts.generator.state_dict(), "rng": rng_state(),
         "precision": setup.compute.precision,
     })
-    folder.append_metrics(record.to_dict())
+    folder.write_metrics([r.to_dict() for r in state.records])
     if keeps_snapshot(record.epoch, spec.budget.epochs):
         folder.save_snapshot(record.epoch, parts.ctx.student)
 
