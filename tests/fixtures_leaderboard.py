@@ -54,6 +54,26 @@ def trial_row(generator: str = "gdfq", loss: str = "kd", bits: int = 3, seed: in
     return row
 
 
+def result_from_row(row: dict[str, Any], epochs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The result.json whose leaderboard row (leaderboard/rows.py) is ``row``: for folders whose
+    leaderboard is rebuilt from their trials."""
+    flags = [f for f in str(row.get("flags") or "").split(";") if f]
+    return {
+        "trial_id": row["trial_id"], "run": row["run"], "status": "done",
+        "spec": {"model": row["model"], "dataset": row["dataset"], "generator": {"name": row["generator"], "options": {}},
+                 "loss": {"name": row["loss"], "options": {}}, "quantizer": {"name": row["quantizer"], "options": {}},
+                 "w_bits": row["w_bits"], "a_bits": row["a_bits"], "seed": row["seed"], "budget_name": row["budget"],
+                 "budget": {k: row[k] for k in ("epochs", "iters_per_epoch", "batch_size", "warmup_epochs")}},
+        "fp_top1": row["fp_top1"], "ptq_top1": row["ptq_top1"], "top1_last": row["top1_last"],
+        "top1_oracle": row["top1_oracle"], "epochs": epochs or [], "flags": flags, "wall_s": row["wall_s"],
+        "device": row["device"], "teacher": {"weights": row["teacher_weights"], "sha256": row["teacher_sha256"]},
+        "data": {"sha256": row["data_sha256"]},
+        "versions": {"zsqbench": row["zsqbench_version"], "torch": row["torch_version"]},
+        "git_hash": row["git_hash"], "finished_at": row["finished_at"],
+        "compute": {k: row[k] for k in ("precision", "channels_last", "compile", "tf32")},
+    }
+
+
 def write_trials(path: Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> Path:
     """Write rows as a per-trial leaderboard with pandas, as `zsqbench run` does."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -237,7 +237,7 @@ def test_leaderboard_takes_a_results_folder(capsys, tmp_path):
     frame, kind = read_table(out)
     assert kind == "aggregated" and frame["n_seeds"].tolist() == [2] and frame["top1_last_mean"].tolist() == [71.0]
     (tmp_path / "empty").mkdir()
-    assert "has no leaderboard.csv" in one_line_error(capsys, ["leaderboard", str(tmp_path / "empty")])
+    assert "has no finished trial yet" in one_line_error(capsys, ["leaderboard", str(tmp_path / "empty")])
 
 
 def test_the_default_view_fits_80_columns_and_wide_shows_every_setting(tmp_path):

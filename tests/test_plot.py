@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from fixtures_leaderboard import snapshot, trial_row, write_trials  # noqa: E402
+from fixtures_leaderboard import result_from_row, snapshot, trial_row, write_trials  # noqa: E402
 from zsqbench.leaderboard.aggregate import aggregate  # noqa: E402
 from zsqbench.cli.main import main  # noqa: E402
 from zsqbench.leaderboard.plots import gains_over_kd  # noqa: E402
@@ -23,7 +23,7 @@ STEMS = ("accuracy_vs_bits", "gain_over_kd", "training_curves")
 
 
 def _result_json(row: dict) -> dict:
-    """The fields plots read from result.json: trial id, status, spec names/bits/seed, per-epoch numbers."""
+    """A full result.json for the row, with per-epoch numbers for the training curves."""
     epochs = [{"epoch": 0, "phase": "warmup", "lr": 0.0, "top1": None, "losses": {}, "seconds": 1.0},
               {"epoch": 1, "phase": "warmup", "lr": 0.0, "top1": row["ptq_top1"], "losses": {}, "seconds": 1.0}]
     for e in range(2, 5):
@@ -32,12 +32,7 @@ def _result_json(row: dict) -> dict:
             losses["feature"] = 0.5 / e
         epochs.append({"epoch": e, "phase": "train", "lr": 1e-4, "top1": row["top1_last"] - (4 - e),
                        "losses": losses, "seconds": 1.0})
-    return {
-        "trial_id": row["trial_id"], "run": row["run"], "status": "done",
-        "spec": {"generator": {"name": row["generator"], "options": {}}, "loss": {"name": row["loss"], "options": {}},
-                 "w_bits": row["w_bits"], "a_bits": row["a_bits"], "seed": row["seed"], "dataset": row["dataset"]},
-        "top1_last": row["top1_last"], "epochs": epochs,
-    }
+    return result_from_row(row, epochs)
 
 
 @pytest.fixture
@@ -118,10 +113,17 @@ def test_errors_are_one_line_and_write_nothing(capsys, results_dir, tmp_path):
         capsys, ["plot", str(results_dir), *out, "--trials", "nope"])
     assert "--format 'gif'" in _one_line_error(capsys, ["plot", str(results_dir), *out, "--format", "gif"])
     assert "results folder not found" in _one_line_error(capsys, ["plot", str(tmp_path / "none"), *out])
-    (results_dir / "leaderboard.csv").write_text("trial_id,top1_last\nabc")
+    shared = tmp_path / "shared"  # a leaderboard shared without its trial folders: the CSV is all there is
+    shared.mkdir()
+    (shared / "leaderboard.csv").write_text("trial_id,top1_last\nabc")
     before = snapshot(tmp_path)
-    assert "malformed leaderboard CSV" in _one_line_error(capsys, ["plot", str(results_dir), *out])
+    assert "malformed leaderboard CSV" in _one_line_error(capsys, ["plot", str(shared), *out])
     assert snapshot(tmp_path) == before
+
+
+def test_a_damaged_csv_beside_the_trials_does_not_matter(capsys, results_dir, tmp_path):
+    (results_dir / "leaderboard.csv").write_text("trial_id,top1_last\nabc")  # the trials are the truth
+    assert main(["plot", str(results_dir), "--out", str(tmp_path / "o")]) == 0
 
 
 def test_corrupt_result_json_is_one_line(capsys, results_dir, tmp_path):

@@ -23,6 +23,7 @@ from zsqbench.files import write_text_atomic
 from zsqbench.leaderboard.aggregate import as_aggregated, done_trials
 from zsqbench.leaderboard.references import resolve_source
 from zsqbench.leaderboard.results_folder import LEADERBOARD_NAME, rebuild_leaderboard, trial_rows
+from zsqbench.trial.result_file import find_result_files
 from zsqbench.leaderboard.table import read_table, to_csv_text, to_json_text, to_markdown, to_rich_table
 from zsqbench.leaderboard.views import (
     COMPACT_NOTE, ORACLE_NOTE, PIVOT_NOTE, display_aggregated, display_compact, pivot,
@@ -92,7 +93,10 @@ def build_view(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, st
 
 def _sync_folder_csv(folder: Path, required: bool) -> None:
     """Rewrite the folder's CSV if it disagrees with its trials; unless ``required`` (--rebuild),
-    a folder that cannot be written (read-only, full) only gets a warning: the view is still right."""
+    a folder that cannot be written (read-only, full) only gets a warning: the view is still right.
+    A folder holding only a CSV (shared without its trials) is read as it is."""
+    if not required and not find_result_files(folder) and (folder / LEADERBOARD_NAME).is_file():
+        return
     try:
         changed = rebuild_leaderboard(folder)
     except OSError as exc:

@@ -21,7 +21,8 @@ import pandas as pd
 from rich.table import Table
 
 from zsqbench.errors import UserError
-from zsqbench.leaderboard.results_folder import leaderboard_text
+from zsqbench.leaderboard.results_folder import LEADERBOARD_NAME, leaderboard_text
+from zsqbench.trial.result_file import find_result_files
 from zsqbench.leaderboard.schema import REQUIRED, Kind, is_missing, of_type, plain
 
 def _fail(path: Path, problem: str, fix: str = "regenerate it") -> UserError:
@@ -96,6 +97,9 @@ def read_table(path: Path) -> tuple[pd.DataFrame, Kind]:
     anything cut short or malformed."""
     path = Path(path)
     if path.is_dir():
+        if not find_result_files(path) and (path / LEADERBOARD_NAME).is_file():
+            # A table shared without its trial folders: the CSV is all there is to read.
+            return read_table(path / LEADERBOARD_NAME)
         return parse_table(path, leaderboard_text(path))
     try:
         text = path.read_text(encoding="utf-8")
