@@ -15,13 +15,13 @@ from zsqbench.api.plugins import get_plugins
 from zsqbench.bits import bits_label
 from zsqbench.cli.compute_flags import add_compute_flags, compute_settings
 from zsqbench.cli.console import RichProgress, out
+from zsqbench.cli.lease_flag import add_lease_timeout, lease_timeout
 from zsqbench.errors import UserError
 from zsqbench.grid.estimate import LARGE_GRID_ITERATIONS, estimate_compute
 from zsqbench.grid.request import expand, load_grid_file, make_request
 from zsqbench.grid.runner import grid_states, run_grid, trial_folder
 from zsqbench.trial.data import resolve_cache_dir, resolve_data_root
 from zsqbench.trial.environment import Environment, offline_from_env, resolve_device
-from zsqbench.trial.lease import DEFAULT_TIMEOUT_S, TIMEOUT_ENV, lease_timeout_from_env
 
 
 def _csv(text: str) -> list[str]:
@@ -33,16 +33,6 @@ def _seeds(text: str) -> list[int]:
         return [int(p) for p in _csv(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"seeds must be integers like '0,1,2', got '{text}'") from None
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got '{text}'")
-    return value
 
 
 def add_parser(sub) -> None:
@@ -80,9 +70,7 @@ def add_parser(sub) -> None:
     p.add_argument("--executor", default="local", help="where trials run: local (default), multi-gpu, slurm, ray")
     p.add_argument("--max-parallel", type=int, help="at most this many trials at once (multi-gpu, slurm, ray)")
     p.add_argument("--retry-failed", action="store_true", help="run trials that failed earlier again")
-    p.add_argument("--lease-timeout", type=_positive_seconds, metavar="SECONDS",
-                   help="a trial whose worker sent no heartbeat for this long is taken over and resumed "
-                        f"(default: ${TIMEOUT_ENV} or {DEFAULT_TIMEOUT_S:.0f})")
+    add_lease_timeout(p, "a trial whose worker sent no heartbeat for this long is taken over and resumed")
     p.add_argument("--yes", action="store_true", help="do not ask before starting a large grid")
     p.add_argument("--force", action="store_true", help="re-run trials that are already done (from scratch)")
     p.add_argument("--dry-run", action="store_true", help="print the expanded grid and exit")
@@ -148,7 +136,7 @@ def execute(args: argparse.Namespace) -> int:
     env = Environment(
         data_root=resolve_data_root(args.data_root), device=device, cache_dir=resolve_cache_dir(args.cache_dir),
         teacher_weights=args.teacher_weights, offline=args.offline or offline_from_env(),
-        lease_timeout_s=args.lease_timeout or lease_timeout_from_env(), **compute_settings(args).describe(),
+        lease_timeout_s=lease_timeout(args), **compute_settings(args).describe(),
     )
     specs = expand(request, plugins, env)
     if args.dry_run:

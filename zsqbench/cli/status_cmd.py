@@ -12,7 +12,7 @@ from rich.table import Table
 
 from zsqbench.cli.console import out
 from zsqbench.grid.runner import folder_summary
-from zsqbench.trial.lease import DEFAULT_TIMEOUT_S, TIMEOUT_ENV, lease_timeout_from_env
+from zsqbench.cli.lease_flag import add_lease_timeout, lease_timeout
 
 
 def add_parser(sub) -> None:
@@ -23,14 +23,12 @@ def add_parser(sub) -> None:
     p.add_argument("results", nargs="?", type=Path, default=Path("results"), help="results folder (default ./results)")
     p.add_argument("--all", action="store_true", help="list every trial, not only unfinished ones")
     p.add_argument("--json", action="store_true", help="print every trial as JSON")
-    p.add_argument("--lease-timeout", type=float, metavar="SECONDS",
-                   help=f"a lease without heartbeat for this long is stale (default: ${TIMEOUT_ENV} or "
-                        f"{DEFAULT_TIMEOUT_S:.0f})")
+    add_lease_timeout(p, "a lease without heartbeat for this long is stale")
     p.set_defaults(execute=execute)
 
 
 def execute(args: argparse.Namespace) -> int:
-    rows = folder_summary(args.results, args.lease_timeout or lease_timeout_from_env())
+    rows = folder_summary(args.results, lease_timeout(args))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
