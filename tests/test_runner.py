@@ -18,6 +18,7 @@ from zsqbench.api import DistillationLoss, PretrainedWeights, hookimpl
 from zsqbench.api.plugins import build_plugins, get_plugins
 
 from zsqbench.files import file_digest
+from zsqbench.trial.lease import LEASE, TrialLease
 
 from fixtures_data import write_random_weights, write_test_set
 from conftest import make_spec, one_line_error
@@ -241,6 +242,22 @@ def test_status_summarizes_a_results_folder(tiny, tmp_path, capsys):
     assert main(["status", str(out), "--json"]) == 0
     states = {r["trial_id"]: r["state"] for r in json.loads(capsys.readouterr().out)}
     assert states == {"abc": "incomplete", "def": "failed"}
+
+    lease = TrialLease(out / "default" / "abc", timeout_s=600)  # a live worker: this process
+    assert lease.acquire()
+    try:
+        assert main(["status", str(out), "--json"]) == 0
+        (row,) = [r for r in json.loads(capsys.readouterr().out) if r["trial_id"] == "abc"]
+        assert row["state"] == "running" and row["owner"] == lease.me.describe() and row["stale_reason"] == ""
+        assert row["heartbeat_age_s"] < 60
+        dead = dict(json.loads((out / "default" / "abc" / LEASE).read_text()))
+        dead["owner"] = {**dead["owner"], "pid": 2**22 + 1}  # above Linux's pid_max: never a live process
+        (out / "default" / "abc" / LEASE).write_text(json.dumps(dead))
+        assert main(["status", str(out), "--json"]) == 0
+        (row,) = [r for r in json.loads(capsys.readouterr().out) if r["trial_id"] == "abc"]
+        assert row["state"] == "stale" and "is gone" in row["stale_reason"]
+    finally:
+        (out / "default" / "abc" / LEASE).unlink()
     assert main(["status", str(tmp_path / "missing")]) == 2
     capsys.readouterr()
     (out / "default" / "abc" / "spec.json").write_text("{}")

@@ -96,8 +96,15 @@ GRID = ["--generators", "gdfq", "--loss", "kd", "--bits", "3", "--epochs", "6", 
         "--batch-size", "8", "--warmup-epochs", "1"]
 
 
+def _dry_run_states(capsys, root, weights, out) -> list[str]:
+    """The trial states a `--dry-run` of the grid reports (a lease times out only after 600 s)."""
+    capsys.readouterr()
+    assert main([*_argv(root, weights, out, *GRID, "--dry-run", "--json", "--lease-timeout", "600")]) == 0
+    return [row["state"] for row in json.loads(capsys.readouterr().out)]
+
+
 @pytest.mark.slow
-def test_a_killed_workers_lease_expires_and_the_next_run_resumes_its_trial(tiny, tmp_path):
+def test_a_killed_workers_lease_expires_and_the_next_run_resumes_its_trial(tiny, tmp_path, capsys):
     root, weights = tiny
     reference = tmp_path / "reference"
     _run(_argv(root, weights, reference, *GRID))
@@ -109,6 +116,7 @@ def test_a_killed_workers_lease_expires_and_the_next_run_resumes_its_trial(tiny,
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (trial / LEASE).is_file() and not (trial / "result.json").exists()
+    assert _dry_run_states(capsys, root, weights, out) == ["stale"]  # its process is gone from this host
 
     time.sleep(1.5)  # past the (shortened) lease timeout
     _run(_argv(root, weights, out, *GRID, "--lease-timeout", "1"))
@@ -118,13 +126,14 @@ def test_a_killed_workers_lease_expires_and_the_next_run_resumes_its_trial(tiny,
 
 
 @pytest.mark.slow
-def test_a_suspended_worker_is_taken_over_and_writes_nothing_when_it_wakes(tiny, tmp_path):
+def test_a_suspended_worker_is_taken_over_and_writes_nothing_when_it_wakes(tiny, tmp_path, capsys):
     root, weights = tiny
     out = tmp_path / "suspended"
     first = _spawn(_argv(root, weights, out, *GRID, "--lease-timeout", "2"))
     trial = _wait_for_epochs(out, first, 1)
     first.send_signal(signal.SIGSTOP)
     try:
+        assert _dry_run_states(capsys, root, weights, out) == ["running"]  # a live process holds a fresh lease
         _run(_argv(root, weights, out, *GRID, "--lease-timeout", "2"))
         # started while the stopped worker's lease was still live, the second run left the trial to it
         if not (trial / "result.json").exists():

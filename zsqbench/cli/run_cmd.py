@@ -173,7 +173,7 @@ SCHEDULE = ("epochs", "iters_per_epoch", "batch_size", "warmup_epochs", "lr_mile
 
 
 def _print_grid(specs, args, plugins) -> int:
-    rows = grid_states(specs, args.out, args.run_name)
+    rows = grid_states(specs, args.out, args.run_name, lease_timeout(args))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

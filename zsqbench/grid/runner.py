@@ -26,7 +26,7 @@ from zsqbench.grid.worker import RESOURCES, execute_job
 from zsqbench.leaderboard.results_folder import LEADERBOARD_NAME, rebuild_leaderboard
 from zsqbench.trial.environment import Environment
 from zsqbench.trial.folder import TrialFolder
-from zsqbench.trial.lease import DEFAULT_TIMEOUT_S, LeaseOwner
+from zsqbench.trial.lease import DEFAULT_TIMEOUT_S, LeaseInfo, LeaseOwner
 from zsqbench.trial.progress import ProgressSink
 from zsqbench.trial.spec import TrialSpec
 from zsqbench.trial.teachers import load_teacher
@@ -165,14 +165,30 @@ def _update_leaderboard(out: Path, progress: ProgressSink) -> None:
                          f"kept: `zsqbench leaderboard {out} --rebuild` repairs the leaderboard")
 
 
-def grid_states(specs: list[TrialSpec], out: Path, run: str) -> list[dict[str, Any]]:
+def _lease_state(folder: TrialFolder, lease: LeaseInfo | None, timeout_s: float, me: LeaseOwner) -> str:
+    """The folder's state, with an incomplete trial under a lease told apart: "running" while the
+    lease is live, "stale" once the next run would take it over."""
+    state = folder.state
+    if lease is None or state != "incomplete":
+        return state
+    return "stale" if lease.stale_reason(timeout_s, me) else "running"
+
+
+def grid_states(specs: list[TrialSpec], out: Path, run: str,
+                lease_timeout_s: float = DEFAULT_TIMEOUT_S) -> list[dict[str, Any]]:
     """The rows of a dry run: each trial with its teacher, schedule and state."""
+    me = LeaseOwner.me()
+
+    def state(spec: TrialSpec) -> str:
+        folder = trial_folder(out, run, spec)
+        return _lease_state(folder, folder.read_lease(), lease_timeout_s, me)
+
     return [
         {"trial_id": s.trial_id, "generator": s.generator.name, "loss": s.loss.name, "bits": s.bits_label,
          "seed": s.seed, "budget": s.budget_name, "epochs": s.budget.epochs,
          "iters_per_epoch": s.budget.iters_per_epoch, "batch_size": s.budget.batch_size,
          "warmup_epochs": s.budget.warmup_epochs, "lr_milestones": list(s.budget.lr_milestones),
-         "teacher": s.teacher.short if s.teacher else "", "state": trial_folder(out, run, s).state}
+         "teacher": s.teacher.short if s.teacher else "", "state": state(s)}
         for s in specs
     ]
 
@@ -185,8 +201,8 @@ def folder_summary(out: Path, lease_timeout_s: float = DEFAULT_TIMEOUT_S) -> lis
     me = LeaseOwner.me()
     for folder in TrialFolder.find(out):
         spec = folder.read_spec()
-        state = folder.state
         lease = folder.read_lease()
+        state = _lease_state(folder, lease, lease_timeout_s, me)
         row = {"run": folder.run, "trial_id": folder.trial_id, "generator": spec.generator.name,
                "loss": spec.loss.name, "bits": spec.bits_label, "seed": spec.seed, "budget": spec.budget_name,
                "teacher": spec.teacher.short if spec.teacher else "(before teacher ids)", "state": state,
@@ -195,8 +211,6 @@ def folder_summary(out: Path, lease_timeout_s: float = DEFAULT_TIMEOUT_S) -> lis
         if lease is not None:
             reason = lease.stale_reason(lease_timeout_s, me)
             row.update(owner=lease.owner.describe(), heartbeat_age_s=round(lease.age(), 1), stale_reason=reason or "")
-            if state == "incomplete":
-                row["state"] = "stale" if reason else "running"
         if state == "failed":
             try:
                 error = folder.read_error()
