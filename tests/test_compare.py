@@ -13,10 +13,19 @@ from conftest import one_line_error
 from fixtures_leaderboard import SHA_B, snapshot, trial_row, write_trials
 from zsqbench.cli.main import main
 from zsqbench.leaderboard.compare import compare, significance
+from zsqbench.leaderboard.stats import holm
 from zsqbench.leaderboard.references import reference_path
 from zsqbench.leaderboard.table import read_table
 
 REFERENCE = reference_path("akt")
+
+
+@pytest.fixture
+def wide_console(monkeypatch):
+    """Tables printed unfolded, as on a wide terminal (capture gives rich 80 columns)."""
+    from zsqbench.cli.console import out
+
+    monkeypatch.setattr(out, "width", 250)
 
 
 def _compare_json(capsys, *argv: str) -> dict:
@@ -56,21 +65,70 @@ def sides(tmp_path) -> tuple[Path, Path]:
     return a, b
 
 
-def test_deltas_and_welch_p_values_match_hand_computation_and_scipy(capsys, sides):
+def _paired_by_hand(a: list[float], b: list[float]) -> tuple[float, float, float, float, tuple[float, float]]:
+    """Mean difference, SE, t, two-sided p and 95 % CI of the paired t-test, from the textbook formulas."""
+    d = [y - x for x, y in zip(a, b)]
+    n = len(d)
+    mean = sum(d) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in d) / (n - 1))
+    se = sd / math.sqrt(n)
+    t = mean / se
+    half = stats.t.ppf(0.975, n - 1) * se
+    return mean, se, t, 2 * stats.t.sf(abs(t), n - 1), (mean - half, mean + half)
+
+
+def test_rows_with_different_seeds_use_welch_and_say_so(capsys, sides):
     rows = _rows(_compare_json(capsys, str(sides[0]), str(sides[1])))
-    kd = rows[("cifar10", "gdfq", "kd", 3)]
-    assert kd["status"] == "both" and (kd["a_n"], kd["b_n"]) == (3, 4)
+    kd = rows[("cifar10", "gdfq", "kd", 3)]  # A ran seeds 0-2, B seeds 0-3: no pairing
+    assert kd["status"] == "both" and (kd["a_n"], kd["b_n"]) == (3, 4) and kd["test"] == "welch"
+    assert "seeds differ (A 0;1;2, B 0;1;2;3): Welch" in kd["flags"] and kd["n_pairs"] is None
     assert kd["delta"] == pytest.approx(sum(B_KD) / 4 - sum(A_KD) / 3, abs=1e-4)
     t, p = _welch_by_hand(A_KD, B_KD)
     assert t == pytest.approx(2.3212, abs=1e-3) and p == pytest.approx(0.0680, abs=1e-3)
     assert kd["t_stat"] == pytest.approx(t, rel=1e-3) and kd["p_value"] == pytest.approx(p, rel=1e-3)
     scipy_p = stats.ttest_ind(B_KD, A_KD, equal_var=False).pvalue
     assert kd["p_value"] == pytest.approx(scipy_p, rel=1e-3)
-    assert kd["mark"] == ""  # p = 0.068 is not below 0.05
-    akt = rows[("cifar10", "gdfq", "akt", 3)]
-    t2, p2 = _welch_by_hand(A_AKT, B_AKT)
-    assert akt["p_value"] == pytest.approx(p2, rel=1e-3) and p2 < 0.01 and akt["mark"] == "**"
-    assert akt["delta"] == pytest.approx(81.0 - 70.5)
+    # Welch's CI by hand: delta ± t(0.975, Welch–Satterthwaite df) · sqrt(s_a²/n_a + s_b²/n_b)
+    va, vb = stats.tvar(A_KD) / 3, stats.tvar(B_KD) / 4
+    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 3)
+    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    assert kd["df"] == pytest.approx(df) and kd["se"] == pytest.approx(math.sqrt(va + vb))
+    assert (kd["ci_low"], kd["ci_high"]) == pytest.approx((kd["delta"] - half, kd["delta"] + half), abs=1e-3)
+    ci = stats.ttest_ind(B_KD, A_KD, equal_var=False).confidence_interval(0.95)
+    assert (kd["ci_low"], kd["ci_high"]) == pytest.approx((ci.low, ci.high), abs=1e-3)
+
+
+def test_rows_with_the_same_seeds_are_paired_and_holm_adjusted(capsys, sides, wide_console):
+    result = _compare_json(capsys, str(sides[0]), str(sides[1]))
+    rows = _rows(result)
+    akt = rows[("cifar10", "gdfq", "akt", 3)]  # both ran seeds 0-2
+    mean, se, t, p, ci = _paired_by_hand(A_AKT, B_AKT)
+    assert akt["test"] == "paired" and akt["n_pairs"] == 3 and akt["flags"] == []
+    assert akt["delta"] == pytest.approx(mean) and akt["se"] == pytest.approx(se) and akt["df"] == 2
+    assert akt["t_stat"] == pytest.approx(t) and akt["p_value"] == pytest.approx(p)
+    scipy_res = stats.ttest_rel(B_AKT, A_AKT)
+    assert akt["p_value"] == pytest.approx(scipy_res.pvalue) and akt["t_stat"] == pytest.approx(scipy_res.statistic)
+    assert (akt["ci_low"], akt["ci_high"]) == pytest.approx(ci)
+    # Holm over the two rows with a p-value: the smaller p times 2, the larger times 1 (kept monotone)
+    kd = rows[("cifar10", "gdfq", "kd", 3)]
+    small, large = sorted([akt["p_value"], kd["p_value"]])
+    assert akt["p_holm"] == pytest.approx(min(1, 2 * small)) and kd["p_holm"] == pytest.approx(max(2 * small, large))
+    assert akt["mark"] == "**" and kd["mark"] == ""
+    assert any("1 row(s) paired by seed" in n and "1 by Welch" in n for n in result["notes"])
+    assert main(["compare", str(sides[0]), str(sides[1])]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "paired (3)" in printed and "Welch" in printed and f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" in printed
+
+
+def test_unpaired_forces_welch(capsys, sides):
+    akt = _rows(_compare_json(capsys, str(sides[0]), str(sides[1]), "--unpaired"))[("cifar10", "gdfq", "akt", 3)]
+    assert akt["test"] == "welch" and akt["p_value"] == pytest.approx(_welch_by_hand(A_AKT, B_AKT)[1], rel=1e-6)
+
+
+def test_holm_adjustment_on_a_known_example():
+    # sorted: 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 -> raised to 0.06 (step-down is monotone)
+    assert holm([0.01, 0.04, 0.03, None, 0.005]) == pytest.approx([0.03, 0.06, 0.06, None, 0.02])
+    assert holm([0.5, 0.9]) == [1.0, 1.0] and holm([]) == []
 
 
 def test_rows_on_one_side_only_are_flagged_without_delta(capsys, sides):
@@ -91,14 +149,19 @@ def test_one_seed_on_a_side_gives_a_delta_but_no_p_value(capsys, tmp_path):
     assert row["delta"] == pytest.approx(2.5) and row["p_value"] is None and row["mark"] == ""
 
 
-def test_per_trial_and_aggregated_inputs_compare_the_same(capsys, sides, tmp_path):
+def test_an_aggregated_input_falls_back_to_welch_with_a_note(capsys, sides, tmp_path):
     agg = tmp_path / "a_agg.csv"
     assert main(["leaderboard", str(sides[0]), "--csv", str(agg)]) == 0
     capsys.readouterr()
     assert read_table(agg)[1] == "aggregated"
-    from_trials = _compare_json(capsys, str(sides[0]), str(sides[1]))["rows"]
-    from_agg = _compare_json(capsys, str(agg), str(sides[1]))["rows"]
-    assert from_trials == from_agg
+    from_agg = _compare_json(capsys, str(agg), str(sides[1]))
+    akt = _rows(from_agg)[("cifar10", "gdfq", "akt", 3)]
+    assert akt["test"] == "welch" and "A not per trial: Welch" in akt["flags"]
+    unpaired = _compare_json(capsys, str(sides[0]), str(sides[1]), "--unpaired")["rows"]
+    for agg_row, trial_row_ in zip(from_agg["rows"], unpaired):  # the same, up to the CSV's 4 decimals
+        for k, v in agg_row.items():
+            if k != "flags":
+                assert v == (pytest.approx(trial_row_[k], abs=1e-3) if isinstance(v, float) else trial_row_[k]), k
 
 
 def test_budget_mismatch_is_refused_unless_forced(capsys, tmp_path):

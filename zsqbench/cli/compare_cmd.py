@@ -1,34 +1,60 @@
-"""`zsqbench compare A.csv B.csv`: B − A per configuration, with seed counts and Welch's p-value."""
+"""`zsqbench compare A B` and `zsqbench compare RESULTS --by loss --baseline kd`: B − A per
+configuration, paired by seed where both arms ran the same seeds, with CIs, Holm-adjusted p-values
+and what the seeds can detect."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from rich.table import Table
 
 from zsqbench.bits import bits_label
 from zsqbench.cli.console import out
-from zsqbench.leaderboard.compare import Comparison, compare
+from zsqbench.errors import UserError
+from zsqbench.leaderboard.compare import BY_FIELDS, Comparison, compare, compare_within
+from zsqbench.leaderboard.stats import MAX_SEEDS
+
+
+def _effect(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of top-1 points such as 0.3, got '{text}'")
+    return value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "compare", help="compare two leaderboards (B − A, Welch's t-test)",
-        description="Join two leaderboards (results folders, per-trial or aggregated CSVs, or paper:NAME for a "
-                    "published table, e.g. paper:akt and yours) on "
-                    "dataset, generator, loss and bits, and show B − A with Welch's t-test over seeds. Rows with "
-                    "different budgets or teachers are refused unless --force; published reference rows are exempt "
-                    "and labelled.")
-    p.add_argument("a", metavar="A", help="baseline: a results folder, a leaderboard CSV or paper:NAME (paper:akt)")
-    p.add_argument("b", metavar="B", help="compared with A (delta = B − A), same forms")
+        "compare", help="compare two leaderboards, or values of one field inside a results folder",
+        description="B − A per configuration. Two sources (results folders, per-trial or aggregated CSVs, or "
+                    "paper:NAME for a published table) are joined on dataset, generator, loss and bits; with --by, "
+                    "one source is compared with itself: every other value of that field against --baseline, cell "
+                    "by cell. Arms known trial by trial that ran the same seeds are paired by seed (paired t-test); "
+                    "others use Welch's test. Each row gets a 95 %% confidence interval, a Holm-adjusted p-value "
+                    "and the minimum effect its seeds can detect. Rows with different budgets or teachers are "
+                    "refused unless --force; published reference rows are exempt and labelled.")
+    p.add_argument("a", metavar="A", help="baseline: a results folder, a leaderboard CSV or paper:NAME (paper:akt); "
+                                          "with --by, the one source")
+    p.add_argument("b", metavar="B", nargs="?", help="compared with A (delta = B − A), same forms; not with --by")
+    p.add_argument("--by", choices=BY_FIELDS, help="compare values of this field inside A (needs --baseline)")
+    p.add_argument("--baseline", metavar="VALUE", help="the value of --by the others are compared with (e.g. kd)")
     p.add_argument("--metric", choices=("last", "oracle"), default="last",
                    help="top1_last (default, the headline) or top1_oracle (best epoch chosen on the test set, "
                         "which is what the papers report)")
+    p.add_argument("--unpaired", action="store_true", help="Welch's test even where rows could be paired by seed")
+    p.add_argument("--ci", choices=("t", "bootstrap"), default="t",
+                   help="t interval (default) or a seeded percentile bootstrap of the mean difference")
+    p.add_argument("--bootstrap-seed", type=int, default=0, metavar="N", help="seed of the bootstrap (default 0)")
+    p.add_argument("--effect", type=_effect, metavar="POINTS",
+                   help="also report the seeds needed to detect this difference (top-1 points) with 80 %% power")
     p.add_argument("--force", action="store_true", help="compare rows even when model, quantizer, budget or teacher "
                                                          "differ (they are flagged)")
     p.add_argument("--joined-only", action="store_true",
-                   help="list only rows found on both sides (the counts of the others are still given)")
+                   help="list only rows with a delta (the counts of the others are still given)")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.set_defaults(execute=execute)
 
@@ -46,27 +72,70 @@ def _p(p: float | None) -> str:
     return f"{p:.2g}" if p < 0.01 else f"{p:.3f}"
 
 
+def _ci(low: float | None, high: float | None) -> str:
+    return "" if low is None or high is None else f"[{low:+.2f}, {high:+.2f}]"
+
+
+def _test(test: str, n_pairs: int | None) -> str:
+    return f"paired ({n_pairs})" if test == "paired" else ("Welch" if test == "welch" else "")
+
+
+def _needed(n: int | None, mde: float | None) -> str:
+    if n is not None:
+        return str(n)
+    return f">{MAX_SEEDS}" if mde is not None else ""
+
+
+def _p_holm(p: float | None, adjusted: float | None, mark: str) -> str:
+    if p is None:
+        return ""
+    return f"{_p(p)} ({_p(adjusted)}){' ' + mark if mark else ''}"
+
+
 def print_comparison(result: Comparison) -> None:
     """A table; "A/B is reference" flags are left to the caption, which says it once."""
-    table = Table(title=f"A = {result.a}   B = {result.b}   (top1_{result.metric}, delta = B − A)",
-                  caption="\n".join(result.notes))
-    for col in ("dataset", "generator", "loss", "bits"):
-        table.add_column(col, no_wrap=True)
-    for col in ("A (n)", "B (n)", "delta", "p", "sig", "flags"):
+    title = (f"{result.b}: each {result.by} against {result.a.split('=', 1)[1]!r}" if result.by else
+             f"A = {result.a}   B = {result.b}")
+    table = Table(title=f"{title}   (top1_{result.metric}, delta = B − A)", caption="\n".join(result.notes))
+    show_budget = len({r.budget for r in result.rows}) > 1  # a folder may hold several budgets
+    table.add_column("configuration", overflow="fold")
+    columns = ["A (n)", "B (n)", "delta", "95% CI", "test", "p (Holm)", "MDE"]
+    if result.effect is not None:
+        columns.append(f"seeds for {result.effect:g}")
+    for col in [*columns, "flags"]:
         table.add_column(col, overflow="fold")
     for r in result.rows:
         delta = "" if r.delta is None else f"{r.delta:+.2f}"
         shown = [f for f in r.flags if not f.endswith(" is reference")]
         flags = ", ".join([*([r.status] if r.status != "both" else []), *shown])
-        table.add_row(r.dataset, r.generator, r.loss, bits_label(r.w_bits, r.a_bits), _fmt(r.a_mean, r.a_std, r.a_n),
-                      _fmt(r.b_mean, r.b_std, r.b_n), delta, _p(r.p_value), r.mark, flags)
+        name = f"{r.dataset} {r.generator}+{r.loss} {bits_label(r.w_bits, r.a_bits)}"
+        cells = [name + (f" {r.budget}" if show_budget else ""), _fmt(r.a_mean, r.a_std, r.a_n),
+                 _fmt(r.b_mean, r.b_std, r.b_n), delta, _ci(r.ci_low, r.ci_high), _test(r.test, r.n_pairs),
+                 _p_holm(r.p_value, r.p_holm, r.mark), "" if r.mde is None else f"{r.mde:.2f}"]
+        if result.effect is not None:
+            cells.append(_needed(r.seeds_needed, r.mde))
+        table.add_row(*cells, flags)
     out.print(table)
 
 
 def execute(args: argparse.Namespace) -> int:
-    result = compare(args.a, args.b, metric=args.metric, force=args.force)
+    options = {"metric": args.metric, "force": args.force, "unpaired": args.unpaired, "interval": args.ci,
+               "bootstrap_seed": args.bootstrap_seed, "effect": args.effect}
+    if args.by:
+        if args.b is not None:
+            raise UserError(f"--by compares values inside one source; drop {args.b} or drop --by")
+        if not args.baseline:
+            raise UserError(f"--by {args.by} needs --baseline VALUE, the {args.by} the others are compared with "
+                            "(e.g. --baseline kd)")
+        result = compare_within(args.a, args.by, args.baseline, **options)
+    else:
+        if args.b is None:
+            raise UserError("compare needs two sources (A B), or one with --by FIELD --baseline VALUE")
+        if args.baseline:
+            raise UserError("--baseline goes with --by; drop it or add --by FIELD")
+        result = compare(args.a, args.b, **options)
     if args.joined_only:
-        result.rows = [r for r in result.rows if r.status == "both"]
+        result.rows = [r for r in result.rows if r.delta is not None]
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

@@ -1,7 +1,16 @@
-"""Compare two leaderboards row by row: B − A per configuration, with Welch's t-test over seeds.
+"""Comparisons of leaderboard rows: B − A per configuration, paired by seed where the design allows.
 
-Rows are joined on what defines a cell of a paper table (dataset, generator, loss, bits); the
-model and quantizer must agree, and so must the budget (epochs × iterations × batch) and teacher
+Two forms. ``compare(A, B)`` joins two leaderboards on what defines a cell of a paper table (dataset,
+generator, loss, bits). ``compare_within(RESULTS, by, baseline)`` compares, inside one grid, every
+other value of one field (loss, generator, quantizer) with the baseline value, cell by cell.
+
+Trials of the two arms that ran the same seed share their calibration, so when both arms are known
+trial by trial (per-trial leaderboards, results folders) and ran the same seeds, they are paired by
+seed (``ttest_rel``); otherwise — aggregated tables, different seeds, ``unpaired`` — Welch's test
+on means and stds. Each row says which test it used and why. p-values are Holm-adjusted over the
+rows of one comparison, and significance marks use the adjusted values.
+
+The model and quantizer must agree, and so must the budget (epochs × iterations × batch) and teacher
 checkpoint, since otherwise the delta measures the budget or the teacher rather than the method.
 Published reference rows (``source == "reference"``) have no teacher hash and their own schedule:
 they are exempt from the budget/teacher check and every such row is labelled as such.
@@ -10,7 +19,6 @@ they are exempt from the budget/teacher check and every such row is labelled as 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,13 +27,19 @@ import pandas as pd
 
 from zsqbench.bits import bits_label
 from zsqbench.errors import UserError
-from zsqbench.leaderboard.aggregate import as_aggregated
+from zsqbench.leaderboard.aggregate import as_aggregated, done_trials
 from zsqbench.leaderboard.references import resolve_source
-from zsqbench.leaderboard.schema import BUDGET_SETTINGS, plain
+from zsqbench.leaderboard.schema import BUDGET_SETTINGS, KEY_COLUMNS, plain
+from zsqbench.leaderboard.stats import (
+    ALPHA, BOOTSTRAP_RESAMPLES, CONFIDENCE, MAX_SEEDS, POWER, Difference, Interval, holm, paired_difference,
+    welch_difference, welch_from_samples,
+)
 from zsqbench.leaderboard.table import read_table
 
 JOIN_COLUMNS: tuple[str, ...] = ("dataset", "generator", "loss", "w_bits", "a_bits")
 ALWAYS_CHECKED: tuple[str, ...] = ("model", "quantizer")
+#: The fields `compare_within` can set against a baseline value (the others define the cell).
+BY_FIELDS: tuple[str, ...] = ("loss", "generator", "quantizer")
 Metric = Literal["last", "oracle"]
 SIGNIFICANCE = ((0.01, "**"), (0.05, "*"))
 REFERENCE_NOTE = ("{side} ({path}) holds published reference numbers: the best epoch selected on the test set, "
@@ -34,7 +48,8 @@ REFERENCE_NOTE = ("{side} ({path}) holds published reference numbers: the best e
 
 @dataclass
 class CompareRow:
-    """One joined configuration. ``status``: 'both', 'only A' or 'only B'."""
+    """One joined configuration; the key fields hold B's values. ``status``: 'both', 'only A',
+    'only B' (or, within a folder, 'no baseline'). ``test``: 'paired', 'welch' or '' (no delta)."""
 
     dataset: str
     generator: str
@@ -42,6 +57,9 @@ class CompareRow:
     w_bits: int
     a_bits: int
     status: str
+    model: str = ""
+    budget: str = ""
+    baseline: str | None = None
     a_mean: float | None = None
     a_std: float | None = None
     a_n: int | None = None
@@ -49,8 +67,18 @@ class CompareRow:
     b_std: float | None = None
     b_n: int | None = None
     delta: float | None = None
+    test: str = ""
+    n_pairs: int | None = None
+    se: float | None = None
+    df: float | None = None
     t_stat: float | None = None
     p_value: float | None = None
+    p_holm: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    interval: str = ""
+    mde: float | None = None
+    seeds_needed: int | None = None
     mark: str = ""
     flags: list[str] = field(default_factory=list)
 
@@ -62,23 +90,59 @@ class Comparison:
     metric: str
     rows: list[CompareRow]
     notes: list[str]
+    by: str | None = None
+    effect: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"a": self.a, "b": self.b, "metric": self.metric, "rows": [asdict(r) for r in self.rows],
-                "notes": self.notes}
+        return {"a": self.a, "b": self.b, "metric": self.metric, "by": self.by, "effect": self.effect,
+                "rows": [asdict(r) for r in self.rows], "notes": self.notes}
 
 
-def load_side(source: str | Path) -> pd.DataFrame:
-    """Either kind of leaderboard (a CSV, a results folder or ``paper:NAME``) as aggregated rows."""
+@dataclass(frozen=True)
+class Options:
+    """How to test: ``unpaired`` forces Welch; ``interval`` 't' or 'bootstrap' (seeded);
+    ``effect``: the difference (points) whose seeds-needed is reported."""
+
+    metric: Metric = "last"
+    force: bool = False
+    unpaired: bool = False
+    interval: Interval = "t"
+    bootstrap_seed: int = 0
+    effect: float | None = None
+
+
+@dataclass
+class Side:
+    """One leaderboard: its aggregated rows, and its finished trials when it has them (what pairing needs)."""
+
+    path: str
+    aggregated: pd.DataFrame
+    trials: pd.DataFrame | None
+
+    def seed_values(self, row: dict[str, Any], metric: Metric) -> dict[int, float] | None:
+        """The row's accuracy per seed, or None for an aggregated table."""
+        if self.trials is None or str(row.get("source", "zsqbench")) != "zsqbench":
+            return None
+        mask = pd.Series(True, index=self.trials.index)
+        for col in KEY_COLUMNS:
+            mask &= self.trials[col].map(plain) == plain(row[col])
+        column = "top1_last" if metric == "last" else "top1_oracle"
+        chosen = self.trials[mask]
+        return {int(s): float(v) for s, v in zip(chosen["seed"], chosen[column])}
+
+
+def load_side(source: str | Path) -> Side:
+    """Either kind of leaderboard (a CSV, a results folder or ``paper:NAME``)."""
     frame, kind = read_table(resolve_source(source))
-    return as_aggregated(frame, kind)
+    trials = done_trials(frame) if kind == "per-trial" else None
+    return Side(str(source), as_aggregated(frame, kind), trials)
 
 
 def _key_name(row: dict[str, Any]) -> str:
     return f"{row['dataset']} {row['generator']}+{row['loss']} {bits_label(row['w_bits'], row['a_bits'])}"
 
 
-def _index(frame: pd.DataFrame, side: str, path: Path) -> dict[tuple, dict[str, Any]]:
+def _index(frame: pd.DataFrame, side: str, path: str | Path) -> dict[tuple, dict[str, Any]]:
     """Rows by join key; a side with two rows for one key is ambiguous and must be filtered first."""
     rows: dict[tuple, dict[str, Any]] = {}
     for r in frame.to_dict("records"):
@@ -102,9 +166,10 @@ def _budget(row: dict[str, Any]) -> str:
     return "x".join("?" if v is None else str(v) for v in vals)
 
 
-def _mismatches(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """What makes a joined pair not like-for-like (reference rows skip budget and teacher)."""
-    found = [f"{c} differs (A {a[c]}, B {b[c]})" for c in ALWAYS_CHECKED if a[c] != b[c]]
+def _mismatches(a: dict[str, Any], b: dict[str, Any], varied: str | None = None) -> list[str]:
+    """What makes a joined pair not like-for-like (reference rows skip budget and teacher); the
+    ``varied`` field is the one being compared and may differ."""
+    found = [f"{c} differs (A {a[c]}, B {b[c]})" for c in ALWAYS_CHECKED if c != varied and a[c] != b[c]]
     if _is_reference(a) or _is_reference(b):
         return found
     if _budget(a) != _budget(b):
@@ -113,16 +178,6 @@ def _mismatches(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     if sha_a != sha_b:
         found.append(f"teacher sha256 differs (A {sha_a[:8] or 'none'}…, B {sha_b[:8] or 'none'}…)")
     return found
-
-
-def welch(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: float, n_b: int) -> tuple[float, float]:
-    """Welch's two-sided t-test from summary statistics (unequal variances): (t, p), B − A orientation."""
-    from scipy.stats import ttest_ind_from_stats
-
-    with warnings.catch_warnings():  # zero spread on both sides gives nan/inf, reported as is
-        warnings.simplefilter("ignore", RuntimeWarning)
-        result = ttest_ind_from_stats(mean_b, std_b, n_b, mean_a, std_a, n_a, equal_var=False)
-    return float(result.statistic), float(result.pvalue)
 
 
 def significance(p: float | None) -> str:
@@ -136,49 +191,116 @@ def _stats(row: dict[str, Any], metric: Metric) -> tuple[float | None, float | N
     return plain(row[f"{prefix}_mean"]), plain(row[f"{prefix}_std"]), plain(row["n_seeds"])
 
 
-def _joined(key: tuple, a: dict[str, Any] | None, b: dict[str, Any] | None, metric: Metric) -> CompareRow:
-    row = CompareRow(**dict(zip(JOIN_COLUMNS, key)), status="both" if a and b else ("only A" if a else "only B"))
+def _seeds(values: dict[int, float]) -> str:
+    return ";".join(str(s) for s in sorted(values))
+
+
+def _difference(row: CompareRow, a_vals: dict[int, float] | None, b_vals: dict[int, float] | None,
+                opts: Options) -> Difference | None:
+    """Paired when both arms are known per seed and ran the same seeds; Welch otherwise (the reason
+    goes into the row's flags)."""
+    if a_vals is not None and b_vals is not None and not opts.unpaired:
+        if set(a_vals) == set(b_vals):
+            seeds = sorted(a_vals)
+            return paired_difference([a_vals[s] for s in seeds], [b_vals[s] for s in seeds],
+                                     interval=opts.interval, bootstrap_seed=opts.bootstrap_seed, effect=opts.effect)
+        row.flags.append(f"seeds differ (A {_seeds(a_vals)}, B {_seeds(b_vals)}): Welch")
+    elif not opts.unpaired:
+        missing = " and ".join(s for s, v in (("A", a_vals), ("B", b_vals)) if v is None)
+        row.flags.append(f"{missing} not per trial: Welch")
+    if a_vals and b_vals:
+        return welch_from_samples(list(a_vals.values()), list(b_vals.values()), interval=opts.interval,
+                                  bootstrap_seed=opts.bootstrap_seed, effect=opts.effect)
+    if row.a_mean is None or row.b_mean is None or row.a_n is None or row.b_n is None:
+        return None
+    return welch_difference(row.a_mean, row.a_std, row.a_n, row.b_mean, row.b_std, row.b_n, effect=opts.effect)
+
+
+def _joined(key: dict[str, Any], a: dict[str, Any] | None, b: dict[str, Any] | None, side_a: Side, side_b: Side,
+            opts: Options, status: str | None = None) -> CompareRow:
+    shown = b or a or {}
+    row = CompareRow(**key, status=status or ("both" if a and b else ("only A" if a else "only B")),
+                     model=str(shown.get("model", "")), budget=str(shown.get("budget", "")))
     if a:
-        row.a_mean, row.a_std, row.a_n = _stats(a, metric)
+        row.a_mean, row.a_std, row.a_n = _stats(a, opts.metric)
         if _is_reference(a):
             row.flags.append("A is reference")
     if b:
-        row.b_mean, row.b_std, row.b_n = _stats(b, metric)
+        row.b_mean, row.b_std, row.b_n = _stats(b, opts.metric)
         if _is_reference(b):
             row.flags.append("B is reference")
-    if row.a_mean is not None and row.b_mean is not None:
+    if a and b and row.a_mean is not None and row.b_mean is not None:
+        diff = _difference(row, side_a.seed_values(a, opts.metric), side_b.seed_values(b, opts.metric), opts)
         row.delta = round(row.b_mean - row.a_mean, 4)
-        if (row.a_n or 0) >= 2 and (row.b_n or 0) >= 2 and row.a_std is not None and row.b_std is not None:
-            t, p = welch(row.a_mean, row.a_std, row.a_n, row.b_mean, row.b_std, row.b_n)
-            row.t_stat = None if math.isnan(t) else t
-            row.p_value = None if math.isnan(p) else p
-            row.mark = significance(row.p_value)
+        if diff is not None:
+            row.delta = round(diff.delta, 4)
+            row.test, row.n_pairs, row.se, row.df = diff.test, diff.n_pairs, diff.se, diff.df
+            row.t_stat, row.p_value = diff.t, diff.p
+            row.ci_low, row.ci_high, row.interval = diff.ci_low, diff.ci_high, diff.interval
+            row.mde, row.seeds_needed = diff.mde, diff.seeds_needed
     return row
 
 
-def compare(path_a: str | Path, path_b: str | Path, metric: Metric = "last", force: bool = False) -> Comparison:
-    """Join A and B; refuse (UserError) budget/teacher/model mismatches unless ``force``."""
-    side_a = _index(load_side(path_a), "A", path_a)
-    side_b = _index(load_side(path_b), "B", path_b)
-    keys = sorted(set(side_a) | set(side_b), key=lambda k: tuple(str(v) if isinstance(v, str) else v for v in k))
-    problems: list[tuple[tuple, list[str]]] = []
+def _adjust(rows: list[CompareRow]) -> None:
+    for row, adjusted in zip(rows, holm([r.p_value for r in rows])):
+        row.p_holm = adjusted
+        row.mark = significance(adjusted)
+
+
+def _method_notes(rows: list[CompareRow], opts: Options) -> list[str]:
+    tested = [r for r in rows if r.test]
+    paired = [r for r in tested if r.test == "paired"]
+    notes = [f"delta = B − A; {len(paired)} row(s) paired by seed (scipy ttest_rel on the per-seed differences), "
+             f"{len(tested) - len(paired)} by Welch's unequal-variance t-test"
+             + (" (--unpaired)" if opts.unpaired else "") + "; a p-value needs ≥ 2 seeds (pairs) per row"]
+    if opts.interval == "bootstrap":
+        notes.append(f"CI: {CONFIDENCE:.0%} percentile bootstrap ({BOOTSTRAP_RESAMPLES} resamples, seed "
+                     f"{opts.bootstrap_seed}) where trials are known, t interval otherwise; with few seeds a "
+                     "bootstrap interval is far too narrow (two seeds: the range of the two differences)")
+    else:
+        notes.append(f"CI: {CONFIDENCE:.0%} t interval of the mean difference")
+    notes.append(f"p_holm: Holm-adjusted over the {sum(r.p_value is not None for r in rows)} row(s) with a p-value; "
+                 "* p_holm < 0.05, ** p_holm < 0.01")
+    notes.append(f"MDE: the smallest true difference these seeds detect with {POWER:.0%} power at α = {ALPHA} "
+                 "(two-sided t-test, noncentral t), from the observed spread")
+    if opts.effect is not None:
+        notes.append(f"seeds_needed: seeds per arm (pairs when paired) to detect {opts.effect:g} points with "
+                     f"{POWER:.0%} power at α = {ALPHA}, at the observed spread (blank: more than {MAX_SEEDS})")
+    return notes
+
+
+def _refuse_mismatches(problems: list[tuple[str, list[str]]], what: str) -> None:
+    if problems:
+        name, found = problems[0]
+        raise UserError(f"cannot compare {what}: {len(problems)} joined row(s) are not like-for-like (first: {name}: "
+                        f"{'; '.join(found)}); compare runs with the same model, quantizer, budget and teacher, or "
+                        "pass --force to compare anyway")
+
+
+def compare(path_a: str | Path, path_b: str | Path, metric: Metric = "last", force: bool = False,
+            **options: Any) -> Comparison:
+    """Join A and B; refuse (UserError) budget/teacher/model mismatches unless ``force``.
+    ``options``: the other fields of :class:`Options`."""
+    opts = Options(metric=metric, force=force, **options)
+    side_a, side_b = load_side(path_a), load_side(path_b)
+    index_a, index_b = _index(side_a.aggregated, "A", path_a), _index(side_b.aggregated, "B", path_b)
+    keys = sorted(set(index_a) | set(index_b), key=lambda k: tuple(str(v) if isinstance(v, str) else v for v in k))
+    problems: list[tuple[str, list[str]]] = []
     rows = []
     for key in keys:
-        a, b = side_a.get(key), side_b.get(key)
-        row = _joined(key, a, b, metric)
+        a, b = index_a.get(key), index_b.get(key)
+        row = _joined(dict(zip(JOIN_COLUMNS, key)), a, b, side_a, side_b, opts)
         if a and b:
             found = _mismatches(a, b)
             if found:
-                problems.append((key, found))
+                problems.append((_key_name(dict(zip(JOIN_COLUMNS, key))), found))
                 row.flags.extend(f"forced: {f}" for f in found)
         rows.append(row)
-    if problems and not force:
-        key, found = problems[0]
-        raise UserError(f"cannot compare {path_a} with {path_b}: {len(problems)} joined row(s) are not like-for-like "
-                        f"(first: {_key_name(dict(zip(JOIN_COLUMNS, key)))}: {'; '.join(found)}); compare runs with "
-                        "the same model, quantizer, budget and teacher, or pass --force to compare anyway")
+    if not force:
+        _refuse_mismatches(problems, f"{path_a} with {path_b}")
+    _adjust(rows)
     notes = []
-    for side, path, index in (("A", path_a, side_a), ("B", path_b, side_b)):
+    for side, path, index in (("A", path_a, index_a), ("B", path_b, index_b)):
         if any(_is_reference(r) for r in index.values()):
             notes.append(REFERENCE_NOTE.format(side=side, path=path))
     if problems:
@@ -188,6 +310,62 @@ def compare(path_a: str | Path, path_b: str | Path, metric: Metric = "last", for
     only_b = sum(r.status == "only B" for r in rows)
     if only_a or only_b:
         notes.append(f"{only_a} row(s) only in A, {only_b} only in B (no delta)")
-    notes.append("delta = B − A; p: Welch's two-sided t-test over seeds (both sides need ≥ 2 seeds); "
-                 "* p < 0.05, ** p < 0.01, uncorrected for the number of rows compared")
-    return Comparison(str(path_a), str(path_b), metric, rows, notes)
+    notes.extend(_method_notes(rows, opts))
+    return Comparison(str(path_a), str(path_b), metric, rows, notes, effect=opts.effect)
+
+
+def within(side: Side, by: str, baseline: str, opts: Options) -> tuple[list[CompareRow], list[tuple[str, list[str]]]]:
+    """Every value of ``by`` other than ``baseline`` against it, in each cell of ``side`` (a cell:
+    the configuration fields but ``by``). Returns the rows and the like-for-like problems found."""
+    if by not in BY_FIELDS:
+        raise UserError(f"--by {by!r} is not a field to compare on; use one of {', '.join(BY_FIELDS)}")
+    agg = side.aggregated
+    values = sorted({str(v) for v in agg[by]})
+    if baseline not in values:
+        raise UserError(f"no row of {side.path} has {by} {baseline!r} (its {by} values: {', '.join(values)}); "
+                        f"pass one of them as --baseline")
+    cell_cols = [c for c in KEY_COLUMNS if c != by]
+    rows: list[CompareRow] = []
+    problems: list[tuple[str, list[str]]] = []
+    records = agg.to_dict("records")
+    cells: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        cells.setdefault(tuple(plain(r[c]) for c in cell_cols), []).append(r)
+    for cell in sorted(cells, key=lambda k: tuple(str(v) for v in k)):
+        members = cells[cell]
+        base = next((r for r in members if str(r[by]) == baseline), None)
+        for b in sorted((r for r in members if str(r[by]) != baseline), key=lambda r: str(r[by])):
+            key = {c: plain(b[c]) for c in JOIN_COLUMNS}
+            row = _joined(key, base, b, side, side, opts, status=None if base else "no baseline")
+            row.baseline = baseline
+            if base is not None:
+                found = _mismatches(base, b, varied=by)
+                if found:
+                    problems.append((_key_name(b), found))
+                    row.flags.extend(f"forced: {f}" for f in found)
+            rows.append(row)
+    return rows, problems
+
+
+def compare_within(source: str | Path, by: str, baseline: str, metric: Metric = "last", force: bool = False,
+                   **options: Any) -> Comparison:
+    """``by`` = ``baseline`` against every other value of ``by`` inside one leaderboard, cell by cell."""
+    opts = Options(metric=metric, force=force, **options)
+    side = load_side(source)
+    rows, problems = within(side, by, baseline, opts)
+    if not force:
+        _refuse_mismatches(problems, f"the rows of {source}")
+    _adjust(rows)
+    notes = [f"A = the {by} {baseline!r} row of each cell, B = the row named (a cell: every configuration field "
+             f"but {by})"]
+    if side.trials is None:
+        notes.append(f"{source} is an aggregated table: rows cannot be paired by seed (pass the results folder or "
+                     "its per-trial leaderboard to pair them)")
+    missing = sum(r.status == "no baseline" for r in rows)
+    if missing:
+        notes.append(f"{missing} row(s) have no {by} {baseline!r} row in their cell (no delta)")
+    if problems:
+        notes.append(f"--force: {len(problems)} row(s) compare different models, quantizers, budgets or teachers "
+                     "(see their flags)")
+    notes.extend(_method_notes(rows, opts))
+    return Comparison(f"{by}={baseline}", str(source), metric, rows, notes, by=by, effect=opts.effect)

@@ -186,6 +186,16 @@ def welch_difference(mean_a: float, std_a: float | None, n_a: int, mean_b: float
                       low, high, interval, mde, needed)
 
 
+def welch_from_samples(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE,
+                       interval: Interval = "t", bootstrap_seed: int = 0, effect: float | None = None) -> Difference:
+    """Welch's test on the per-seed values themselves (unrounded means and stds)."""
+    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    std_a = float(xa.std(ddof=1)) if len(xa) > 1 else None
+    std_b = float(xb.std(ddof=1)) if len(xb) > 1 else None
+    return welch_difference(float(xa.mean()), std_a, len(xa), float(xb.mean()), std_b, len(xb), confidence, effect,
+                            samples=(a, b), interval=interval, bootstrap_seed=bootstrap_seed)
+
+
 def mean_ci_halfwidth(std: float | None, n: int, confidence: float = CONFIDENCE) -> float | None:
     """Half-width of the t interval of a mean over ``n`` seeds (None with one seed)."""
     if std is None or n < 2 or not math.isfinite(std):
