@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from scipy import stats
 
@@ -116,7 +117,7 @@ def test_rows_with_the_same_seeds_are_paired_and_holm_adjusted(capsys, sides, wi
     assert akt["mark"] == "**" and kd["mark"] == ""
     assert any("1 row(s) paired by seed" in n and "1 by Welch" in n for n in result["notes"])
     assert main(["compare", str(sides[0]), str(sides[1])]) == 0
-    printed = " ".join(capsys.readouterr().out.split())
+    printed = " ".join(capsys.readouterr().out.replace("│", " ").split())
     assert "paired (3)" in printed and "Welch" in printed and f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" in printed
 
 
@@ -268,3 +269,112 @@ def test_reference_csv_holds_tables_2_and_4_once_each():
     assert set(frame.loc[frame["dataset"] == "cifar10", "fp_top1"]) == {93.89}
     assert set(frame.loc[frame["dataset"] == "cifar100", "fp_top1"]) == {70.33}
     assert frame["note"].str.contains("best epoch selected on the test set").all()
+
+
+# --- paired comparisons inside one results folder, and what the seeds can detect ----------------
+
+#: Measured by a user (issue 13): CPU budget, CIFAR-10, AdaDFQ, W3A3, top1_last by seed.
+ISSUE_KD, ISSUE_AKT = [72.22, 62.82], [70.68, 65.48]
+
+
+def _folder_csv(path: Path, cells: dict[tuple[str, str], list[float]], bits: int = 3) -> Path:
+    """A per-trial leaderboard of one grid: (generator, loss) -> top1_last by seed."""
+    rows = [trial_row(generator=g, loss=loss, bits=bits, seed=seed, top1_last=v)
+            for (g, loss), values in cells.items() for seed, v in enumerate(values)]
+    return write_trials(path, rows)
+
+
+def test_the_issue_table_paired_by_seed(capsys, tmp_path, wide_console):
+    grid = _folder_csv(tmp_path / "grid.csv", {("adadfq", "kd"): ISSUE_KD, ("adadfq", "akt"): ISSUE_AKT})
+    result = _compare_json(capsys, str(grid), "--by", "loss", "--baseline", "kd", "--effect", "0.3")
+    (row,) = result["rows"]
+    assert (row["loss"], row["baseline"], row["test"], row["n_pairs"]) == ("akt", "kd", "paired", 2)
+    assert row["delta"] == pytest.approx(0.56, abs=1e-9) and round(row["se"], 2) == 2.10
+    mean, se, t, p, ci = _paired_by_hand(ISSUE_KD, ISSUE_AKT)
+    assert row["se"] == pytest.approx(se) and row["p_value"] == pytest.approx(p) and row["p_holm"] == row["p_value"]
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(ci)  # 0.56 ± 12.706 · 2.10
+    sd = se * math.sqrt(2)
+
+    # MDE by simulation: paired differences drawn with the observed spread and a true mean of the MDE
+    # are declared significant 80 % of the time by the two-sided t-test with 2 seeds
+    rng = np.random.default_rng(0)
+    d = rng.normal(row["mde"], sd, size=(400_000, 2))
+    t_sim = d.mean(axis=1) / (d.std(axis=1, ddof=1) / math.sqrt(2))
+    assert (np.abs(t_sim) > stats.t.ppf(0.975, 1)).mean() == pytest.approx(0.8, abs=0.004)
+    assert row["mde"] == pytest.approx(34.30, abs=0.01)
+
+    # seeds for 0.3 points: the normal approximation n = ((z_.975 + z_.8) · sd / 0.3)² = 769.2, plus the
+    # few seeds the t-test's heavier tails cost; exactly the first n whose power reaches 80 %
+    n_normal = ((stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) * sd / 0.3) ** 2
+    assert n_normal == pytest.approx(769.19, abs=0.01) and n_normal < row["seeds_needed"] < n_normal + 4
+
+    def power_at(n: int) -> float:
+        crit = stats.t.ppf(0.975, n - 1)
+        return stats.nct.sf(crit, n - 1, 0.3 * math.sqrt(n) / sd)
+
+    assert power_at(row["seeds_needed"]) >= 0.8 > power_at(row["seeds_needed"] - 1)
+    assert row["seeds_needed"] == 772
+
+    assert main(["compare", str(grid), "--by", "loss", "--baseline", "kd", "--effect", "0.3"]) == 0
+    printed = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "cifar10 adadfq+akt W3A3" in printed and "+0.56 [-26.12, +27.24] paired (2)" in printed
+    assert "34.30 772" in printed and "seeds for 0.3" in printed
+
+
+def test_the_issue_table_unpaired_is_far_weaker(capsys, tmp_path):
+    grid = _folder_csv(tmp_path / "grid.csv", {("adadfq", "kd"): ISSUE_KD, ("adadfq", "akt"): ISSUE_AKT})
+    (paired,) = _compare_json(capsys, str(grid), "--by", "loss", "--baseline", "kd", "--effect", "0.3")["rows"]
+    (welch,) = _compare_json(capsys, str(grid), "--by", "loss", "--baseline", "kd", "--effect", "0.3",
+                             "--unpaired")["rows"]
+    assert welch["test"] == "welch" and welch["delta"] == pytest.approx(paired["delta"])
+    assert welch["se"] == pytest.approx(math.sqrt((stats.tvar(ISSUE_KD) + stats.tvar(ISSUE_AKT)) / 2))
+    assert welch["se"] > 2 * paired["se"] and welch["seeds_needed"] > 5 * paired["seeds_needed"]
+
+
+def test_compare_within_a_folder_pairs_every_cell_and_adjusts_over_all_rows(capsys, tmp_path):
+    cells = {("gdfq", "kd"): [70.0, 65.0, 68.0], ("gdfq", "akt"): [71.0, 66.5, 68.9],
+             ("gdfq", "spatial"): [70.2, 65.1, 68.4], ("adadfq", "kd"): [80.0, 77.0, 79.0],
+             ("adadfq", "akt"): [81.1, 77.9, 80.2], ("hast", "akt"): [75.0, 76.0, 77.0]}
+    grid = _folder_csv(tmp_path / "grid.csv", cells)
+    result = _compare_json(capsys, str(grid), "--by", "loss", "--baseline", "kd")
+    rows = {(r["generator"], r["loss"]): r for r in result["rows"]}
+    assert set(rows) == {("gdfq", "akt"), ("gdfq", "spatial"), ("adadfq", "akt"), ("hast", "akt")}
+    assert rows[("hast", "akt")]["status"] == "no baseline" and rows[("hast", "akt")]["delta"] is None
+    for key in (("gdfq", "akt"), ("gdfq", "spatial"), ("adadfq", "akt")):
+        base, other = cells[(key[0], "kd")], cells[key]
+        assert rows[key]["test"] == "paired" and rows[key]["p_value"] == pytest.approx(stats.ttest_rel(other, base).pvalue)
+    raw = [r["p_value"] for r in result["rows"]]
+    assert [r["p_holm"] for r in result["rows"]] == pytest.approx(holm(raw))
+    assert any("1 row(s) have no loss 'kd' row" in n for n in result["notes"])
+    by_generator = _compare_json(capsys, str(grid), "--by", "generator", "--baseline", "gdfq")
+    assert {(r["generator"], r["loss"]) for r in by_generator["rows"]} == {("adadfq", "kd"), ("adadfq", "akt"),
+                                                                           ("hast", "akt")}
+
+
+def test_compare_within_errors_are_one_line(capsys, tmp_path, sides):
+    grid = _folder_csv(tmp_path / "grid.csv", {("gdfq", "kd"): [70.0, 71.0], ("gdfq", "akt"): [72.0, 73.0]})
+    assert "no row of" in (err := one_line_error(capsys, ["compare", str(grid), "--by", "loss", "--baseline", "ce"]))
+    assert "akt, kd" in err and "--baseline" in err
+    assert "needs --baseline" in one_line_error(capsys, ["compare", str(grid), "--by", "loss"])
+    assert "drop" in one_line_error(capsys, ["compare", str(grid), str(grid), "--by", "loss", "--baseline", "kd"])
+    assert "needs two sources" in one_line_error(capsys, ["compare", str(grid)])
+    assert "--baseline goes with --by" in one_line_error(capsys, ["compare", *map(str, sides), "--baseline", "kd"])
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", str(grid), "--by", "loss", "--baseline", "kd", "--effect", "0"])
+    assert exit_.value.code == 2 and "expected a positive number" in capsys.readouterr().err
+
+
+def test_bootstrap_intervals_are_seeded(capsys, tmp_path):
+    kd = [70.0, 65.0, 68.0, 66.0, 71.0, 69.3, 64.2, 67.7]
+    d = [1.0, 1.5, 0.9, 0.2, 1.5, -0.4, 2.3, 0.65]
+    grid = _folder_csv(tmp_path / "grid.csv", {("gdfq", "kd"): kd, ("gdfq", "akt"): [x + y for x, y in zip(kd, d)]})
+    argv = [str(grid), "--by", "loss", "--baseline", "kd", "--ci", "bootstrap"]
+    (one,) = _compare_json(capsys, *argv, "--bootstrap-seed", "3")["rows"]
+    (again,) = _compare_json(capsys, *argv, "--bootstrap-seed", "3")["rows"]
+    (other,) = _compare_json(capsys, *argv, "--bootstrap-seed", "4")["rows"]
+    assert one["interval"] == "bootstrap" and (one["ci_low"], one["ci_high"]) == (again["ci_low"], again["ci_high"])
+    assert (one["ci_low"], one["ci_high"]) != (other["ci_low"], other["ci_high"])
+    assert min(d) <= one["ci_low"] < one["delta"] < one["ci_high"] <= max(d)
+    two = _folder_csv(tmp_path / "two.csv", {("adadfq", "kd"): ISSUE_KD, ("adadfq", "akt"): ISSUE_AKT})
+    (row,) = _compare_json(capsys, str(two), "--by", "loss", "--baseline", "kd", "--ci", "bootstrap")["rows"]
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((-1.54, 2.66))  # two seeds: the two differences

@@ -265,7 +265,7 @@ def _method_notes(rows: list[CompareRow], opts: Options) -> list[str]:
                  "(two-sided t-test, noncentral t), from the observed spread")
     if opts.effect is not None:
         notes.append(f"seeds_needed: seeds per arm (pairs when paired) to detect {opts.effect:g} points with "
-                     f"{POWER:.0%} power at α = {ALPHA}, at the observed spread (blank: more than {MAX_SEEDS})")
+                     f"{POWER:.0%} power at α = {ALPHA}, at the observed spread (>{MAX_SEEDS}: more than that)")
     return notes
 
 
