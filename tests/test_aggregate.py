@@ -263,3 +263,22 @@ def test_the_default_view_fits_80_columns_and_wide_shows_every_setting(tmp_path)
 def write_and_read(tmp_path, rows):
     frame, _ = read_table(write_trials(tmp_path / "lb.csv", rows))
     return frame
+
+
+def test_each_mean_has_its_95_percent_interval(capsys, tmp_path):
+    from scipy import stats
+
+    values = [70.0, 71.5, 73.25]
+    trials = write_trials(tmp_path / "t.csv", [trial_row(seed=s, top1_last=v) for s, v in enumerate(values)]
+                          + [trial_row(loss="akt", seed=0, top1_last=75.0)])
+    agg = aggregate(read_table(trials)[0])
+    kd, akt = agg[agg["loss"] == "kd"].iloc[0], agg[agg["loss"] == "akt"].iloc[0]
+    half = stats.t.ppf(0.975, 2) * stats.tstd(values) / math.sqrt(3)  # t(0.975, n−1) · s / √n
+    assert kd["top1_last_ci95"] == pytest.approx(half, abs=1e-4) and math.isnan(akt["top1_last_ci95"])
+    ci = stats.ttest_1samp(values, 0).confidence_interval(0.95)
+    assert kd["top1_last_ci95"] == pytest.approx((ci.high - ci.low) / 2, abs=1e-4)
+    markdown = tmp_path / "t.md"
+    assert main(["leaderboard", str(trials), "--ci", "--markdown", str(markdown)]) == 0
+    assert f"{sum(values) / 3:.2f} ± {half:.2f}" in markdown.read_text() and "confidence interval" in markdown.read_text()
+    assert main(["leaderboard", str(trials), "--markdown", str(markdown)]) == 0
+    assert f"{sum(values) / 3:.2f} ± {stats.tstd(values):.2f}" in markdown.read_text()

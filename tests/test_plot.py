@@ -14,6 +14,7 @@ pytest.importorskip("matplotlib")
 from fixtures_leaderboard import result_from_row, snapshot, trial_row, write_trials  # noqa: E402
 from zsqbench.leaderboard.aggregate import aggregate  # noqa: E402
 from zsqbench.cli.main import main  # noqa: E402
+from zsqbench.leaderboard.compare import load_side  # noqa: E402
 from zsqbench.leaderboard.plots import gains_over_kd  # noqa: E402
 
 from conftest import make_spec  # noqa: E402
@@ -82,13 +83,23 @@ def test_chosen_trials_by_id_prefix(capsys, results_dir, tmp_path):
     assert "'0' matches 10 finished trials" in _one_line_error(capsys, ["plot", str(results_dir), *out, "--trials", "0"])
 
 
-def test_gain_over_kd_numbers():
+def test_gain_over_kd_is_paired_by_seed_when_the_seeds_match(tmp_path):
+    from scipy import stats
+
     rows = [trial_row("gdfq", "kd", 3, 0, 70.0), trial_row("gdfq", "kd", 3, 1, 72.0),
-            trial_row("gdfq", "akt", 3, 0, 73.0), trial_row("gdfq", "akt", 3, 1, 74.0),
+            trial_row("gdfq", "akt", 3, 0, 73.0), trial_row("gdfq", "akt", 3, 1, 74.5),
             trial_row("gdfq", "spatial", 4, 0, 80.0)]  # no kd at 4 bits: no gain
-    (gain,) = gains_over_kd(aggregate(pd.DataFrame(rows))).to_dict("records")
-    assert gain["loss"] == "akt" and gain["gain"] == pytest.approx(73.5 - 71.0)
-    assert gain["gain_err"] == pytest.approx((2.0 / 2 + 0.5 / 2) ** 0.5, abs=1e-3)  # sqrt(sA²/nA + sB²/nB)
+    side = load_side(write_trials(tmp_path / "t.csv", rows))
+    (gain,) = gains_over_kd(side).to_dict("records")
+    ci = stats.ttest_rel([73.0, 74.5], [70.0, 72.0]).confidence_interval(0.95)
+    assert gain["loss"] == "akt" and gain["test"] == "paired" and gain["gain"] == pytest.approx(73.75 - 71.0)
+    assert (gain["ci_low"], gain["ci_high"]) == pytest.approx((ci.low, ci.high))
+    agg = tmp_path / "agg.csv"  # an aggregated table has no seeds to pair: Welch's interval
+    aggregate(pd.DataFrame(rows)).to_csv(agg, index=False)
+    (unpaired,) = gains_over_kd(load_side(agg)).to_dict("records")
+    welch = stats.ttest_ind([73.0, 74.5], [70.0, 72.0], equal_var=False).confidence_interval(0.95)
+    assert unpaired["test"] == "welch" and (unpaired["ci_low"], unpaired["ci_high"]) == pytest.approx(
+        (welch.low, welch.high), abs=1e-3)
 
 
 def test_figures_are_written_even_without_kd_rows_or_result_files(capsys, tmp_path):

@@ -26,7 +26,7 @@ from zsqbench.leaderboard.results_folder import LEADERBOARD_NAME, rebuild_leader
 from zsqbench.trial.result_file import find_result_files
 from zsqbench.leaderboard.table import read_table, to_csv_text, to_json_text, to_markdown, to_rich_table
 from zsqbench.leaderboard.views import (
-    COMPACT_NOTE, ORACLE_NOTE, PIVOT_NOTE, display_aggregated, display_compact, pivot,
+    CI_NOTE, COMPACT_NOTE, ORACLE_NOTE, PIVOT_NOTE, display_aggregated, display_compact, pivot,
 )
 
 PER_TRIAL_SHOWN = ["trial_id", "model", "generator", "loss", "w_bits", "a_bits", "seed", "budget",
@@ -47,6 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       help="paper layout: rows dataset x bits, columns generator+loss, cells 'mean ± std (n)'")
     p.add_argument("--wide", action="store_true",
                    help="every setting in the terminal and Markdown table (default: a compact view for 80 columns)")
+    p.add_argument("--ci", action="store_true",
+                   help="show mean ± the 95 %% confidence interval of the mean instead of ± the std over seeds")
     p.add_argument("--run", metavar="NAMES", help="only trials of these runs (comma-separated)")
     p.add_argument("--csv", dest="csv_out", type=Path, metavar="FILE",
                    help="also write the view as CSV (the aggregated view is what `zsqbench compare` reads)")
@@ -83,12 +85,13 @@ def build_view(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, st
         view = trials[cols].sort_values([c for c in ("model", "generator", "loss", "w_bits", "seed") if c in cols])
         return view, view, f"{path} ({len(view)} trials)", ORACLE_NOTE
     agg = as_aggregated(frame, kind)
+    ci_note = f" {CI_NOTE}" if args.ci else ""
     if args.pivot:
-        table = pivot(agg)
-        return table, table, f"{path}: top1_last by dataset x bits (columns generator+loss)", PIVOT_NOTE
+        table = pivot(agg, args.ci)
+        return table, table, f"{path}: top1_last by dataset x bits (columns generator+loss)", PIVOT_NOTE + ci_note
     if args.wide:
-        return agg, display_aggregated(agg), f"{path} ({len(agg)} configurations)", ORACLE_NOTE
-    return agg, display_compact(agg), f"{path} ({len(agg)} configurations)", COMPACT_NOTE
+        return agg, display_aggregated(agg, args.ci), f"{path} ({len(agg)} configurations)", ORACLE_NOTE + ci_note
+    return agg, display_compact(agg, args.ci), f"{path} ({len(agg)} configurations)", COMPACT_NOTE + ci_note
 
 
 def _sync_folder_csv(folder: Path, required: bool) -> None:

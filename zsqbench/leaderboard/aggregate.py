@@ -16,6 +16,7 @@ import pandas as pd
 
 from zsqbench.errors import UserError
 from zsqbench.leaderboard.schema import AGGREGATED, BUDGET_SETTINGS, KEY_COLUMNS, of_type
+from zsqbench.leaderboard.stats import mean_ci_halfwidth
 from zsqbench.bits import bits_label
 
 ROUND = 4  # decimals kept in aggregated numbers (per-trial accuracies have 2)
@@ -45,6 +46,11 @@ def _mean(values: pd.Series) -> float:
 def _std(values: pd.Series) -> float:
     """Sample std (ddof=1): the seeds are a sample of the training noise; NaN with one seed."""
     return round(float(values.std(ddof=1)), ROUND) if len(values) > 1 else math.nan
+
+
+def _ci95(values: pd.Series) -> float:
+    half = mean_ci_halfwidth(float(values.std(ddof=1)), len(values)) if len(values) > 1 else None
+    return math.nan if half is None else round(half, ROUND)
 
 
 def _precisions(group: pd.DataFrame) -> pd.Series:
@@ -95,6 +101,7 @@ def _row(key: dict[str, Any], group: pd.DataFrame) -> dict[str, Any]:
         "seeds": ";".join(str(s) for s in sorted(group["seed"])),
         "top1_last_mean": _mean(group["top1_last"]),
         "top1_last_std": _std(group["top1_last"]),
+        "top1_last_ci95": _ci95(group["top1_last"]),
         "top1_oracle_mean": _mean(group["top1_oracle"]),
         "top1_oracle_std": _std(group["top1_oracle"]),
         "fp_top1": _mean(group["fp_top1"]),

@@ -58,6 +58,7 @@ class CompareRow:
     a_bits: int
     status: str
     model: str = ""
+    quantizer: str = ""
     budget: str = ""
     baseline: str | None = None
     a_mean: float | None = None
@@ -220,7 +221,8 @@ def _joined(key: dict[str, Any], a: dict[str, Any] | None, b: dict[str, Any] | N
             opts: Options, status: str | None = None) -> CompareRow:
     shown = b or a or {}
     row = CompareRow(**key, status=status or ("both" if a and b else ("only A" if a else "only B")),
-                     model=str(shown.get("model", "")), budget=str(shown.get("budget", "")))
+                     model=str(shown.get("model", "")), quantizer=str(shown.get("quantizer", "")),
+                     budget=str(shown.get("budget", "")))
     if a:
         row.a_mean, row.a_std, row.a_n = _stats(a, opts.metric)
         if _is_reference(a):

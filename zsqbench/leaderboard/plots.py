@@ -18,8 +18,7 @@ import pandas as pd
 from zsqbench.bits import bits_label
 from zsqbench.errors import UserError
 from zsqbench.files import write_bytes_atomic
-from zsqbench.leaderboard.aggregate import as_aggregated
-from zsqbench.leaderboard.table import read_table
+from zsqbench.leaderboard.compare import Options, Side, load_side, within
 from zsqbench.trial.folder import TrialFolder
 
 FORMATS = ("png", "svg")
@@ -38,11 +37,6 @@ def require_matplotlib() -> Any:
 
 # ----------------------------------------------------------------------------------------------
 # Inputs
-
-
-def load_aggregated(folder: Path) -> pd.DataFrame:
-    frame, kind = read_table(folder)
-    return as_aggregated(frame, kind)
 
 
 def load_trial_results(folder: Path) -> dict[str, dict[str, Any]]:
@@ -127,23 +121,31 @@ def accuracy_vs_bits(agg: pd.DataFrame, Figure: Any) -> Any:
     return fig
 
 
-def gains_over_kd(agg: pd.DataFrame) -> pd.DataFrame:
-    """Each non-kd loss minus kd in the same configuration, with the std error of the difference."""
-    base = ["model", "dataset", "generator", "quantizer", "budget", "w_bits", "a_bits"]
-    stats = ["top1_last_mean", "top1_last_std", "n_seeds"]
-    kd = agg.loc[agg["loss"] == "kd", base + stats]
-    other = agg.loc[agg["loss"] != "kd", base + ["loss"] + stats]
-    joined = other.merge(kd, on=base, suffixes=("", "_kd"))
-    joined["gain"] = joined["top1_last_mean"] - joined["top1_last_mean_kd"]
-    var = (joined["top1_last_std"] ** 2 / joined["n_seeds"].astype(float)
-           + joined["top1_last_std_kd"] ** 2 / joined["n_seeds_kd"].astype(float))
-    joined["gain_err"] = var ** 0.5  # NaN when either side has one seed: no error bar
-    return joined
+def gains_over_kd(side: Side) -> pd.DataFrame:
+    """Each non-kd loss minus kd in the same configuration, with the 95 % CI of the difference:
+    paired by seed where both ran the same seeds (the comparison `zsqbench compare --by loss
+    --baseline kd` prints), Welch's otherwise."""
+    columns = ["model", "dataset", "generator", "quantizer", "budget", "w_bits", "a_bits", "loss", "gain",
+               "ci_low", "ci_high", "test"]
+    if "kd" not in set(side.aggregated["loss"].astype(str)):
+        return pd.DataFrame(columns=columns)
+    rows, _ = within(side, "loss", "kd", Options())
+    return pd.DataFrame([{"model": r.model, "dataset": r.dataset, "generator": r.generator, "quantizer": r.quantizer,
+                          "budget": r.budget, "w_bits": r.w_bits, "a_bits": r.a_bits, "loss": r.loss, "gain": r.delta,
+                          "ci_low": r.ci_low, "ci_high": r.ci_high, "test": r.test}
+                         for r in rows if r.delta is not None and not any(f.startswith("forced:") for f in r.flags)],
+                        columns=columns)  # rows that are not like-for-like (another teacher, budget) are not drawn
 
 
-def gain_over_kd(agg: pd.DataFrame, Figure: Any) -> Any:
+def _error_bar(row: dict[str, Any]) -> tuple[float, float]:
+    if row["ci_low"] is None or row["ci_high"] is None or pd.isna(row["ci_low"]):
+        return 0.0, 0.0
+    return row["gain"] - row["ci_low"], row["ci_high"] - row["gain"]
+
+
+def gain_over_kd(side: Side, Figure: Any) -> Any:
     """(b) bars of (loss − kd) per bit-width, one panel per dataset × generator."""
-    gains = gains_over_kd(agg)
+    gains = gains_over_kd(side)
     panels = sorted({(d, g) for d, g in zip(gains["dataset"], gains["generator"])})
     datasets = sorted({d for d, _ in panels})
     generators = sorted({g for _, g in panels})
@@ -165,15 +167,19 @@ def gain_over_kd(agg: pd.DataFrame, Figure: Any) -> Any:
             for k, (loss, suffix) in enumerate(series):
                 bars = [r for r in sub.to_dict("records") if r["loss"] == loss and _suffix(r, variants) == suffix]
                 x = [pos[(int(r["w_bits"]), int(r["a_bits"]))] - 0.4 + width * (k + 0.5) for r in bars]
-                err = [0.0 if math.isnan(r["gain_err"]) else r["gain_err"] for r in bars]
-                ax.bar(x, [r["gain"] for r in bars], width=width, yerr=err, capsize=3, label=f"{loss}{suffix}")
+                err = [_error_bar(r) for r in bars]
+                ax.bar(x, [r["gain"] for r in bars], width=width, yerr=[[e[0] for e in err], [e[1] for e in err]],
+                       capsize=3, label=f"{loss}{suffix}")
             ax.axhline(0.0, color="black", linewidth=0.8)
             ax.set_xticks(list(pos.values()), [bits_label(w, a) for w, a in pos])
             ax.set_title(f"{dataset} {generator}")
             ax.set_ylabel("top-1 gain over kd (points)")
             ax.grid(axis="y", alpha=0.3)
             ax.legend(fontsize=7)
-    fig.suptitle("gain of each loss over the generator's native loss (kd): top1_last means; bars ± std error")
+    tests = set(gains["test"])
+    how = ("paired by seed" if tests == {"paired"} else "Welch" if tests == {"welch"}
+           else "paired by seed where the seeds match, else Welch")
+    fig.suptitle(f"gain of each loss over the generator's native loss (kd): top1_last; bars: 95 % CI ({how})")
     return fig
 
 
@@ -307,11 +313,12 @@ def plot_folder(folder: Path, out_dir: Path, trials: list[str] | None = None,
     Figure = require_matplotlib()
     if not folder.is_dir():
         raise UserError(f"results folder not found: {folder}; pass the --out folder of `zsqbench run`")
-    agg = load_aggregated(folder)
+    side = load_side(folder)  # aggregated rows and the trials that pair the gains by seed
+    agg = side.aggregated
     chosen = select_trials(load_trial_results(folder), trials)
     figures = {
         "accuracy_vs_bits": accuracy_vs_bits(agg, Figure),
-        "gain_over_kd": gain_over_kd(agg, Figure),
+        "gain_over_kd": gain_over_kd(side, Figure),
         "training_curves": training_curves(chosen, Figure),
     }
     analyses = load_analyses(folder, {str(r.get("trial_id")) for r in chosen} if trials else None)

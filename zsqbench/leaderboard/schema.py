@@ -43,6 +43,9 @@ _COLUMNS = (
     Column("top1_last_mean", "float", "",
            "mean over seeds of top1_last (%): the headline number (reference rows: the published number)"),
     Column("top1_last_std", "float", "", "sample standard deviation (ddof=1) of top1_last over seeds; empty with one seed"),
+    Column("top1_last_ci95", "float", "",
+           "half-width of the 95 % t confidence interval of top1_last_mean (t(0.975, n−1) · std / √n); empty with "
+           "one seed"),
     Column("top1_oracle_mean", "float", "",
            "ORACLE: mean over seeds of the best epoch's top-1 (%), selected on the test set; not a result"),
     Column("top1_oracle_std", "float", "", "ORACLE: sample standard deviation (ddof=1) of top1_oracle; empty with one seed"),
@@ -92,8 +95,9 @@ PER_TRIAL: tuple[str, ...] = (
 )
 AGGREGATED: tuple[str, ...] = (
     "model", "dataset", "generator", "loss", "quantizer", "w_bits", "a_bits", "budget", "n_seeds", "seeds",
-    "top1_last_mean", "top1_last_std", "top1_oracle_mean", "top1_oracle_std", "fp_top1", "ptq_top1_mean", "epochs",
-    "iters_per_epoch", "batch_size", "precision", "teacher_sha256", "cpu_hours", "gpu_hours", "source", "note",
+    "top1_last_mean", "top1_last_std", "top1_last_ci95", "top1_oracle_mean", "top1_oracle_std", "fp_top1",
+    "ptq_top1_mean", "epochs", "iters_per_epoch", "batch_size", "precision", "teacher_sha256", "cpu_hours",
+    "gpu_hours", "source", "note",
 )
 
 #: A configuration: everything that defines an aggregated row except the seed.

@@ -33,13 +33,19 @@ def _num(value: Any, digits: int) -> str:
 
 COMPACT_NOTE = ("top-1 last: mean ± sample std over n seeds (the headline); oracle*: best epoch selected on the "
                 "test set, not a result; --wide shows every setting.")
+#: With --ci the ± is the 95 % confidence interval of the mean instead of the seeds' spread.
+CI_NOTE = "± is the half-width of the 95 % t confidence interval of the mean over the n seeds (--ci), not the std."
+
+
+def _spread(r: dict[str, Any], ci: bool) -> Any:
+    return r["top1_last_ci95"] if ci else r["top1_last_std"]
 
 
 def _varying(frame: pd.DataFrame, columns: tuple[str, ...]) -> list[str]:
     return [c for c in columns if len(frame) and frame[c].astype(str).nunique() > 1]
 
 
-def display_compact(frame: pd.DataFrame) -> pd.DataFrame:
+def display_compact(frame: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
     """One short line per configuration: what it is, seeds, top-1 last, oracle, PTQ (fits 80 columns).
 
     The configuration names dataset, generator+loss and bits, plus model, quantizer and budget
@@ -49,20 +55,20 @@ def display_compact(frame: pd.DataFrame) -> pd.DataFrame:
         "configuration": " ".join([r["dataset"], f"{r['generator']}+{r['loss']}", bits_label(r["w_bits"], r["a_bits"]),
                                    *(str(r[c]) for c in extra)]),
         "n": str(r["n_seeds"]),
-        "top-1 last": mean_std(r["top1_last_mean"], r["top1_last_std"]),
+        "top-1 last": mean_std(r["top1_last_mean"], _spread(r, ci)),
         "oracle*": _num(r["top1_oracle_mean"], 2),
         "PTQ": _num(r["ptq_top1_mean"], 2),
     } for r in frame.to_dict("records")]
     return pd.DataFrame(rows, columns=["configuration", "n", "top-1 last", "oracle*", "PTQ"])
 
 
-def display_aggregated(frame: pd.DataFrame) -> pd.DataFrame:
+def display_aggregated(frame: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
     """The aggregated rows as strings for a wide terminal or Markdown table."""
     rows = [{
         "model": r["model"], "dataset": r["dataset"], "generator": r["generator"], "loss": r["loss"],
         "quantizer": r["quantizer"], "bits": bits_label(r["w_bits"], r["a_bits"]), "budget": r["budget"],
         "n": str(r["n_seeds"]),
-        "top1_last": mean_std(r["top1_last_mean"], r["top1_last_std"]),
+        "top1_last": mean_std(r["top1_last_mean"], _spread(r, ci)),
         "top1_oracle (test-selected)": mean_std(r["top1_oracle_mean"], r["top1_oracle_std"]),
         "fp_top1": _num(r["fp_top1"], 2), "ptq_top1": _num(r["ptq_top1_mean"], 2),
         "precision": r["precision"], "cpu_h": _num(r["cpu_hours"], 2), "gpu_h": _num(r["gpu_hours"], 2),
@@ -78,7 +84,7 @@ def _method_order(methods: set[tuple[str, str]]) -> list[tuple[str, str]]:
     return sorted(methods, key=lambda m: (m[0], m[1] != "kd", m[1]))
 
 
-def pivot(frame: pd.DataFrame) -> pd.DataFrame:
+def pivot(frame: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
     """Rows dataset × bits, columns generator+loss, cells "mean ± std (n)".
 
     Model, quantizer, budget or source become extra row levels only where two rows would
@@ -98,7 +104,7 @@ def pivot(frame: pd.DataFrame) -> pd.DataFrame:
         if label in row:  # only possible for a hand-made aggregated CSV with duplicate keys
             raise UserError(f"two rows of the leaderboard fill the pivot cell {r['dataset']} "
                             f"{bits_label(r['w_bits'], r['a_bits'])} {label}; remove the duplicate row")
-        row[label] = f"{mean_std(r['top1_last_mean'], r['top1_last_std'])} ({r['n_seeds']})"
+        row[label] = f"{mean_std(r['top1_last_mean'], _spread(r, ci))} ({r['n_seeds']})"
     labels = [f"{g}+{loss}" for g, loss in _method_order(methods)]
     out = []
     for row_key in sorted(cells, key=lambda k: tuple(str(v) if i < len(k) - 2 else v for i, v in enumerate(k))):
