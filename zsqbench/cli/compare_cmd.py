@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "paper:NAME for a published table) are joined on dataset, generator, loss and bits; with --by, "
                     "one source is compared with itself: every other value of that field against --baseline, cell "
                     "by cell. Arms known trial by trial that ran the same seeds are paired by seed (paired t-test); "
-                    "others use Welch's test. Each row gets a 95 %% confidence interval, a Holm-adjusted p-value "
+                    "others use Welch's test. Each row gets a 95 % confidence interval, a Holm-adjusted p-value "
                     "and the minimum effect its seeds can detect. Rows with different budgets or teachers are "
                     "refused unless --force; published reference rows are exempt and labelled.")
     p.add_argument("a", metavar="A", help="baseline: a results folder, a leaderboard CSV or paper:NAME (paper:akt); "
