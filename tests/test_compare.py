@@ -158,6 +158,7 @@ def test_an_aggregated_input_falls_back_to_welch_with_a_note(capsys, sides, tmp_
     from_agg = _compare_json(capsys, str(agg), str(sides[1]))
     akt = _rows(from_agg)[("cifar10", "gdfq", "akt", 3)]
     assert akt["test"] == "welch" and "A not per trial: Welch" in akt["flags"]
+    assert any("aggregated table: its rows cannot be paired" in n for n in from_agg["notes"])
     unpaired = _compare_json(capsys, str(sides[0]), str(sides[1]), "--unpaired")["rows"]
     for agg_row, trial_row_ in zip(from_agg["rows"], unpaired):  # the same, up to the CSV's 4 decimals
         for k, v in agg_row.items():

@@ -206,7 +206,7 @@ def _difference(row: CompareRow, a_vals: dict[int, float] | None, b_vals: dict[i
             return paired_difference([a_vals[s] for s in seeds], [b_vals[s] for s in seeds],
                                      interval=opts.interval, bootstrap_seed=opts.bootstrap_seed, effect=opts.effect)
         row.flags.append(f"seeds differ (A {_seeds(a_vals)}, B {_seeds(b_vals)}): Welch")
-    elif not opts.unpaired:
+    elif not opts.unpaired and (row.a_n or 0) >= 2 and (row.b_n or 0) >= 2:
         missing = " and ".join(s for s, v in (("A", a_vals), ("B", b_vals)) if v is None)
         row.flags.append(f"{missing} not per trial: Welch")
     if a_vals and b_vals:
@@ -302,9 +302,12 @@ def compare(path_a: str | Path, path_b: str | Path, metric: Metric = "last", for
         _refuse_mismatches(problems, f"{path_a} with {path_b}")
     _adjust(rows)
     notes = []
-    for side, path, index in (("A", path_a, index_a), ("B", path_b, index_b)):
+    for side, path, index, loaded in (("A", path_a, index_a, side_a), ("B", path_b, index_b, side_b)):
         if any(_is_reference(r) for r in index.values()):
             notes.append(REFERENCE_NOTE.format(side=side, path=path))
+        elif loaded.trials is None:
+            notes.append(f"{side} ({path}) is an aggregated table: its rows cannot be paired by seed, so they are "
+                         "compared by Welch's test (pass the results folder or per-trial CSV to pair them)")
     if problems:
         notes.append(f"--force: {len(problems)} row(s) compare different models, quantizers, budgets or teachers "
                      "(see their flags)")
