@@ -54,8 +54,12 @@ def _run(argv: list[str]) -> None:
 
 
 def _trainings(trial: Path) -> int:
-    """How often a worker started training this trial (claims and takeovers in its lease log)."""
-    return sum(e["event"] in ("claim", "takeover") for e in read_log(trial))
+    """How often a worker trained this trial: releases after training, and claims or takeovers never
+    released (a killed holder). A claim that found the trial finished meanwhile only looked."""
+    events = read_log(trial)
+    trained = sum(e["event"] == "release" and e.get("outcome", "").startswith("trained") for e in events)
+    unreleased = sum(e["event"] in ("claim", "takeover") for e in events) - sum(e["event"] == "release" for e in events)
+    return trained + unreleased
 
 
 def _epochs_without_timing(result_file: Path) -> list[dict]:

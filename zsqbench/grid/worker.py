@@ -44,15 +44,20 @@ def execute_job(job: TrialJob, progress: ProgressSink | None = None, plugins: Pl
         holder = folder.holder
         who = f"{holder.owner.describe()}, heartbeat {holder.age():.0f} s ago" if holder else "another worker"
         return JobOutcome(job.trial_id, "elsewhere", f"running elsewhere ({who})")
+    outcome = "interrupted"
     try:
         skip = _prepare(folder, job)
         if skip:
+            outcome = f"skipped: {skip}"
             return JobOutcome(job.trial_id, "elsewhere", skip)
-        return _train(folder, job, env, progress or NullProgress(), plugins)
+        result = _train(folder, job, env, progress or NullProgress(), plugins)
+        outcome = f"trained: {result.status}"
+        return result
     except LeaseLost as exc:
+        outcome = "lease lost"
         return JobOutcome(job.trial_id, "elsewhere", str(exc))
     finally:
-        folder.release()
+        folder.release(outcome)
 
 
 def _prepare(folder: TrialFolder, job: TrialJob) -> str:

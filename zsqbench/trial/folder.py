@@ -97,9 +97,10 @@ class TrialFolder:
         self.lease = lease
         return True
 
-    def release(self) -> None:
+    def release(self, outcome: str | None = None) -> None:
+        """Give the trial up; ``outcome`` (what this holder did with it) goes into lease.log."""
         if self.lease is not None:
-            self.lease.release()
+            self.lease.release(outcome)
             self.lease = None
 
     def read_lease(self) -> LeaseInfo | None:

@@ -310,8 +310,10 @@ class TrialLease:
         self.held = False
         raise LeaseLost(self.lost)
 
-    def release(self) -> None:
-        """Give the trial up (done, failed or interrupted); only removes a lease that is still ours."""
+    def release(self, outcome: str | None = None) -> None:
+        """Give the trial up (done, failed or interrupted); only removes a lease that is still ours.
+        ``outcome`` is logged with the release: it tells a claim that trained from one that found the
+        trial finished meanwhile and only looked."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
@@ -321,7 +323,7 @@ class TrialLease:
             self.held = False
             current = read_lease(self.dir)
             if current is not None and current.owner.token == self.me.token:
-                self._log("release")
+                self._log("release", **({"outcome": outcome} if outcome else {}))
                 (self.dir / LEASE).unlink(missing_ok=True)
 
     def _log(self, event: str, **details: Any) -> None:
