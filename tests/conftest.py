@@ -83,6 +83,23 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def tiny(tmp_path, plugins) -> tuple[Path, Path]:
+    """A 24-image CIFAR-10 test set and a random-init ResNet-20 checkpoint: (data root, weights)."""
+    from fixtures_data import write_random_weights, write_test_set
+
+    root = tmp_path / "data"
+    write_test_set(root, "cifar10", n=24)
+    weights = write_random_weights(tmp_path / "teacher.pth", plugins.models.get("resnet20_cifar10").build())
+    return root, weights
+
+
+def run_argv(root: Path, weights: Path, out: Path, *extra: str) -> list[str]:
+    """`zsqbench run` on the ``tiny`` data and teacher into ``out``, on CPU, quietly."""
+    return ["run", "--data-root", str(root), "--teacher-weights", str(weights), "--out", str(out),
+            "--device", "cpu", "-q", *extra]
+
+
 def one_line_error(capsys, argv: list[str]) -> str:
     """Run the CLI expecting a user error: exit 2, exactly one 'zsqbench: error:' line, no traceback."""
     from zsqbench.cli.main import main

@@ -21,7 +21,7 @@ from zsqbench.files import file_digest
 from zsqbench.trial.lease import LEASE, TrialLease
 
 from fixtures_data import write_random_weights, write_test_set
-from conftest import make_spec, one_line_error
+from conftest import make_spec, one_line_error, run_argv
 
 
 @pytest.fixture(autouse=True)
@@ -31,17 +31,8 @@ def fresh_plugins():
     get_plugins.cache_clear()
 
 
-@pytest.fixture
-def tiny(tmp_path, plugins):
-    root = tmp_path / "data"
-    write_test_set(root, "cifar10", n=24)
-    weights = write_random_weights(tmp_path / "teacher.pth", plugins.models.get("resnet20_cifar10").build())
-    return root, weights
-
-
 def _args(root, weights, out, *extra):
-    return ["run", "--budget", "smoke", "--data-root", str(root), "--teacher-weights", str(weights),
-            "--out", str(out), "--device", "cpu", "-q", *extra]
+    return run_argv(root, weights, out, "--budget", "smoke", *extra)
 
 
 def _epochs_without_timing(result_file: Path) -> list[dict]:

@@ -17,8 +17,7 @@ from zsqbench.errors import UserError
 from zsqbench.trial import checkpoint
 from zsqbench.trial.folder import TrialFolder
 
-from conftest import make_spec, one_line_error
-from fixtures_data import write_random_weights, write_test_set
+from conftest import make_spec, one_line_error, run_argv
 from fixtures_leaderboard import fake_result
 
 
@@ -32,17 +31,9 @@ class WritesAFile:
         return (os.system, (f"touch {self.marker}",))
 
 
-@pytest.fixture
-def tiny(tmp_path, plugins):
-    root = tmp_path / "data"
-    write_test_set(root, "cifar10", n=24)
-    weights = write_random_weights(tmp_path / "teacher.pth", plugins.models.get("resnet20_cifar10").build())
-    return root, weights
-
-
 def _args(root, weights, out, *extra):
-    return ["run", "--generators", "gdfq", "--loss", "kd", "--bits", "4", "--budget", "smoke", "--data-root",
-            str(root), "--teacher-weights", str(weights), "--out", str(out), "--device", "cpu", "-q", *extra]
+    return run_argv(root, weights, out, "--generators", "gdfq", "--loss", "kd", "--bits", "4", "--budget", "smoke",
+                    *extra)
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_in_one_line(tiny, tmp_path, capsys):

@@ -20,24 +20,13 @@ from zsqbench.files import write_json_atomic
 from zsqbench.leaderboard.results_folder import LEADERBOARD_NAME, rebuild_leaderboard
 from zsqbench.trial.lease import LEASE, read_log
 
-from conftest import one_line_error
-from fixtures_data import write_random_weights, write_test_set
+from conftest import one_line_error, run_argv
 from fixtures_leaderboard import fake_result
 
 TINY = ["--epochs", "2", "--iters-per-epoch", "2", "--batch-size", "8", "--warmup-epochs", "1"]
 
 
-@pytest.fixture
-def tiny(tmp_path, plugins):
-    root = tmp_path / "data"
-    write_test_set(root, "cifar10", n=24)
-    weights = write_random_weights(tmp_path / "teacher.pth", plugins.models.get("resnet20_cifar10").build())
-    return root, weights
-
-
-def _argv(root, weights, out, *extra) -> list[str]:
-    return ["run", "--data-root", str(root), "--teacher-weights", str(weights), "--out", str(out),
-            "--device", "cpu", "-q", *extra]
+_argv = run_argv
 
 
 def _spawn(argv: list[str]) -> subprocess.Popen:

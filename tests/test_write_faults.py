@@ -14,23 +14,14 @@ import zsqbench.files
 from zsqbench.cli.main import main
 from zsqbench.trial import checkpoint
 
-from fixtures_data import write_random_weights, write_test_set
+from conftest import run_argv
 
 GRID = ["--generators", "gdfq", "--loss", "kd", "--bits", "4", "--epochs", "3", "--iters-per-epoch", "2",
         "--batch-size", "8", "--warmup-epochs", "1"]
 
 
-@pytest.fixture
-def tiny(tmp_path, plugins):
-    root = tmp_path / "data"
-    write_test_set(root, "cifar10", n=24)
-    weights = write_random_weights(tmp_path / "teacher.pth", plugins.models.get("resnet20_cifar10").build())
-    return root, weights
-
-
 def _args(root, weights, out, *extra):
-    return ["run", *GRID, "--data-root", str(root), "--teacher-weights", str(weights), "--out", str(out),
-            "--device", "cpu", "-q", *extra]
+    return run_argv(root, weights, out, *GRID, *extra)
 
 
 def _disk_full_on(monkeypatch, name: str, nth: int = 1) -> None:
