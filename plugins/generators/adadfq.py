@@ -32,6 +32,7 @@ from zsqbench.api import (
 )
 from zsqbench.toolkit.logits import LogitObjective
 from zsqbench.toolkit.online import OnlineGenerator
+from zsqbench_plugins.generators.cards import ADADFQ_CARD
 
 
 class AdaDFQOptions(PluginOptions):
@@ -139,6 +140,7 @@ class AdaDFQ(OnlineGenerator):
         "disagreement/agreement + BNS); entropy-of-difference student loss"
     )
     Options = AdaDFQOptions
+    card = ADADFQ_CARD
     cost_factor = 1.3  # a rough guide: two student passes per iteration
 
     def step(self, phase: Phase, student: StudentUpdate) -> dict[str, Tensor]:

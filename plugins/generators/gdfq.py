@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from zsqbench.api import Batch, NativeLosses, Phase, PluginOptions, hookimpl
 from zsqbench.toolkit.logits import LogitObjective, kd_kl
 from zsqbench.toolkit.online import OnlineGenerator
+from zsqbench_plugins.generators.cards import GDFQ_CARD
 
 
 class GDFQOptions(PluginOptions):
@@ -43,6 +44,7 @@ class GDFQ(OnlineGenerator):
     name = "gdfq"
     description = "GDFQ generator: conditional generator trained on CE + BN statistics; KD-mean·T² + CE student loss"
     Options = GDFQOptions
+    card = GDFQ_CARD
 
     def next_batch(self, phase: Phase) -> Batch:
         return self.online.gdfq_step(self.options.bns_weight)  # type: ignore[attr-defined]

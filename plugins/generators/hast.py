@@ -41,6 +41,7 @@ from zsqbench.errors import UserError
 from zsqbench.toolkit.logits import kd_kl
 from zsqbench.toolkit.online import TrainedGenerator
 from zsqbench_plugins.generators.hast_synthesis import SyntheticSet
+from zsqbench_plugins.generators.cards import HAST_CARD
 
 # (λ_FA, ε) per dataset in the hocon files; the code hard-codes the CIFAR-10 pair for both (H1).
 HOCON_HPARAMS: dict[str, tuple[float, float]] = {"cifar10": (1000.0, 0.01), "cifar100": (2000.0, 0.02)}
@@ -155,6 +156,7 @@ class HAST(Generator):
         "promotion and KD + feature-alignment student loss"
     )
     Options = HASTOptions
+    card = HAST_CARD
     cost_factor = 1.6  # a rough guide: a clean and a perturbed pass per student step
 
     def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:

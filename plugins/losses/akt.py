@@ -11,12 +11,14 @@ sum) so diagnostics show each branch. Code defaults, paper switches (``mode="pap
 from __future__ import annotations
 
 from zsqbench_plugins.losses._feature import AttentionDistillationLoss, plugin_hooks
+from zsqbench_plugins.losses.cards import AKT_CARD
 
 
 class AKTLoss(AttentionDistillationLoss):
     name = "akt"
     description = "AKT: logit loss + λ·(spatial + channel attention KL) on residual-unit features (RFD)"
     branches = ("spatial", "channel")
+    card = AKT_CARD
 
 
 register_losses, register_budget_overrides = plugin_hooks(AKTLoss)

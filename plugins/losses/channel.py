@@ -8,12 +8,14 @@ paper/code modes: see :mod:`zsqbench_plugins.losses._feature`.
 from __future__ import annotations
 
 from zsqbench_plugins.losses._feature import AttentionDistillationLoss, plugin_hooks
+from zsqbench_plugins.losses.cards import CHANNEL_CARD
 
 
 class ChannelLoss(AttentionDistillationLoss):
     name = "channel"
     description = "logit loss + λ·KL of channel attentions of the tapped feature maps (AKT ablation)"
     branches = ("channel",)
+    card = CHANNEL_CARD
 
 
 register_losses, register_budget_overrides = plugin_hooks(ChannelLoss)

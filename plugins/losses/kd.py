@@ -13,6 +13,7 @@ from torch import Tensor
 
 from zsqbench.api import DistillationLoss, LossInputs, PluginOptions, hookimpl
 from zsqbench.toolkit.logits import kd_kl
+from zsqbench_plugins.losses.cards import KD_CARD
 
 
 class KDOptions(PluginOptions):
@@ -26,6 +27,7 @@ class KD(DistillationLoss):
     name = "kd"
     description = "logit KD: the generator's native student loss (form=native) or plain Hinton KL (form=kl)"
     Options = KDOptions
+    card = KD_CARD
 
     def __init__(self, options, native, teacher) -> None:
         super().__init__(options, native, teacher)

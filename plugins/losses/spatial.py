@@ -8,12 +8,14 @@ L = L_logit + λ·Σ_maps Σ_b KL( softmax(Sp(F_T)/τ) ‖ softmax(Sp(F_Q)/τ) )
 from __future__ import annotations
 
 from zsqbench_plugins.losses._feature import AttentionDistillationLoss, plugin_hooks
+from zsqbench_plugins.losses.cards import SPATIAL_CARD
 
 
 class SpatialLoss(AttentionDistillationLoss):
     name = "spatial"
     description = "logit loss + λ·KL of spatial attentions of the tapped feature maps (AKT ablation)"
     branches = ("spatial",)
+    card = SPATIAL_CARD
 
 
 register_losses, register_budget_overrides = plugin_hooks(SpatialLoss)

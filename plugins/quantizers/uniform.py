@@ -16,7 +16,7 @@ from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from zsqbench.api import PluginOptions, Quantizer, hookimpl
+from zsqbench.api import MethodCard, PluginOptions, Quantizer, hookimpl
 
 
 def fake_quantize(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
@@ -248,6 +248,24 @@ class UniformOptions(PluginOptions):
 class UniformQuantizer(Quantizer):
     name = "uniform"
     description = "asymmetric uniform fake quantization: per-channel weights, per-tensor activations after ReLU, STE"
+    card = MethodCard(
+        method="asymmetric uniform quantizer (shared by GDFQ, AdaDFQ, HAST, AKT)",
+        paper="as vendored by every paper of the family (ZeroQ's quantization utilities)",
+        venue="ECCV 2020 – CVPR 2023 codebases",
+        code="amirgholami/ZeroQ (the common ancestor; vendored by GDFQ, AdaDFQ, HAST, AKT)",
+        commit="9715739",
+        code_license="GPL-3.0; never copied",
+        spec="METHODS.md §1",
+        differences=(
+            "the doubly bias-corrected range EMA (S1) is reproduced as the code runs it; range tracking and "
+            "freezing go through the quantizer's calibration state, not the epoch number",
+            "fused one-node fake quantization and STE: bit-identical to the reference formula, half-to-even ties "
+            "included (ste=reference keeps the reference's own ops)",
+        ),
+        verified=("grid, clamping and half-to-even ties on hand values; the range recurrence 1, 5.263, 17.85, "
+                  "≈ 3945 at the 21st update, 1.000 after 200; 19 activation and 22 weight quantizers in ResNet-20 "
+                  "(tests/test_quantizer.py)",),
+    )
     Options = UniformOptions
 
     def quantize(self, model: nn.Module, w_bits: int, a_bits: int) -> nn.Module:

@@ -14,6 +14,7 @@ several methods (logit KD, the online generator, BN statistics, a content-addres
 """
 
 from zsqbench.api.budgets import BudgetOverride, BudgetPreset
+from zsqbench.api.cards import MethodCard, PublishedNumber
 from zsqbench.api.executor import ExecuteJob, Executor, JobOutcome, TrialJob
 from zsqbench.api.features import FeatureTaps
 from zsqbench.api.generator import Batch, Generator, Phase, StudentUpdate, TrainContext
@@ -25,8 +26,7 @@ from zsqbench.api.quantizer import Quantizer
 
 __all__ = [
     "PLUGIN_KINDS", "Batch", "BudgetOverride", "BudgetPreset", "DistillationLoss", "ExecuteJob", "Executor",
-    "FeatureTaps",
-    "Generator", "JobOutcome", "LogitLoss", "LossInputs", "NativeLosses", "NoOptions", "Normalization", "Phase",
-    "PluginOptions", "PretrainedWeights", "Quantizer", "StudentObjective", "StudentUpdate", "TeacherModel",
-    "TrainContext", "TrialJob", "hookimpl",
+    "FeatureTaps", "Generator", "JobOutcome", "LogitLoss", "LossInputs", "MethodCard", "NativeLosses",
+    "NoOptions", "Normalization", "Phase", "PluginOptions", "PretrainedWeights", "PublishedNumber",
+    "Quantizer", "StudentObjective", "StudentUpdate", "TeacherModel", "TrainContext", "TrialJob", "hookimpl",
 ]

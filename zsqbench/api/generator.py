@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from zsqbench.api.features import FeatureTaps
 from zsqbench.api.losses import LossInputs, NativeLosses, StudentObjective
 from zsqbench.api.models import TeacherModel
+from zsqbench.api.cards import MethodCard
 from zsqbench.api.options import NoOptions, PluginOptions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -157,6 +158,8 @@ class Generator(ABC):
     #: An iteration's cost relative to GDFQ's at the same batch, for the compute estimate of a grid
     #: (AdaDFQ's second student pass, HAST's perturbed pass cost more).
     cost_factor: ClassVar[float] = 1.0
+    #: Where the method comes from and what was verified here (``zsqbench plugins NAME``).
+    card: ClassVar[MethodCard | None] = None
 
     def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:
         self.options = options

@@ -9,6 +9,7 @@ from typing import ClassVar, Protocol
 from torch import Tensor
 
 from zsqbench.api.models import TeacherModel
+from zsqbench.api.cards import MethodCard
 from zsqbench.api.options import NoOptions, PluginOptions
 
 
@@ -66,6 +67,8 @@ class DistillationLoss(StudentObjective):
     name: ClassVar[str]
     description: ClassVar[str]
     Options: ClassVar[type[PluginOptions]] = NoOptions
+    #: Where the method comes from and what was verified here (``zsqbench plugins NAME``).
+    card: ClassVar[MethodCard | None] = None
 
     def __init__(self, options: PluginOptions, native: NativeLosses, teacher: TeacherModel) -> None:
         self.options = options

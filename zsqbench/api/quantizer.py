@@ -8,6 +8,7 @@ from typing import ClassVar, Iterator
 
 from torch import nn
 
+from zsqbench.api.cards import MethodCard
 from zsqbench.api.options import NoOptions, PluginOptions
 
 
@@ -23,6 +24,8 @@ class Quantizer(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     Options: ClassVar[type[PluginOptions]] = NoOptions
+    #: Where the method comes from and what was verified here (``zsqbench plugins NAME``).
+    card: ClassVar[MethodCard | None] = None
 
     def __init__(self, options: PluginOptions) -> None:
         self.options = options

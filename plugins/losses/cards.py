@@ -1,0 +1,91 @@
+"""Method cards of the bundled distillation losses (see :mod:`zsqbench.api.cards`).
+
+``kd`` is each generator's own published student loss, so its card points at the generators'
+cards; AKT and its two ablations (Table 4 of the AKT paper) share one source.
+"""
+
+from __future__ import annotations
+
+from zsqbench.api import MethodCard, PublishedNumber
+
+C10, C100 = "resnet20_cifar10", "resnet20_cifar100"
+AKT_PAPER = "Advanced Knowledge Transfer: Refined Feature Distillation for Zero-Shot Quantization in Edge Computing"
+AKT_CODE = "Inpyo-Hong/AKT-Advanced-knowledge-Transfer"
+AKT_LICENSE = "none (no licence file in the repository); never copied"
+
+AKT_DIFFERENCES = (
+    "the feature loss is really applied: in the released code the RFD term is identically 0 (teacher feature "
+    "list cleared before use, D3), and the trainer does not even import (D1) or reach its student step (D2); "
+    "here teacher maps are kept detached, so the term is non-zero (a zero term with λ > 0 is a recorded warning)",
+    "the code's choices are the defaults (entropy-of-difference logit loss, plain sum, sum over 9 maps, λ = 1000); "
+    "the paper's are options (mode=paper, logit=kl, akt_alpha, map_reduction, taps=last_per_stage)",
+    "the margin loss follows the batch size (D4: the code hard-codes 200); hooks hold no tensors after "
+    "evaluation (D10, D11); no directory is deleted (D12)",
+    "top1_last with mean ± std over seeds is the headline; the paper's best-epoch number is the oracle column",
+)
+
+
+def _table(source: str, rows: dict[tuple[str, str], float]) -> tuple[PublishedNumber, ...]:
+    return tuple(PublishedNumber(model=m, bits=b, top1=v, source=source) for (m, b), v in rows.items())
+
+
+AKT_CARD = MethodCard(
+    method="AKT (RFD)",
+    paper=AKT_PAPER,
+    venue="paper of the AKT authors (venue not recorded in our specification)",
+    code=AKT_CODE,
+    commit="9f49af0",
+    code_license=AKT_LICENSE,
+    spec="METHODS.md §7",
+    differences=AKT_DIFFERENCES,
+    published=_table("AKT paper, Tables 2 and 3 (AdaDFQ+AKT)", {
+        (C10, "W3A3"): 86.76, (C10, "W4A4"): 92.64, (C10, "W5A5"): 93.83,
+        (C100, "W3A3"): 54.68, (C100, "W4A4"): 66.94, (C100, "W5A5"): 69.75}),
+    verified=(
+        "spatial and channel attentions, their KL and the double softmax of the channel branch on hand-computed "
+        "values (tests/test_feature_losses.py); the feature term is > 0 and its gradient reaches every unit conv",
+        "AdaDFQ+AKT W4A4, CIFAR-10, cpu budget (8 epochs × 100 iterations × batch 64, warm-up 2), 2-core CPU: "
+        "top1_last 87.77 % (seed 0) and 88.57 % (seed 1), PTQ 84.52 / 86.02 %",
+    ),
+)
+
+SPATIAL_CARD = MethodCard(
+    method="AKT ablation: spatial attention only",
+    paper=AKT_PAPER,
+    venue=AKT_CARD.venue,
+    code=AKT_CODE,
+    commit="9f49af0",
+    code_license=AKT_LICENSE,
+    spec="METHODS.md §8",
+    differences=AKT_DIFFERENCES,
+    published=_table("AKT paper, Table 4 (AdaDFQ; header lost, per the paper text)", {
+        (C10, "W3A3"): 86.10, (C10, "W4A4"): 92.49, (C10, "W5A5"): 93.75}),
+    verified=("spatial attention and its KL on hand-computed values (tests/test_feature_losses.py)",),
+)
+
+CHANNEL_CARD = MethodCard(
+    method="AKT ablation: channel attention only",
+    paper=AKT_PAPER,
+    venue=AKT_CARD.venue,
+    code=AKT_CODE,
+    commit="9f49af0",
+    code_license=AKT_LICENSE,
+    spec="METHODS.md §8",
+    differences=AKT_DIFFERENCES,
+    published=_table("AKT paper, Table 4 (AdaDFQ; header lost, per the paper text)", {
+        (C10, "W3A3"): 86.09, (C10, "W4A4"): 92.36, (C10, "W5A5"): 93.62}),
+    verified=("channel attention (double softmax) and its KL on hand-computed values "
+              "(tests/test_feature_losses.py)",),
+)
+
+KD_CARD = MethodCard(
+    method="logit KD (each generator's native student loss)",
+    paper="Distilling the Knowledge in a Neural Network (Hinton et al.), as each ZSQ paper adapts it",
+    venue="NeurIPS 2014 workshop; the native forms are those of the generators' papers",
+    code="none of its own: form=native runs the generator's published loss (see that generator's card)",
+    code_license="n/a",
+    spec="METHODS.md §4.2, §5.2, §6.3",
+    differences=("form=kl is plain T²·KL with the batchmean reduction, for comparisons across generators",),
+    verified=("GDFQ's KD-mean·T² + CE, AdaDFQ's entropy of the logit difference and HAST's KD + FA on hand "
+              "values (tests/test_gdfq.py, tests/test_adadfq.py, tests/test_hast.py)",),
+)
