@@ -22,7 +22,7 @@ loss: 400·KL_mean + soft CE(s, ℓ) (κ_ce = 1), GDFQ's loss with ℓ in place 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Mapping, TypeVar
 
 import torch
 from pydantic import Field
@@ -34,6 +34,8 @@ from zsqbench.errors import UserError
 from zsqbench.toolkit.cifar_generator import CifarGenerator
 from zsqbench.toolkit.logits import GDFQLogitLoss, LogitObjective, soft_cross_entropy
 from zsqbench.toolkit.online import OnlineGenerator
+
+_V = TypeVar("_V")
 
 #: Output width of the disentanglement mapping: always 100 in the code (its 64 branch is dead, Q3).
 DM_WIDTH = 100
@@ -154,7 +156,8 @@ class Qimera(OnlineGenerator):
                 self.online.net.embed.weight.copy_(weight.detach())
 
     @staticmethod
-    def _script_value(table: dict, ctx: TrainContext, option: str):  # type: ignore[no-untyped-def]
+    def _script_value(table: Mapping[str, _V], ctx: TrainContext, option: str) -> _V:
+        """The released script's value for the trial's dataset; a dataset without a script must set it."""
         if ctx.spec.dataset not in table:
             raise UserError(f"Qimera has no released script for dataset '{ctx.spec.dataset}'; "
                             f"set -o qimera.{option}=...")
