@@ -3,7 +3,8 @@
 Native student loss: α·T²·KL with PyTorch's element-mean reduction (÷B·C, METHODS §4.2 and
 defect G3, reproduced deliberately) plus label CE. The step is the default one: a generator
 update (:meth:`~zsqbench.toolkit.online.TrainedGenerator.gdfq_step`), then the student update
-on the same images with the teacher outputs reused.
+on the same images with the teacher outputs reused. The logit loss itself lives in the toolkit
+(:class:`~zsqbench.toolkit.logits.GDFQLogitLoss`), shared with Qimera's soft-label variant.
 """
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field
-from torch import Tensor
-from torch.nn import functional as F
 
 from zsqbench.api import Batch, NativeLosses, Phase, PluginOptions, hookimpl
-from zsqbench.toolkit.logits import LogitObjective, kd_kl
+from zsqbench.toolkit.logits import GDFQLogitLoss, LogitObjective
 from zsqbench.toolkit.online import OnlineGenerator
 from zsqbench_plugins.generators.cards import GDFQ_CARD
 
@@ -30,16 +29,6 @@ class GDFQOptions(PluginOptions):
     ce_weight: float = Field(1.0, ge=0, description="weight of the label CE in the student loss")
 
 
-class GDFQLogitLoss:
-    def __init__(self, opts: GDFQOptions) -> None:
-        self.opts = opts
-
-    def __call__(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor) -> Tensor:
-        o = self.opts
-        kd = kd_kl(student_logits, teacher_logits, o.temperature, o.kd_reduction)
-        return o.kd_weight * kd + o.ce_weight * F.cross_entropy(student_logits, labels)
-
-
 class GDFQ(OnlineGenerator):
     name = "gdfq"
     description = "GDFQ generator: conditional generator trained on CE + BN statistics; KD-mean·T² + CE student loss"
@@ -52,6 +41,9 @@ class GDFQ(OnlineGenerator):
     def native_losses(self) -> NativeLosses:
         logit = GDFQLogitLoss(self.options)  # type: ignore[arg-type]
         return NativeLosses(logit=logit, objective=LogitObjective(logit))
+
+
+__all__ = ["GDFQ", "GDFQLogitLoss", "GDFQOptions"]
 
 
 @hookimpl

@@ -242,7 +242,7 @@ class AttentionDistillationLoss(DistillationLoss):
         if opts.logit == "native":
             # Code: for AdaDFQ the entropy-of-difference loss (§5.2); GDFQ+AKT / HAST+AKT keep
             # their own logit loss (§7.7).
-            return self.native.logit(inputs.student_logits, inputs.teacher_logits, inputs.labels)
+            return self.native.logit(inputs.student_logits, inputs.teacher_logits, inputs.targets)
         # Paper: "standard KL" logit distillation at T = 20 (§7.4).
         return kd_kl(inputs.student_logits, inputs.teacher_logits, opts.temperature, "batchmean")
 

@@ -154,6 +154,7 @@ def student_loss_closure(parts: "TrialParts", batch: Batch) -> Callable[[], Tens
         if missing:
             raise ValueError(f"the objective needs feature taps {missing} that the trial's {side} taps lack")
     x, y = batch.x.detach(), batch.y.detach()
+    soft = None if batch.y_soft is None else batch.y_soft.detach()
 
     with ExitStack() as stack:
         stack.enter_context(torch.no_grad())
@@ -168,7 +169,7 @@ def student_loss_closure(parts: "TrialParts", batch: Batch) -> Callable[[], Tens
         with _frozen_ranges(parts), _preserved_modes(ctx.student, train=False), _taps(ctx.student_taps):
             ctx.student_taps.take(detach=True)
             s_logits, s_feats = ctx.student_forward(x)
-            terms = objective(LossInputs(s_logits, t_logits, y, s_feats, t_feats))
+            terms = objective(LossInputs(s_logits, t_logits, y, s_feats, t_feats, soft_labels=soft))
         if "total" not in terms:
             raise KeyError(f"the objective returned no 'total' term (got {sorted(terms)})")
         return terms["total"]
@@ -209,7 +210,8 @@ def fixed_generator_batch(parts: "TrialParts", batch_size: int, seed: int, *, ph
       the first training epoch's, whose batches the student objective sees; an offline
       generator must have run ``prepare()``.
 
-    The returned batch carries no teacher outputs: :func:`student_loss_closure` computes them.
+    The returned batch carries no teacher outputs (:func:`student_loss_closure` computes them); it
+    keeps the generator's soft labels, which the student objective fits when they exist.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -223,7 +225,8 @@ def fixed_generator_batch(parts: "TrialParts", batch_size: int, seed: int, *, ph
             stack.enter_context(_preserved_modes(net, train=True))
         sampled = gen.sample(batch_size, torch.Generator().manual_seed(seed))
     if sampled is not None:
-        return Batch(x=sampled.x.detach(), y=sampled.y)
+        return Batch(x=sampled.x.detach(), y=sampled.y,
+                     y_soft=None if sampled.y_soft is None else sampled.y_soft.detach())
 
     if ctx.teacher_taps.is_active or ctx.student_taps.is_active:
         raise RuntimeError(
@@ -233,6 +236,7 @@ def fixed_generator_batch(parts: "TrialParts", batch_size: int, seed: int, *, ph
     phase = ctx.spec.budget.first_training_phase if phase is None else phase
     xs: list[Tensor] = []
     ys: list[Tensor] = []
+    softs: list[Tensor | None] = []
     with _fork_all_rngs(seed):
         clone = copy.deepcopy(gen)
         have = 0
@@ -242,8 +246,13 @@ def fixed_generator_batch(parts: "TrialParts", batch_size: int, seed: int, *, ph
                 raise RuntimeError(f"generator '{type(gen).__name__}' returned an empty batch")
             xs.append(b.x.detach())
             ys.append(b.y.detach())
+            softs.append(None if b.y_soft is None else b.y_soft.detach())
             have += b.x.shape[0]
-    return Batch(x=torch.cat(xs)[:batch_size].to(ctx.device), y=torch.cat(ys)[:batch_size].to(ctx.device))
+    y_soft = None
+    if all(t is not None for t in softs):  # soft labels (Qimera) stay with their images
+        y_soft = torch.cat(softs)[:batch_size].to(ctx.device)  # type: ignore[arg-type]
+    return Batch(x=torch.cat(xs)[:batch_size].to(ctx.device), y=torch.cat(ys)[:batch_size].to(ctx.device),
+                 y_soft=y_soft)
 
 
 def trial_hessian_trace(

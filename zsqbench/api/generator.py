@@ -52,12 +52,18 @@ class Phase:
 class Batch:
     """One batch for the student. ``x`` is detached from the generator. When the generator
     already ran the teacher on ``x`` it passes the (detached) logits and tapped features, so
-    the student step need not run the teacher again."""
+    the student step need not run the teacher again.
+
+    ``y`` holds one class per sample. A generator whose samples mix classes (Qimera) also
+    passes their label distribution ``y_soft`` (B, C), rows summing to 1, which the student
+    objective then fits instead of ``y`` (:attr:`LossInputs.targets`); ``y`` stays for logging.
+    """
 
     x: Tensor
     y: Tensor
     teacher_logits: Tensor | None = None
     teacher_features: dict[str, Tensor] | None = None
+    y_soft: Tensor | None = None
 
 
 @dataclass
@@ -119,10 +125,11 @@ class StudentUpdate:
         return batch.teacher_logits, batch.teacher_features or {}
 
     def step(self, batch: Batch) -> dict[str, Tensor]:
-        """The standard update: teacher outputs, student forward, objective, one optimizer step."""
+        """The standard update: teacher outputs, student forward, objective, one optimizer step.
+        The batch's soft labels, if any, travel with it to the objective."""
         t, t_feats = self.teacher_outputs(batch)
         s, s_feats = self.forward(batch.x)
-        return self.minimize(LossInputs(s, t, batch.y, s_feats, t_feats))
+        return self.minimize(LossInputs(s, t, batch.y, s_feats, t_feats, soft_labels=batch.y_soft))
 
     def minimize(self, inputs: LossInputs, *, shared_graph: bool = False) -> dict[str, Tensor]:
         """The objective on ``inputs``, its gradient, one optimizer step; the detached terms.

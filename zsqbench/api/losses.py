@@ -20,6 +20,11 @@ class LossInputs:
     Teacher tensors are detached unless a method asks for the teacher's graph (HAST's input
     gradient); student tensors carry the graph to the student weights. Feature dicts are keyed
     by module path and hold only the taps the objective asked for.
+
+    ``labels`` are hard class indices (B,) (for a generator that mixes classes, one class per
+    sample, for logging); ``soft_labels`` is the (B, C) label distribution of a generator that
+    makes one (Qimera's superposed classes, rows summing to 1), else None. A label-dependent
+    logit term reads :attr:`targets`, the soft labels where they exist.
     """
 
     student_logits: Tensor
@@ -27,9 +32,25 @@ class LossInputs:
     labels: Tensor
     student_features: dict[str, Tensor] = field(default_factory=dict)
     teacher_features: dict[str, Tensor] = field(default_factory=dict)
+    soft_labels: Tensor | None = None
+
+    @property
+    def targets(self) -> Tensor:
+        """What a label term should fit: ``soft_labels`` (B, C) when the batch has them, else
+        ``labels`` (B,). This is the third argument objectives pass to a :class:`LogitLoss`."""
+        return self.labels if self.soft_labels is None else self.soft_labels
 
 
 class LogitLoss(Protocol):
+    """A logit loss ``(student_logits, teacher_logits, labels) -> scalar``.
+
+    ``labels`` is :attr:`LossInputs.targets`: class indices (B,) int64, or a (B, C) label
+    distribution when the generator made soft labels. A loss with a label term must accept
+    both (``zsqbench.toolkit.logits.cross_entropy`` does); one without ignores it. The
+    signature stays three positional arguments so that every existing logit loss keeps working
+    unchanged: only the objectives that call one pass ``targets`` instead of ``labels``.
+    """
+
     def __call__(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor) -> Tensor: ...
 
 

@@ -50,13 +50,18 @@ class CifarGenerator(nn.Module):
 
     The 0.8 eps of the two inner BNs and the final non-affine BN are deliberate (METHODS §3.1).
     Each block's upsampling and convolution are one :class:`UpsampleConv2d`.
+
+    ``num_classes=None`` builds the trunk alone (no embedding): :meth:`decode` maps a latent
+    h of ``latent_dim`` entries to images, for generators that condition differently (Qimera's
+    E[y] + σ·z, standardized and superposed). GDFQ's network, parameters and state_dict keys
+    are the same either way.
     """
 
-    def __init__(self, num_classes: int, latent_dim: int = 100, img_size: int = 32, channels: int = 3):
+    def __init__(self, num_classes: int | None, latent_dim: int = 100, img_size: int = 32, channels: int = 3):
         super().__init__()
         self.latent_dim = latent_dim
         self.init_size = img_size // 4
-        self.embed = nn.Embedding(num_classes, latent_dim)
+        self.embed = nn.Embedding(num_classes, latent_dim) if num_classes is not None else None
         self.project = nn.Linear(latent_dim, 128 * self.init_size**2)
         self.bn0 = nn.BatchNorm2d(128)
         self.block1 = nn.Sequential(UpsampleConv2d(128, 128), nn.BatchNorm2d(128, eps=0.8), nn.LeakyReLU(0.2))
@@ -64,7 +69,13 @@ class CifarGenerator(nn.Module):
         self.head = nn.Sequential(nn.Conv2d(64, channels, 3, 1, 1), nn.Tanh(), nn.BatchNorm2d(channels, affine=False))
 
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
-        h = self.project(self.embed(y) * z)
+        if self.embed is None:
+            raise RuntimeError("this CifarGenerator was built without a label embedding; call decode(h)")
+        return self.decode(self.embed(y) * z)
+
+    def decode(self, h: Tensor) -> Tensor:
+        """Images from latents h (B, latent_dim): GDFQ's network from its projection ``l1`` on."""
+        h = self.project(h)
         h = self.bn0(h.view(h.shape[0], 128, self.init_size, self.init_size))
         # The projection's view is NCHW; in a channels-last generator every convolution would
         # then convert its input (and gradient) to NHWC, so convert once here.

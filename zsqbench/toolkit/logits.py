@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, Protocol
+
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -21,12 +23,55 @@ def kd_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float, re
     return total / denom * (t * t)
 
 
+def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """(1/B)·Σ_b H(ℓ_b, softmax(logits_b)) = mean_b −Σ_c ℓ_bc·log_softmax(logits_b)_c, for a
+    (B, C) label distribution ℓ (Qimera's superposed labels, METHODS-AIT-QIMERA §2.4). Its
+    minimum over the logits is the mean entropy of ℓ, not 0 (a mixed label cannot be fit exactly)."""
+    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy against class indices (B,) or a label distribution (B, C).
+
+    Class indices go through ``F.cross_entropy`` exactly as before soft labels existed, so a
+    hard-label method's numbers stay bit for bit; a distribution takes
+    :func:`soft_cross_entropy`, which equals it for one-hot rows up to float rounding.
+    """
+    if targets.dim() == logits.dim() and targets.is_floating_point():
+        return soft_cross_entropy(logits, targets)
+    return F.cross_entropy(logits, targets)
+
+
+class KDCESettings(Protocol):
+    """The four numbers of GDFQ's student loss; GDFQ's and Qimera's options both have them."""
+
+    temperature: float
+    kd_weight: float
+    kd_reduction: Literal["mean", "batchmean"]
+    ce_weight: float
+
+
+class GDFQLogitLoss:
+    """GDFQ's student logit loss α·T²·KL (``kd_reduction``: 'mean' ÷B·C as coded, or 'batchmean')
+    + κ_ce·CE (METHODS §4.2), shared by the GDFQ family: with soft labels (Qimera) the CE is
+    the soft CE against them (METHODS-AIT-QIMERA §2.4), the same value for one-hot labels."""
+
+    def __init__(self, opts: KDCESettings) -> None:
+        self.opts = opts
+
+    def __call__(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor) -> Tensor:
+        o = self.opts
+        kd = kd_kl(student_logits, teacher_logits, o.temperature, o.kd_reduction)
+        return o.kd_weight * kd + o.ce_weight * cross_entropy(student_logits, labels)
+
+
 class LogitObjective(StudentObjective):
-    """A student objective made of a logit loss alone (no feature taps): terms ``total`` and ``logit``."""
+    """A student objective made of a logit loss alone (no feature taps): terms ``total`` and ``logit``.
+    The logit loss gets the batch's targets (soft labels where the generator made them)."""
 
     def __init__(self, logit: LogitLoss) -> None:
         self.logit = logit
 
     def __call__(self, inputs: LossInputs) -> dict[str, Tensor]:
-        value = self.logit(inputs.student_logits, inputs.teacher_logits, inputs.labels)
+        value = self.logit(inputs.student_logits, inputs.teacher_logits, inputs.targets)
         return {"total": value, "logit": value}

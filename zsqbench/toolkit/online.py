@@ -41,12 +41,16 @@ def step_on(
 
 
 class TrainedGenerator:
-    """GDFQ's conditional generator with its Adam optimizer and the teacher's BNS loss."""
+    """GDFQ's conditional generator with its Adam optimizer and the teacher's BNS loss.
 
-    def __init__(self, ctx: TrainContext, batch_size: int) -> None:
+    ``net`` replaces GDFQ's network by another one trained the same way (Qimera's); then
+    :meth:`draw` and :meth:`gdfq_step`, which feed GDFQ's (z, y) inputs, are not for it.
+    """
+
+    def __init__(self, ctx: TrainContext, batch_size: int, net: nn.Module | None = None) -> None:
         self.ctx = ctx
         self.batch_size = batch_size
-        self.net = CifarGenerator(ctx.num_classes).to(ctx.device)
+        self.net = (CifarGenerator(ctx.num_classes) if net is None else net).to(ctx.device)
         self.net.train()
         optim = ctx.spec.optim
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=optim.generator_lr, betas=optim.generator_betas)
@@ -104,7 +108,11 @@ class OnlineGenerator(Generator):
 
     def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:
         super().__init__(options, ctx)
-        self.online = TrainedGenerator(ctx, ctx.spec.budget.batch_size)
+        self.online = TrainedGenerator(ctx, ctx.spec.budget.batch_size, self.build_network())
+
+    def build_network(self) -> nn.Module | None:
+        """The network to train online; None (the default) is GDFQ's :class:`CifarGenerator`."""
+        return None
 
     def start_epoch(self, phase: Phase) -> None:
         self.online.set_epoch(phase)
