@@ -34,6 +34,7 @@ from zsqbench.errors import UserError
 from zsqbench.toolkit.cifar_generator import CifarGenerator
 from zsqbench.toolkit.logits import GDFQLogitLoss, LogitObjective, soft_cross_entropy
 from zsqbench.toolkit.online import OnlineGenerator
+from zsqbench_plugins.generators.cards import QIMERA_CARD
 
 _V = TypeVar("_V")
 
@@ -143,6 +144,7 @@ class Qimera(OnlineGenerator):
     description = ("Qimera generator: GDFQ's network fed superposed class embeddings (boundary samples with "
                    "soft labels); KD-mean·T² + soft-label CE student loss")
     Options = QimeraOptions
+    card = QIMERA_CARD
 
     def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:
         opts: QimeraOptions = options  # type: ignore[assignment]
