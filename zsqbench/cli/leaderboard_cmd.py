@@ -26,7 +26,8 @@ from zsqbench.leaderboard.results_folder import LEADERBOARD_NAME, rebuild_leader
 from zsqbench.trial.result_file import find_result_files
 from zsqbench.leaderboard.table import read_table, to_csv_text, to_json_text, to_markdown, to_rich_table
 from zsqbench.leaderboard.views import (
-    CI_NOTE, COMPACT_NOTE, ORACLE_NOTE, PIVOT_NOTE, display_aggregated, display_compact, pivot,
+    CI_NOTE, COMPACT_NOTE, METHOD_PIVOT_NOTE, ORACLE_NOTE, PIVOT_NOTE, display_aggregated, display_compact, pivot,
+    pivot_by_method,
 )
 
 PER_TRIAL_SHOWN = ["trial_id", "model", "generator", "loss", "w_bits", "a_bits", "seed", "budget",
@@ -43,8 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "paper:NAME for a published reference table (default: results)")
     view = p.add_mutually_exclusive_group()
     view.add_argument("--per-trial", action="store_true", help="one row per trial instead of per configuration")
-    view.add_argument("--pivot", action="store_true",
-                      help="paper layout: rows dataset x bits, columns generator+loss, cells 'mean ± std (n)'")
+    view.add_argument("--pivot", nargs="?", const="bits", choices=("bits", "methods"),
+                      help="paper layout, cells 'mean ± std (n)': 'bits' (the default) = rows dataset x bits, columns "
+                           "generator+loss; 'methods' = rows generator+loss, columns dataset x bits (Table 3)")
     p.add_argument("--wide", action="store_true",
                    help="every setting in the terminal and Markdown table (default: a compact view for 80 columns)")
     p.add_argument("--ci", action="store_true",
@@ -86,6 +88,9 @@ def build_view(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, st
         return view, view, f"{path} ({len(view)} trials)", ORACLE_NOTE
     agg = as_aggregated(frame, kind)
     ci_note = f" {CI_NOTE}" if args.ci else ""
+    if args.pivot == "methods":
+        table = pivot_by_method(agg, args.ci)
+        return table, table, f"{path}: top1_last by generator+loss (columns dataset x bits)", METHOD_PIVOT_NOTE + ci_note
     if args.pivot:
         table = pivot(agg, args.ci)
         return table, table, f"{path}: top1_last by dataset x bits (columns generator+loss)", PIVOT_NOTE + ci_note

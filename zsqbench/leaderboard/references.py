@@ -16,6 +16,8 @@ PREFIX = "paper:"
 #: name -> (file under references/, what it holds)
 REFERENCES: dict[str, tuple[str, str]] = {
     "akt": ("akt-paper.csv", "AKT paper, Tables 2 and 4 (ResNet-20, CIFAR-10/100; best epoch on the test set)"),
+    "published": ("published.csv", "AKT paper Table 3 (incl. TexQ, RIS) and the published ResNet-20 numbers of AIT, "
+                  "Qimera, ZeroQ and IntraQ, each row with its source (best epoch on the test set)"),
 }
 
 

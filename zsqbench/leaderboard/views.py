@@ -18,6 +18,8 @@ from zsqbench.bits import bits_label
 ORACLE_NOTE = ("`top1_oracle` is the best epoch selected on the test set (an oracle, not a result); "
                "`top1_last` (mean ± sample std over seeds) is the headline.")
 PIVOT_NOTE = "Cells: top1_last mean ± sample std over seeds (number of seeds); rows dataset × bits, columns generator+loss."
+METHOD_PIVOT_NOTE = ("Cells: top1_last mean ± sample std over seeds (number of seeds); rows generator+loss, columns "
+                     "dataset × bits (the layout of the AKT paper's Table 3).")
 
 
 def mean_std(mean: Any, std: Any, digits: int = 2) -> str:
@@ -111,3 +113,23 @@ def pivot(frame: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
         head = {"dataset": row_key[0], **dict(zip(extras, row_key[1:-2])), "bits": bits_label(*row_key[-2:])}
         out.append({**head, **{label: cells[row_key].get(label, "") for label in labels}})
     return pd.DataFrame(out, columns=["dataset", *extras, "bits", *labels])
+
+
+def pivot_by_method(frame: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
+    """:func:`pivot` turned around, as the papers' comparison tables are laid out: one row per
+    generator+loss, one column per dataset × bits (with any extra level that tells rows apart)."""
+    table = pivot(frame, ci)
+    keys = [c for c in table.columns if c == "dataset" or c == "bits" or c not in _method_columns(table)]
+    methods = _method_columns(table)
+    out = []
+    for method in methods:
+        row = {"method": method}
+        for record in table.to_dict("records"):
+            row[" ".join(str(record[k]) for k in keys)] = record[method]
+        out.append(row)
+    columns = ["method", *(" ".join(str(r[k]) for k in keys) for r in table.to_dict("records"))]
+    return pd.DataFrame(out, columns=columns)
+
+
+def _method_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if "+" in c]

@@ -1,0 +1,40 @@
+"""The published reference tables shipped as package data: what they hold, and the Table 3 layout."""
+
+from __future__ import annotations
+
+import json
+
+from zsqbench.cli.main import main
+from zsqbench.leaderboard.references import reference_path
+from zsqbench.leaderboard.table import read_table
+
+from conftest import one_line_error
+
+TABLE_3_METHODS = {("gdfq", "kd"), ("gdfq", "ait"), ("qimera", "ait"), ("hast", "kd"), ("adadfq", "kd"),
+                   ("texq", "kd"), ("ris", "kd"), ("adadfq", "akt")}
+
+
+def test_published_table_holds_table_3_and_the_compared_methods_with_sources():
+    frame, kind = read_table(reference_path("published"))
+    assert kind == "aggregated"
+    methods = set(zip(frame["generator"], frame["loss"]))
+    assert TABLE_3_METHODS | {("qimera", "kd"), ("zeroq", "kd"), ("intraq", "kd")} == methods
+    assert (frame["source"] == "reference").all() and frame["note"].str.len().gt(20).all()
+    # one row per cell (the pivot refuses duplicates) and the AKT paper's numbers where it has them
+    assert not frame.duplicated(["generator", "loss", "dataset", "w_bits"]).any()
+    row = frame[(frame.generator == "texq") & (frame.dataset == "cifar100") & (frame.w_bits == 3)]
+    assert row["top1_last_mean"].tolist() == [55.87] and "no public code" in row["note"].item()
+
+
+def test_pivot_by_method_lays_out_table_3(capsys):
+    assert main(["leaderboard", "paper:published", "--pivot", "methods", "--json"]) == 0
+    rows = {r["method"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["adadfq+akt"]["cifar10 W3A3"] == "86.76 (1)"
+    assert rows["ris+kd"]["cifar10 W3A3"] == "" and rows["ris+kd"]["cifar100 W5A5"] == "69.55 (1)"
+    assert list(rows["gdfq+kd"]) == ["method", "cifar10 W3A3", "cifar10 W4A4", "cifar10 W5A5", "cifar100 W3A3",
+                                     "cifar100 W4A4", "cifar100 W5A5"]
+
+
+def test_an_unknown_reference_is_one_line(capsys):
+    err = one_line_error(capsys, ["leaderboard", "paper:nope"])
+    assert "paper:akt" in err and "paper:published" in err
