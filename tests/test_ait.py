@@ -421,3 +421,19 @@ def test_a_quantizer_without_codes_is_refused_in_one_line(tmp_path):
 def test_bad_ait_options_exit_2_in_one_line(capsys, option, needle):
     err = one_line_error(capsys, ["run", "--generators", "gdfq", "--loss", "ait", "-o", option, "--dry-run"])
     assert needle in err
+
+
+@pytest.mark.parametrize("generator", ["adadfq", "hast"])
+def test_gi_alone_trains_generators_with_their_own_step(plugins, tmp_path, generator):
+    """AdaDFQ (its own step, shared forward) and HAST (its own student step) reach the GI optimizer
+    through StudentUpdate; AIT keeps their native objective and its feature taps."""
+    small = {"num_images": 4, "synthesis_batch": 4, "synthesis_iters": 1, "calibration_batch": 2}
+    spec = make_spec(generator, "ait", batch_size=2, generator_options=small if generator == "hast" else None)
+    parts = make_parts(plugins, spec, tmp_path / "cache")
+    assert parts.objective.feature_taps == parts.generator.native_losses().objective.feature_taps
+    parts.generator.prepare()
+    for epoch in range(2):
+        phase = spec.budget.phase(epoch)
+        with epoch_context(parts, phase):
+            iterate(parts, phase)
+    assert optimizer_summary(parts)["steps"] >= 1 and parts.optimizer.last.scale.min().item() >= 1
