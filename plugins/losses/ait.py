@@ -16,8 +16,9 @@
 * **Weight decay 0.** Every AIT configuration trains without weight decay (§1.4): the plugin
   contributes budget overrides ``optim.weight_decay = 0`` under the bundled presets (``smoke``,
   ``cpu``, ``paper``); ``paper`` is otherwise AIT's own schedule already (400 x 200 at batch 200,
-  warm-up 4, lr 1e-4, milestones {100, 200, 300}). A user preset or ``--optim`` may set another
-  decay; it is then applied (and, unless ``include_wd``, left out of the search direction, T2).
+  warm-up 4, lr 1e-4, milestones {100, 200, 300}). A preset of one's own, or a grid file's
+  ``optim``, may set another decay: it is then applied, and (unless ``include_wd``) left out of the
+  search direction, so the realized share of changed codes differs from f(a) (T2).
 * **Quantizer.** GI counts integer codes, so the quantizer must be a
   :class:`~zsqbench.api.quantizer.WeightCodeQuantizer` (``uniform`` is); another is refused when
   the grid is expanded.
