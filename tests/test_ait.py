@@ -437,3 +437,34 @@ def test_gi_alone_trains_generators_with_their_own_step(plugins, tmp_path, gener
         with epoch_context(parts, phase):
             iterate(parts, phase)
     assert optimizer_summary(parts)["steps"] >= 1 and parts.optimizer.last.scale.min().item() >= 1
+
+
+def test_a_resumed_ait_trial_continues_bit_for_bit(plugins, tmp_path):
+    """Epochs 0-3 at once vs epochs 0-1, a checkpoint through the file format (weights_only), fresh
+    parts, epochs 2-3: the same student, with the threshold decayed at epoch 2 and the cap lifted."""
+    spec = make_spec("gdfq", "ait", batch_size=2, epochs=4, warmup_epochs=1, iters_per_epoch=1, lr_milestones=[2])
+
+    def train(parts, epochs):
+        for epoch in epochs:
+            phase = spec.budget.phase(epoch)
+            with epoch_context(parts, phase):
+                iterate(parts, phase)
+
+    whole = make_parts(plugins, spec, tmp_path / "cache")
+    train(whole, range(4))
+    first = make_parts(plugins, spec, tmp_path / "cache")
+    train(first, range(2))
+    (tmp_path / "ckpt.pt").write_bytes(checkpoint.encode({
+        "epoch": 1, "student": first.ctx.student.state_dict(), "optimizer": first.optimizer.state_dict(),
+        "generator": first.generator.state_dict(), "rng": checkpoint.rng_state()}))
+    saved = checkpoint.decode(tmp_path / "ckpt.pt")
+    resumed = make_parts(plugins, spec, tmp_path / "cache")  # the same random teacher; the rest comes from the file
+    resumed.ctx.student.load_state_dict(saved["student"])
+    resumed.optimizer.load_state_dict(saved["optimizer"])
+    resumed.generator.load_state_dict(saved["generator"])
+    checkpoint.set_rng_state(saved["rng"])
+    assert (resumed.optimizer.threshold, resumed.optimizer.capped) == (1e-3, True)
+    train(resumed, range(2, 4))
+    assert (resumed.optimizer.threshold, resumed.optimizer.capped) == (pytest.approx(1e-4), False)
+    a, b = whole.ctx.student.state_dict(), resumed.ctx.student.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
