@@ -468,3 +468,24 @@ def test_a_resumed_ait_trial_continues_bit_for_bit(plugins, tmp_path):
     assert (resumed.optimizer.threshold, resumed.optimizer.capped) == (pytest.approx(1e-4), False)
     a, b = whole.ctx.student.state_dict(), resumed.ctx.student.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_epoch_summary_averages_each_tensors_own_searches():
+    torch.manual_seed(0)
+    student = quantized(Tiny())
+    opt = gi(student, threshold=0.2, first_uncapped_epoch=0)
+    opt.start_epoch(Phase(1, False))
+    scales = []
+    for step in range(3):
+        for prm in student.parameters():
+            prm.grad = torch.randn_like(prm) * 1e-2
+        if step == 2:
+            student.fc.weight.grad = None  # not searched (nor stepped) in this step
+        opt.step()
+        scales.append(opt.last.scale.tolist())
+    conv, fc = [s[0] for s in scales], [s[1] for s in scales[:2]]
+    summary = opt.epoch_summary()
+    assert summary["scale_mean_by_tensor"] == {"conv.weight": pytest.approx(sum(conv) / 3),
+                                               "fc.weight": pytest.approx(sum(fc) / 2)}
+    assert summary["scale_mean"] == pytest.approx(sum(conv + fc) / 5) and summary["scale_max"] == max(conv + fc)
+    assert len(set(conv + fc)) > 1 and opt.epoch_summary()["steps"] == 0  # the next epoch starts afresh

@@ -217,13 +217,17 @@ class GISGD(EpochAwareOptimizer):
         self._steps = 0
         self._sums: dict[str, Tensor] = {}
 
-    def _observe(self, result: SearchResult) -> None:
-        values = {"scale": result.scale, "natural": result.natural, "limited": result.limited.to(torch.float64),
-                  "skipped": result.skipped.to(torch.float64)}
+    def _observe(self, result: SearchResult, index: Tensor) -> None:
+        """Accumulate one step's search on the device; ``index``: the searched tensors' positions
+        in :attr:`quantized` (a tensor without a gradient in a step is not searched)."""
+        if not self._sums:
+            zeros = torch.zeros(len(self.quantized), dtype=torch.float64, device=index.device)
+            self._sums = {k: zeros.clone() for k in ("count", "scale", "natural", "limited", "skipped", "scale_max")}
+        values = {"count": torch.ones_like(result.scale), "scale": result.scale, "natural": result.natural,
+                  "limited": result.limited.to(torch.float64), "skipped": result.skipped.to(torch.float64)}
         for key, value in values.items():
-            self._sums[key] = self._sums[key] + value if key in self._sums else value.clone()
-        self._sums["scale_max"] = (torch.maximum(self._sums["scale_max"], result.scale) if "scale_max" in self._sums
-                                   else result.scale.clone())
+            self._sums[key].index_add_(0, index, value)
+        self._sums["scale_max"].scatter_reduce_(0, index, result.scale, reduce="amax")
         self._steps += 1
 
     def epoch_summary(self) -> dict[str, Any]:
@@ -234,13 +238,15 @@ class GISGD(EpochAwareOptimizer):
         if self._steps:
             names = [q.name for q in self.quantized]
             sums = {k: v.tolist() for k, v in self._sums.items()}
-            n = self._steps
+            counted = [(name, c, a, f) for name, c, a, f in zip(names, sums["count"], sums["scale"], sums["natural"])
+                       if c]
+            searches = sum(sums["count"])
             summary.update(
-                scale_mean=sum(sums["scale"]) / (n * len(names)), scale_max=max(sums["scale_max"]),
-                natural_flip_mean=sum(sums["natural"]) / (n * len(names)),
+                scale_mean=sum(sums["scale"]) / searches, scale_max=max(sums["scale_max"]),
+                natural_flip_mean=sum(sums["natural"]) / searches,
                 limit_hits=int(sum(sums["limited"])), zero_direction=int(sum(sums["skipped"])),
-                scale_mean_by_tensor={k: v / n for k, v in zip(names, sums["scale"])},
-                natural_flip_by_tensor={k: v / n for k, v in zip(names, sums["natural"])},
+                scale_mean_by_tensor={name: a / c for name, c, a, _ in counted},
+                natural_flip_by_tensor={name: f / c for name, c, _, f in counted},
             )
         self._reset_stats()
         return summary
@@ -292,11 +298,12 @@ class GISGD(EpochAwareOptimizer):
 
     def _gi_step(self, group: dict[str, Any]) -> None:
         lr = group["lr"]
-        entries = [(p, q.bits) for p, q in zip(group["params"], self.quantized) if p.grad is not None]
+        entries = [(i, p, q.bits) for i, (p, q) in enumerate(zip(group["params"], self.quantized))
+                   if p.grad is not None]
         if not entries:
             return
         prepared = []
-        for p, bits in entries:
+        for _, p, bits in entries:
             search_dir, applied_dir, buf = self._directions(group, p)
             prepared.append(_Prepared(p, bits, search_dir, applied_dir, buf, self.quantizer.weight_codes(p, bits)))
         doublings = self.settings.capped_doublings if self.capped else self.settings.max_doublings
@@ -310,7 +317,7 @@ class GISGD(EpochAwareOptimizer):
                 self.state[t.weight]["momentum_buffer"] = t.buffer
             t.weight.sub_(t.applied * (result.scale[i] * lr).to(t.weight.dtype))
         self.last = result
-        self._observe(result)
+        self._observe(result, torch.tensor([i for i, _, _ in entries], device=result.scale.device))
 
     def _search_batched(self, prepared: list["_Prepared"], lr: float, doublings: int) -> SearchResult:
         """Every doubling candidate, then every possible midpoint, each tensor in one pass; the
