@@ -141,7 +141,8 @@ def search(flips_doubling: Tensor, flips_tree_fn: Any, p: float, settings: GISet
     rounds = settings.bisection_rounds
     reached = flips_doubling >= p
     found = reached.any(dim=1)
-    first = torch.where(found, reached.to(torch.int64).argmax(dim=1), torch.full_like(found, doublings, dtype=torch.int64))
+    limit = torch.full_like(found, doublings, dtype=torch.int64)
+    first = torch.where(found, reached.to(torch.int64).argmax(dim=1), limit)  # argmax: the first True
     doubled = torch.pow(2.0, first.to(torch.float64))
     searching = first > 0
     steps = 2**rounds

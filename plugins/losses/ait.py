@@ -29,7 +29,7 @@ tolerance p/100, final a = the last midpoint, weight decay out of the direction.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -42,6 +42,9 @@ from zsqbench.api import (
 from zsqbench.errors import UserError
 from zsqbench.toolkit.logits import kd_kl
 from zsqbench_plugins.losses._gi_sgd import GISettings, GISGD
+
+if TYPE_CHECKING:  # pragma: no cover
+    from zsqbench.trial.spec import TrialSpec
 
 
 class AITOptions(PluginOptions):
@@ -109,7 +112,7 @@ class AIT(DistillationLoss):
                 "or implement both methods in it"
             )
 
-    def build_optimizer(self, spec, student: nn.Module, quantizer: Quantizer) -> torch.optim.Optimizer:
+    def build_optimizer(self, spec: "TrialSpec", student: nn.Module, quantizer: Quantizer) -> torch.optim.Optimizer:
         type(self).check_quantizer(type(quantizer))
         assert isinstance(quantizer, WeightCodeQuantizer)
         o: AITOptions = self.options  # type: ignore[assignment]

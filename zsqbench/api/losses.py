@@ -93,7 +93,8 @@ class DistillationLoss(StudentObjective):
         :class:`zsqbench.errors.UserError` (one line naming the fix). Called when a grid is
         expanded, before anything runs; the default accepts every quantizer."""
 
-    def build_optimizer(self, spec: "TrialSpec", student: nn.Module, quantizer: Quantizer) -> torch.optim.Optimizer | None:
+    def build_optimizer(self, spec: "TrialSpec", student: nn.Module,
+                        quantizer: Quantizer) -> torch.optim.Optimizer | None:
         """The student optimizer of a trial with this loss, or None for the core's (SGD with
         ``spec.optim``'s momentum, Nesterov and weight decay over ``student.parameters()``).
 
