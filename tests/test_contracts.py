@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from zsqbench.api import Batch, Generator, NativeLosses, StudentObjective
+from zsqbench.api import Batch, Generator, NativeLosses, StudentObjective, WeightCodeQuantizer
 from zsqbench.api.plugins import build_plugins
 from zsqbench.trial import checkpoint
 from zsqbench.trial.step import epoch_context, iterate
@@ -103,6 +103,15 @@ def test_quantizer_contract(plugins, name):
         with quantizer.calibrating(student, not state):
             assert quantizer.is_calibrating(student) is (not state)
         assert quantizer.is_calibrating(student) is state
+    if isinstance(quantizer, WeightCodeQuantizer):  # integer codes declared (AIT needs them)
+        params = {id(p): n for n, p in student.named_parameters()}
+        listed = quantizer.quantized_weights(student)
+        assert listed and all(params.get(id(q.weight)) == q.name and q.bits == 4 for q in listed)
+        w = listed[0].weight
+        codes = quantizer.weight_codes(w, 4)
+        assert codes.shape == w.shape and torch.equal(codes, codes.round()) and -8 <= codes.min() <= codes.max() <= 7
+        stacked = quantizer.weight_codes(torch.stack([w.detach(), 2 * w.detach()]), 4, stacked=True)
+        assert torch.equal(stacked[0], codes) and stacked.shape == (2, *w.shape)
 
 
 def test_every_generator_class_implements_a_batch_source():

@@ -1,7 +1,8 @@
 """GDFQ (ECCV 2020): a label-conditioned generator trained on CE + BN statistics (METHODS §3–4).
 
 Native student loss: α·T²·KL with PyTorch's element-mean reduction (÷B·C, METHODS §4.2 and
-defect G3, reproduced deliberately) plus label CE. The step is the default one: a generator
+defect G3, reproduced deliberately) plus label CE, declared as family ``KD_CE`` (a loss such as
+AIT may re-weight its two terms). The step is the default one: a generator
 update (:meth:`~zsqbench.toolkit.online.TrainedGenerator.gdfq_step`), then the student update
 on the same images with the teacher outputs reused. The logit loss itself lives in the toolkit
 (:class:`~zsqbench.toolkit.logits.GDFQLogitLoss`), shared with Qimera's soft-label variant.
@@ -13,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from zsqbench.api import Batch, NativeLosses, Phase, PluginOptions, hookimpl
+from zsqbench.api import KD_CE, Batch, NativeLosses, Phase, PluginOptions, hookimpl
 from zsqbench.toolkit.logits import GDFQLogitLoss, LogitObjective
 from zsqbench.toolkit.online import OnlineGenerator
 from zsqbench_plugins.generators.cards import GDFQ_CARD
@@ -40,7 +41,7 @@ class GDFQ(OnlineGenerator):
 
     def native_losses(self) -> NativeLosses:
         logit = GDFQLogitLoss(self.options)  # type: ignore[arg-type]
-        return NativeLosses(logit=logit, objective=LogitObjective(logit))
+        return NativeLosses(logit=logit, objective=LogitObjective(logit), family=KD_CE)
 
 
 __all__ = ["GDFQ", "GDFQLogitLoss", "GDFQOptions"]

@@ -29,7 +29,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from zsqbench.api import Batch, NativeLosses, Phase, PluginOptions, TrainContext, hookimpl
+from zsqbench.api import KD_CE, Batch, NativeLosses, Phase, PluginOptions, TrainContext, hookimpl
 from zsqbench.errors import UserError
 from zsqbench.toolkit.cifar_generator import CifarGenerator
 from zsqbench.toolkit.logits import GDFQLogitLoss, LogitObjective, soft_cross_entropy
@@ -223,7 +223,7 @@ class Qimera(OnlineGenerator):
 
     def native_losses(self) -> NativeLosses:
         logit = GDFQLogitLoss(self.options)  # type: ignore[arg-type]
-        return NativeLosses(logit=logit, objective=LogitObjective(logit))
+        return NativeLosses(logit=logit, objective=LogitObjective(logit), family=KD_CE)
 
 
 def generator_loss(teacher_logits: Tensor, soft_labels: Tensor, bns: Tensor, bns_weight: float) -> Tensor:

@@ -89,3 +89,32 @@ KD_CARD = MethodCard(
     verified=("GDFQ's KD-mean·T² + CE, AdaDFQ's entropy of the logit difference and HAST's KD + FA on hand "
               "values (tests/test_gdfq.py, tests/test_adadfq.py, tests/test_hast.py)",),
 )
+
+AIT_CARD = MethodCard(
+    method="AIT (KL-only loss + gradient inundation)",
+    paper="It's All In the Teacher: Zero-Shot Quantization Brought Closer to the Teacher",
+    venue="CVPR 2022",
+    code="iamkanghyunchoi/ait",
+    commit="13a6c8c",
+    code_license="GPL-3.0; never copied",
+    spec="METHODS-AIT-QIMERA.md §1",
+    differences=(
+        "the quantized weights come from the quantizer (22 tensors in ResNet-20), not from name substrings (T8)",
+        "the step-size search is bounded (a ≤ 2^24) and skips all-zero directions: the official search hangs "
+        "forever on them after epoch 5 (T1)",
+        "the threshold p is derived from the epoch and checkpointed with the optimizer, so a resumed trial "
+        "continues exactly (the official code restarts at p0, T4)",
+        "a crash fails the trial (the official run loop swallows every exception and reports the best epoch, T7)",
+        "weight decay 0 comes from the plugin's budget overrides (smoke, cpu, paper); with decay, it stays out of "
+        "the search direction as in the code (T2); final: upper guarantees f(a) ≥ p (T3)",
+        "for generators whose native loss is not KD + CE (AdaDFQ, HAST) the native loss is kept and only the "
+        "step rule is added (no official numbers exist for those pairs)",
+    ),
+    published=_table("AIT README results figure (GDFQ+AIT)", {
+        (C10, "W4A4"): 91.23, (C10, "W5A5"): 93.41, (C100, "W4A4"): 65.80, (C100, "W5A5"): 69.26}),
+    verified=(
+        "the search on hand-computed tensors (a = 66, bracket [66, 68] = a_d/64 after 5 rounds), momentum buffers "
+        "equal torch SGD's, non-GI parameters bit-identical to SGD, realized code changes on all 22 tensors, "
+        "zero-gradient tensors, resume, weight codes = the forward quantizer's integer stage (tests/test_ait.py)",
+    ),
+)

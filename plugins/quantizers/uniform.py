@@ -16,7 +16,7 @@ from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from zsqbench.api import MethodCard, PluginOptions, Quantizer, hookimpl
+from zsqbench.api import MethodCard, PluginOptions, QuantizedWeight, WeightCodeQuantizer, hookimpl
 
 
 def fake_quantize(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
@@ -50,13 +50,20 @@ def _fake_quantize_into(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
     :func:`fake_quantize` (tested, exact .5 ties included); only the allocations go.
     On CPU, fake quantization plus its STE is ~3x faster this way (see benchmarks/README.md).
     """
-    n = 2**bits - 1
+    out, scale, zero = _codes_into(x, lo, hi, bits)
+    return out.add_(zero).div_(scale)
+
+
+def _codes_into(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The integer stage of :func:`_fake_quantize_into`: ``clamp(round(x·S − Z))`` in one new
+    buffer, with S and Z (the dequantization is ``(q + Z) / S``). Shared by the forward and by
+    :meth:`UniformQuantizer.weight_codes`, so codes and forward cannot drift apart."""
     half = 2 ** (bits - 1)
-    scale = n / torch.clamp(hi - lo, min=1e-8)
+    scale = (2**bits - 1) / torch.clamp(hi - lo, min=1e-8)
     zero = torch.round(scale * lo) + half
     out = x * scale
-    out.sub_(zero).round_().clamp_(-half, half - 1).add_(zero).div_(scale)
-    return out
+    out.sub_(zero).round_().clamp_(-half, half - 1)
+    return out, scale, zero
 
 
 class FakeQuantSTE(torch.autograd.Function):
@@ -245,7 +252,7 @@ class UniformOptions(PluginOptions):
         return data
 
 
-class UniformQuantizer(Quantizer):
+class UniformQuantizer(WeightCodeQuantizer):
     name = "uniform"
     description = "asymmetric uniform fake quantization: per-channel weights, per-tensor activations after ReLU, STE"
     card = MethodCard(
@@ -303,6 +310,24 @@ class UniformQuantizer(Quantizer):
             raise RuntimeError("the student's activation quantizers disagree on calibration; "
                                "switch them through the quantizer (set_calibrating)")
         return flags == {True}
+
+
+    def quantized_weights(self, student: nn.Module) -> list[QuantizedWeight]:
+        """The weights of every QuantConv2d and QuantLinear (21 + 1 in ResNet-20), in module order."""
+        return [QuantizedWeight(f"{name}.weight", module.weight, module.w_bits)
+                for name, module in student.named_modules() if isinstance(module, (QuantConv2d, QuantLinear))]
+
+    def weight_codes(self, weight: Tensor, bits: int, *, stacked: bool = False) -> Tensor:
+        """The forward's integer codes (METHODS §1.2): per output channel (row), the range is the
+        row's own min/max, then ``clamp(round(x·S − Z), −2^(k−1), 2^(k−1) − 1)`` by the same
+        function and in the same dtype as :class:`FakeQuantSTE`, hence bit-identical to it."""
+        x = weight.detach()
+        if x.dtype not in (torch.float32, torch.float64):
+            x = x.to(torch.float32)
+        rows = x.flatten(2 if stacked else 1)
+        lo, hi = torch.aminmax(rows, dim=-1, keepdim=True)
+        codes, _, _ = _codes_into(rows, lo, hi, bits)
+        return codes.view(x.shape)
 
 
 @hookimpl

@@ -7,6 +7,7 @@ A plugin author imports everything from here::
 The modules: :mod:`~zsqbench.api.hookspecs` (the hooks, one per plugin kind),
 :mod:`~zsqbench.api.models` (teachers), :mod:`~zsqbench.api.quantizer`,
 :mod:`~zsqbench.api.generator` (generators and the training step), :mod:`~zsqbench.api.losses`,
+:mod:`~zsqbench.api.optimizers` (student optimizers with an epoch schedule of their own),
 :mod:`~zsqbench.api.executor`, :mod:`~zsqbench.api.budgets`, :mod:`~zsqbench.api.features`
 (taps by module path) and :mod:`~zsqbench.api.plugins` (the manager). Building blocks shared by
 several methods (logit KD, the online generator, BN statistics, a content-addressed cache) are in
@@ -19,14 +20,16 @@ from zsqbench.api.executor import ExecuteJob, Executor, JobOutcome, TrialJob
 from zsqbench.api.features import FeatureTaps
 from zsqbench.api.generator import Batch, Generator, Phase, StudentUpdate, TrainContext
 from zsqbench.api.hookspecs import PLUGIN_KINDS, hookimpl
-from zsqbench.api.losses import DistillationLoss, LogitLoss, LossInputs, NativeLosses, StudentObjective
+from zsqbench.api.losses import KD_CE, DistillationLoss, LogitLoss, LossInputs, NativeLosses, StudentObjective
 from zsqbench.api.models import Normalization, PretrainedWeights, TeacherModel
+from zsqbench.api.optimizers import EpochAwareOptimizer
 from zsqbench.api.options import NoOptions, PluginOptions
-from zsqbench.api.quantizer import Quantizer
+from zsqbench.api.quantizer import QuantizedWeight, Quantizer, WeightCodeQuantizer
 
 __all__ = [
-    "PLUGIN_KINDS", "Batch", "BudgetOverride", "BudgetPreset", "DistillationLoss", "ExecuteJob", "Executor",
-    "FeatureTaps", "Generator", "JobOutcome", "LogitLoss", "LossInputs", "MethodCard", "NativeLosses",
-    "NoOptions", "Normalization", "Phase", "PluginOptions", "PretrainedWeights", "PublishedNumber",
-    "Quantizer", "StudentObjective", "StudentUpdate", "TeacherModel", "TrainContext", "TrialJob", "hookimpl",
+    "KD_CE", "PLUGIN_KINDS", "Batch", "BudgetOverride", "BudgetPreset", "DistillationLoss",
+    "EpochAwareOptimizer", "ExecuteJob", "Executor", "FeatureTaps", "Generator", "JobOutcome", "LogitLoss",
+    "LossInputs", "MethodCard", "NativeLosses", "NoOptions", "Normalization", "Phase", "PluginOptions",
+    "PretrainedWeights", "PublishedNumber", "QuantizedWeight", "Quantizer", "StudentObjective",
+    "StudentUpdate", "TeacherModel", "TrainContext", "TrialJob", "WeightCodeQuantizer", "hookimpl",
 ]

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from zsqbench.api.models import TeacherModel
 from zsqbench.api.cards import MethodCard
 from zsqbench.api.options import NoOptions, PluginOptions
+from zsqbench.api.quantizer import Quantizer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from zsqbench.trial.spec import TrialSpec
+
+#: :attr:`NativeLosses.family` of GDFQ's form and its descendants: ``logit`` is
+#: α·T²·KL(teacher ‖ student) plus κ·CE on the batch labels, so a loss that re-weights KD and CE
+#: (AIT: κ_kd·T²·KL_mean + κ_ce·CE) may substitute its own weights for the generator's.
+KD_CE = "kd+ce"
 
 
 @dataclass
@@ -76,10 +86,15 @@ class NativeLosses:
 
     ``logit`` is the method's logit term alone (feature losses add to it); ``objective`` is
     the method's complete student loss as published (for HAST it includes its feature term).
+    ``family`` names the form of ``logit`` when it is a standard one that a loss may re-weight
+    (:data:`KD_CE`: GDFQ), and is None for a method-specific form (AdaDFQ's entropy of the logit
+    difference, HAST's KD with feature alignment). A loss reads it instead of generator names, so
+    a new generator of the GDFQ family gets the same treatment by declaring it.
     """
 
     logit: LogitLoss
     objective: StudentObjective
+    family: str | None = None
 
 
 class DistillationLoss(StudentObjective):
@@ -95,3 +110,21 @@ class DistillationLoss(StudentObjective):
         self.options = options
         self.native = native
         self.teacher = teacher
+
+    @classmethod
+    def check_quantizer(cls, quantizer: type[Quantizer]) -> None:
+        """Refuse a quantizer this loss cannot work with by raising
+        :class:`zsqbench.errors.UserError` (one line naming the fix). Called when a grid is
+        expanded, before anything runs; the default accepts every quantizer."""
+
+    def build_optimizer(self, spec: "TrialSpec", student: nn.Module,
+                        quantizer: Quantizer) -> torch.optim.Optimizer | None:
+        """The student optimizer of a trial with this loss, or None for the core's (SGD with
+        ``spec.optim``'s momentum, Nesterov and weight decay over ``student.parameters()``).
+
+        A loss whose method changes the update rule (AIT's gradient inundation) returns its own,
+        over every trainable student parameter. The core sets each param group's ``lr`` at every
+        epoch start; an optimizer with epoch-dependent state of its own subclasses
+        :class:`zsqbench.api.optimizers.EpochAwareOptimizer`.
+        """
+        return None

@@ -1,12 +1,20 @@
-"""Quantizers: turn a copy of the FP teacher into a fake-quantized student."""
+"""Quantizers: turn a copy of the FP teacher into a fake-quantized student.
+
+A quantizer may also declare its weight quantization as integer codes
+(:class:`WeightCodeQuantizer`): which weight tensors it quantizes, at which bit-width, and the
+codes its forward computes. Methods that reason about codes rather than fake-quantized values
+(AIT's gradient inundation counts how many codes a step changes) need it; a loss that does says
+so in :meth:`zsqbench.api.losses.DistillationLoss.check_quantizer`.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import ClassVar, Iterator
 
-from torch import nn
+from torch import Tensor, nn
 
 from zsqbench.api.cards import MethodCard
 from zsqbench.api.options import NoOptions, PluginOptions
@@ -51,3 +59,36 @@ class Quantizer(ABC):
             yield
         finally:
             self.set_calibrating(student, previous)
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """One weight tensor the quantizer fake-quantizes on every forward: its parameter name in the
+    student (``"features.stage1.unit1.body.conv1.conv.weight"``), the parameter, its bit-width."""
+
+    name: str
+    weight: nn.Parameter
+    bits: int
+
+
+class WeightCodeQuantizer(Quantizer):
+    """A quantizer that exposes its weight quantization as integer codes.
+
+    Declared by subclassing (not found by probing methods), so a loss can refuse a quantizer
+    without codes when the grid is expanded, before anything runs.
+    """
+
+    @abstractmethod
+    def quantized_weights(self, student: nn.Module) -> list[QuantizedWeight]:
+        """Every weight tensor of ``student`` that the forward quantizes, in module order
+        (22 for ResNet-20: 21 conv weights and the FC weight); never biases or BN parameters."""
+
+    @abstractmethod
+    def weight_codes(self, weight: Tensor, bits: int, *, stacked: bool = False) -> Tensor:
+        """The integer codes of ``weight`` exactly as the forward computes them, with the range
+        recomputed from ``weight`` itself (so for a candidate update, from the candidate).
+
+        Integer-valued, same shape as ``weight``, in its float dtype (float32 for reduced
+        precision). ``stacked``: ``weight`` is ``(n, *shape)``, n candidate values of one weight
+        tensor, each quantized on its own ranges (one call instead of n).
+        """

@@ -96,6 +96,7 @@ def expand(request: GridRequest, plugins: Plugins, env: Environment) -> list[Tri
         fill_options(plugins.generators.get(name), request.options.get(name, {}), "generator", name)
     for name in request.losses:
         fill_options(plugins.losses.get(name), request.options.get(name, {}), "loss", name)
+        plugins.losses.get(name).check_quantizer(quant_cls)  # e.g. AIT needs integer weight codes
     checkpoint = select_checkpoint(teacher, env.data_root, env.teacher_weights, env.offline)
     quant = PluginChoice(name=request.quantizer, options=fill_options(
         quant_cls, request.options.get(request.quantizer, {}), "quantizer", request.quantizer))

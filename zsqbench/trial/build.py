@@ -16,7 +16,7 @@ from torch import nn
 
 from zsqbench.api.features import FeatureTaps
 from zsqbench.api.generator import Generator, StudentUpdate, TrainContext
-from zsqbench.api.losses import StudentObjective
+from zsqbench.api.losses import DistillationLoss
 from zsqbench.api.models import TeacherModel
 from zsqbench.api.plugins import Plugins
 from zsqbench.api.quantizer import Quantizer
@@ -31,7 +31,7 @@ class TrialParts:
     ctx: TrainContext
     quantizer: Quantizer
     generator: Generator
-    objective: StudentObjective
+    objective: DistillationLoss
     optimizer: torch.optim.Optimizer
     student_update: StudentUpdate
 
@@ -50,7 +50,8 @@ def build_trial_parts(
     cache_dir: Path,
     progress: ProgressSink | None = None,
 ) -> TrialParts:
-    """Quantize a copy of the (eval-mode, frozen) teacher, build generator, objective and optimizer."""
+    """Quantize a copy of the (eval-mode, frozen) teacher, build generator, objective and optimizer
+    (the loss plugin's own, :meth:`~zsqbench.api.losses.DistillationLoss.build_optimizer`, else SGD)."""
     progress = progress or NullProgress()
     quant_cls = plugins.quantizers.get(spec.quantizer.name)
     quantizer = quant_cls(quant_cls.Options(**spec.quantizer.options))
@@ -70,8 +71,10 @@ def build_trial_parts(
     objective = loss_cls(loss_cls.Options(**spec.loss.options), generator.native_losses(), entry)
     ctx.teacher_taps = FeatureTaps(teacher, objective.feature_taps)
     ctx.student_taps = FeatureTaps(student, objective.feature_taps)
-    o = spec.optim
-    optimizer = torch.optim.SGD(
-        student.parameters(), lr=o.student_lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
-    )
+    optimizer = objective.build_optimizer(spec, student, quantizer)
+    if optimizer is None:
+        o = spec.optim
+        optimizer = torch.optim.SGD(
+            student.parameters(), lr=o.student_lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+        )
     return TrialParts(ctx, quantizer, generator, objective, optimizer, StudentUpdate(ctx, objective, optimizer))

@@ -27,6 +27,9 @@ class EpochRecord:
     grad_norm_max: float | None = None
     layer_grad_norms: dict[str, float] = field(default_factory=dict)
     nonfinite_steps: int = 0
+    # What an epoch-aware student optimizer reports (AIT's gradient inundation: threshold, mean
+    # step factor, natural flip fraction); empty for plain SGD.
+    optimizer: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

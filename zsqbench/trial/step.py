@@ -9,24 +9,28 @@ checks what a trial computes. The phase comes from the budget
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 from torch import Tensor
 
 from zsqbench.api.generator import Phase
+from zsqbench.api.optimizers import EpochAwareOptimizer
 from zsqbench.trial.build import TrialParts
 from zsqbench.trial.monitor import EpochStats
 
 
 @contextmanager
 def epoch_context(parts: TrialParts, phase: Phase) -> Iterator[float]:
-    """An epoch's setting: the student LR of the schedule (yielded), activation ranges tracked
-    in calibration epochs and frozen otherwise, the generator's own schedule, the student in eval
-    mode (METHODS §1.6), the feature taps installed. Ranges are frozen again on exit."""
+    """An epoch's setting: the student LR of the schedule (yielded; then an epoch-aware optimizer
+    hears the phase), activation ranges tracked in calibration epochs and frozen otherwise, the
+    generator's own schedule, the student in eval mode (METHODS §1.6), the feature taps installed.
+    Ranges are frozen again on exit."""
     spec, student = parts.ctx.spec, parts.ctx.student
     lr = spec.optim.student_lr * spec.budget.lr_factor(phase.epoch)
     for group in parts.optimizer.param_groups:
         group["lr"] = lr
+    if isinstance(parts.optimizer, EpochAwareOptimizer):
+        parts.optimizer.start_epoch(phase)
     parts.quantizer.set_calibrating(student, phase.calibrating)
     try:
         parts.generator.start_epoch(phase)
@@ -44,3 +48,11 @@ def iterate(parts: TrialParts, phase: Phase, stats: EpochStats | None = None) ->
     if terms and stats is not None:
         stats.observe(terms)
     return terms
+
+
+def optimizer_summary(parts: TrialParts) -> dict[str, Any]:
+    """What an epoch-aware student optimizer reports about the epoch just trained (``{}`` for
+    the core's SGD); call it once per epoch, after the iterations."""
+    if isinstance(parts.optimizer, EpochAwareOptimizer):
+        return parts.optimizer.epoch_summary()
+    return {}

@@ -33,7 +33,7 @@ from zsqbench.trial.record import EpochRecord, TrialOutcome
 from zsqbench.trial.resources import TrialResources
 from zsqbench.trial.spec import TrialSpec
 from zsqbench.trial.speed import ComputeSettings, apply_compute_settings, tune_cpu_allocator
-from zsqbench.trial.step import epoch_context, iterate
+from zsqbench.trial.step import epoch_context, iterate, optimizer_summary
 from zsqbench.trial.teachers import LoadedTeacher, load_teacher, select_checkpoint
 
 #: The running loss shown in the progress display is refreshed this often (iterations).
@@ -211,7 +211,7 @@ def run_trial(spec: TrialSpec, plugins: Plugins, env: Environment, progress: Pro
         if epoch == budget.ptq_epoch:
             state.ptq = acc  # type: ignore[assignment]
         state.records.append(EpochRecord(epoch, phase.name, lr, acc, losses, time.perf_counter() - t0, warnings,
-                                         **grads))
+                                         **grads, optimizer=optimizer_summary(setup.parts)))
         if acc is not None and phase.training and collapsed(acc, state.ptq, setup.entry.num_classes,
                                                            len(setup.test.labels)):
             raise TrialDiverged(f"top-1 collapsed to {acc:.2f}% in epoch {epoch} (PTQ was {state.ptq:.2f}%)")
