@@ -18,16 +18,18 @@ assembled set verified before use, progress reported every ten iterations.
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from zsqbench.api.features import FeatureTaps
+from zsqbench.api.generator import TrainContext
 from zsqbench.toolkit.bn_stats import BNStatsLoss
-from zsqbench.toolkit.cache import Check, TensorCache
+from zsqbench.toolkit.cache import Check, TensorCache, state_fingerprint
 
 Report = Callable[[str, int, int], None]
 
@@ -212,10 +214,12 @@ def synthesize_parts(
 
 
 def assemble(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """The set from its batches: ``x`` and ``y`` concatenated, per-batch diagnostics stacked."""
+    """The set from its batches: ``x`` and ``y`` concatenated, any per-batch record every batch has
+    (``diagnostics``, IntraQ's ``checks``) stacked."""
     out = {"x": torch.cat([p["x"] for p in parts]), "y": torch.cat([p["y"] for p in parts])}
-    if parts and all("diagnostics" in p for p in parts):
-        out["diagnostics"] = torch.stack([p["diagnostics"] for p in parts])
+    shared = set.intersection(*(set(p) for p in parts)) - {"x", "y"} if parts else set()
+    for key in sorted(shared):
+        out[key] = torch.stack([p[key] for p in parts])
     return out
 
 
@@ -248,3 +252,75 @@ def describe_diagnostics(diagnostics: Tensor | None, names: list[str]) -> str:
         return ""
     mean = diagnostics.mean(dim=0)
     return ", ".join(f"{n} {mean[0, i].item():.4g} -> {mean[1, i].item():.4g}" for i, n in enumerate(names))
+
+
+class PixelSet(ABC):
+    """A method's cached synthetic set, made batch by batch with the engine: what HAST's, ZeroQ's
+    and IntraQ's sets share (cache key, per-batch seeds, resumable parts, verification,
+    diagnostics). A subclass names its ``label`` and cache ``folder``, the settings its images
+    depend on, and how one batch is made."""
+
+    label: ClassVar[str]
+    folder: ClassVar[str]
+    #: The diagnostics' term names, in the order :func:`diagnostics_tensor` stores them.
+    terms: ClassVar[list[str]] = ["bn", "total"]
+    FORMAT: ClassVar[int] = 1
+
+    def __init__(self, ctx: TrainContext, num_images: int, batch: int, iters: int, seed: int) -> None:
+        self.ctx = ctx
+        self.num_images, self.batch, self.iters, self.seed = num_images, batch, iters, seed
+        self.image_shape = tuple(ctx.teacher_entry.input_size)
+        #: Per-batch records of the loaded set (``diagnostics``: terms at the first and last iteration).
+        self.records: dict[str, Tensor] = {}
+        self.diagnostics: Tensor | None = None
+
+    @abstractmethod
+    def method_settings(self) -> dict[str, Any]:
+        """The method's own synthesis settings (losses, schedule, init, ...), part of the cache key."""
+
+    @abstractmethod
+    def make_batch(self, index: int, size: int, rng: torch.Generator, on_step: Callable[[int], None]
+                   ) -> dict[str, Tensor]:
+        """Batch ``index``: ``x`` (on the CPU), ``y`` and ``diagnostics``, drawing its randomness
+        from ``rng`` (seeded for this batch) only."""
+
+    def start(self) -> None:
+        """Called before the first batch (state that follows the batches starts empty)."""
+
+    def on_part(self, index: int, part: dict[str, Tensor]) -> None:
+        """Sees every finished batch in order, made or read from the cache."""
+
+    def settings(self) -> dict[str, Any]:
+        """Everything the set depends on; its sha256 names the cache entry."""
+        ctx = self.ctx
+        return {"format": self.FORMAT, "method": self.label, "teacher_sha256": state_fingerprint(ctx.teacher),
+                "dataset": ctx.spec.dataset, "num_classes": ctx.num_classes, "image_shape": list(self.image_shape),
+                "num_images": self.num_images, "batch": self.batch, "iters": self.iters, "seed": self.seed,
+                **self.method_settings()}
+
+    def cache(self) -> TensorCache:
+        return TensorCache(self.ctx.cache_dir / self.folder, self.settings())
+
+    def load_or_build(self) -> tuple[Tensor, Tensor]:
+        """The verified set (images, labels) from the cache, else synthesized, saved and verified."""
+        cache = self.cache()
+        check = check_set(self.num_images, self.image_shape, self.ctx.num_classes)
+        loaded = load_or_build(cache, check, lambda: self._build(cache), self.ctx.report, self.label, self.num_images)
+        self.records = {k: v for k, v in loaded.items() if k not in ("x", "y")}
+        self.diagnostics = self.records.get("diagnostics")
+        summary = describe_diagnostics(self.diagnostics, self.terms)
+        if summary:
+            self.ctx.report(f"{self.label} set: {summary} (first -> last iteration)", self.num_images, self.num_images)
+        return loaded["x"], loaded["y"]
+
+    def _build(self, cache: TensorCache) -> dict[str, Tensor]:
+        self.start()
+
+        def make(index: int, size: int, on_step: Callable[[int], None]) -> dict[str, Tensor]:
+            rng = torch.Generator().manual_seed(batch_seed(f"{self.folder}-synthesis", self.seed, index))
+            return self.make_batch(index, size, rng, on_step)
+
+        parts = synthesize_parts(cache, batch_sizes(self.num_images, self.batch), self.iters, make,
+                                 lambda size: check_set(size, self.image_shape, self.ctx.num_classes),
+                                 self.ctx.report, self.label, self.on_part)
+        return assemble(parts)
