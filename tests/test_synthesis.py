@@ -249,3 +249,28 @@ def test_minmax_first_range_is_the_max_relu_of_the_init_block_over_all_batches(p
 def test_default_range_tracking_is_unchanged():
     assert UniformOptions().range_tracking == "exact"
     assert "range_tracking" in UniformOptions().model_dump()
+
+
+# ------------------------------------------------------------------------------- augmentation
+
+
+def test_batched_crop_matches_the_per_image_loop_and_has_gradients():
+    from zsqbench.toolkit.augment import batched_random_resized_crop_flip, random_resized_crop_flip
+
+    x = torch.randn(16, 3, 32, 32, requires_grad=True)
+    torch.manual_seed(5)
+    loop = random_resized_crop_flip(x, scale=(0.3, 1.0))
+    torch.manual_seed(5)
+    batched = batched_random_resized_crop_flip(x, scale=(0.3, 1.0))
+    assert torch.allclose(batched, loop, atol=1e-5)
+    (grad,) = torch.autograd.grad(batched.square().sum(), x)
+    (expected,) = torch.autograd.grad(loop.square().sum(), x)
+    assert torch.allclose(grad, expected, atol=1e-4)
+    small = torch.arange(2 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    torch.manual_seed(1)
+    full = batched_random_resized_crop_flip(small, size=4, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0)
+    assert torch.equal(full, small)  # a full-size crop without flip is the identity
+    from zsqbench.toolkit.augment import crop_flip
+
+    torch.manual_seed(5)
+    assert torch.equal(crop_flip(x.detach(), scale=(0.3, 1.0)), loop.detach())  # the CPU takes the loop

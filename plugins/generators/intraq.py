@@ -24,6 +24,7 @@ from torch import Tensor
 
 from zsqbench.api import BudgetOverride, NativeLosses, PluginOptions, TrainContext, hookimpl
 from zsqbench.errors import UserError
+from zsqbench.toolkit.augment import crop_flip
 from zsqbench.toolkit.logits import LogitObjective, ScaledKD
 from zsqbench.toolkit.offline import OfflineSetGenerator
 from zsqbench_plugins.generators.intraq_synthesis import IntraQSet
@@ -77,6 +78,7 @@ class IntraQ(OfflineSetGenerator):
     description = ("IntraQ: pixel synthesis with local object reinforcement, soft inception loss and marginal "
                    "distance constraint; GDFQ-generator calibration, then KD (8000) + CE fine-tuning")
     Options = IntraQOptions
+    augment = staticmethod(crop_flip)  # batched on an accelerator
 
     def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:
         o: IntraQOptions = options  # type: ignore[assignment]

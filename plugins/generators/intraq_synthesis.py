@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from zsqbench.api import FeatureTaps, TrainContext
-from zsqbench.toolkit.augment import random_resized_crop_flip
+from zsqbench.toolkit.augment import crop_flip
 from zsqbench.toolkit.bn_stats import BNStatsLoss
 from zsqbench.toolkit.synthesis import PixelSchedule, PixelSet, bn_term, diagnostics_tensor, optimize_pixels
 
@@ -143,7 +143,7 @@ class IntraQSet(PixelSet):
         }
 
         def lor(x: Tensor) -> Tensor:
-            return random_resized_crop_flip(x, size=self.image_shape[-1], scale=(o.lor_min_area, 1.0))
+            return crop_flip(x, size=self.image_shape[-1], scale=(o.lor_min_area, 1.0))
 
         done = optimize_pixels(ctx.teacher, x0.to(ctx.device), terms, self.schedule, self.bns, labels=y_dev,
                                taps=self.taps, augment=lor, augment_seed=augment_seed, on_step=on_step)

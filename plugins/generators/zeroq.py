@@ -36,6 +36,7 @@ from torch.nn import functional as F
 
 from zsqbench.api import Batch, BudgetOverride, NativeLosses, Phase, PluginOptions, TrainContext, hookimpl
 from zsqbench.toolkit.bn_stats import ZEROQ, BNStatsLoss
+from zsqbench.toolkit.augment import crop_flip
 from zsqbench.toolkit.logits import LogitObjective, ScaledKD
 from zsqbench.toolkit.offline import OfflineSetGenerator
 from zsqbench.toolkit.synthesis import PixelSchedule, PixelSet, SynthesisView, bn_term, diagnostics_tensor, optimize_pixels
@@ -132,6 +133,7 @@ class ZeroQ(OfflineSetGenerator):
     description = ("ZeroQ: distilled data from per-image BN statistics; variant ptq (calibration only, "
                    "--budget ptq), ft (+ IntraQ-style fine-tuning, KD) or il_ft (+ inception loss, KD + CE)")
     Options = ZeroQOptions
+    augment = staticmethod(crop_flip)  # batched on an accelerator
 
     @classmethod
     def post_training_only(cls, options: PluginOptions) -> bool:

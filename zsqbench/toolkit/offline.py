@@ -18,7 +18,7 @@ feeds its own set instead: pass ``calibration_batch=None``).
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +32,11 @@ from zsqbench.toolkit.online import TrainedGenerator
 class OfflineSetGenerator(Generator):
     """A synthetic set served per §1.4. ``calibration_batch`` None: no calibration generator (the
     subclass serves the calibration epochs itself)."""
+
+    #: The per-sample crop + flip of training batches. HAST keeps the per-image loop everywhere
+    #: (its recorded numbers); IntraQ and ZeroQ take :func:`~zsqbench.toolkit.augment.crop_flip`,
+    #: batched on an accelerator (the same parameters, equal up to float rounding).
+    augment: ClassVar[Callable[..., Tensor]] = staticmethod(random_resized_crop_flip)
 
     def __init__(self, options: PluginOptions, ctx: TrainContext, *, calibration_batch: int | None,
                  calibration_bns_weight: float = 0.1) -> None:
@@ -71,7 +76,7 @@ class OfflineSetGenerator(Generator):
             return self.calibration.gdfq_step(self.calibration_bns_weight)
         images, labels = self._set()
         idx = self._next_indices(self.ctx.spec.budget.batch_size).to(images.device)
-        return Batch(x=random_resized_crop_flip(images[idx], size=self.image_shape[-1]), y=labels[idx])
+        return Batch(x=type(self).augment(images[idx], size=self.image_shape[-1]), y=labels[idx])
 
     def _set(self) -> tuple[Tensor, Tensor]:
         if self.images is None or self.labels is None:
