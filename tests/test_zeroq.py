@@ -208,7 +208,7 @@ def test_ptq_budget_preset_and_overrides(plugins):
     assert resolve_budget(plugins, "smoke", "zeroq", "kd").generator_options["num_images"] == 16
 
 
-def test_a_ptq_trial_end_to_end_is_labelled_ptq_and_reuses_its_set(tmp_path, plugins, monkeypatch):
+def test_a_ptq_trial_end_to_end_is_labelled_ptq_and_reuses_its_set(tmp_path, plugins, monkeypatch, capsys):
     """The CLI on a fixture data root: exit 0, one warm-up epoch, top1_last = ptq_top1, ptq_only
     in the leaderboard; a second bit-width reuses the cached distilled batch."""
     from zsqbench.cli.main import main
@@ -225,6 +225,10 @@ def test_a_ptq_trial_end_to_end_is_labelled_ptq_and_reuses_its_set(tmp_path, plu
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 and all(r["ptq_only"] == "True" and r["epochs"] == r["warmup_epochs"] == "1" for r in rows)
     assert all(r["top1_last"] == r["ptq_top1"] for r in rows)
+    capsys.readouterr()
+    assert "post-training only" in one_line_error(capsys, ["analyze", "hessian", str(tmp_path / "out"),
+                                                           "--data-root", str(tmp_path / "data"),
+                                                           "--teacher-weights", str(weights)])
 
 
 def test_ptq_label_in_rows_and_aggregates():
