@@ -18,7 +18,9 @@ from conftest import make_parts, make_spec
 
 PLUGINS = build_plugins()
 #: Options that keep a generator's preparation short (the contract does not depend on its size).
-SMALL = {"hast": {"num_images": 4, "synthesis_batch": 4, "synthesis_iters": 1, "calibration_batch": 2}}
+SMALL = {"hast": {"num_images": 4, "synthesis_batch": 4, "synthesis_iters": 1, "calibration_batch": 2},
+         "zeroq": {"num_images": 4, "synthesis_batch": 4, "synthesis_iters": 1, "calibration_batch": 2},
+         "intraq": {"num_images": 4, "synthesis_batch": 2, "synthesis_iters": 2, "calibration_batch": 2}}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

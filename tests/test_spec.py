@@ -58,9 +58,12 @@ def test_spec_rejects_unknown_fields_and_bad_bits():
         TrialSpec.model_validate({**data, "a_bits": 1})
 
 
-def test_budget_needs_training_epochs_after_warmup():
-    with pytest.raises(ValidationError):
-        Budget(epochs=4, iters_per_epoch=1, batch_size=1, warmup_epochs=4)
+def test_budget_warmup_within_epochs_and_equality_means_post_training_only():
+    with pytest.raises(ValidationError, match="must not exceed epochs"):
+        Budget(epochs=4, iters_per_epoch=1, batch_size=1, warmup_epochs=5)
+    ptq = Budget(epochs=4, iters_per_epoch=1, batch_size=1, warmup_epochs=4)  # only PTQ-only generators accept it
+    assert not ptq.trains and ptq.ptq_epoch == 3 and all(ptq.phase(e).calibrating for e in range(4))
+    assert Budget(epochs=5, iters_per_epoch=1, batch_size=1, warmup_epochs=4).trains
     b = Budget(epochs=400, iters_per_epoch=200, batch_size=200, warmup_epochs=4, lr_milestones=[100, 200, 300])
     assert b.lr_factor(99) == 1.0
     assert b.lr_factor(100) == pytest.approx(0.1)

@@ -133,3 +133,55 @@ QIMERA_CARD = MethodCard(
         "with one-hot labels the generator and student losses equal GDFQ's formulas (golden test)",
     ),
 )
+
+ZEROQ_CARD = MethodCard(
+    method="ZeroQ (PTQ, or + fine-tuning as later papers run it)",
+    paper="ZeroQ: A Novel Zero Shot Quantization Framework",
+    venue="CVPR 2020",
+    code="amirgholami/ZeroQ",
+    commit="9715739",
+    code_license="GPL-3.0; never copied",
+    spec="METHODS-ZEROQ-DSG-INTRAQ.md §2",
+    differences=(
+        "bits are an option (the code hard-codes 8, ZQ2); CIFAR-10 and CIFAR-100 both supported, no hard-coded "
+        "paths (ZQ3)",
+        "hooks found by module, not by matching conv order to BN order (ZQ4); distillation seeded and cached "
+        "(ZQ6); no teacher weight gradients (ZQ7); no silent switch to dynamic ranges (ZQ8)",
+        "variant=ptq is a post-training-only trial (--budget ptq, labelled ptq_only); variant=ft / il_ft "
+        "fine-tune on the distilled set through the shared offline scaffold, with IntraQ's published schedule",
+        "init=code reproduces the code's division by the variance (ZQ1); init=paper is the unit-variance init",
+    ),
+    published=_numbers("AIT README figure, ZeroQ column (most likely PTQ without fine-tuning)", {
+        (C10, "W4A4"): 79.30, (C10, "W5A5"): 91.34, (C100, "W4A4"): 47.45, (C100, "W5A5"): 65.61}),
+    verified=(
+        "the zeroq BN-statistics loss (per-image moments, std form, input term) and the init on hand-computed "
+        "values; PTQ-only trials leave the student's weights unchanged and are labelled (tests/test_zeroq.py)",
+        "--budget ptq on real CIFAR-10 (chenyaofo teacher, FP 92.60 %), one distilled batch of 32, seed 0: "
+        "W8A8 92.57 %, W4A4 89.25 %, W3A3 59.58 %",
+    ),
+)
+
+INTRAQ_CARD = MethodCard(
+    method="IntraQ",
+    paper="IntraQ: Learning Synthetic Images with Intra-Class Heterogeneity for Zero-Shot Network Quantization",
+    venue="CVPR 2022",
+    code="zysxmu/IntraQ",
+    commit="5228f76",
+    code_license=NO_LICENCE,
+    spec="METHODS-ZEROQ-DSG-INTRAQ.md §4",
+    differences=SHARED_DIFFERENCES + (
+        "class centres are kept with the cached set and rebuilt on resume, so run order and parallel groups do "
+        "not change MDC (IQ2); the synthesis is seeded (IQ9) and never calls sys.exit (IQ3)",
+        "the calibration length follows the budget's warm-up (the code hard-codes 4 epochs, IQ9); BN hooks are "
+        "removed after synthesis (IQ7)",
+        "the README's swapped CIFAR-100 numbers are un-swapped in our reference table (IQ5)",
+        "short presets (smoke, cpu) fine-tune at student lr 1e-6, as HAST's do (not measured for IntraQ)",
+    ),
+    published=_numbers("IntraQ README (its own checkpoints) and SynQ paper Table 1", {
+        (C10, "W3A3"): 77.07, (C10, "W4A4"): 91.49, (C100, "W3A3"): 48.25, (C100, "W4A4"): 64.98}),
+    verified=(
+        "local object reinforcement, marginal distance constraint and soft inception loss on hand-computed "
+        "values; class-centre bookkeeping; the cached set is reused (tests/test_intraq.py)",
+        "the shared synthesis engine reproduces HAST's recorded numbers bit for bit (tests/test_regression.py)",
+    ),
+)

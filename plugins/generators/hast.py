@@ -24,22 +24,21 @@ contributed by this module (``register_budget_overrides``).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
-from torchvision.transforms import InterpolationMode, RandomResizedCrop
-from torchvision.transforms.v2 import functional as TF
 
 from zsqbench.api import (
-    Batch, BudgetOverride, Generator, LossInputs, NativeLosses, Phase, PluginOptions, StudentObjective,
-    StudentUpdate, TrainContext, hookimpl,
+    Batch, BudgetOverride, LossInputs, NativeLosses, Phase, PluginOptions, StudentObjective, StudentUpdate,
+    TrainContext, hookimpl,
 )
 from zsqbench.errors import UserError
+from zsqbench.toolkit.augment import random_resized_crop_flip  # noqa: F401  (HAST's augmentation, imported from here by older code)
 from zsqbench.toolkit.logits import kd_kl
-from zsqbench.toolkit.online import TrainedGenerator
+from zsqbench.toolkit.offline import OfflineSetGenerator
 from zsqbench_plugins.generators.hast_synthesis import SyntheticSet
 from zsqbench_plugins.generators.cards import HAST_CARD
 
@@ -121,35 +120,10 @@ class HASTObjective(StudentObjective):
         return {"total": logit + fa, "logit": logit, "fa": fa}
 
 
-# ------------------------------------------------------------------------ augmentation
-
-
-def random_resized_crop_flip(
-    x: Tensor,
-    size: int = 32,
-    scale: tuple[float, float] = (0.5, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    flip_p: float = 0.5,
-) -> Tensor:
-    """Per-sample RandomResizedCrop (bilinear) then horizontal flip, on tensors of any device.
-
-    Parameters are drawn from torch's global RNG, so the trial seed fixes them. Crops are
-    never larger than the image, so the resize only upsamples and antialiasing is moot.
-    """
-    out = []
-    for img in x:
-        top, left, h, w = RandomResizedCrop.get_params(img, list(scale), list(ratio))
-        img = TF.resized_crop(img, top, left, h, w, [size, size], InterpolationMode.BILINEAR, antialias=False)
-        if torch.rand(1).item() < flip_p:
-            img = TF.horizontal_flip(img)
-        out.append(img)
-    return torch.stack(out)
-
-
 # ---------------------------------------------------------------------------- plugin
 
 
-class HAST(Generator):
+class HAST(OfflineSetGenerator):
     name = "hast"
     description = (
         "HAST: offline hard-sample synthesis + GDFQ-generator calibration; QAT with FGSM difficulty "
@@ -160,8 +134,10 @@ class HAST(Generator):
     cost_factor = 1.6  # a rough guide: a clean and a perturbed pass per student step
 
     def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:
-        super().__init__(options, ctx)
-        opts: HASTOptions = self.options  # type: ignore[assignment]
+        opts: HASTOptions = options  # type: ignore[assignment]
+        # the offline scaffold (METHODS §6.2): GDFQ's generator at its own batch calibrates the ranges
+        super().__init__(options, ctx, calibration_batch=opts.calibration_batch,
+                         calibration_bns_weight=opts.calibration_bns_weight)
         if opts.hparams == "code":
             lambda_fa, eps = CODE_HPARAMS
         elif ctx.spec.dataset in HOCON_HPARAMS:
@@ -178,52 +154,11 @@ class HAST(Generator):
                 "alignment needs; add them to the model plugin"
             )
         self.fa_taps = tuple(ctx.teacher_entry.feature_taps["default"])
-        self.image_shape = tuple(ctx.teacher_entry.input_size)
         self.synthetic_set = SyntheticSet(ctx, opts)
-        # GDFQ's generator at its own batch, for the calibration epochs only (METHODS §6.2).
-        self.calibration: TrainedGenerator | None = TrainedGenerator(ctx, opts.calibration_batch)
-        self.images: Tensor | None = None
-        self.labels: Tensor | None = None
-        self._perm: Tensor | None = None
-        self._pos = 0
 
-    # -- stage 1: the synthetic set
-    def prepare(self) -> None:
-        x, y = self.synthetic_set.load_or_build()
-        self.images, self.labels = x.to(self.ctx.device), y.to(self.ctx.device)
-        self._perm, self._pos = None, 0
-
-    # -- stage 2: batches
-    def start_epoch(self, phase: Phase) -> None:
-        if phase.calibrating:
-            if self.calibration is not None:
-                self.calibration.set_epoch(phase)
-        else:
-            self.calibration = None  # never used again (the reference moves it to the CPU)
-
-    def next_batch(self, phase: Phase) -> Batch:
-        if phase.calibrating:
-            if self.calibration is None:
-                raise RuntimeError("HAST calibration generator requested after the calibration epochs")
-            return self.calibration.gdfq_step(self.options.calibration_bns_weight)  # type: ignore[attr-defined]
-        if self.images is None or self.labels is None:
-            raise RuntimeError("HAST.next_batch called before prepare()")
-        idx = self._next_indices(self.ctx.spec.budget.batch_size).to(self.images.device)
-        return Batch(x=random_resized_crop_flip(self.images[idx], size=self.image_shape[-1]), y=self.labels[idx])
-
-    def _next_indices(self, count: int) -> Tensor:
-        """The next ``count`` indices of the shuffled set, reshuffling (global RNG) at each new pass."""
-        assert self.labels is not None
-        n = self.labels.shape[0]
-        chunks = []
-        while count > 0:
-            if self._perm is None or self._pos >= n:
-                self._perm, self._pos = torch.randperm(n), 0
-            take = min(count, n - self._pos)
-            chunks.append(self._perm[self._pos:self._pos + take])
-            self._pos += take
-            count -= take
-        return torch.cat(chunks)
+    # -- stage 1: the synthetic set; stage 2 (calibration, then augmented batches) is the scaffold's
+    def load_set(self) -> tuple[Tensor, Tensor]:
+        return self.synthetic_set.load_or_build()
 
     # -- stage 2b: the student step with difficulty promotion
     def student_step(self, batch: Batch, phase: Phase, student: StudentUpdate) -> dict[str, Tensor]:
@@ -264,26 +199,6 @@ class HAST(Generator):
         o: HASTOptions = self.options  # type: ignore[assignment]
         logit = HASTLogitLoss(o.kd_alpha, o.temperature)
         return NativeLosses(logit=logit, objective=HASTObjective(logit, self.lambda_fa, self.fa_taps))
-
-    # -- what the core needs to know
-    def networks(self) -> dict[str, nn.Module]:
-        return {"calibration": self.calibration.net} if self.calibration is not None else {}
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"calibration": self.calibration.optimizer} if self.calibration is not None else {}
-
-    def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"perm": self._perm, "pos": self._pos}
-        if self.calibration is not None:
-            state["calibration"] = self.calibration.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._perm, self._pos = state.get("perm"), int(state.get("pos", 0))
-        if "calibration" in state and self.calibration is not None:
-            self.calibration.load_state_dict(state["calibration"])
-        elif "calibration" not in state:
-            self.calibration = None
 
 
 @hookimpl

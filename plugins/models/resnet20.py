@@ -23,6 +23,10 @@ _RELEASE = "https://github.com/osmr/imgclsmob/releases/download"
 # The 9 residual-unit body outputs (before the residual addition), METHODS §7.3.
 ALL_UNITS = tuple(f"features.stage{s}.unit{u}.body" for s in (1, 2, 3) for u in (1, 2, 3))
 LAST_UNIT_PER_STAGE = tuple(f"features.stage{s}.unit3.body" for s in (1, 2, 3))
+# The pooled 64-d feature before the classifier (post-ReLU, so >= 0): IntraQ's class centres (MDC).
+PENULTIMATE = ("features.final_pool",)
+TAP_SETS = {"default": ALL_UNITS, "all_units": ALL_UNITS, "last_per_stage": LAST_UNIT_PER_STAGE,
+            "penultimate": PENULTIMATE}
 
 
 def _builder(num_classes: int):
@@ -61,7 +65,7 @@ RESNET20_CIFAR10 = TeacherModel(
             note="chenyaofo/pytorch-cifar-models weights re-keyed to pytorchcv names",
         ),
     ),
-    feature_taps={"default": ALL_UNITS, "all_units": ALL_UNITS, "last_per_stage": LAST_UNIT_PER_STAGE},
+    feature_taps=dict(TAP_SETS),
     input_size=(3, 32, 32),
     classifier="output",
 )
@@ -93,7 +97,7 @@ RESNET20_CIFAR100 = TeacherModel(
             note="chenyaofo/pytorch-cifar-models weights re-keyed to pytorchcv names (published 68.83%)",
         ),
     ),
-    feature_taps={"default": ALL_UNITS, "all_units": ALL_UNITS, "last_per_stage": LAST_UNIT_PER_STAGE},
+    feature_taps=dict(TAP_SETS),
     input_size=(3, 32, 32),
     classifier="output",
 )

@@ -178,7 +178,11 @@ class QuantAct(nn.Module):
 
     ``tracking="exact"`` reproduces the reference recurrence, whose bias correction divides
     the stored value again at every step (METHODS §1.3, S1); ``"ema"`` is a plain EMA whose
-    first batch initializes the range.
+    first batch initializes the range. The two PTQ estimators of METHODS-ZEROQ-DSG-INTRAQ §1.5
+    start from the stored 0 and only ever widen the range, so a few calibration batches cannot
+    inflate it the way ``exact`` does: ``"minmax"`` (ZeroQ) takes the running min/max of the
+    batch extremes, ``"sample_mean_max"`` (DSG's "ema") the running min/max of the batch's mean
+    over samples of each sample's min/max.
     """
 
     reference_ste: bool = False
@@ -196,12 +200,21 @@ class QuantAct(nn.Module):
 
     @torch.no_grad()
     def update_range(self, x: Tensor) -> None:
+        if self.tracking == "sample_mean_max":
+            per_sample = x.detach().flatten(1)
+            torch.minimum(self.x_min, per_sample.amin(dim=1).mean(), out=self.x_min)
+            torch.maximum(self.x_max, per_sample.amax(dim=1).mean(), out=self.x_max)
+            self.updates.add_(1)
+            return
         b_min, b_max = torch.aminmax(x.detach())
         beta = self.beta
         if self.tracking == "exact":
             self.beta_t.mul_(beta)
             self.x_min.copy_((beta * self.x_min + (1 - beta) * b_min) / (1 - self.beta_t))
             self.x_max.copy_((beta * self.x_max + (1 - beta) * b_max) / (1 - self.beta_t))
+        elif self.tracking == "minmax":
+            torch.minimum(self.x_min, b_min, out=self.x_min)
+            torch.maximum(self.x_max, b_max, out=self.x_max)
         else:
             # The first batch initializes the range. Chosen with torch.where on the device
             # rather than a Python branch on ``updates.item()``, which would synchronize the
@@ -233,8 +246,10 @@ class QuantizedActivation(nn.Module):
 
 
 class UniformOptions(PluginOptions):
-    range_tracking: Literal["exact", "ema"] = Field(
-        "exact", description="'exact' reference recurrence (default) or a plain EMA"
+    range_tracking: Literal["exact", "ema", "minmax", "sample_mean_max"] = Field(
+        "exact", description="'exact' reference recurrence (default; GDFQ family), a plain 'ema', or the PTQ "
+        "estimators 'minmax' (running min/max from 0: ZeroQ) and 'sample_mean_max' (running min/max of the "
+        "mean per-sample extremes: DSG)"
     )
     momentum: float = Field(0.9, gt=0, lt=1)
     ste: Literal["fused", "reference"] = Field(

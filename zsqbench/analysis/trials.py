@@ -81,6 +81,9 @@ def analyse_hessian(
     report=lambda text: None,
 ) -> dict[str, Any]:
     spec = folder.read_spec()
+    if not spec.budget.trains:
+        raise UserError(f"trial {folder.trial_id} is post-training only (no student objective was ever minimized, "
+                        "no training batch exists); analyse trials with training epochs")
     available = folder.snapshot_epochs()
     if not available:
         raise UserError(f"trial {folder.trial_id} has no student snapshots; re-run it with this zsqbench version")

@@ -168,6 +168,32 @@ class Generator(ABC):
     #: Where the method comes from and what was verified here (``zsqbench plugins NAME``).
     card: ClassVar[MethodCard | None] = None
 
+    @classmethod
+    def post_training_only(cls, options: PluginOptions) -> bool:
+        """Whether trials of this generator (with these options) only calibrate the student:
+        post-training quantization (PTQ), no student update ever. Such trials need a budget
+        without training epochs (``epochs == warmup_epochs``, the ``ptq`` preset); the
+        calibration epoch then serves the method's own set, each image exactly once. A class
+        flag or per variant (ZeroQ's ``variant=ptq``)."""
+        return False
+
+    @classmethod
+    def budget_problem(cls, options: PluginOptions, spec: "TrialSpec") -> str:
+        """"" when this generator can run ``spec``'s budget, else the problem and its fix in one
+        line (the core raises it as a user error before anything runs). The default pairs
+        post-training-only generators with budgets that never train the student, and every other
+        generator with budgets that do; a method adds its own rules (ZeroQ: one pass over its set)."""
+        b = spec.budget
+        if cls.post_training_only(options) and b.trains:
+            return (f"generator '{cls.name}' is post-training only (it never updates the student) but budget "
+                    f"'{spec.budget_name}' trains for {b.epochs - b.warmup_epochs} epoch(s) after the warm-up; "
+                    "use --budget ptq (or --epochs equal to --warmup-epochs)")
+        if not cls.post_training_only(options) and not b.trains:
+            return (f"budget '{spec.budget_name}' has no training epochs (epochs = warmup_epochs = {b.epochs}) but "
+                    f"generator '{cls.name}' trains the student; use a budget with epochs > warmup_epochs "
+                    "(smoke, cpu, paper)")
+        return ""
+
     def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:
         self.options = options
         self.ctx = ctx

@@ -30,7 +30,7 @@ from zsqbench.leaderboard.views import (
     pivot_by_method,
 )
 
-PER_TRIAL_SHOWN = ["trial_id", "model", "generator", "loss", "w_bits", "a_bits", "seed", "budget",
+PER_TRIAL_SHOWN = ["trial_id", "model", "generator", "loss", "w_bits", "a_bits", "seed", "budget", "ptq_only",
                    "fp_top1", "ptq_top1", "top1_last", "top1_oracle", "wall_s"]
 
 

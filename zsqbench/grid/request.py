@@ -23,6 +23,7 @@ from zsqbench.grid.budgets import resolve_budget
 from zsqbench.trial.data import dataset_info
 from zsqbench.trial.environment import Environment
 from zsqbench.bits import parse_bits
+from zsqbench.trial.build import check_budget
 from zsqbench.trial.spec import PluginChoice, TrialSpec
 from zsqbench.trial.teachers import select_checkpoint
 
@@ -135,5 +136,6 @@ def expand(request: GridRequest, plugins: Plugins, env: Environment) -> list[Tri
             )
         except ValidationError as exc:
             raise UserError(f"invalid trial: {first_validation_error(exc)}") from None
+        check_budget(gen_cls, spec)
         specs.append(spec)
     return specs

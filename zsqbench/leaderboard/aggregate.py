@@ -59,6 +59,16 @@ def _precisions(group: pd.DataFrame) -> pd.Series:
     return group["precision"].fillna("fp32").astype(str)
 
 
+def _ptq_only(group: pd.DataFrame) -> pd.Series:
+    """Whether each trial was post-training only; tables written before the column existed say it
+    through epochs = warmup_epochs (a budget that never trains), or, lacking that too, did not train."""
+    derived = (group["epochs"] == group["warmup_epochs"]) if "warmup_epochs" in group.columns \
+        else pd.Series(False, index=group.index)
+    if "ptq_only" not in group.columns:
+        return derived.fillna(False).astype(bool)
+    return group["ptq_only"].astype("boolean").fillna(derived).fillna(False).astype(bool)
+
+
 def _check_comparable(key: dict[str, Any], group: pd.DataFrame) -> None:
     name = describe_key(key)
     # channels-last, compile or TF32 change rounding only; the precision changes accuracy
@@ -81,6 +91,11 @@ def _check_comparable(key: dict[str, Any], group: pd.DataFrame) -> None:
                           for s in shas)
         raise UserError(f"trials of {name} used different teacher weights ({parts}); averaging them would mix "
                         "teachers, so aggregate one teacher at a time (zsqbench leaderboard --run NAME) or split the CSV")
+    ptq = _ptq_only(group)
+    if ptq.nunique() > 1:
+        raise UserError(f"trials of {name} mix post-training-only trials ({_short(group.loc[ptq, 'trial_id'])}) with "
+                        f"trained ones ({_short(group.loc[~ptq, 'trial_id'])}) under the same budget name; aggregate "
+                        "one run at a time (zsqbench leaderboard --run NAME) or split the CSV")
     budgets = group[list(BUDGET_SETTINGS)].drop_duplicates()
     if len(budgets) > 1:
         parts = "; ".join(
@@ -107,6 +122,7 @@ def _row(key: dict[str, Any], group: pd.DataFrame) -> dict[str, Any]:
         "fp_top1": _mean(group["fp_top1"]),
         "ptq_top1_mean": _mean(group["ptq_top1"]),
         **{c: first[c] for c in BUDGET_SETTINGS},
+        "ptq_only": bool(_ptq_only(group).iloc[0]),
         "precision": _precisions(group).iloc[0],
         "teacher_sha256": first["teacher_sha256"],
         "cpu_hours": round(float(group.loc[on_cpu, "wall_s"].sum()) / 3600, ROUND),

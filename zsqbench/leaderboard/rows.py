@@ -33,6 +33,7 @@ def result_row(result: dict[str, Any]) -> dict[str, Any]:
         "iters_per_epoch": budget["iters_per_epoch"],
         "batch_size": budget["batch_size"],
         "warmup_epochs": budget["warmup_epochs"],
+        "ptq_only": budget["epochs"] == budget["warmup_epochs"],
         "fp_top1": round(result["fp_top1"], 2),
         "ptq_top1": round(result["ptq_top1"], 2),
         "top1_last": round(result["top1_last"], 2),

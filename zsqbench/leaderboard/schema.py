@@ -55,6 +55,9 @@ _COLUMNS = (
            "iterations per epoch, identical within the row (empty for reference rows)"),
     Column("batch_size", "int", "batch size", "batch size, identical within the row (empty for reference rows)"),
     Column("warmup_epochs", "int", "calibration epochs without student updates"),
+    Column("ptq_only", "bool", "True for a post-training-quantization trial (epochs = warmup_epochs: the student is "
+           "calibrated, never trained), so its top1_last is a PTQ accuracy",
+           "True for post-training-quantization trials (no student update), identical within the row"),
     Column("fp_top1", "float", "FP teacher top-1 (%) measured on the full test set",
            "FP teacher top-1 (%) measured on the full test set (mean over the row's trials)"),
     Column("ptq_top1", "float", "student top-1 (%) after calibration, before any student update"),
@@ -89,14 +92,15 @@ COLUMNS: dict[str, Column] = {c.name: c for c in _COLUMNS}
 
 PER_TRIAL: tuple[str, ...] = (
     "trial_id", "run", "model", "dataset", "generator", "loss", "quantizer", "w_bits", "a_bits", "seed", "budget",
-    "epochs", "iters_per_epoch", "batch_size", "warmup_epochs", "fp_top1", "ptq_top1", "top1_last", "top1_oracle",
+    "epochs", "iters_per_epoch", "batch_size", "warmup_epochs", "ptq_only", "fp_top1", "ptq_top1", "top1_last",
+    "top1_oracle",
     "wall_s", "flags", "device", "precision", "channels_last", "compile", "tf32", "teacher_weights", "teacher_sha256",
     "data_sha256", "zsqbench_version", "torch_version", "git_hash", "finished_at",
 )
 AGGREGATED: tuple[str, ...] = (
     "model", "dataset", "generator", "loss", "quantizer", "w_bits", "a_bits", "budget", "n_seeds", "seeds",
     "top1_last_mean", "top1_last_std", "top1_last_ci95", "top1_oracle_mean", "top1_oracle_std", "fp_top1",
-    "ptq_top1_mean", "epochs", "iters_per_epoch", "batch_size", "precision", "teacher_sha256", "cpu_hours",
+    "ptq_top1_mean", "epochs", "iters_per_epoch", "batch_size", "ptq_only", "precision", "teacher_sha256", "cpu_hours",
     "gpu_hours", "source", "note",
 )
 

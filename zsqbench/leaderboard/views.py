@@ -47,15 +47,21 @@ def _varying(frame: pd.DataFrame, columns: tuple[str, ...]) -> list[str]:
     return [c for c in columns if len(frame) and frame[c].astype(str).nunique() > 1]
 
 
+def _ptq_only(row: dict[str, Any]) -> bool:
+    value = row.get("ptq_only")
+    return not is_missing(value) and bool(value)
+
+
 def display_compact(frame: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
     """One short line per configuration: what it is, seeds, top-1 last, oracle, PTQ (fits 80 columns).
 
     The configuration names dataset, generator+loss and bits, plus model, quantizer and budget
-    only where they vary within the table."""
+    only where they vary within the table; post-training-only configurations end in "(PTQ only)",
+    so their top-1 is never read as a trained one."""
     extra = _varying(frame, ("model", "quantizer", "budget"))
     rows = [{
         "configuration": " ".join([r["dataset"], f"{r['generator']}+{r['loss']}", bits_label(r["w_bits"], r["a_bits"]),
-                                   *(str(r[c]) for c in extra)]),
+                                   *(str(r[c]) for c in extra), *(["(PTQ only)"] if _ptq_only(r) else [])]),
         "n": str(r["n_seeds"]),
         "top-1 last": mean_std(r["top1_last_mean"], _spread(r, ci)),
         "oracle*": _num(r["top1_oracle_mean"], 2),
@@ -73,11 +79,12 @@ def display_aggregated(frame: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
         "top1_last": mean_std(r["top1_last_mean"], _spread(r, ci)),
         "top1_oracle (test-selected)": mean_std(r["top1_oracle_mean"], r["top1_oracle_std"]),
         "fp_top1": _num(r["fp_top1"], 2), "ptq_top1": _num(r["ptq_top1_mean"], 2),
+        "ptq_only": "yes" if _ptq_only(r) else "",
         "precision": r["precision"], "cpu_h": _num(r["cpu_hours"], 2), "gpu_h": _num(r["gpu_hours"], 2),
         "source": r["source"],
     } for r in frame.to_dict("records")]
     columns = ["model", "dataset", "generator", "loss", "quantizer", "bits", "budget", "n", "top1_last",
-               "top1_oracle (test-selected)", "fp_top1", "ptq_top1", "precision", "cpu_h", "gpu_h", "source"]
+               "top1_oracle (test-selected)", "fp_top1", "ptq_top1", "ptq_only", "precision", "cpu_h", "gpu_h", "source"]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -1,10 +1,14 @@
-"""The teacher BN-statistics loss (METHODS §4.2): generated batches should have the statistics the
-teacher's BN layers saw in training. Shared by GDFQ, AdaDFQ, HAST and most ZSQ generators."""
+"""The teacher BN-statistics loss family (METHODS §4.2, METHODS-ZEROQ-DSG-INTRAQ §1.3): generated
+images should have the statistics the teacher's BN layers saw in training. Shared by GDFQ, AdaDFQ,
+HAST, IntraQ (``batch_mse``: batch moments, means over channels and layers) and ZeroQ (``zeroq``:
+per-image moments with a std target, sums over channels and layers, plus an input term); one
+configurable class, so the variants differ only in their :class:`BNLossConfig`."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal
 
 import torch
 from torch import Tensor, nn
@@ -43,23 +47,89 @@ def batch_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     return _BatchMoments.apply(x)
 
 
-class BNStatsLoss:
-    """Matches the batch statistics of every teacher BN input to that BN's running stats.
+@dataclass(frozen=True)
+class BNLossConfig:
+    """One member of the BN-statistics loss family (METHODS-ZEROQ-DSG-INTRAQ §1.3).
 
-    L = (1/L) Σ_l [mean_c (μ_l − μ̂_l)² + mean_c (σ²_l − σ̂²_l)²], biased batch variance.
-    Hooks are attached only while :meth:`recording` is active, so no other forward pays.
+    ``granularity``: "batch" matches each channel's mean and **biased** variance over (batch,
+    positions); "sample" matches each image's per-channel mean and std, sqrt(unbiased variance
+    over positions + ``eps``), against sqrt(running var + ``eps``), averaged over the images.
+    ``reduce_channels`` / ``reduce_layers``: mean or sum. ``input_term``: add T_0, the per-sample
+    form on the image itself against mean 0 and std exactly 1 (ZeroQ's input layer).
+    ``mean_margin`` / ``second_margin``: slack δ_l, γ_l, one value or one per BN (module order);
+    a gap g then costs h(|g| − δ)² instead of g² (DSG's slack; 0 is the plain squared gap).
     """
 
-    def __init__(self, teacher: nn.Module) -> None:
+    granularity: Literal["batch", "sample"] = "batch"
+    reduce_channels: Literal["mean", "sum"] = "mean"
+    reduce_layers: Literal["mean", "sum"] = "mean"
+    input_term: bool = False
+    mean_margin: float | tuple[float, ...] = 0.0
+    second_margin: float | tuple[float, ...] = 0.0
+    eps: float = 1e-6
+
+
+#: GDFQ / AdaDFQ / HAST / IntraQ.
+BATCH_MSE = BNLossConfig()
+#: ZeroQ's code: per image, std target, sums over channels and layers, input term.
+ZEROQ = BNLossConfig(granularity="sample", reduce_channels="sum", reduce_layers="sum", input_term=True)
+PRESETS: dict[str, BNLossConfig] = {"batch_mse": BATCH_MSE, "zeroq": ZEROQ}
+
+
+def _margin(value: float | tuple[float, ...], layer: int) -> float:
+    return value if isinstance(value, (int, float)) else value[layer]
+
+
+def _squared_gap(gap: Tensor, margin: float) -> Tensor:
+    """g² without slack (the reference's form, op for op), h(|g| − δ)² with it."""
+    return gap.pow(2) if margin == 0 else torch.relu(gap.abs() - margin).pow(2)
+
+
+def sample_moments(z: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Per-image, per-channel (mean, sqrt(unbiased variance + eps)) over positions, each (B, C)."""
+    var, mean = torch.var_mean(z.flatten(2), dim=2, correction=1)
+    return mean, (var + eps).sqrt()
+
+
+def input_term(x: Tensor, eps: float = 1e-6) -> Tensor:
+    """T_0 = (1/B) Σ_b [‖m_{0,b}‖² + ‖s_{0,b} − 1‖²]: each image's channels towards mean 0, std exactly 1."""
+    mean, std = sample_moments(x, eps)
+    return (mean.pow(2).sum(dim=1) + (std - 1).pow(2).sum(dim=1)).mean()
+
+
+class BNStatsLoss:
+    """Matches the statistics of every teacher BN input to that BN's running statistics.
+
+    Default (``batch_mse``): L = (1/L) Σ_l [mean_c (μ_l − μ̂_l)² + mean_c (σ²_l − σ̂²_l)²], biased
+    batch variance. Hooks are attached only while :meth:`recording` is active, so no other
+    forward pays; they read BN *inputs*, addressed by BN module (never by conv order, ZeroQ's ZQ4).
+    """
+
+    def __init__(self, teacher: nn.Module, config: BNLossConfig = BATCH_MSE) -> None:
+        self.config = config
         self.bns = [m for m in teacher.modules() if isinstance(m, nn.BatchNorm2d)]
+        self._index = {id(m): i for i, m in enumerate(self.bns)}
         self._terms: list[Tensor] = []
 
     def _hook(self, module: nn.BatchNorm2d, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        x = inputs[0]
-        var, mean = batch_moments(x)
-        self._terms.append(
-            (mean - module.running_mean).pow(2).mean() + (var - module.running_var).pow(2).mean()
-        )
+        self._terms.append(self.layer_term(inputs[0], module.running_mean, module.running_var,
+                                           self._index[id(module)]))
+
+    def layer_term(self, z: Tensor, running_mean: Tensor, running_var: Tensor, layer: int = 0) -> Tensor:
+        """T_l of one BN input ``z`` (B, C, H, W) against that BN's running statistics."""
+        c = self.config
+        reduce = torch.sum if c.reduce_channels == "sum" else torch.mean
+        delta, gamma = _margin(c.mean_margin, layer), _margin(c.second_margin, layer)
+        if c.granularity == "batch":
+            var, mean = batch_moments(z)
+            if c.reduce_channels == "mean" and delta == 0 and gamma == 0:  # GDFQ's form, op for op
+                return (mean - running_mean).pow(2).mean() + (var - running_var).pow(2).mean()
+            return reduce(_squared_gap(mean - running_mean, delta)) + reduce(_squared_gap(var - running_var, gamma))
+        mean, std = sample_moments(z, c.eps)
+        target_std = (running_var + c.eps).sqrt()
+        per_sample = (reduce(_squared_gap(mean - running_mean, delta), dim=1)
+                      + reduce(_squared_gap(std - target_std, gamma), dim=1))
+        return per_sample.mean()
 
     @contextmanager
     def recording(self) -> Iterator[None]:
@@ -71,9 +141,18 @@ class BNStatsLoss:
             for h in handles:
                 h.remove()
 
-    def loss(self) -> Tensor:
+    def loss(self, x: Tensor | None = None) -> Tensor:
+        """The recorded forward's loss (the terms are consumed). ``x``: the teacher's input, needed
+        (and only used) when the configuration has the input term."""
         if not self._terms:
             raise RuntimeError("BN-statistics loss read before any recorded teacher forward")
-        total = torch.stack(self._terms).sum() / len(self.bns)
+        c = self.config
+        total = torch.stack(self._terms).sum()
+        if c.reduce_layers == "mean":
+            total = total / len(self.bns)
         self._terms = []
+        if c.input_term:
+            if x is None:
+                raise RuntimeError("this BN-statistics loss has an input term: pass the teacher's input to loss()")
+            total = total + input_term(x, c.eps)
         return total

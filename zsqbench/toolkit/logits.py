@@ -75,3 +75,20 @@ class LogitObjective(StudentObjective):
     def __call__(self, inputs: LossInputs) -> dict[str, Tensor]:
         value = self.logit(inputs.student_logits, inputs.teacher_logits, inputs.targets)
         return {"total": value, "logit": value}
+
+
+class ScaledKD:
+    """α·T²·KL_batchmean(softmax(t/T) ‖ softmax(s/T)) + w·CE(s, y): the student loss of the offline
+    pipelines that share IntraQ's fine-tuning (IntraQ: α = T = 20, w = 1; ZeroQ + FT: w = 0, KD
+    only; ZeroQ + IL + FT: w = 1). With w = 0 the CE is not computed at all."""
+
+    def __init__(self, alpha: float, temperature: float, ce_weight: float = 0.0) -> None:
+        self.alpha = alpha
+        self.temperature = temperature
+        self.ce_weight = ce_weight
+
+    def __call__(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor) -> Tensor:
+        kd = self.alpha * kd_kl(student_logits, teacher_logits, self.temperature, "batchmean")
+        if self.ce_weight == 0:
+            return kd
+        return kd + self.ce_weight * F.cross_entropy(student_logits, labels)

@@ -20,6 +20,7 @@ from zsqbench.api.losses import DistillationLoss
 from zsqbench.api.models import TeacherModel
 from zsqbench.api.plugins import Plugins
 from zsqbench.api.quantizer import Quantizer
+from zsqbench.errors import UserError
 from zsqbench.trial.progress import NullProgress, ProgressSink
 from zsqbench.trial.spec import TrialSpec
 
@@ -41,6 +42,15 @@ class TrialParts:
         return [self.ctx.teacher, self.ctx.student, *self.generator.networks().values()]
 
 
+def check_budget(gen_cls: type[Generator], spec: TrialSpec) -> None:
+    """Refuse a budget the generator cannot run (a PTQ-only generator with training epochs, a
+    training one without): a one-line user error naming the fix. Checked when a grid is
+    expanded and again here, for specs made any other way."""
+    problem = gen_cls.budget_problem(gen_cls.Options(**spec.generator.options), spec)
+    if problem:
+        raise UserError(problem)
+
+
 def build_trial_parts(
     spec: TrialSpec,
     plugins: Plugins,
@@ -53,6 +63,8 @@ def build_trial_parts(
     """Quantize a copy of the (eval-mode, frozen) teacher, build generator, objective and optimizer
     (the loss plugin's own, :meth:`~zsqbench.api.losses.DistillationLoss.build_optimizer`, else SGD)."""
     progress = progress or NullProgress()
+    gen_cls = plugins.generators.get(spec.generator.name)
+    check_budget(gen_cls, spec)
     quant_cls = plugins.quantizers.get(spec.quantizer.name)
     quantizer = quant_cls(quant_cls.Options(**spec.quantizer.options))
     student_fp = copy.deepcopy(teacher)
@@ -60,7 +72,6 @@ def build_trial_parts(
         p.requires_grad_(True)
     student = quantizer.quantize(student_fp, spec.w_bits, spec.a_bits).to(device).eval()
 
-    gen_cls = plugins.generators.get(spec.generator.name)
     loss_cls = plugins.losses.get(spec.loss.name)
     ctx = TrainContext(
         spec=spec, teacher_entry=entry, teacher=teacher, student=student, device=device, cache_dir=Path(cache_dir),

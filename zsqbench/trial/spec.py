@@ -17,13 +17,19 @@ from zsqbench.api.generator import Phase
 from zsqbench.bits import MAX_BITS, MIN_BITS, bits_label
 
 
-
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class Budget(StrictModel):
-    """How much training a trial gets. Milestones are epoch indices where LRs drop ×0.1."""
+    """How much training a trial gets. Milestones are epoch indices where LRs drop ×0.1.
+
+    ``warmup_epochs == epochs`` is a post-training-quantization budget (the ``ptq`` preset): the
+    student is calibrated and evaluated, never updated. Only generators that declare themselves
+    post-training only accept it (:meth:`zsqbench.api.generator.Generator.budget_problem`, checked
+    when a grid is expanded and when a trial's parts are built), so it cannot silently skip the
+    training of a method that needs it.
+    """
 
     epochs: int = Field(ge=1)
     iters_per_epoch: int = Field(ge=1)
@@ -33,10 +39,10 @@ class Budget(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> "Budget":
-        if self.warmup_epochs >= self.epochs:
+        if self.warmup_epochs > self.epochs:
             raise ValueError(
-                f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs}), "
-                "otherwise the student is never trained"
+                f"warmup_epochs ({self.warmup_epochs}) must not exceed epochs ({self.epochs}): the "
+                "warm-up epochs are part of the epochs"
             )
         if sorted(self.lr_milestones) != self.lr_milestones:
             raise ValueError("lr_milestones must be sorted ascending")
@@ -50,6 +56,11 @@ class Budget(StrictModel):
         """The phase of an epoch: the first ``warmup_epochs`` calibrate, the rest train. The one
         place that decides it; the trainer hands the result to the plugins."""
         return Phase(epoch=epoch, calibrating=epoch < self.warmup_epochs)
+
+    @property
+    def trains(self) -> bool:
+        """Whether any epoch updates the student (False: a post-training-quantization budget)."""
+        return self.epochs > self.warmup_epochs
 
     @property
     def first_training_phase(self) -> Phase:

@@ -1,0 +1,226 @@
+"""ZeroQ (Cai et al., CVPR 2020): "distilled data" from the teacher's BN statistics
+(METHODS-ZEROQ-DSG-INTRAQ §2), as post-training quantization or as a data generator for
+fine-tuning (§2.6).
+
+Synthesis (:meth:`ZeroQ.prepare`, the shared engine of :mod:`zsqbench.toolkit.synthesis`): pixels
+start from the code's tiny uniform noise (``init=code``; the paper's N(0,1) with ``init=paper``)
+and Adam (lr 0.5, plateau patience 100) minimizes the ``zeroq`` member of the BN-loss family:
+per-image means and stds (unbiased + 1e-6) of every BN input against the running statistics,
+summed over channels and layers, plus the input term (each image towards mean 0, std 1), for 500
+iterations. No labels, no classification term, no clipping. Every term involves one image, so
+the batch size barely matters (§2.2). The set is seeded per batch and cached like HAST's.
+
+Variants (``variant``):
+
+* ``ptq``: ZeroQ as published. One distilled batch of 32; the trial's only epoch is a calibration
+  epoch that feeds it to the student once, in order, no augmentation (``--budget ptq``: the
+  generator is post-training only, so a budget with training epochs is refused). With one batch the
+  ``exact`` range tracking equals ZeroQ's running min/max (§1.5); over several batches use
+  ``-o uniform.range_tracking=minmax`` (required).
+* ``ft`` (default): "ZeroQ + FT" of the later papers: 5,120 images in batches of 256, then the
+  offline fine-tuning scaffold (:mod:`zsqbench.toolkit.offline`) at IntraQ's settings; student loss
+  KD only (α·T²·KL_batchmean, 8000).
+* ``il_ft``: "ZeroQ + IL + FT": as ``ft`` plus CE(T(x), y) against random labels during synthesis,
+  and KD + CE during fine-tuning.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+from torch.nn import functional as F
+
+from zsqbench.api import Batch, BudgetOverride, NativeLosses, Phase, PluginOptions, TrainContext, hookimpl
+from zsqbench.toolkit.bn_stats import ZEROQ, BNStatsLoss
+from zsqbench.toolkit.augment import crop_flip
+from zsqbench.toolkit.logits import LogitObjective, ScaledKD
+from zsqbench.toolkit.offline import OfflineSetGenerator
+from zsqbench.toolkit.synthesis import PixelSchedule, PixelSet, bn_term, diagnostics_tensor, optimize_pixels
+from zsqbench_plugins.generators.cards import ZEROQ_CARD
+
+#: ZeroQ's init: integers U{0..254} minus 127.5, divided by 5418.75 (the variance, not the std: ZQ1).
+CODE_INIT_CENTER, CODE_INIT_SCALE = 127.5, 5418.75
+#: Images and batch of the published PTQ (one batch of 32) and of the fine-tuning variants (§2.6).
+PTQ_SET, FT_SET = (32, 32), (5120, 256)
+
+
+class ZeroQOptions(PluginOptions):
+    """Defaults are ZeroQ's code (§2.3) and, for fine-tuning, IntraQ's pipeline (§2.6, §4.4)."""
+
+    variant: Literal["ptq", "ft", "il_ft"] = Field(
+        "ft", description="'ptq' = calibrate on the distilled batch only (use --budget ptq); 'ft' = ZeroQ + "
+        "fine-tuning (KD); 'il_ft' = + inception loss (CE to random labels) in synthesis and CE in fine-tuning"
+    )
+    num_images: int | None = Field(None, ge=1, description="distilled images (None: 32 for ptq, 5120 otherwise)")
+    synthesis_batch: int | None = Field(None, ge=1, description="images per synthesis batch (None: 32 for ptq, 256)")
+    synthesis_iters: int = Field(500, ge=1, description="Adam steps per synthesis batch")
+    synthesis_lr: float = Field(0.5, gt=0, description="Adam learning rate on the pixels")
+    plateau_patience: int = Field(100, ge=0, description="ReduceLROnPlateau patience (iterations)")
+    init: Literal["code", "paper"] = Field(
+        "code", description="'code' = (U{0..254} - 127.5) / 5418.75 (std 0.0136); 'paper' = N(0, 1)"
+    )
+    synthesis_seed: int | None = Field(
+        None, ge=0, description="seed of the synthesis (None: the trial seed); set it to share one set across seeds"
+    )
+    kd_alpha: float = Field(20.0, ge=0, description="α in α·T²·KL_batchmean (fine-tuning)")
+    temperature: float = Field(20.0, gt=0, description="KD temperature T (fine-tuning)")
+    calibration_batch: int = Field(16, ge=1, description="batch of the GDFQ calibration generator (ft variants)")
+    calibration_bns_weight: float = Field(0.1, ge=0, description="BNS weight of the calibration generator's loss")
+
+    def set_size(self) -> tuple[int, int]:
+        """(images, synthesis batch), the variant's defaults where not given."""
+        count, batch = PTQ_SET if self.variant == "ptq" else FT_SET
+        return (self.num_images or count, self.synthesis_batch or batch)
+
+
+def zeroq_init(size: int, shape: tuple[int, ...], rng: torch.Generator, init: str) -> Tensor:
+    """The starting pixels: the code's tiny uniform noise (range ±0.0235) or the paper's N(0, 1)."""
+    if init == "paper":
+        return torch.randn((size, *shape), generator=rng)
+    ints = torch.randint(0, 255, (size, *shape), generator=rng).float()
+    return (ints - CODE_INIT_CENTER) / CODE_INIT_SCALE
+
+
+class DistilledSet(PixelSet):
+    """ZeroQ's distilled data: the ``zeroq`` BN loss (and for ``il_ft`` the CE to random labels).
+    Labels: the random ones for ``il_ft``, else the teacher's argmax on the final image (ZeroQ has
+    none; KD does not use them)."""
+
+    label = "ZeroQ"
+    folder = "zeroq"
+
+    def __init__(self, ctx: TrainContext, options: ZeroQOptions) -> None:
+        count, batch = options.set_size()
+        seed = ctx.spec.seed if options.synthesis_seed is None else options.synthesis_seed
+        super().__init__(ctx, count, batch, options.synthesis_iters, seed)
+        self.options = options
+        self.inception = options.variant == "il_ft"
+        self.terms = ["bn", "ce", "total"] if self.inception else ["bn", "total"]
+        self.schedule = PixelSchedule(iters=options.synthesis_iters, lr=options.synthesis_lr,
+                                      patience=options.plateau_patience)
+        self.bns = BNStatsLoss(ctx.teacher, ZEROQ)
+
+    def method_settings(self) -> dict[str, Any]:
+        return {"loss": "zeroq" + ("+ce" if self.inception else ""), "init": self.options.init,
+                "lr": self.schedule.lr, "plateau": self.schedule.plateau()}
+
+    def make_batch(self, index: int, size: int, rng: torch.Generator, on_step) -> dict[str, Tensor]:
+        ctx = self.ctx
+        y = torch.randint(0, ctx.num_classes, (size,), generator=rng)
+        x0 = zeroq_init(size, self.image_shape, rng, self.options.init)
+        y_dev = y.to(ctx.device)
+        terms = {"bn": bn_term}
+        if self.inception:
+            terms["ce"] = lambda view: F.cross_entropy(view.logits, y_dev)
+        done = optimize_pixels(ctx.teacher, x0.to(ctx.device), terms, self.schedule, self.bns, labels=y_dev,
+                               on_step=on_step)
+        if not self.inception:
+            with torch.no_grad():
+                y = ctx.teacher(done.x).argmax(dim=1).cpu()
+        return {"x": done.x.cpu(), "y": y, "diagnostics": diagnostics_tensor(done, self.terms)}
+
+
+def class_histogram(labels: Tensor, num_classes: int) -> list[int]:
+    """The teacher's class counts on the set (a diagnostic; ZeroQ's images carry no labels)."""
+    return torch.bincount(labels.cpu(), minlength=num_classes).tolist()
+
+
+class ZeroQ(OfflineSetGenerator):
+    name = "zeroq"
+    description = ("ZeroQ: distilled data from per-image BN statistics; variant ptq (calibration only, "
+                   "--budget ptq), ft (+ IntraQ-style fine-tuning, KD) or il_ft (+ inception loss, KD + CE)")
+    Options = ZeroQOptions
+    card = ZEROQ_CARD
+    augment = staticmethod(crop_flip)  # batched on an accelerator
+
+    @classmethod
+    def post_training_only(cls, options: PluginOptions) -> bool:
+        return options.variant == "ptq"  # type: ignore[attr-defined]
+
+    @classmethod
+    def budget_problem(cls, options: PluginOptions, spec: Any) -> str:
+        o: ZeroQOptions = options  # type: ignore[assignment]
+        b = spec.budget
+        if o.variant == "ptq" and b.trains:
+            return (f"zeroq variant=ptq only calibrates (post-training quantization) but budget '{spec.budget_name}' "
+                    f"trains for {b.epochs - b.warmup_epochs} epoch(s) after the warm-up; use --budget ptq, or "
+                    "-o zeroq.variant=ft to fine-tune on the distilled data")
+        problem = super().budget_problem(options, spec)
+        if problem or o.variant != "ptq":
+            return problem
+        count = o.set_size()[0]
+        needed = math.ceil(count / b.batch_size)
+        if b.iters_per_epoch * b.epochs != needed:
+            return (f"zeroq variant=ptq feeds each of its {count} images exactly once, which at batch {b.batch_size} "
+                    f"takes {needed} iteration(s), but the budget asks for {b.iters_per_epoch * b.epochs}; pass "
+                    f"--epochs 1 --warmup-epochs 1 --iters-per-epoch {needed}")
+        if needed > 1 and spec.quantizer.options.get("range_tracking") == "exact":
+            return (f"zeroq variant=ptq calibrates on {needed} batches, over which range_tracking=exact inflates the "
+                    "ranges; pass -o uniform.range_tracking=minmax (ZeroQ's running min/max)")
+        return ""
+
+    def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:
+        o: ZeroQOptions = options  # type: ignore[assignment]
+        # PTQ calibrates on the distilled batch itself; the fine-tuning variants on GDFQ's generator (§1.4)
+        super().__init__(options, ctx, calibration_batch=None if o.variant == "ptq" else o.calibration_batch,
+                         calibration_bns_weight=o.calibration_bns_weight)
+        self.distilled = DistilledSet(ctx, o)
+        self.histogram: list[int] = []
+
+    def load_set(self) -> tuple[Tensor, Tensor]:
+        x, y = self.distilled.load_or_build()
+        self.histogram = class_histogram(y, self.ctx.num_classes)
+        self.ctx.report(f"ZeroQ set: teacher classes {self.histogram}", len(y), len(y))
+        return x, y
+
+    def next_batch(self, phase: Phase) -> Batch:
+        if self.options.variant != "ptq":  # type: ignore[attr-defined]
+            return super().next_batch(phase)
+        if not phase.calibrating:
+            raise RuntimeError("zeroq variant=ptq never trains the student; its budget must have no training epochs")
+        images, labels = self._set()
+        start, n = self._pos, images.shape[0]
+        if start >= n:
+            raise RuntimeError(f"zeroq variant=ptq: a calibration batch was requested after all {n} distilled images "
+                               "were fed once; iters_per_epoch must be ceil(images / batch)")
+        end = min(n, start + self.ctx.spec.budget.batch_size)
+        self._pos = end
+        return Batch(x=images[start:end], y=labels[start:end])  # in order, exactly once, not augmented
+
+    def native_losses(self) -> NativeLosses:
+        o: ZeroQOptions = self.options  # type: ignore[assignment]
+        logit = ScaledKD(o.kd_alpha, o.temperature, ce_weight=1.0 if o.variant == "il_ft" else 0.0)
+        return NativeLosses(logit=logit, objective=LogitObjective(logit))
+
+
+@hookimpl
+def register_generators(register) -> None:
+    register(ZeroQ)
+
+
+# The fine-tuning variants share IntraQ's pipeline (§2.6, §4.4): 151 epochs at batch 256, lr 1e-4
+# x0.1 at 20/40/60, after a 5,120-image synthesis. Its KD weight is 8000, like HAST's; on the short
+# syntheses of smoke and cpu the student lr is 1e-6, the value that kept HAST stable there (§8).
+BUDGET_OVERRIDES = (
+    BudgetOverride(preset="ptq", generator="zeroq", generator_options={"variant": "ptq"},
+                   note="ZeroQ as published: one distilled batch of 32, fed once for calibration (§2.5)"),
+    BudgetOverride(preset="smoke", generator="zeroq", optim={"student_lr": 1e-6},
+                   generator_options={"num_images": 16, "synthesis_batch": 8, "synthesis_iters": 3},
+                   note="a few images, a few synthesis steps: seconds per trial; lr 1e-6 (KD weight 8000)"),
+    BudgetOverride(preset="cpu", generator="zeroq", optim={"student_lr": 1e-6},
+                   generator_options={"num_images": 512, "synthesis_batch": 128, "synthesis_iters": 100},
+                   note="512 distilled images, 4 batches x 100 steps, a few CPU minutes; lr 1e-6 (KD weight 8000)"),
+    BudgetOverride(preset="paper", generator="zeroq", epochs=151, batch_size=256, lr_milestones=(20, 40, 60),
+                   optim={"student_lr": 1e-4},
+                   note="ZeroQ + FT on IntraQ's pipeline: 4 calibration + 147 epochs at batch 256, lr 1e-4 (§2.6)"),
+)
+
+
+@hookimpl
+def register_budget_overrides(register) -> None:
+    for override in BUDGET_OVERRIDES:
+        register(override)

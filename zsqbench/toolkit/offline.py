@@ -1,0 +1,118 @@
+"""The offline fine-tuning scaffold (METHODS §6.2, METHODS-ZEROQ-DSG-INTRAQ §1.4): a generator
+plugin that serves a synthetic set made once in :meth:`~zsqbench.api.generator.Generator.prepare`.
+
+Shared by HAST, IntraQ and ZeroQ + FT, whose stage 2 is the same skeleton:
+
+* calibration epochs: the activation ranges are calibrated on GDFQ's generator trained at its own
+  small batch (CE + w·BNS; :meth:`zsqbench.toolkit.online.TrainedGenerator.gdfq_step`), *not* on
+  the synthetic set; the generator is dropped once training starts;
+* training epochs: batches drawn from the set, reshuffled at every pass (IntraQ's loader with
+  drop-last, HAST's ``_next_indices``: the same whenever the batch divides the set), each image
+  randomly resized-cropped and flipped; the default student step.
+
+A method implements :meth:`OfflineSetGenerator.load_set` (its synthesis, cached) and, where it
+differs, the student step (HAST's FGSM pass) or the calibration source (ZeroQ's PTQ variant
+feeds its own set instead: pass ``calibration_batch=None``).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from zsqbench.api.generator import Batch, Generator, Phase, TrainContext
+from zsqbench.api.options import PluginOptions
+from zsqbench.toolkit.augment import random_resized_crop_flip
+from zsqbench.toolkit.online import TrainedGenerator
+
+
+class OfflineSetGenerator(Generator):
+    """A synthetic set served per §1.4. ``calibration_batch`` None: no calibration generator (the
+    subclass serves the calibration epochs itself)."""
+
+    #: The per-sample crop + flip of training batches. HAST keeps the per-image loop everywhere
+    #: (its recorded numbers); IntraQ and ZeroQ take :func:`~zsqbench.toolkit.augment.crop_flip`,
+    #: batched on an accelerator (the same parameters, equal up to float rounding).
+    augment: ClassVar[Callable[..., Tensor]] = staticmethod(random_resized_crop_flip)
+
+    def __init__(self, options: PluginOptions, ctx: TrainContext, *, calibration_batch: int | None,
+                 calibration_bns_weight: float = 0.1) -> None:
+        super().__init__(options, ctx)
+        self.image_shape = tuple(ctx.teacher_entry.input_size)
+        self.calibration_bns_weight = calibration_bns_weight
+        # GDFQ's generator at its own batch, for the calibration epochs only.
+        self.calibration: TrainedGenerator | None = (
+            TrainedGenerator(ctx, calibration_batch) if calibration_batch is not None else None)
+        self.images: Tensor | None = None
+        self.labels: Tensor | None = None
+        self._perm: Tensor | None = None
+        self._pos = 0
+
+    @abstractmethod
+    def load_set(self) -> tuple[Tensor, Tensor]:
+        """The synthetic set (images, labels) on the CPU: from the cache, else synthesized."""
+
+    # -- stage 1
+    def prepare(self) -> None:
+        x, y = self.load_set()
+        self.images, self.labels = x.to(self.ctx.device), y.to(self.ctx.device)
+        self._perm, self._pos = None, 0
+
+    # -- stage 2
+    def start_epoch(self, phase: Phase) -> None:
+        if phase.calibrating:
+            if self.calibration is not None:
+                self.calibration.set_epoch(phase)
+        else:
+            self.calibration = None  # never used again (the reference moves it to the CPU)
+
+    def next_batch(self, phase: Phase) -> Batch:
+        if phase.calibrating:
+            if self.calibration is None:
+                raise RuntimeError(f"{self.name}: calibration generator requested after the calibration epochs")
+            return self.calibration.gdfq_step(self.calibration_bns_weight)
+        images, labels = self._set()
+        idx = self._next_indices(self.ctx.spec.budget.batch_size).to(images.device)
+        return Batch(x=type(self).augment(images[idx], size=self.image_shape[-1]), y=labels[idx])
+
+    def _set(self) -> tuple[Tensor, Tensor]:
+        if self.images is None or self.labels is None:
+            raise RuntimeError(f"{self.name}: batches requested before prepare()")
+        return self.images, self.labels
+
+    def _next_indices(self, count: int) -> Tensor:
+        """The next ``count`` indices of the shuffled set, reshuffling (global RNG) at each new pass."""
+        assert self.labels is not None
+        n = self.labels.shape[0]
+        chunks = []
+        while count > 0:
+            if self._perm is None or self._pos >= n:
+                self._perm, self._pos = torch.randperm(n), 0
+            take = min(count, n - self._pos)
+            chunks.append(self._perm[self._pos:self._pos + take])
+            self._pos += take
+            count -= take
+        return torch.cat(chunks)
+
+    # -- what the core needs to know
+    def networks(self) -> dict[str, nn.Module]:
+        return {"calibration": self.calibration.net} if self.calibration is not None else {}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"calibration": self.calibration.optimizer} if self.calibration is not None else {}
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"perm": self._perm, "pos": self._pos}
+        if self.calibration is not None:
+            state["calibration"] = self.calibration.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._perm, self._pos = state.get("perm"), int(state.get("pos", 0))
+        if "calibration" in state and self.calibration is not None:
+            self.calibration.load_state_dict(state["calibration"])
+        elif "calibration" not in state:
+            self.calibration = None
