@@ -100,6 +100,23 @@ def run_argv(root: Path, weights: Path, out: Path, *extra: str) -> list[str]:
             "--device", "cpu", "-q", *extra]
 
 
+class CountingCalls:
+    """Replaces ``module.name`` by a wrapper that counts its calls and, at call ``fail_at``, raises
+    KeyboardInterrupt (an interrupted synthesis); otherwise calls the real function."""
+
+    def __init__(self, monkeypatch, module, name: str, fail_at: int | None = None) -> None:
+        self.calls = 0
+        self.fail_at = fail_at
+        self.real = getattr(module, name)
+        monkeypatch.setattr(module, name, self)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.fail_at is not None and self.calls == self.fail_at:
+            raise KeyboardInterrupt("interrupted synthesis")
+        return self.real(*args, **kwargs)
+
+
 def one_line_error(capsys, argv: list[str]) -> str:
     """Run the CLI expecting a user error: exit 2, exactly one 'zsqbench: error:' line, no traceback."""
     from zsqbench.cli.main import main

@@ -14,7 +14,7 @@ from zsqbench_plugins.generators import hast_synthesis
 from zsqbench_plugins.generators.hast import HASTLogitLoss, HASTObjective, random_resized_crop_flip
 from zsqbench_plugins.generators.hast_synthesis import hardness_loss
 
-from conftest import make_parts, make_spec
+from conftest import CountingCalls, make_parts, make_spec
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -192,18 +192,8 @@ def test_perturbation_can_ignore_the_teacher_path(tiny_parts):
 # ------------------------------------------------------------------------------- cache
 
 
-class CountingSynthesis:
-    def __init__(self, monkeypatch, fail_at: int | None = None):
-        self.calls = 0
-        self.fail_at = fail_at
-        self.real = hast_synthesis.synthesize_batch
-        monkeypatch.setattr(hast_synthesis, "synthesize_batch", self)
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        if self.fail_at is not None and self.calls == self.fail_at:
-            raise KeyboardInterrupt("interrupted synthesis")
-        return self.real(*args, **kwargs)
+def CountingSynthesis(monkeypatch, fail_at: int | None = None) -> CountingCalls:
+    return CountingCalls(monkeypatch, hast_synthesis, "synthesize_batch", fail_at)
 
 
 def test_cache_reused_then_rebuilt_when_truncated(tiny_parts, monkeypatch):

@@ -16,7 +16,7 @@ from zsqbench_plugins.generators import intraq_synthesis
 from zsqbench_plugins.generators.intraq import IntraQOptions, resolve_constants
 from zsqbench_plugins.generators.intraq_synthesis import ClassCentres, mdc_loss, sil_loss, soft_targets
 
-from conftest import make_spec
+from conftest import CountingCalls, make_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -96,20 +96,6 @@ def test_centre_store_is_the_mean_of_every_stored_feature_in_any_order():
 # ------------------------------------------------------------------------------- synthesis
 
 
-class Interrupt:
-    def __init__(self, monkeypatch, fail_at: int | None = None):
-        self.calls = 0
-        self.fail_at = fail_at
-        self.real = intraq_synthesis.optimize_pixels
-        monkeypatch.setattr(intraq_synthesis, "optimize_pixels", self)
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        if self.calls == self.fail_at:
-            raise KeyboardInterrupt("interrupted synthesis")
-        return self.real(*args, **kwargs)
-
-
 #: Batches of 8 repeat classes across batches; λ_l = 0.99 makes every image with a centre pay MDC.
 BINDING = {"num_images": 24, "synthesis_batch": 8, "margin_lower": 0.99, "margin_upper": 1.0}
 
@@ -128,7 +114,7 @@ def test_synthesis_first_batch_has_no_centres_and_a_resume_rebuilds_them(tiny_pa
     assert checks[1:, 2].tolist() == [1.0, 1.0]
     assert reference.images.shape == (24, 3, 32, 32) and reference.labels.shape == (24,)
 
-    counter = Interrupt(monkeypatch, fail_at=3)
+    counter = CountingCalls(monkeypatch, intraq_synthesis, "optimize_pixels", fail_at=3)
     gen = tiny_parts(intraq_spec(**BINDING)).generator
     with pytest.raises(KeyboardInterrupt):
         gen.prepare()

@@ -38,7 +38,7 @@ from zsqbench.api import (
 from zsqbench.errors import UserError
 from zsqbench.toolkit.augment import random_resized_crop_flip  # noqa: F401  (HAST's augmentation, imported from here by older code)
 from zsqbench.toolkit.logits import kd_kl
-from zsqbench.toolkit.offline import OfflineSetGenerator
+from zsqbench.toolkit.offline import OfflineSetGenerator, short_synthesis_overrides
 from zsqbench_plugins.generators.hast_synthesis import SyntheticSet
 from zsqbench_plugins.generators.cards import HAST_CARD
 
@@ -212,12 +212,7 @@ def register_generators(register) -> None:
 # (images far from the BN statistics) its official student lr 1e-5 diverged to NaN within 12
 # steps at W4A4 (measured on the CPU preset), while 1e-6 trained stably; the paper preset keeps 1e-5.
 BUDGET_OVERRIDES = (
-    BudgetOverride(preset="smoke", generator="hast", optim={"student_lr": 1e-6},
-                   generator_options={"num_images": 16, "synthesis_batch": 8, "synthesis_iters": 3},
-                   note="a few images, a few synthesis steps: seconds per trial; lr 1e-6 (1e-5 diverged)"),
-    BudgetOverride(preset="cpu", generator="hast", optim={"student_lr": 1e-6},
-                   generator_options={"num_images": 512, "synthesis_batch": 128, "synthesis_iters": 100},
-                   note="512 hard samples, 4 batches x 100 steps, a few CPU minutes; lr 1e-6 (1e-5 diverged)"),
+    *short_synthesis_overrides("hast", "hard samples", "1e-5 diverged"),
     BudgetOverride(preset="paper", generator="hast", epochs=151, batch_size=64, lr_milestones=(20, 40, 60),
                    optim={"student_lr": 1e-5},
                    note="HAST's schedule: 4 calibration + 147 QAT epochs at batch 64, lr 1e-5 (METHODS §6.4)"),

@@ -26,7 +26,7 @@ from zsqbench.api import BudgetOverride, NativeLosses, PluginOptions, TrainConte
 from zsqbench.errors import UserError
 from zsqbench.toolkit.augment import crop_flip
 from zsqbench.toolkit.logits import LogitObjective, ScaledKD
-from zsqbench.toolkit.offline import OfflineSetGenerator
+from zsqbench.toolkit.offline import OfflineSetGenerator, short_synthesis_overrides
 from zsqbench_plugins.generators.intraq_synthesis import IntraQSet
 from zsqbench_plugins.generators.cards import INTRAQ_CARD
 
@@ -117,12 +117,7 @@ def register_generators(register) -> None:
 # Smoke and cpu shrink the synthesis as HAST's presets do and train at lr 1e-6: with the KD weight
 # 8000 on short syntheses the paper lr trips the divergence guard (§8, IQ8), as it did for HAST.
 BUDGET_OVERRIDES = (
-    BudgetOverride(preset="smoke", generator="intraq", optim={"student_lr": 1e-6},
-                   generator_options={"num_images": 16, "synthesis_batch": 8, "synthesis_iters": 3},
-                   note="a few images, a few synthesis steps: seconds per trial; lr 1e-6 (KD weight 8000)"),
-    BudgetOverride(preset="cpu", generator="intraq", optim={"student_lr": 1e-6},
-                   generator_options={"num_images": 512, "synthesis_batch": 128, "synthesis_iters": 100},
-                   note="512 images, 4 batches x 100 steps, a few CPU minutes; lr 1e-6 (KD weight 8000)"),
+    *short_synthesis_overrides("intraq", "images", "KD weight 8000"),
     BudgetOverride(preset="paper", generator="intraq", epochs=151, batch_size=256, lr_milestones=(20, 40, 60),
                    optim={"student_lr": 1e-4},
                    note="IntraQ's schedule: 4 calibration + 147 epochs at batch 256, lr 1e-4 (§4.4)"),

@@ -38,7 +38,7 @@ from zsqbench.api import Batch, BudgetOverride, NativeLosses, Phase, PluginOptio
 from zsqbench.toolkit.bn_stats import ZEROQ, BNStatsLoss
 from zsqbench.toolkit.augment import crop_flip
 from zsqbench.toolkit.logits import LogitObjective, ScaledKD
-from zsqbench.toolkit.offline import OfflineSetGenerator
+from zsqbench.toolkit.offline import OfflineSetGenerator, short_synthesis_overrides
 from zsqbench.toolkit.synthesis import PixelSchedule, PixelSet, bn_term, diagnostics_tensor, optimize_pixels
 from zsqbench_plugins.generators.cards import ZEROQ_CARD
 
@@ -208,12 +208,7 @@ def register_generators(register) -> None:
 BUDGET_OVERRIDES = (
     BudgetOverride(preset="ptq", generator="zeroq", generator_options={"variant": "ptq"},
                    note="ZeroQ as published: one distilled batch of 32, fed once for calibration (§2.5)"),
-    BudgetOverride(preset="smoke", generator="zeroq", optim={"student_lr": 1e-6},
-                   generator_options={"num_images": 16, "synthesis_batch": 8, "synthesis_iters": 3},
-                   note="a few images, a few synthesis steps: seconds per trial; lr 1e-6 (KD weight 8000)"),
-    BudgetOverride(preset="cpu", generator="zeroq", optim={"student_lr": 1e-6},
-                   generator_options={"num_images": 512, "synthesis_batch": 128, "synthesis_iters": 100},
-                   note="512 distilled images, 4 batches x 100 steps, a few CPU minutes; lr 1e-6 (KD weight 8000)"),
+    *short_synthesis_overrides("zeroq", "distilled images", "KD weight 8000"),
     BudgetOverride(preset="paper", generator="zeroq", epochs=151, batch_size=256, lr_milestones=(20, 40, 60),
                    optim={"student_lr": 1e-4},
                    note="ZeroQ + FT on IntraQ's pipeline: 4 calibration + 147 epochs at batch 256, lr 1e-4 (§2.6)"),

@@ -49,34 +49,28 @@ AKT_CARD = MethodCard(
     ),
 )
 
-SPATIAL_CARD = MethodCard(
-    method="AKT ablation: spatial attention only",
-    paper=AKT_PAPER,
-    venue=AKT_CARD.venue,
-    code=AKT_CODE,
-    commit="9f49af0",
-    code_license=AKT_LICENSE,
-    spec="METHODS.md §8",
-    differences=AKT_DIFFERENCES,
-    published=_table("AKT paper, Table 4 (AdaDFQ; header lost, per the paper text)", {
-        (C10, "W3A3"): 86.10, (C10, "W4A4"): 92.49, (C10, "W5A5"): 93.75}),
-    verified=("spatial attention and its KL on hand-computed values (tests/test_feature_losses.py)",),
-)
+def _ablation_card(branch: str, numbers: tuple[float, float, float], verified: str) -> MethodCard:
+    """The card of one branch of RFD alone (AKT paper Table 4, AdaDFQ generator, CIFAR-10)."""
+    return MethodCard(
+        method=f"AKT ablation: {branch} attention only",
+        paper=AKT_PAPER,
+        venue=AKT_CARD.venue,
+        code=AKT_CODE,
+        commit="9f49af0",
+        code_license=AKT_LICENSE,
+        spec="METHODS.md §8",
+        differences=AKT_DIFFERENCES,
+        published=_table("AKT paper, Table 4 (AdaDFQ; header lost, per the paper text)",
+                         {(C10, f"W{b}A{b}"): v for b, v in zip((3, 4, 5), numbers)}),
+        verified=(verified,),
+    )
 
-CHANNEL_CARD = MethodCard(
-    method="AKT ablation: channel attention only",
-    paper=AKT_PAPER,
-    venue=AKT_CARD.venue,
-    code=AKT_CODE,
-    commit="9f49af0",
-    code_license=AKT_LICENSE,
-    spec="METHODS.md §8",
-    differences=AKT_DIFFERENCES,
-    published=_table("AKT paper, Table 4 (AdaDFQ; header lost, per the paper text)", {
-        (C10, "W3A3"): 86.09, (C10, "W4A4"): 92.36, (C10, "W5A5"): 93.62}),
-    verified=("channel attention (double softmax) and its KL on hand-computed values "
-              "(tests/test_feature_losses.py)",),
-)
+
+SPATIAL_CARD = _ablation_card("spatial", (86.10, 92.49, 93.75),
+                              "spatial attention and its KL on hand-computed values (tests/test_feature_losses.py)")
+CHANNEL_CARD = _ablation_card("channel", (86.09, 92.36, 93.62),
+                              "channel attention (double softmax) and its KL on hand-computed values "
+                              "(tests/test_feature_losses.py)")
 
 KD_CARD = MethodCard(
     method="logit KD (each generator's native student loss)",

@@ -23,6 +23,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import Tensor, nn
 
+from zsqbench.api.budgets import BudgetOverride
 from zsqbench.api.generator import Batch, Generator, Phase, TrainContext
 from zsqbench.api.options import PluginOptions
 from zsqbench.toolkit.augment import random_resized_crop_flip
@@ -116,3 +117,18 @@ class OfflineSetGenerator(Generator):
             self.calibration.load_state_dict(state["calibration"])
         elif "calibration" not in state:
             self.calibration = None
+
+
+def short_synthesis_overrides(generator: str, images: str, why: str) -> tuple[BudgetOverride, BudgetOverride]:
+    """The ``smoke`` and ``cpu`` presets of an offline-set method (HAST, ZeroQ + FT, IntraQ): a few
+    images in a few steps (seconds per trial), and 512 images in 4 batches of 100 steps (a few CPU
+    minutes), both at student lr 1e-6: their KD weight α·T² = 8000 on such short syntheses made
+    HAST's official 1e-5 diverge (measured), and ``why`` says so per method."""
+    return (
+        BudgetOverride(preset="smoke", generator=generator, optim={"student_lr": 1e-6},
+                       generator_options={"num_images": 16, "synthesis_batch": 8, "synthesis_iters": 3},
+                       note=f"a few images, a few synthesis steps: seconds per trial; lr 1e-6 ({why})"),
+        BudgetOverride(preset="cpu", generator=generator, optim={"student_lr": 1e-6},
+                       generator_options={"num_images": 512, "synthesis_batch": 128, "synthesis_iters": 100},
+                       note=f"512 {images}, 4 batches x 100 steps, a few CPU minutes; lr 1e-6 ({why})"),
+    )
