@@ -22,11 +22,12 @@ from zsqbench.api.hookspecs import PLUGIN_KINDS, hookimpl
 from zsqbench.api.losses import DistillationLoss, LogitLoss, LossInputs, NativeLosses, StudentObjective
 from zsqbench.api.models import Normalization, PretrainedWeights, TeacherModel
 from zsqbench.api.options import NoOptions, PluginOptions
-from zsqbench.api.quantizer import Quantizer
+from zsqbench.api.quantizer import IntegerActivation, IntegerGrid, IntegerLayer, IntegerWeight, Quantizer
 
 __all__ = [
     "PLUGIN_KINDS", "Batch", "BudgetOverride", "BudgetPreset", "DistillationLoss", "ExecuteJob", "Executor",
-    "FeatureTaps", "Generator", "JobOutcome", "LogitLoss", "LossInputs", "MethodCard", "NativeLosses",
+    "FeatureTaps", "Generator", "IntegerActivation", "IntegerGrid", "IntegerLayer", "IntegerWeight",
+    "JobOutcome", "LogitLoss", "LossInputs", "MethodCard", "NativeLosses",
     "NoOptions", "Normalization", "Phase", "PluginOptions", "PretrainedWeights", "PublishedNumber",
     "Quantizer", "StudentObjective", "StudentUpdate", "TeacherModel", "TrainContext", "TrialJob", "hookimpl",
 ]

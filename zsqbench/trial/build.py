@@ -41,6 +41,20 @@ class TrialParts:
         return [self.ctx.teacher, self.ctx.student, *self.generator.networks().values()]
 
 
+def build_student(spec: TrialSpec, plugins: Plugins, teacher: nn.Module, device: torch.device
+                  ) -> tuple[Quantizer, nn.Module]:
+    """The trial's quantizer and its student: a quantized copy of the (eval-mode) teacher, in eval mode.
+
+    What every user of a trial's student builds it with (training, analyses, ``zsqbench export``);
+    it draws nothing from the RNG, so building it first keeps the trial's numbers."""
+    quant_cls = plugins.quantizers.get(spec.quantizer.name)
+    quantizer = quant_cls(quant_cls.Options(**spec.quantizer.options))
+    student_fp = copy.deepcopy(teacher)
+    for p in student_fp.parameters():
+        p.requires_grad_(True)
+    return quantizer, quantizer.quantize(student_fp, spec.w_bits, spec.a_bits).to(device).eval()
+
+
 def build_trial_parts(
     spec: TrialSpec,
     plugins: Plugins,
@@ -52,12 +66,7 @@ def build_trial_parts(
 ) -> TrialParts:
     """Quantize a copy of the (eval-mode, frozen) teacher, build generator, objective and optimizer."""
     progress = progress or NullProgress()
-    quant_cls = plugins.quantizers.get(spec.quantizer.name)
-    quantizer = quant_cls(quant_cls.Options(**spec.quantizer.options))
-    student_fp = copy.deepcopy(teacher)
-    for p in student_fp.parameters():
-        p.requires_grad_(True)
-    student = quantizer.quantize(student_fp, spec.w_bits, spec.a_bits).to(device).eval()
+    quantizer, student = build_student(spec, plugins, teacher, device)
 
     gen_cls = plugins.generators.get(spec.generator.name)
     loss_cls = plugins.losses.get(spec.loss.name)
