@@ -14,6 +14,12 @@ logits more than 1e-3 apart and 1 prediction differed; at W8A8 (finer grid, more
 - the median image's largest |logit difference| exceeds ``TYPICAL_LOGIT_TOL`` × (1 + max |logit|):
   a systematic error moves every image, rounding moves a few.
 
+A model with BN folded (``--fold-bn``) is checked twice: its graph with ONNX Runtime's optimizations
+off (float kernels: both criteria, as above), and as ONNX Runtime runs it by default, with integer
+kernels that round the bias to int32 and requantize in fixed point: that run's numbers are the
+export's, and only its agreement is checked, since those kernels change every image's logits a
+little by design (measured: 99.37 % agreement at W8A8, 92.14 % at W4A4; README, "Deployment").
+
 The largest |logit difference| over all images is reported, not bounded: one flipped code moves the
 logits of its image by up to a grid step's effect, which is what a flip is.
 """
@@ -76,13 +82,14 @@ class Agreement:
     inexact_images: int  # images with some |difference| above 1e-3
     logit_scale: float  # max |student logit|
 
-    def failures(self, min_agreement: float = MIN_AGREEMENT) -> list[str]:
-        """Why the export does not reproduce the student (empty: it does)."""
+    def failures(self, min_agreement: float = MIN_AGREEMENT, systematic: bool = True) -> list[str]:
+        """Why the export does not reproduce the student (empty: it does). ``systematic=False`` skips
+        the median check: integer kernels round every image's arithmetic a little (see graph.py)."""
         problems = []
         if self.agreement < min_agreement:
             problems.append(f"predictions agree on {self.agreement:.3f} % of the images (< {min_agreement} %)")
         typical = TYPICAL_LOGIT_TOL * (1 + self.logit_scale)
-        if self.median_abs_logit_diff > typical:
+        if systematic and self.median_abs_logit_diff > typical:
             problems.append(f"the median image's logits differ by {self.median_abs_logit_diff:.3g} "
                             f"(> {typical:.3g}): a systematic difference, not rounding")
         return problems
