@@ -17,7 +17,7 @@ Graph edits with ``onnx.helper``/``numpy_helper`` follow. The Identity nodes the
 after initializers it deduplicated are removed. BatchNormalization stays a node of its own by default,
 as the student computes it (METHODS §1.1: BN is not folded): ONNX Runtime then reproduces the student
 to float rounding, but it runs every convolution in float (a DequantizeLinear'd weight, BN between the
-convolution and the next quantizer), so nothing is faster than FP32. ``fold_bn=True`` folds each BN
+convolution and the next quantizer), and the quantize/dequantize work comes on top: slower than FP32. ``fold_bn=True`` folds each BN
 that alone reads a convolution with a per-channel DequantizeLinear weight into that weight's scale
 and the convolution's bias (scale·a and bias·a + β − μ·a with a = γ/√(σ²+ε)): the integer codes are
 untouched, and a convolution whose output then goes straight to an activation quantizer has the
@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from zsqbench.api.quantizer import IntegerActivation, IntegerLayer, IntegerWeight
+from zsqbench.errors import UserError
 from zsqbench.export.mapping import OnnxQuant, onnx_quant
 
 OPSET = 17  # per-axis DequantizeLinear needs 13; 17 is read by every current runtime
@@ -156,9 +157,13 @@ def torch_export(model: nn.Module, example: Tensor) -> onnx.ModelProto:
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        torch.onnx.export(model.eval(), (example,), buf, dynamo=False, opset_version=OPSET,
-                          input_names=[INPUT], output_names=[OUTPUT], do_constant_folding=True,
-                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+        try:
+            torch.onnx.export(model.eval(), (example,), buf, dynamo=False, opset_version=OPSET,
+                              input_names=[INPUT], output_names=[OUTPUT], do_constant_folding=True,
+                              dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+        except (RuntimeError, torch.onnx.errors.OnnxExporterError) as exc:  # an operator ONNX lacks, say
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"PyTorch's ONNX exporter cannot export this network ({first})") from None
     return onnx.load_from_string(buf.getvalue())
 
 

@@ -36,7 +36,7 @@ from zsqbench.export.artifacts import (
     weights_npz,
     write_record,
 )
-from zsqbench.export.graph import build_fp_onnx, build_onnx, describe_graph, integer_view
+from zsqbench.export.graph import ExportedLayer, build_fp_onnx, build_onnx, describe_graph, integer_view
 from zsqbench.export.runtime import (
     MIN_AGREEMENT,
     TYPICAL_LOGIT_TOL,
@@ -49,7 +49,7 @@ from zsqbench.export.runtime import (
 )
 from zsqbench.files import file_digest
 from zsqbench.trial.build import build_student
-from zsqbench.trial.data import load_test_set
+from zsqbench.trial.data import TestSet, load_test_set
 from zsqbench.trial.environment import Environment
 from zsqbench.trial.folder import TrialFolder
 from zsqbench.trial.spec import TrialSpec
@@ -195,8 +195,9 @@ def export_trial(folder: TrialFolder, plugins: Plugins, env: Environment, settin
     return document
 
 
-def _document(spec: TrialSpec, result: dict[str, Any], folder: TrialFolder, test, teacher: LoadedTeacher,
-              model_bytes: bytes, fp_bytes: bytes, exported, folded: int, verification: dict[str, Any],
+def _document(spec: TrialSpec, result: dict[str, Any], folder: TrialFolder, test: TestSet, teacher: LoadedTeacher,
+              model_bytes: bytes, fp_bytes: bytes, exported: list[ExportedLayer], folded: int,
+              verification: dict[str, Any],
               settings: ExportSettings, ms: dict[str, float], batch: int) -> dict[str, Any]:
     """quantization.json: the model, its provenance, its verification, size, speed and every quantizer."""
     sizes = model_sizes(model_bytes, exported)
