@@ -16,7 +16,26 @@ from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from zsqbench.api import MethodCard, PluginOptions, QuantizedWeight, WeightCodeQuantizer, hookimpl
+from zsqbench.api import (
+    IntegerActivation,
+    IntegerGrid,
+    IntegerLayer,
+    IntegerWeight,
+    PluginOptions,
+    QuantizedWeight,
+    WeightCodeQuantizer,
+    hookimpl,
+)
+from zsqbench_plugins.quantizers.cards import UNIFORM_CARD
+
+
+def grid_of(lo: Tensor, hi: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """S and Z of the k-bit grid of [lo, hi] (METHODS §1.2), by the ops :func:`fake_quantize` uses."""
+    n = 2**bits - 1
+    half = 2 ** (bits - 1)
+    scale = n / torch.clamp(hi - lo, min=1e-8)
+    zero = torch.round(scale * lo) + half
+    return scale, zero
 
 
 def fake_quantize(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
@@ -24,12 +43,22 @@ def fake_quantize(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
 
     ``lo``/``hi`` broadcast against ``x``. No gradient: callers wrap it in the STE.
     """
-    n = 2**bits - 1
     half = 2 ** (bits - 1)
-    scale = n / torch.clamp(hi - lo, min=1e-8)
-    zero = torch.round(scale * lo) + half
+    scale, zero = grid_of(lo, hi, bits)
     q = torch.clamp(torch.round(scale * x - zero), -half, half - 1)
     return (q + zero) / scale
+
+
+def weight_grid(weight: Tensor, bits: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The integer form of :func:`quantize_weight`'s forward: codes q (int64) and the per-output-channel
+    S and Z (shape (C,)), so that ``(q + Z) / S`` is the fake-quantized weight, bit for bit."""
+    flat = weight.detach().flatten(1)
+    lo, hi = torch.aminmax(flat, dim=1)
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    half = 2 ** (bits - 1)
+    scale, zero = grid_of(lo.view(shape), hi.view(shape), bits)
+    q = torch.clamp(torch.round(scale * weight.detach() - zero), -half, half - 1)
+    return q.to(torch.int64), scale.flatten(), zero.flatten()
 
 
 def ste(x: Tensor, quantized: Tensor) -> Tensor:
@@ -270,24 +299,7 @@ class UniformOptions(PluginOptions):
 class UniformQuantizer(WeightCodeQuantizer):
     name = "uniform"
     description = "asymmetric uniform fake quantization: per-channel weights, per-tensor activations after ReLU, STE"
-    card = MethodCard(
-        method="asymmetric uniform quantizer (shared by GDFQ, AdaDFQ, HAST, AKT)",
-        paper="as vendored by every paper of the family (ZeroQ's quantization utilities)",
-        venue="ECCV 2020 – CVPR 2023 codebases",
-        code="amirgholami/ZeroQ (the common ancestor; vendored by GDFQ, AdaDFQ, HAST, AKT)",
-        commit="9715739",
-        code_license="GPL-3.0; never copied",
-        spec="METHODS.md §1",
-        differences=(
-            "the doubly bias-corrected range EMA (S1) is reproduced as the code runs it; range tracking and "
-            "freezing go through the quantizer's calibration state, not the epoch number",
-            "fused one-node fake quantization and STE: bit-identical to the reference formula, half-to-even ties "
-            "included (ste=reference keeps the reference's own ops)",
-        ),
-        verified=("grid, clamping and half-to-even ties on hand values; the range recurrence 1, 5.263, 17.85, "
-                  "≈ 3945 at the 21st update, 1.000 after 200; 19 activation and 22 weight quantizers in ResNet-20 "
-                  "(tests/test_quantizer.py)",),
-    )
+    card = UNIFORM_CARD
     Options = UniformOptions
 
     def quantize(self, model: nn.Module, w_bits: int, a_bits: int) -> nn.Module:
@@ -326,6 +338,22 @@ class UniformQuantizer(WeightCodeQuantizer):
                                "switch them through the quantizer (set_calibrating)")
         return flags == {True}
 
+    def integer_layers(self, student: nn.Module) -> list[IntegerLayer]:
+        """Every quantized weight (per output channel) and activation quantizer (per tensor, frozen
+        range) as an integer grid; the grids are computed by the forward pass's own ops."""
+        if self.is_calibrating(student):
+            raise RuntimeError("activation ranges are still being calibrated; freeze them (set_calibrating) first")
+        layers: list[IntegerLayer] = []
+        for path, module in student.named_modules():
+            if isinstance(module, (QuantConv2d, QuantLinear)):
+                codes, scale, zero = weight_grid(module.weight, module.w_bits)
+                plain = _plain_copy(module)
+                layers.append(IntegerWeight(path, plain, IntegerGrid(module.w_bits, scale, zero), codes))
+            elif isinstance(module, QuantAct):
+                scale, zero = grid_of(module.x_min.detach(), module.x_max.detach(), module.a_bits)
+                layers.append(IntegerActivation(path, IntegerGrid(module.a_bits, scale, zero)))
+        return layers
+
 
     def quantized_weights(self, student: nn.Module) -> list[QuantizedWeight]:
         """The weights of every QuantConv2d and QuantLinear (21 + 1 in ResNet-20), in module order."""
@@ -343,6 +371,23 @@ class UniformQuantizer(WeightCodeQuantizer):
         lo, hi = torch.aminmax(rows, dim=-1, keepdim=True)
         codes, _, _ = _codes_into(rows, lo, hi, bits)
         return codes.view(x.shape)
+
+
+
+
+def _plain_copy(module: nn.Module) -> nn.Module:
+    """The FP layer a quantized one was made from (same settings and parameters, no quantizer)."""
+    if isinstance(module, QuantConv2d):
+        plain: nn.Module = nn.Conv2d(
+            module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+            module.dilation, module.groups, module.bias is not None, module.padding_mode,
+            device=module.weight.device, dtype=module.weight.dtype,
+        )
+    else:
+        plain = nn.Linear(module.in_features, module.out_features, module.bias is not None,
+                          device=module.weight.device, dtype=module.weight.dtype)
+    plain.load_state_dict(module.state_dict())
+    return plain.eval()
 
 
 @hookimpl

@@ -14,15 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from zsqbench.analysis.hessian import fixed_generator_batch, trial_hessian_trace
-from zsqbench.api.models import TeacherModel
 from zsqbench.api.plugins import Plugins
 from zsqbench.bits import bits_label
 from zsqbench.errors import UserError
 from zsqbench.trial.build import build_trial_parts
 from zsqbench.trial.environment import Environment
 from zsqbench.trial.folder import TrialFolder
-from zsqbench.trial.spec import TeacherRef, TrialSpec
-from zsqbench.trial.teachers import UNPINNED, LoadedTeacher, load_teacher, select_checkpoint, sha256_of
+from zsqbench.trial.spec import TrialSpec
+from zsqbench.trial.teachers import trial_teacher
 from zsqbench.trial.trainer import seed_everything
 
 ANALYSIS = "hessian"
@@ -52,18 +51,6 @@ def find_trials(results: Path, ids: list[str] | None, filters: dict[str, str]) -
     if not chosen:
         raise UserError(f"no trial under {results} matches the given ids/filters; see `zsqbench status {results} --all`")
     return chosen
-
-
-def _teacher_for(folder: TrialFolder, spec: TrialSpec, entry: TeacherModel, env: Environment) -> LoadedTeacher:
-    """The trial's teacher: its spec's checkpoint (trials from before teacher ids: the one the data
-    root gives now); unpinned weights from the path the trial recorded, while it holds the same file."""
-    ref: TeacherRef = spec.teacher or select_checkpoint(entry, env.data_root, env.teacher_weights, env.offline)
-    weights = env.teacher_weights
-    if ref.tag == UNPINNED and folder.state == "done":
-        recorded = Path(folder.read_result()["teacher"]["path"])
-        if recorded.is_file() and f"sha256:{sha256_of(recorded)}" == ref.digest:
-            weights = recorded
-    return load_teacher(entry, ref, env.data_root, weights, env.offline)
 
 
 def analyse_hessian(
@@ -99,7 +86,7 @@ def analyse_hessian(
     todo = [e for e in wanted if str(e) not in by_epoch]
     if todo:
         entry = plugins.models.get(spec.model)
-        teacher = _teacher_for(folder, spec, entry, env).module.to(env.device).eval()
+        teacher = trial_teacher(folder, spec, entry, env).module.to(env.device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
         seed_everything(spec.seed)

@@ -24,12 +24,15 @@ from zsqbench.api.losses import KD_CE, DistillationLoss, LogitLoss, LossInputs, 
 from zsqbench.api.models import Normalization, PretrainedWeights, TeacherModel
 from zsqbench.api.optimizers import EpochAwareOptimizer
 from zsqbench.api.options import NoOptions, PluginOptions
-from zsqbench.api.quantizer import QuantizedWeight, Quantizer, WeightCodeQuantizer
+from zsqbench.api.quantizer import (
+    IntegerActivation, IntegerGrid, IntegerLayer, IntegerWeight, QuantizedWeight, Quantizer, WeightCodeQuantizer,
+)
 
 __all__ = [
     "KD_CE", "PLUGIN_KINDS", "Batch", "BudgetOverride", "BudgetPreset", "DistillationLoss",
-    "EpochAwareOptimizer", "ExecuteJob", "Executor", "FeatureTaps", "Generator", "JobOutcome", "LogitLoss",
-    "LossInputs", "MethodCard", "NativeLosses", "NoOptions", "Normalization", "Phase", "PluginOptions",
-    "PretrainedWeights", "PublishedNumber", "QuantizedWeight", "Quantizer", "StudentObjective",
-    "StudentUpdate", "TeacherModel", "TrainContext", "TrialJob", "WeightCodeQuantizer", "hookimpl",
+    "EpochAwareOptimizer", "ExecuteJob", "Executor", "FeatureTaps", "Generator", "IntegerActivation",
+    "IntegerGrid", "IntegerLayer", "IntegerWeight", "JobOutcome", "LogitLoss", "LossInputs", "MethodCard",
+    "NativeLosses", "NoOptions", "Normalization", "Phase", "PluginOptions", "PretrainedWeights",
+    "PublishedNumber", "QuantizedWeight", "Quantizer", "StudentObjective", "StudentUpdate", "TeacherModel",
+    "TrainContext", "TrialJob", "WeightCodeQuantizer", "hookimpl",
 ]

@@ -12,12 +12,53 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
+from typing import ClassVar, Iterator, Union
 
 from torch import Tensor, nn
 
 from zsqbench.api.cards import MethodCard
 from zsqbench.api.options import NoOptions, PluginOptions
+
+
+@dataclass(frozen=True)
+class IntegerGrid:
+    """A uniform k-bit grid in the form of METHODS §1.2: ``x̂ = (q + Z) / S`` with integer
+    ``q ∈ [−2^(k−1), 2^(k−1) − 1]``.
+
+    ``scale`` is S (a multiplier: real × S = integer) and ``zero`` is Z (float32 holding integers),
+    both float32, either 0-d (per tensor) or of shape (C,) (per output channel, axis 0). They are
+    the values the fake quantizer itself computes, so an exporter reproduces its grid exactly.
+    """
+
+    bits: int
+    scale: Tensor
+    zero: Tensor
+
+
+@dataclass(frozen=True)
+class IntegerWeight:
+    """A quantized weight: the module at ``path`` computes ``float_module`` with its weight
+    replaced by ``(codes + Z) / S`` (per output channel)."""
+
+    path: str
+    #: A plain ``nn.Conv2d`` / ``nn.Linear`` with the layer's settings and its FP parameters other
+    #: than the weight (the bias stays FP).
+    float_module: nn.Module
+    grid: IntegerGrid
+    #: q, int64, the weight's shape, inside [−2^(k−1), 2^(k−1) − 1].
+    codes: Tensor
+
+
+@dataclass(frozen=True)
+class IntegerActivation:
+    """A per-tensor activation quantizer: the module at ``path`` returns its input fake-quantized
+    on ``grid`` and does nothing else."""
+
+    path: str
+    grid: IntegerGrid
+
+
+IntegerLayer = Union[IntegerWeight, IntegerActivation]
 
 
 class Quantizer(ABC):
@@ -60,6 +101,15 @@ class Quantizer(ABC):
         finally:
             self.set_calibrating(student, previous)
 
+    def integer_layers(self, student: nn.Module) -> list[IntegerLayer]:
+        """The student's quantizers as integer grids, for ``zsqbench export`` (frozen ranges).
+
+        Optional: a quantizer that cannot describe its student this way is not exportable, and
+        ``zsqbench export`` says so. The exporter replaces each listed module and keeps every other
+        module as it is, so the list must cover every place where the student quantizes.
+        """
+        raise NotImplementedError(f"quantizer '{self.name}' does not describe its student as integer grids "
+                                  "(Quantizer.integer_layers), so its trials cannot be exported")
 
 @dataclass(frozen=True)
 class QuantizedWeight:

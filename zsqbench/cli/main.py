@@ -8,10 +8,13 @@ import sys
 import warnings
 
 from zsqbench import __version__
-from zsqbench.cli import analyze_cmd, bench_cmd, compare_cmd, leaderboard_cmd, plot_cmd, plugins_cmd, run_cmd, status_cmd
+from zsqbench.cli import (
+    analyze_cmd, bench_cmd, compare_cmd, export_cmd, leaderboard_cmd, plot_cmd, plugins_cmd, run_cmd, status_cmd,
+)
 from zsqbench.errors import UserError
 
-SUBCOMMANDS = (run_cmd, status_cmd, plugins_cmd, leaderboard_cmd, compare_cmd, plot_cmd, analyze_cmd, bench_cmd)
+SUBCOMMANDS = (run_cmd, status_cmd, plugins_cmd, leaderboard_cmd, compare_cmd, plot_cmd, analyze_cmd, bench_cmd,
+               export_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

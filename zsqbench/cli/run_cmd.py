@@ -73,6 +73,9 @@ def add_parser(sub) -> None:
     add_lease_timeout(p, "a trial whose worker sent no heartbeat for this long is taken over and resumed")
     p.add_argument("--yes", action="store_true", help="do not ask before starting a large grid")
     p.add_argument("--force", action="store_true", help="re-run trials that are already done (from scratch)")
+    p.add_argument("--export", metavar="FORMAT",
+                   help="export every finished trial (only 'onnx'), verified in ONNX Runtime, as `zsqbench export` "
+                        "does; fills the leaderboard's onnx_top1 (needs pip install 'zsqbench[export]')")
     p.add_argument("--dry-run", action="store_true", help="print the expanded grid and exit")
     p.add_argument("--json", action="store_true", help="print results (or the dry-run grid) as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
@@ -130,6 +133,11 @@ def execute(args: argparse.Namespace) -> int:
     values, source = build_request(args, plugins)
     executor_options = _split_executor_options(values, plugins.executors.names())
     plugins.executors.get(args.executor)  # unknown executor: one-line error before anything else
+    if args.export is not None:  # a bad format or a missing extra: refused before any trial runs
+        from zsqbench.export import check_format, require_export_extra
+
+        check_format(args.export)
+        require_export_extra()
     request = make_request(values, source)
     # A dry run plans on any machine (a login node has no GPU): only the data root and teacher matter.
     device = torch.device("cpu") if args.dry_run else resolve_device(args.device)
@@ -156,6 +164,7 @@ def execute(args: argparse.Namespace) -> int:
             max_parallel=args.max_parallel, force=args.force, retry_failed=args.retry_failed,
         )
     rows = report.done + report.skipped
+    export_failed = _export(rows, args, env, plugins, progress_quiet=args.quiet or args.json) if args.export else []
     if args.json:
         print(json.dumps({
             "results": [{k: r[k] for k in ("trial_id", "fp_top1", "ptq_top1", "top1_last", "top1_oracle", "wall_s")}
@@ -163,10 +172,29 @@ def execute(args: argparse.Namespace) -> int:
             "failed": [{"trial_id": t, "error": e} for t, e in report.failed],
             "left_failed": report.left_failed,
             "elsewhere": [{"trial_id": t, "reason": why} for t, why in report.elsewhere],
+            "export_failed": [{"trial_id": t, "error": e} for t, e in export_failed],
         }, indent=2))
     else:
         _print_results(rows, report, args.out)
-    return 1 if report.failed else 0
+    return 1 if report.failed or export_failed else 0
+
+
+def _export(rows: list[dict[str, Any]], args: argparse.Namespace, env: Environment, plugins,
+            progress_quiet: bool) -> list[tuple[str, str]]:
+    """Export the finished trials (on the CPU, where ONNX Runtime verifies them), then rebuild the
+    leaderboard so that it shows their onnx_top1."""
+    from zsqbench.export.trial_export import ExportSettings, export_all
+    from zsqbench.leaderboard.results_folder import rebuild_leaderboard
+    from zsqbench.trial.folder import TrialFolder
+
+    folders = [TrialFolder.of(args.out, r["run"], r["trial_id"]) for r in rows]
+    cpu_env = Environment(data_root=env.data_root, device=torch.device("cpu"), cache_dir=env.cache_dir,
+                          teacher_weights=env.teacher_weights, offline=env.offline)
+    failed = export_all(folders, plugins, cpu_env, ExportSettings(), force=args.force,
+                        report=(lambda text: None) if progress_quiet else (lambda t: out.print(t, highlight=False)))
+    if rows:
+        rebuild_leaderboard(args.out)
+    return failed
 
 
 SCHEDULE = ("epochs", "iters_per_epoch", "batch_size", "warmup_epochs", "lr_milestones")

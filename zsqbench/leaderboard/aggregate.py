@@ -53,6 +53,15 @@ def _ci95(values: pd.Series) -> float:
     return math.nan if half is None else round(half, ROUND)
 
 
+def _mean_if_all(group: pd.DataFrame, column: str) -> float:
+    """The mean of a column every trial of the row has (exported ones), else missing: a mean over the
+    exported seeds only would not be comparable with top1_last_mean."""
+    if column not in group.columns:
+        return math.nan
+    values = pd.to_numeric(group[column], errors="coerce")
+    return _mean(values) if values.notna().all() else math.nan
+
+
 def _precisions(group: pd.DataFrame) -> pd.Series:
     if "precision" not in group.columns:
         return pd.Series("fp32", index=group.index)
@@ -121,6 +130,7 @@ def _row(key: dict[str, Any], group: pd.DataFrame) -> dict[str, Any]:
         "top1_oracle_std": _std(group["top1_oracle"]),
         "fp_top1": _mean(group["fp_top1"]),
         "ptq_top1_mean": _mean(group["ptq_top1"]),
+        "onnx_top1_mean": _mean_if_all(group, "onnx_top1"),
         **{c: first[c] for c in BUDGET_SETTINGS},
         "ptq_only": bool(_ptq_only(group).iloc[0]),
         "precision": _precisions(group).iloc[0],

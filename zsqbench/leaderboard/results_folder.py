@@ -1,4 +1,5 @@
-"""The per-trial leaderboard of a results folder, rebuilt from its result.json files.
+"""The per-trial leaderboard of a results folder, rebuilt from its result.json files (and the
+records of verified ONNX exports beside them, for ``onnx_top1``).
 
 The result files are the truth; ``<results>/leaderboard.csv`` is a view of them, regenerated whole
 (never patched) under a lock and written atomically. Any number of workers may finish trials at
@@ -23,7 +24,7 @@ from zsqbench.errors import UserError
 from zsqbench.files import write_text_atomic
 from zsqbench.leaderboard.rows import result_row
 from zsqbench.leaderboard.schema import PER_TRIAL
-from zsqbench.trial.result_file import find_result_files, validate_result
+from zsqbench.trial.result_file import find_result_files, read_export_record, validate_result
 
 LEADERBOARD_NAME = "leaderboard.csv"
 LOCK_NAME = ".leaderboard.lock"
@@ -44,7 +45,7 @@ def trial_rows(results: Path) -> list[dict[str, Any]]:
     """One row per done trial under ``results``, in the order they finished."""
     if not Path(results).is_dir():
         raise UserError(f"results folder not found: {results}; pass the --out folder of `zsqbench run`")
-    rows = [result_row(_read_result(p)) for p in find_result_files(results)]
+    rows = [result_row(_read_result(p), read_export_record(p.parent)) for p in find_result_files(results)]
     return sorted(rows, key=lambda r: (str(r["finished_at"]), r["run"], r["trial_id"]))
 
 

@@ -14,7 +14,8 @@ def compute_fields(compute: dict[str, Any] | None) -> dict[str, Any]:
             "compile": bool(compute.get("compile")), "tf32": compute.get("tf32")}
 
 
-def result_row(result: dict[str, Any]) -> dict[str, Any]:
+def result_row(result: dict[str, Any], export: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``export``: the trial's verified export record (``export/onnx.json``), if it has one."""
     spec = result["spec"]
     budget = spec["budget"]
     row = {
@@ -38,6 +39,7 @@ def result_row(result: dict[str, Any]) -> dict[str, Any]:
         "ptq_top1": round(result["ptq_top1"], 2),
         "top1_last": round(result["top1_last"], 2),
         "top1_oracle": round(result["top1_oracle"], 2),
+        "onnx_top1": round(export["onnx_top1"], 2) if export else None,
         "wall_s": round(result["wall_s"], 1),
         "flags": ";".join(result.get("flags", [])),
         "device": result["device"],

@@ -51,6 +51,20 @@ def check_budget(gen_cls: type[Generator], spec: TrialSpec) -> None:
         raise UserError(problem)
 
 
+def build_student(spec: TrialSpec, plugins: Plugins, teacher: nn.Module, device: torch.device
+                  ) -> tuple[Quantizer, nn.Module]:
+    """The trial's quantizer and its student: a quantized copy of the (eval-mode) teacher, in eval mode.
+
+    What every user of a trial's student builds it with (training, analyses, ``zsqbench export``);
+    it draws nothing from the RNG, so building it first keeps the trial's numbers."""
+    quant_cls = plugins.quantizers.get(spec.quantizer.name)
+    quantizer = quant_cls(quant_cls.Options(**spec.quantizer.options))
+    student_fp = copy.deepcopy(teacher)
+    for p in student_fp.parameters():
+        p.requires_grad_(True)
+    return quantizer, quantizer.quantize(student_fp, spec.w_bits, spec.a_bits).to(device).eval()
+
+
 def build_trial_parts(
     spec: TrialSpec,
     plugins: Plugins,
@@ -65,12 +79,7 @@ def build_trial_parts(
     progress = progress or NullProgress()
     gen_cls = plugins.generators.get(spec.generator.name)
     check_budget(gen_cls, spec)
-    quant_cls = plugins.quantizers.get(spec.quantizer.name)
-    quantizer = quant_cls(quant_cls.Options(**spec.quantizer.options))
-    student_fp = copy.deepcopy(teacher)
-    for p in student_fp.parameters():
-        p.requires_grad_(True)
-    student = quantizer.quantize(student_fp, spec.w_bits, spec.a_bits).to(device).eval()
+    quantizer, student = build_student(spec, plugins, teacher, device)
 
     loss_cls = plugins.losses.get(spec.loss.name)
     ctx = TrainContext(

@@ -8,16 +8,20 @@ kept as written. Results of earlier versions validate (fields added since have d
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from zsqbench.errors import UserError, first_validation_error
+from zsqbench.files import file_digest
 
 RESULT_NAME = "result.json"
 #: Where result files sit in a results folder: ``<results>/<run>/<trial_id>/result.json``.
 RESULT_GLOB = f"*/*/{RESULT_NAME}"
+#: The summary a verified ``zsqbench export`` leaves in the trial folder (:mod:`zsqbench.export`).
+EXPORT_RECORD = "export/onnx.json"
 
 
 class _Open(BaseModel):
@@ -95,3 +99,20 @@ def validate_result(data: Any, path: Path) -> dict[str, Any]:
 
 def find_result_files(results: Path) -> list[Path]:
     return sorted(Path(results).glob(RESULT_GLOB))
+
+
+def read_export_record(trial_dir: Path) -> dict[str, Any] | None:
+    """The trial's verified ONNX export record, or None: when there is none, when it is unreadable
+    (an export is optional; the leaderboard shows an empty cell), or when it was made from an
+    earlier result of the trial (re-run since: its ``result_sha256`` no longer matches)."""
+    path = Path(trial_dir) / EXPORT_RECORD
+    result = Path(trial_dir) / RESULT_NAME
+    if not path.is_file() or not result.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(record, dict) or record.get("result_sha256") != file_digest(result):
+        return None
+    return record if isinstance(record.get("onnx_top1"), (int, float)) else None

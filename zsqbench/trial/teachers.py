@@ -19,6 +19,7 @@ import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -28,7 +29,11 @@ from zsqbench.errors import ChecksumError, DataNotFoundError, UserError
 from zsqbench.files import file_digest, write_bytes_atomic
 from zsqbench.trial.download import download
 from zsqbench.trial.progress import ProgressSink
-from zsqbench.trial.spec import TeacherRef
+from zsqbench.trial.spec import TeacherRef, TrialSpec
+
+if TYPE_CHECKING:
+    from zsqbench.trial.environment import Environment
+    from zsqbench.trial.folder import TrialFolder
 
 UNPINNED = "unpinned"
 
@@ -177,3 +182,16 @@ def load_teacher(entry: TeacherModel, ref: TeacherRef, data_root: Path, weights_
     _verify_pinned(w, path, sha)
     _load_state(module, path)
     return LoadedTeacher(module, w.tag, path, sha, w.normalization, w.expected_top1)
+
+
+def trial_teacher(folder: "TrialFolder", spec: TrialSpec, entry: TeacherModel, env: "Environment") -> LoadedTeacher:
+    """A trial's teacher, for rebuilding its student later (analyses, export): its spec's checkpoint
+    (trials from before teacher ids: the one the data root gives now); unpinned weights from the path
+    the trial recorded, while it holds the same file."""
+    ref: TeacherRef = spec.teacher or select_checkpoint(entry, env.data_root, env.teacher_weights, env.offline)
+    weights = env.teacher_weights
+    if ref.tag == UNPINNED and folder.state == "done":
+        recorded = Path(folder.read_result()["teacher"]["path"])
+        if recorded.is_file() and f"sha256:{sha256_of(recorded)}" == ref.digest:
+            weights = recorded
+    return load_teacher(entry, ref, env.data_root, weights, env.offline)

@@ -1,0 +1,269 @@
+"""A finished trial folder in, a verified ONNX model out (``zsqbench export``, ``run --export onnx``).
+
+The student is rebuilt the way every later user of a trial rebuilds it (the trial's teacher by
+:func:`~zsqbench.trial.teachers.trial_teacher`, the student by
+:func:`~zsqbench.trial.build.build_student`) and given the final weights and frozen activation
+ranges from ``checkpoint.pt`` (the state after the last epoch; its last snapshot when the checkpoint
+is gone). Everything that can be wrong with the input is checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+import zsqbench
+from zsqbench.api.plugins import Plugins
+from zsqbench.api.quantizer import Quantizer
+from zsqbench.errors import UserError
+from zsqbench.export.artifacts import (
+    MODEL,
+    WEIGHTS,
+    fp_sizes,
+    layer_entries,
+    model_sizes,
+    publish,
+    stage_file,
+    staging,
+    weights_npz,
+    write_record,
+)
+from zsqbench.export.graph import ExportedLayer, build_fp_onnx, build_onnx, describe_graph, integer_view
+from zsqbench.export.runtime import (
+    MIN_AGREEMENT,
+    TYPICAL_LOGIT_TOL,
+    compare,
+    latency,
+    onnx_logits,
+    runtime_kernels,
+    session,
+    torch_logits,
+)
+from zsqbench.files import file_digest
+from zsqbench.trial.build import build_student
+from zsqbench.trial.data import TestSet, load_test_set
+from zsqbench.trial.environment import Environment
+from zsqbench.trial.folder import TrialFolder
+from zsqbench.trial.spec import TrialSpec
+from zsqbench.trial.teachers import LoadedTeacher, trial_teacher
+
+CPU = torch.device("cpu")
+
+
+class ExportMismatch(Exception):
+    """The exported model does not reproduce the student within tolerance (nothing was written)."""
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    out: Path | None = None  # default: <trial>/export/onnx
+    fold_bn: bool = False
+    npz: bool = False
+    threads: int = 1  # ONNX Runtime threads, for verification and latency alike
+    latency_batch: int = 100
+    latency_runs: int = 20
+    min_agreement: float = MIN_AGREEMENT
+
+
+def resolve_trial(trial: str, results: Path) -> TrialFolder:
+    """A trial folder (a path holding spec.json) or a trial id (or prefix) under ``results``."""
+    path = Path(trial)
+    if (path / TrialFolder.SPEC).is_file():
+        return TrialFolder(path)
+    if path.is_dir():
+        raise UserError(f"{path} is not a trial folder (no {TrialFolder.SPEC}); pass a trial folder or a trial id")
+    matches = [f for f in TrialFolder.find(results) if f.trial_id.startswith(trial)]
+    if not matches:
+        raise UserError(f"no trial '{trial}' under {results}; see `zsqbench status {results} --all` (or pass --results)")
+    if len(matches) > 1:
+        names = ", ".join(f"{f.run}/{f.trial_id}" for f in matches[:4])
+        raise UserError(f"'{trial}' matches {len(matches)} trials under {results} ({names}); pass the trial folder")
+    return matches[0]
+
+
+def check_done(folder: TrialFolder) -> None:
+    """Only a finished trial has a student to export."""
+    state = folder.state
+    if state == "done":
+        return
+    if state == "failed":
+        error = folder.read_error()
+        what = "diverged" if error.get("status") == "diverged" else "failed"
+        reason = str(error.get("error", "")).splitlines()[0][:160] if error.get("error") else "see error.json"
+        raise UserError(f"trial {folder.trial_id} {what} ({reason}); it has no finished student to export")
+    raise UserError(f"trial {folder.trial_id} is not done ({state}); finish it with `zsqbench run` first")
+
+
+def _final_weights(folder: TrialFolder, spec: TrialSpec) -> dict[str, torch.Tensor]:
+    last = spec.budget.epochs - 1
+    state = folder.load_checkpoint(spec.trial_id)  # a corrupt one: UserError
+    if state is not None:
+        if state.get("epoch") != last or "student" not in state:
+            raise UserError(f"checkpoint of trial {folder.trial_id} holds epoch {state.get('epoch')}, not its last "
+                            f"({last}); re-run the trial")
+        return state["student"]
+    if last not in folder.snapshot_epochs():
+        raise UserError(f"trial {folder.trial_id} has neither {TrialFolder.CHECKPOINT} nor a snapshot of its last "
+                        "epoch; its student is gone")
+    try:
+        return folder.load_snapshot(last, CPU)
+    except Exception as exc:
+        raise UserError(f"corrupt snapshot {folder.snapshot_path(last)} ({type(exc).__name__})") from None
+
+
+def load_student(folder: TrialFolder, spec: TrialSpec, plugins: Plugins, env: Environment
+                 ) -> tuple[Quantizer, nn.Module, LoadedTeacher]:
+    """The trial's final student on the CPU, activation ranges frozen, and its teacher."""
+    weights = _final_weights(folder, spec)
+    teacher = trial_teacher(folder, spec, plugins.models.get(spec.model), env)
+    teacher.module.to(CPU).eval()
+    quantizer, student = build_student(spec, plugins, teacher.module, CPU)
+    try:
+        student.load_state_dict(weights)
+    except (RuntimeError, TypeError, KeyError) as exc:
+        raise UserError(f"the student saved in trial {folder.trial_id} does not fit its spec "
+                        f"({str(exc).splitlines()[0][:120]}); the folder is corrupt") from None
+    quantizer.set_calibrating(student, False)
+    for p in student.parameters():
+        p.requires_grad_(False)
+    return quantizer, student, teacher
+
+
+def export_trial(folder: TrialFolder, plugins: Plugins, env: Environment, settings: ExportSettings,
+                 report: Callable[[str], None] = lambda text: None) -> dict[str, Any]:
+    """Export, verify and write one trial; returns quantization.json's content.
+
+    Raises :class:`UserError` for bad input (nothing written) and :class:`ExportMismatch` when ONNX
+    Runtime does not reproduce the student (the staged files are removed)."""
+    check_done(folder)
+    spec, result = folder.read_spec(), folder.read_result()
+    quantizer, student, teacher = load_student(folder, spec, plugins, env)
+    try:
+        layers = quantizer.integer_layers(student)
+    except NotImplementedError as exc:
+        raise UserError(str(exc)) from None
+    test = load_test_set(spec.dataset, env.data_root, offline=env.offline)
+    inputs = test.normalized(teacher.normalization)
+    view, exported = integer_view(student, layers)
+    metadata = {"zsqbench.trial_id": spec.trial_id, "zsqbench.bits": spec.bits_label,
+                "zsqbench.teacher_sha256": teacher.sha256, "zsqbench.version": zsqbench.__version__}
+    model_bytes, folded = build_onnx(view, inputs[:2], metadata, fold_bn=settings.fold_bn)
+    fp_bytes = build_fp_onnx(teacher.module, inputs[:2])
+    out_dir = Path(settings.out) if settings.out else folder.path / "export" / "onnx"
+    batch = env.eval_batch_size
+    with staging(out_dir) as stage:
+        names = [MODEL]
+        model_path = stage_file(stage, MODEL, model_bytes)
+        if settings.npz:
+            stage_file(stage, WEIGHTS, weights_npz(exported))
+            names.append(WEIGHTS)
+        report(f"verifying {spec.trial_id} ({spec.bits_label}) on {len(inputs)} test images in ONNX Runtime")
+        sess = session(model_path, settings.threads)
+        student_out = torch_logits(student, inputs, batch)
+        agreement = compare(onnx_logits(sess, inputs, batch), student_out, test.labels)
+        problems = agreement.failures(settings.min_agreement, systematic=not settings.fold_bn)
+        verification = agreement.to_dict()
+        if settings.fold_bn:  # the folded graph itself, in float kernels: held to the default tolerance
+            graph_only = compare(onnx_logits(session(model_path, settings.threads, optimize=False), inputs, batch),
+                                 student_out, test.labels)
+            problems += [f"without runtime fusions, {p}" for p in graph_only.failures(settings.min_agreement)]
+            verification["graph_without_runtime_fusions"] = graph_only.to_dict()
+        if problems:
+            raise ExportMismatch(f"the ONNX model does not reproduce trial {spec.trial_id}'s student: "
+                                 f"{'; '.join(problems)}; nothing was written")
+        fp_sess = session(fp_bytes, settings.threads)
+        sample = inputs[: max(1, settings.latency_batch)].numpy()
+        ms = latency({"student": sess, "fp32_teacher": fp_sess}, sample, settings.latency_runs)
+        document = _document(spec, result, folder, test, teacher, model_bytes, fp_bytes, exported, folded,
+                             verification, settings, ms, len(sample))
+        publish(stage, out_dir, document, names)
+    write_record(folder.path, {
+        "format": "onnx", "trial_id": spec.trial_id, "result_sha256": document["trial"]["result_sha256"],
+        "out": str(out_dir.resolve()), "model_sha256": document["model"]["sha256"],
+        "onnx_top1": agreement.onnx_top1, "student_top1": agreement.student_top1, "agreement": agreement.agreement,
+        "max_abs_logit_diff": agreement.max_abs_logit_diff, "fold_bn": settings.fold_bn,
+        "exported_at": document["exported_at"],
+    })
+    return document
+
+
+def _document(spec: TrialSpec, result: dict[str, Any], folder: TrialFolder, test: TestSet, teacher: LoadedTeacher,
+              model_bytes: bytes, fp_bytes: bytes, exported: list[ExportedLayer], folded: int,
+              verification: dict[str, Any],
+              settings: ExportSettings, ms: dict[str, float], batch: int) -> dict[str, Any]:
+    """quantization.json: the model, its provenance, its verification, size, speed and every quantizer."""
+    sizes = model_sizes(model_bytes, exported)
+    fp = fp_sizes(fp_bytes)
+    return {
+        "format": "onnx",
+        "model": {
+            "file": MODEL, "sha256": hashlib.sha256(model_bytes).hexdigest(), **describe_graph(model_bytes),
+            "input": "normalized images, NCHW float32 (mean/std below), any batch size",
+            "normalization": {"mean": teacher.normalization.mean, "std": teacher.normalization.std},
+            "batchnorm": (f"{folded} BN layers folded into their convolution's DequantizeLinear scale (times "
+                          "gamma/sqrt(var+eps); the codes are unchanged) and bias" if settings.fold_bn
+                          else "kept as separate BatchNormalization nodes, as the student computes them"),
+            "mapping": "x_hat = (q + Z)/S (METHODS 1.2) = (c - zero_point)*scale with scale = 1/S, c = q + offset, "
+                       "zero_point = offset - Z (zsqbench/export/mapping.py)",
+        },
+        "trial": {
+            "trial_id": spec.trial_id, "spec_hash": spec.trial_id, "run": folder.run, "spec": result["spec"],
+            "teacher": {"weights": result["teacher"]["weights"], "sha256": result["teacher"]["sha256"]},
+            "data_sha256": result["data"]["sha256"], "fp_top1": result["fp_top1"], "ptq_top1": result["ptq_top1"],
+            "top1_last": result["top1_last"], "device": result["device"],
+            "result_sha256": file_digest(folder.file(TrialFolder.RESULT)),
+        },
+        "verification": {
+            **verification, "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
+            "threads": settings.threads, "test_set": {"path": str(test.path), "sha256": test.sha256,
+                                                      "same_as_trial": test.sha256 == result["data"]["sha256"]},
+            "tolerance": {"min_agreement_percent": settings.min_agreement,
+                          "median_logit_diff_max": (f"{TYPICAL_LOGIT_TOL} * (1 + logit_scale)" if not settings.fold_bn
+                                                    else "not applied to integer kernels (fold_bn)"),
+                          "why": "see zsqbench/export/runtime.py: rounding moves a few images by one code, "
+                                 "a wrong export moves all of them"},
+        },
+        "size": {**sizes, "fp32_teacher_tensor_bytes": fp["tensor_bytes"], "fp32_teacher_file_bytes": fp["file_bytes"],
+                 "compression_at_bits": round(fp["tensor_bytes"] / sizes["true_bits_bytes"], 2),
+                 "compression_stored": round(fp["file_bytes"] / sizes["file_bytes"], 2)},
+        "latency": {"batch": batch, "runs": settings.latency_runs, "threads": settings.threads,
+                    "ms_per_batch": ms, "student_over_fp32": round(ms["student"] / ms["fp32_teacher"], 3),
+                    "note": "median of interleaved runs in one process, same session options"},
+        "runtime_kernels": {"student": runtime_kernels(model_bytes, settings.threads),
+                            "fp32_teacher": runtime_kernels(fp_bytes, settings.threads)},
+        "layers": layer_entries(exported),
+        "versions": {"zsqbench": zsqbench.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                     "onnxruntime": ort.__version__},
+        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def export_all(folders: list[TrialFolder], plugins: Plugins, env: Environment, settings: ExportSettings,
+               report: Callable[[str], None] = lambda text: None, force: bool = False) -> list[tuple[str, str]]:
+    """``run --export onnx``: export each finished trial that has no verified export of its current
+    result yet (``force``: all of them). A trial that cannot be exported or fails verification is
+    reported and the others go on; returns (trial id, why) of those."""
+    from zsqbench.trial.result_file import read_export_record
+
+    failed = []
+    for folder in folders:
+        if not force and read_export_record(folder.path) is not None:
+            continue
+        try:
+            document = export_trial(folder, plugins, env, settings, report)
+        except (UserError, ExportMismatch) as exc:
+            failed.append((folder.trial_id, str(exc)))
+            report(f"export of {folder.trial_id} failed: {exc}")
+            continue
+        v = document["verification"]
+        report(f"exported {folder.trial_id}: ONNX top-1 {v['onnx_top1']:.2f} % (student {v['student_top1']:.2f} %, "
+               f"agreement {v['agreement']:.2f} %)")
+    return failed
