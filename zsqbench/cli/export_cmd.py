@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--latency-batch", type=int, default=100, help="images per batch in the latency measurement (default 100)")
     p.add_argument("--latency-runs", type=int, default=20, help="timed runs per model (default 20)")
     p.add_argument("--min-agreement", type=float, default=None,
-                   help="percent of predictions that must agree with the student (default 99.9)")
+                   help="percent of predictions that must agree with the student (default 99.5)")
     p.add_argument("--data-root", help="folder with the test sets and weights/ (default: $ZSQBENCH_DATA)")
     p.add_argument("--teacher-weights", type=Path, help="teacher weights file, if the trial's recorded one is not available")
     p.add_argument("--json", action="store_true", help="print quantization.json's summary as JSON")

@@ -7,10 +7,11 @@ of (q + Z)/S, and QuantizeLinear rounds fl(x/scale) where the student rounds fl(
 boundary (m + ½) takes the neighbouring code, one grid step away, and that step propagates to the
 logits of its image. Measured on ResNet-20 W4A4 over the CIFAR-10 test set: 27 of 10,000 images had
 logits more than 1e-3 apart and 1 prediction differed; at W8A8 (finer grid, more boundaries) 4,037 and
-8. PyTorch against itself (channels-last vs NCHW) showed 5 and 1, 898 and 1. So the export fails when:
+8; a CPU-preset AdaDFQ+AKT W4A4 student, 17 predictions. PyTorch against itself (channels-last vs NCHW)
+showed 5 and 1, 898 and 1. So the export fails when:
 
 - fewer than ``MIN_AGREEMENT`` % of the predictions agree (a wrong scale, zero point, range or layer
-  changes far more than 0.1 % of them), or
+  changes far more than 0.5 % of them), or
 - the median image's largest |logit difference| exceeds ``TYPICAL_LOGIT_TOL`` × (1 + max |logit|):
   a systematic error moves every image, rounding moves a few.
 
@@ -41,7 +42,11 @@ from torch import Tensor, nn
 
 from zsqbench.export.graph import INPUT
 
-MIN_AGREEMENT = 99.9  # percent of images whose predicted class is the same
+#: Percent of images whose predicted class must be the same. 99.5, not 99.9: a CPU-preset AdaDFQ+AKT W4A4
+#: student agreed on 99.83 % of CIFAR-10 (17 of 10,000 images, top-1 87.74 vs 87.77) and a W8A8 one on
+#: 99.90 %, all from rounding ties; a wrong scale, zero point or layer changes far more (and moves the
+#: median image's logits, the second criterion).
+MIN_AGREEMENT = 99.5
 TYPICAL_LOGIT_TOL = 1e-4  # times (1 + max |student logit|), for the median image
 
 
