@@ -31,7 +31,7 @@ from zsqbench.leaderboard.views import (
 )
 
 PER_TRIAL_SHOWN = ["trial_id", "model", "generator", "loss", "w_bits", "a_bits", "seed", "budget", "ptq_only",
-                   "fp_top1", "ptq_top1", "top1_last", "top1_oracle", "wall_s"]
+                   "fp_top1", "ptq_top1", "top1_last", "top1_oracle", "onnx_top1", "wall_s"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
