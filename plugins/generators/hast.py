@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from zsqbench.api import (
     Batch, BudgetOverride, LossInputs, NativeLosses, Phase, PluginOptions, StudentObjective, StudentUpdate,
-    TrainContext, hookimpl,
+    TrainContext, generator_hooks,
 )
 from zsqbench.errors import UserError
 from zsqbench.toolkit.augment import random_resized_crop_flip  # noqa: F401  (HAST's augmentation, imported from here by older code)
@@ -201,11 +201,6 @@ class HAST(OfflineSetGenerator):
         return NativeLosses(logit=logit, objective=HASTObjective(logit, self.lambda_fa, self.fa_taps))
 
 
-@hookimpl
-def register_generators(register) -> None:
-    register(HAST)
-
-
 # HAST synthesizes a handful of images with a few steps under ``smoke`` and 512 under ``cpu``
 # (paper: 5,120 in 20 x 1000), so those trials stay short; the set is cached and shared by every
 # trial with the same teacher and seed. Its KD weight is α·T² = 8000: with these short syntheses
@@ -219,7 +214,4 @@ BUDGET_OVERRIDES = (
 )
 
 
-@hookimpl
-def register_budget_overrides(register) -> None:
-    for override in BUDGET_OVERRIDES:
-        register(override)
+register_generators, register_budget_overrides = generator_hooks(HAST, BUDGET_OVERRIDES)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from pydantic import Field
 from torch import Tensor
 
-from zsqbench.api import BudgetOverride, NativeLosses, PluginOptions, TrainContext, hookimpl
+from zsqbench.api import BudgetOverride, NativeLosses, PluginOptions, TrainContext, generator_hooks
 from zsqbench.errors import UserError
 from zsqbench.toolkit.augment import crop_flip
 from zsqbench.toolkit.logits import LogitObjective, ScaledKD
@@ -108,11 +108,6 @@ class IntraQ(OfflineSetGenerator):
         return NativeLosses(logit=logit, objective=LogitObjective(logit))
 
 
-@hookimpl
-def register_generators(register) -> None:
-    register(IntraQ)
-
-
 # IntraQ's fine-tuning (§4.4): 151 epochs (4 calibration) at batch 256, lr 1e-4 x0.1 at 20/40/60.
 # Smoke and cpu shrink the synthesis as HAST's presets do and train at lr 1e-6: with the KD weight
 # 8000 on short syntheses the paper lr trips the divergence guard (§8, IQ8), as it did for HAST.
@@ -124,7 +119,4 @@ BUDGET_OVERRIDES = (
 )
 
 
-@hookimpl
-def register_budget_overrides(register) -> None:
-    for override in BUDGET_OVERRIDES:
-        register(override)
+register_generators, register_budget_overrides = generator_hooks(IntraQ, BUDGET_OVERRIDES)

@@ -34,7 +34,7 @@ from pydantic import Field
 from torch import Tensor
 from torch.nn import functional as F
 
-from zsqbench.api import Batch, BudgetOverride, NativeLosses, Phase, PluginOptions, TrainContext, hookimpl
+from zsqbench.api import Batch, BudgetOverride, NativeLosses, Phase, PluginOptions, TrainContext, generator_hooks
 from zsqbench.toolkit.bn_stats import ZEROQ, BNStatsLoss
 from zsqbench.toolkit.augment import crop_flip
 from zsqbench.toolkit.logits import LogitObjective, ScaledKD
@@ -197,11 +197,6 @@ class ZeroQ(OfflineSetGenerator):
         return NativeLosses(logit=logit, objective=LogitObjective(logit))
 
 
-@hookimpl
-def register_generators(register) -> None:
-    register(ZeroQ)
-
-
 # The fine-tuning variants share IntraQ's pipeline (§2.6, §4.4): 151 epochs at batch 256, lr 1e-4
 # x0.1 at 20/40/60, after a 5,120-image synthesis. Its KD weight is 8000, like HAST's; on the short
 # syntheses of smoke and cpu the student lr is 1e-6, the value that kept HAST stable there (§8).
@@ -215,7 +210,4 @@ BUDGET_OVERRIDES = (
 )
 
 
-@hookimpl
-def register_budget_overrides(register) -> None:
-    for override in BUDGET_OVERRIDES:
-        register(override)
+register_generators, register_budget_overrides = generator_hooks(ZeroQ, BUDGET_OVERRIDES)

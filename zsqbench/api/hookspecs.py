@@ -71,3 +71,20 @@ def _registration_hook(kind: PluginKind) -> Callable[..., None]:
 for _kind in PLUGIN_KINDS:
     globals()[_kind.hook_name] = _registration_hook(_kind)
 del _kind
+
+
+def generator_hooks(generator: type, overrides: tuple[BudgetOverride, ...] = ()) -> tuple[Callable[..., None],
+                                                                                          Callable[..., None]]:
+    """The two hooks of a module that provides one generator and its budget overrides; the module
+    assigns them: ``register_generators, register_budget_overrides = generator_hooks(MyGen, OVERRIDES)``."""
+
+    @hookimpl
+    def register_generators(register: Callable[[Any], None]) -> None:
+        register(generator)
+
+    @hookimpl
+    def register_budget_overrides(register: Callable[[Any], None]) -> None:
+        for override in overrides:
+            register(override)
+
+    return register_generators, register_budget_overrides
