@@ -81,6 +81,11 @@ def execute(args: argparse.Namespace) -> int:
               highlight=False, soft_wrap=True)
     out.print(f"  training step  {r['step_s'] * 1e3:10.1f} ms  (median of {r['iters']})", highlight=False)
     out.print(f"  bare passes    {r['bare_s'] * 1e3:10.1f} ms  -> overhead x{r['overhead']:.2f}", highlight=False)
+    kernels = f", {r['kernels_per_step']} kernel launches" if r["kernels_per_step"] is not None else ""
+    share = r["outside_conv_share"]
+    out.print(f"  operator calls {r['ops_per_step']:10d}{kernels}; "
+              + (f"{share:.0%} of the step's time outside convolutions" if share is not None else ""),
+              highlight=False)
     out.print(f"  eval student   {r['eval_s']:10.2f} s", highlight=False)
     out.print(f"  eval teacher   {r['fp_eval_s']:10.2f} s   -> ratio x{r['eval_ratio']:.2f}", highlight=False)
     out.print(f"  peak memory    {r['peak_mem_mb']:10.0f} MiB", highlight=False)

@@ -17,6 +17,8 @@ dominate. This module measures it directly, in one process and interleaved:
   The bare passes always run eagerly (never compiled), so ``--compile`` shows up as a
   lower overhead.
 * ``overhead = step_s / bare_s``: how many bare iterations one real iteration costs.
+* ``ops_per_step``, ``kernels_per_step`` (CUDA), ``outside_conv_share``: one more training step,
+  profiled (:mod:`zsqbench.trial.op_profile`): where the overhead comes from at small batches.
 * ``eval_s`` / ``fp_eval_s``: one evaluation pass (``zsqbench.trial.evaluate.top1``, inference
   mode) over ``eval_images`` random test-sized images for the quantized student and the FP
   teacher; ``eval_ratio = eval_s / fp_eval_s``.
@@ -51,6 +53,7 @@ from zsqbench.trial.build import build_trial_parts
 from zsqbench.trial.environment import resolve_device
 from zsqbench.trial.evaluate import top1
 from zsqbench.trial.monitor import EpochStats
+from zsqbench.trial.op_profile import profile_step
 from zsqbench.trial.spec import Budget, PluginChoice, TrialSpec
 from zsqbench.trial.speed import ComputeSettings, apply_compute_settings, tune_cpu_allocator
 from zsqbench.trial.step import epoch_context, iterate
@@ -64,7 +67,7 @@ SETUP_OPTIONS: dict[str, Callable[[int], dict[str, Any]]] = {
 
 #: The keys of the ``--json`` object, in order.
 JSON_KEYS = (
-    "step_s", "bare_s", "overhead", "eval_s", "fp_eval_s", "eval_ratio", "peak_mem_mb",
+    "step_s", "bare_s", "overhead", "ops_per_step", "kernels_per_step", "outside_conv_share", "eval_s", "fp_eval_s", "eval_ratio", "peak_mem_mb",
     "generator", "loss", "bits", "batch_size", "device", "device_name", "threads",
     "precision", "channels_last", "compile", "tf32", "iters", "options", "torch",
 )
@@ -246,6 +249,7 @@ def run_bench(config: BenchConfig, plugins: Plugins | None = None) -> dict[str, 
                 else:
                     bares.append(session.timed(session.bare))
                     steps.append(session.timed(session.step))
+            ops = profile_step(session.step, session.device, session.sync)  # one more step, profiled
         warm = min(config.eval_batch_size, config.eval_images)
         session.eval_student(warm)  # first-call costs (allocator, cuDNN, compilation) out of the timing
         session.eval_teacher(warm)
@@ -257,6 +261,7 @@ def run_bench(config: BenchConfig, plugins: Plugins | None = None) -> dict[str, 
             "step_s": step_s,
             "bare_s": bare_s,
             "overhead": step_s / bare_s,
+            **ops,
             "eval_s": eval_s,
             "fp_eval_s": fp_eval_s,
             "eval_ratio": eval_s / fp_eval_s,
