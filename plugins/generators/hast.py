@@ -38,7 +38,7 @@ from zsqbench.api import (
 from zsqbench.errors import UserError
 from zsqbench.toolkit.augment import random_resized_crop_flip  # noqa: F401  (HAST's augmentation, imported from here by older code)
 from zsqbench.toolkit.logits import kd_kl
-from zsqbench.toolkit.offline import OfflineSetGenerator, short_synthesis_overrides
+from zsqbench.toolkit.offline import OfflineSetGenerator, OfflineSetOptions, short_synthesis_overrides
 from zsqbench_plugins.generators.hast_synthesis import SyntheticSet
 from zsqbench_plugins.generators.cards import HAST_CARD
 
@@ -47,7 +47,7 @@ HOCON_HPARAMS: dict[str, tuple[float, float]] = {"cifar10": (1000.0, 0.01), "cif
 CODE_HPARAMS: tuple[float, float] = (1000.0, 0.01)
 
 
-class HASTOptions(PluginOptions):
+class HASTOptions(OfflineSetOptions):
     """Defaults are the reference code's (METHODS §6.4). The synthesis size is an option, not a
     budget field; the smoke and cpu presets shrink it through their ``generator_options``."""
 
@@ -71,12 +71,6 @@ class HASTOptions(PluginOptions):
     groups: int = Field(4, ge=1, description="informational: the reference ran the synthesis as 4 separate jobs")
     hardness_beta: float = Field(10.0, ge=0, description="β of the focal hardness loss β·mean((1-p)^γ·CE)")
     hardness_gamma: float = Field(2.0, ge=0, description="γ of the focal hardness loss")
-    synthesis_seed: int | None = Field(
-        None, ge=0, description="seed of the synthesis (None: the trial seed); set it to share one set across seeds"
-    )
-    # range calibration with a GDFQ generator (METHODS §6.2)
-    calibration_batch: int = Field(16, ge=1, description="batch of the calibration generator (hard-coded 16: H5)")
-    calibration_bns_weight: float = Field(0.1, ge=0, description="BNS weight of the calibration generator's loss")
 
 
 # ------------------------------------------------------------------------------ losses

@@ -102,7 +102,7 @@ class SyntheticSet:
             "lr": o.synthesis_lr,
             "plateau": PLATEAU,
             "hardness": [o.hardness_beta, o.hardness_gamma],
-            "seed": ctx.spec.seed if o.synthesis_seed is None else o.synthesis_seed,
+            "seed": o.seed_for(ctx.spec.seed),
         }
 
     def cache(self) -> TensorCache:

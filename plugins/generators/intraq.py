@@ -26,7 +26,7 @@ from zsqbench.api import BudgetOverride, NativeLosses, PluginOptions, TrainConte
 from zsqbench.errors import UserError
 from zsqbench.toolkit.augment import crop_flip
 from zsqbench.toolkit.logits import LogitObjective, ScaledKD
-from zsqbench.toolkit.offline import OfflineSetGenerator, short_synthesis_overrides
+from zsqbench.toolkit.offline import OfflineSetGenerator, OfflineSetOptions, short_synthesis_overrides
 from zsqbench_plugins.generators.intraq_synthesis import IntraQSet
 from zsqbench_plugins.generators.cards import INTRAQ_CARD
 
@@ -35,7 +35,7 @@ DATASET_CONSTANTS: dict[str, tuple[float, float, float]] = {"cifar10": (0.95, 0.
                                                              "cifar100": (0.6, 0.02, 1.0)}
 
 
-class IntraQOptions(PluginOptions):
+class IntraQOptions(OfflineSetOptions):
     """Defaults are IntraQ's code for CIFAR (§4.4); None takes the dataset's value."""
 
     num_images: int = Field(5120, ge=1, description="size of the synthetic set (code: 4 groups x 5 batches x 256)")
@@ -51,14 +51,9 @@ class IntraQOptions(PluginOptions):
     lor_p: float = Field(0.5, ge=0, le=1, description="probability per iteration that the batch is crop-augmented")
     lor_min_area: float = Field(0.5, gt=0, le=1, description="smallest crop area fraction of LOR")
     taps: str = Field("penultimate", description="the model's tap set whose (single) map MDC compares")
-    synthesis_seed: int | None = Field(
-        None, ge=0, description="seed of the synthesis (None: the trial seed); set it to share one set across seeds"
-    )
     kd_alpha: float = Field(20.0, ge=0, description="α in α·T²·KL_batchmean")
     temperature: float = Field(20.0, gt=0, description="KD temperature T")
     ce_weight: float = Field(1.0, ge=0, description="weight of CE(student, stored label) in the student loss")
-    calibration_batch: int = Field(16, ge=1, description="batch of the GDFQ calibration generator")
-    calibration_bns_weight: float = Field(0.1, ge=0, description="BNS weight of the calibration generator's loss")
 
 
 def resolve_constants(options: IntraQOptions, dataset: str) -> tuple[float, float, float]:

@@ -94,7 +94,7 @@ class IntraQSet(PixelSet):
 
     def __init__(self, ctx: TrainContext, options: Any, eps_sil: float, lower: float, upper: float,
                  tap: str) -> None:
-        seed = ctx.spec.seed if options.synthesis_seed is None else options.synthesis_seed
+        seed = options.seed_for(ctx.spec.seed)
         super().__init__(ctx, options.num_images, options.synthesis_batch, options.synthesis_iters, seed)
         self.options = options
         self.eps_sil, self.lower, self.upper, self.tap = eps_sil, lower, upper, tap

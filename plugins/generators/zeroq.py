@@ -38,7 +38,7 @@ from zsqbench.api import Batch, BudgetOverride, NativeLosses, Phase, PluginOptio
 from zsqbench.toolkit.bn_stats import ZEROQ, BNStatsLoss
 from zsqbench.toolkit.augment import crop_flip
 from zsqbench.toolkit.logits import LogitObjective, ScaledKD
-from zsqbench.toolkit.offline import OfflineSetGenerator, short_synthesis_overrides
+from zsqbench.toolkit.offline import OfflineSetGenerator, OfflineSetOptions, short_synthesis_overrides
 from zsqbench.toolkit.synthesis import PixelSchedule, PixelSet, bn_term, diagnostics_tensor, optimize_pixels
 from zsqbench_plugins.generators.cards import ZEROQ_CARD
 
@@ -48,7 +48,7 @@ CODE_INIT_CENTER, CODE_INIT_SCALE = 127.5, 5418.75
 PTQ_SET, FT_SET = (32, 32), (5120, 256)
 
 
-class ZeroQOptions(PluginOptions):
+class ZeroQOptions(OfflineSetOptions):
     """Defaults are ZeroQ's code (§2.3) and, for fine-tuning, IntraQ's pipeline (§2.6, §4.4)."""
 
     variant: Literal["ptq", "ft", "il_ft"] = Field(
@@ -63,13 +63,8 @@ class ZeroQOptions(PluginOptions):
     init: Literal["code", "paper"] = Field(
         "code", description="'code' = (U{0..254} - 127.5) / 5418.75 (std 0.0136); 'paper' = N(0, 1)"
     )
-    synthesis_seed: int | None = Field(
-        None, ge=0, description="seed of the synthesis (None: the trial seed); set it to share one set across seeds"
-    )
     kd_alpha: float = Field(20.0, ge=0, description="α in α·T²·KL_batchmean (fine-tuning)")
     temperature: float = Field(20.0, gt=0, description="KD temperature T (fine-tuning)")
-    calibration_batch: int = Field(16, ge=1, description="batch of the GDFQ calibration generator (ft variants)")
-    calibration_bns_weight: float = Field(0.1, ge=0, description="BNS weight of the calibration generator's loss")
 
     def set_size(self) -> tuple[int, int]:
         """(images, synthesis batch), the variant's defaults where not given."""
@@ -95,7 +90,7 @@ class DistilledSet(PixelSet):
 
     def __init__(self, ctx: TrainContext, options: ZeroQOptions) -> None:
         count, batch = options.set_size()
-        seed = ctx.spec.seed if options.synthesis_seed is None else options.synthesis_seed
+        seed = options.seed_for(ctx.spec.seed)
         super().__init__(ctx, count, batch, options.synthesis_iters, seed)
         self.options = options
         self.inception = options.variant == "il_ft"

@@ -20,6 +20,8 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any, Callable, ClassVar
 
+from pydantic import Field
+
 import torch
 from torch import Tensor, nn
 
@@ -28,6 +30,22 @@ from zsqbench.api.generator import Batch, Generator, Phase, TrainContext
 from zsqbench.api.options import PluginOptions
 from zsqbench.toolkit.augment import random_resized_crop_flip
 from zsqbench.toolkit.online import TrainedGenerator
+
+
+class OfflineSetOptions(PluginOptions):
+    """The options every offline-set method has (HAST, ZeroQ, IntraQ): the synthesis seed and the
+    GDFQ-style generator that calibrates the activation ranges (the official codes hard-code its
+    batch to 16). A method's options subclass this and add their own."""
+
+    synthesis_seed: int | None = Field(
+        None, ge=0, description="seed of the synthesis (None: the trial seed); set it to share one set across seeds"
+    )
+    calibration_batch: int = Field(16, ge=1, description="batch of the GDFQ calibration generator (the codes: 16)")
+    calibration_bns_weight: float = Field(0.1, ge=0, description="BNS weight of the calibration generator's loss")
+
+    def seed_for(self, trial_seed: int) -> int:
+        """The seed the set is synthesized with: the option where given, else the trial's."""
+        return trial_seed if self.synthesis_seed is None else self.synthesis_seed
 
 
 class OfflineSetGenerator(Generator):
@@ -132,3 +150,6 @@ def short_synthesis_overrides(generator: str, images: str, why: str) -> tuple[Bu
                        generator_options={"num_images": 512, "synthesis_batch": 128, "synthesis_iters": 100},
                        note=f"512 {images}, 4 batches x 100 steps, a few CPU minutes; lr 1e-6 ({why})"),
     )
+
+
+__all__ = ["OfflineSetGenerator", "OfflineSetOptions", "short_synthesis_overrides"]
