@@ -35,6 +35,7 @@ from zsqbench.toolkit.cifar_generator import CifarGenerator
 from zsqbench.toolkit.logits import GDFQLogitLoss, LogitObjective, soft_cross_entropy
 from zsqbench.toolkit.online import OnlineGenerator
 from zsqbench_plugins.generators.cards import QIMERA_CARD
+from zsqbench_plugins.generators.gdfq import GDFQOptions
 
 _V = TypeVar("_V")
 
@@ -49,8 +50,9 @@ SCRIPT_EMB_INIT: dict[str, Literal["teacher_fc", "random"]] = {"cifar10": "rando
 SCRIPT_K: dict[str, tuple[int, int]] = {"cifar10": (2, 2), "cifar100": (10, 50)}
 
 
-class QimeraOptions(PluginOptions):
-    """Defaults are the released scripts' (METHODS-AIT-QIMERA §2.5), per dataset where they differ."""
+class QimeraOptions(GDFQOptions):
+    """Defaults are the released scripts' (METHODS-AIT-QIMERA §2.5), per dataset where they differ; GDFQ's
+    loss options (BNS weight, KD, CE — the CE taken against the soft labels) as GDFQ has them."""
 
     p_mix: float = Field(0.4, ge=0, le=1, description="probability that a batch is superposed (all scripts: 0.4)")
     mix_classes: int | None = Field(
@@ -67,13 +69,6 @@ class QimeraOptions(PluginOptions):
         "code", description="latent standardization of a superposed batch: 'code' = per slot over the "
         "batch, 'per_sample' = per sample as in the single-label path"
     )
-    bns_weight: float = Field(0.1, ge=0, description="weight of the BN-statistics term in the generator loss")
-    temperature: float = Field(20.0, gt=0, description="KD temperature of the student loss")
-    kd_weight: float = Field(1.0, ge=0, description="α in α·T²·KL")
-    kd_reduction: Literal["mean", "batchmean"] = Field(
-        "mean", description="'mean' = code (÷B·C), 'batchmean' = textbook KD (÷B)"
-    )
-    ce_weight: float = Field(1.0, ge=0, description="κ_ce, weight of the soft-label CE in the student loss")
 
 
 def standardize(u: Tensor, dims: tuple[int, ...]) -> Tensor:
