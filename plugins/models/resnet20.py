@@ -25,6 +25,8 @@ ALL_UNITS = tuple(f"features.stage{s}.unit{u}.body" for s in (1, 2, 3) for u in 
 LAST_UNIT_PER_STAGE = tuple(f"features.stage{s}.unit3.body" for s in (1, 2, 3))
 # The pooled 64-d feature before the classifier (post-ReLU, so >= 0): IntraQ's class centres (MDC).
 PENULTIMATE = ("features.final_pool",)
+# Conv2d + Linear multiply-accumulates per 32x32 image (forward hooks; IMAGENET.md §7.1: 40.8 MMAC)
+RESNET20_MACS = 40_813_184
 TAP_SETS = {"default": ALL_UNITS, "all_units": ALL_UNITS, "last_per_stage": LAST_UNIT_PER_STAGE,
             "penultimate": PENULTIMATE}
 
@@ -68,6 +70,7 @@ RESNET20_CIFAR10 = TeacherModel(
     feature_taps=dict(TAP_SETS),
     input_size=(3, 32, 32),
     classifier="output",
+    macs=RESNET20_MACS,
 )
 
 RESNET20_CIFAR100 = TeacherModel(
@@ -100,6 +103,7 @@ RESNET20_CIFAR100 = TeacherModel(
     feature_taps=dict(TAP_SETS),
     input_size=(3, 32, 32),
     classifier="output",
+    macs=RESNET20_MACS,
 )
 
 

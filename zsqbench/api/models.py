@@ -63,6 +63,9 @@ class TeacherModel:
     feature_taps: dict[str, tuple[str, ...]] = field(default_factory=dict)
     input_size: tuple[int, int, int] = (3, 32, 32)
     classifier: str | None = None
+    # multiply-accumulates of one image's forward (Conv2d and Linear layers only, IMAGENET.md §7.1):
+    # what compute estimates scale by; None = unknown (estimates then assume ResNet-20's cost)
+    macs: int | None = None
 
     def pinned(self, tag: str) -> PretrainedWeights:
         for w in self.weights:
