@@ -117,17 +117,21 @@ for name, argv in cases.items():
 """
 
 
-def _run_all(data_root: Path, weights: Path | None, out: Path) -> dict[str, dict]:
+def _run_all(data_root: Path, weights: Path | None, out: Path, cases: dict[str, list[str]] = CASES,
+             reference: bool = True) -> dict[str, dict]:
     """Every case's result.json, from one process running them one after another."""
-    env = {**os.environ, **RECORDED["environment"], "ZSQBENCH_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    # The reference formulations (zsqbench/toolkit/reference.py): the fused ones sum in another
+    # order; tests/test_fused_ops.py bounds them against these.
+    env = {**os.environ, **RECORDED["environment"], "ZSQBENCH_OFFLINE": "1", "PYTHONWARNINGS": "ignore",
+           "ZSQBENCH_REFERENCE_KERNELS": "1" if reference else "0"}
     common = ["--device", "cpu", "--data-root", str(data_root)]
     if weights is not None:
         common += ["--teacher-weights", str(weights)]
-    done = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(CASES), json.dumps({"out": str(out), "argv": common})],
+    done = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(cases), json.dumps({"out": str(out), "argv": common})],
                           env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-2000:]
     results = {}
-    for case in CASES:
+    for case in cases:
         (path,) = (out / case.replace("/", "_")).glob("*/*/result.json")
         results[case] = json.loads(path.read_text())
     return results
@@ -146,6 +150,17 @@ def test_fixture_trials_reproduce_the_recorded_numbers(tmp_path):
     root, weights = _fixture_root(tmp_path / "data")
     for case, result in _run_all(root, weights, tmp_path / "results").items():
         _check(_measured(result), f"fixture/{case}")
+
+
+@pytest.mark.slow
+def test_the_fused_kernels_keep_the_recorded_numbers_to_rounding(tmp_path):
+    """The default (fused) formulations on the two trials that use all of them (BN-statistics
+    loss, grouped attention maps, foreach optimizers): the coarse check, on any CPU."""
+    root, weights = _fixture_root(tmp_path / "data")
+    cases = {k: CASES[k] for k in ("smoke/adadfq+akt", "custom/adadfq+akt")}
+    trials, _ = _recording()
+    for case, result in _run_all(root, weights, tmp_path / "results", cases, reference=False).items():
+        assert _close(_measured(result), trials[f"fixture/{case}"]), case
 
 
 @pytest.mark.slow

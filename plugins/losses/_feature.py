@@ -48,6 +48,7 @@ from zsqbench.api import (
 )
 from zsqbench.errors import UserError
 from zsqbench.toolkit.logits import kd_kl
+from zsqbench.toolkit.reference import use_reference
 
 # ------------------------------------------------------------------------ attentions
 
@@ -226,6 +227,7 @@ class AttentionDistillationLoss(DistillationLoss):
         if not paths:
             raise UserError(f"loss '{self.name}': tap set '{opts.taps}' of model '{teacher.name}' is empty")
         self.feature_taps = paths
+        self.fused = not use_reference()  # equal-shaped maps together (:meth:`_grouped_map_terms`)
 
     @property
     def feature_weight(self) -> float:
@@ -258,11 +260,13 @@ class AttentionDistillationLoss(DistillationLoss):
                 f"{sorted(inputs.teacher_features)} / student {sorted(inputs.student_features)}; "
                 "run both forwards inside FeatureTaps.active()"
             )
+        # Not detached here: the trainer's teacher taps already detach (the D3 fix, §7.6);
+        # HAST's difficulty promotion deliberately keeps the teacher graph so its input
+        # gradient also flows through the teacher's features (§6.3, §7.7).
+        if self.fused:
+            return self._grouped_map_terms(inputs)
         out: dict[str, dict[str, Tensor]] = {b: {} for b in self.branches}
         for path in self.feature_taps:
-            # Not detached here: the trainer's teacher taps already detach (the D3 fix, §7.6);
-            # HAST's difficulty promotion deliberately keeps the teacher graph so its input
-            # gradient also flows through the teacher's features (§6.3, §7.7).
             f_t = inputs.teacher_features[path]
             f_q = inputs.student_features[path]
             att_t, att_q = attentions(f_t, self.branches), attentions(f_q, self.branches)
@@ -271,6 +275,35 @@ class AttentionDistillationLoss(DistillationLoss):
                 # mode: code = reduction 'sum' over batch (and positions); 'mean' divides by B.
                 out[branch][path] = kl.sum() if opts.batch_reduction == "sum" else kl.mean()
         return out
+
+    def _grouped_map_terms(self, inputs: LossInputs) -> dict[str, dict[str, Tensor]]:
+        """:meth:`map_terms` with the attentions and KLs of equal-shaped maps computed together.
+
+        The maps of one stage have one shape (3 per stage in ResNet-20), so their energies are
+        concatenated along the batch and each later operation (normalization or softmax, the two
+        log-softmaxes, the KL) runs once per shape instead of once per map: a third of the loss's
+        operations. Every operation works row by row, so each map's KL is the same per sample; only
+        the batch reduction may sum in another order (tests/test_fused_ops.py bounds it).
+        """
+        opts: AttentionLossOptions = self.options  # type: ignore[assignment]
+        groups: dict[tuple[int, ...], list[str]] = {}
+        for path in self.feature_taps:
+            groups.setdefault(tuple(inputs.teacher_features[path].shape), []).append(path)
+        found: dict[str, dict[str, Tensor]] = {b: {} for b in self.branches}
+        spatial, channel = "spatial" in self.branches, "channel" in self.branches
+        for shape, paths in groups.items():
+            energies_t = [square_means(inputs.teacher_features[p], spatial, channel) for p in paths]
+            energies_q = [square_means(inputs.student_features[p], spatial, channel) for p in paths]
+            for branch in self.branches:
+                k = 0 if branch == "spatial" else 1
+                of = spatial_attention_of if branch == "spatial" else channel_attention_of
+                att_t = of(torch.cat([e[k].flatten(1) for e in energies_t]))
+                att_q = of(torch.cat([e[k].flatten(1) for e in energies_q]))
+                kl = attention_kl(att_t, att_q, opts.tau).view(len(paths), shape[0])
+                per_map = kl.sum(dim=1) if opts.batch_reduction == "sum" else kl.mean(dim=1)
+                for i, path in enumerate(paths):
+                    found[branch][path] = per_map[i]
+        return {b: {p: found[b][p] for p in self.feature_taps} for b in self.branches}
 
     def __call__(self, inputs: LossInputs) -> dict[str, Tensor]:
         opts: AttentionLossOptions = self.options  # type: ignore[assignment]
