@@ -152,3 +152,35 @@ def test_foreach_generator_adam_is_bit_identical_to_the_loop():
     looped = _train(lambda ps: torch.optim.Adam(ps, lr=1e-3, betas=(0.5, 0.999), foreach=False))
     fused = _train(lambda ps: torch.optim.Adam(ps, lr=1e-3, betas=(0.5, 0.999), foreach=True))
     assert all(torch.equal(a, b) for a, b in zip(looped, fused))
+
+
+# ---------------------------------------------------------------- weight codes once per update
+
+
+def test_weights_are_quantized_once_per_update_with_the_same_values_and_gradients(monkeypatch):
+    import copy
+
+    from zsqbench_plugins.quantizers import uniform
+
+    torch.manual_seed(0)
+    conv = uniform.QuantConv2d.from_float(nn.Conv2d(3, 4, 3), 3)
+    twin = copy.deepcopy(conv)
+    calls = []
+    real = uniform.quantize_weight
+    monkeypatch.setattr(uniform, "quantize_weight", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(2, 3, 8, 8)
+    outs = [conv(x), conv(2 * x)]  # two uses between updates (HAST's clean and adversarial passes)
+    assert len(calls) == 1
+    sum(o.sum() for o in outs).backward()
+    expected = [twin._conv_forward(xi, real(twin.weight, 3), twin.bias) for xi in (x, 2 * x)]
+    sum(o.sum() for o in expected).backward()
+    assert all(torch.equal(a, b) for a, b in zip(outs, expected))
+    assert torch.equal(conv.weight.grad, twin.weight.grad)
+    with torch.no_grad():
+        conv.weight.mul_(1.5)  # an optimizer step: a new version of the weight
+        assert not torch.equal(conv(x), outs[0]) and len(calls) == 2
+        conv(x)  # no_grad: its own cached tensor (no autograd node), reused
+    assert len(calls) == 2
+    conv(x)
+    assert len(calls) == 3  # grad mode again: not the no_grad tensor
+    assert "_wq" not in copy.deepcopy(conv).__dict__

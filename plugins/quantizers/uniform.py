@@ -157,8 +157,43 @@ def quantize_weight(weight: Tensor, bits: int, reference: bool = False) -> Tenso
     return fake_quantize_ste(weight, lo.view(shape), hi.view(shape), bits, reference)
 
 
-class QuantConv2d(nn.Conv2d):
-    """Conv2d whose latent FP weight is fake-quantized per output channel on every forward."""
+class _WeightCodesOncePerStep:
+    """The fake-quantized weight, computed once per weight update instead of once per use.
+
+    The weight changes only when the optimizer steps (which bumps its version counter), so the
+    forwards between two steps — HAST's clean and adversarial student passes, the evaluation
+    batches of an epoch — share one quantized tensor and one autograd node. Its backward saves
+    no tensors, so a node whose first graph was already backpropagated still passes gradients
+    to the weight. The cache is keyed by everything that decides the tensor: the weight's
+    version, dtype and device, whether autograd records, and the STE form.
+    """
+
+    weight: nn.Parameter
+    w_bits: int
+    reference_ste: bool
+
+    def quantized_weight(self) -> Tensor:
+        w = self.weight
+        key = (w._version, w.dtype, w.device, torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
+               self.reference_ste or _USE_REFERENCE_STE, self.w_bits)
+        cached = self.__dict__.get("_wq")
+        if cached is not None and cached[0] == key and cached[2] is w:
+            return cached[1]
+        q = quantize_weight(w, self.w_bits, self.reference_ste)
+        if not torch.compiler.is_compiling():  # a compiled graph fuses the quantization anyway
+            self.__dict__["_wq"] = (key, q, w)
+        return q
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles leave the cache behind (a non-leaf tensor cannot be deep-copied)."""
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state.pop("_wq", None)
+        return state
+
+
+class QuantConv2d(_WeightCodesOncePerStep, nn.Conv2d):
+    """Conv2d whose latent FP weight is fake-quantized per output channel (once per weight update)."""
 
     w_bits: int
     reference_ste: bool = False
@@ -175,13 +210,13 @@ class QuantConv2d(nn.Conv2d):
         return new
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, quantize_weight(self.weight, self.w_bits, self.reference_ste), self.bias)
+        return self._conv_forward(x, self.quantized_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", w_bits={self.w_bits}"
 
 
-class QuantLinear(nn.Linear):
+class QuantLinear(_WeightCodesOncePerStep, nn.Linear):
     """Linear layer with per-row (per class) weight fake quantization; bias stays FP."""
 
     w_bits: int
@@ -196,7 +231,7 @@ class QuantLinear(nn.Linear):
         return new
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, quantize_weight(self.weight, self.w_bits, self.reference_ste), self.bias)
+        return F.linear(x, self.quantized_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", w_bits={self.w_bits}"
