@@ -174,14 +174,15 @@ class _WeightCodesOncePerStep:
 
     def quantized_weight(self) -> Tensor:
         w = self.weight
+        if torch.compiler.is_compiling():  # a compiled step traces the quantization into its graph
+            return quantize_weight(w, self.w_bits, self.reference_ste)
         key = (w._version, w.dtype, w.device, torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
                self.reference_ste or _USE_REFERENCE_STE, self.w_bits)
         cached = self.__dict__.get("_wq")
         if cached is not None and cached[0] == key and cached[2] is w:
             return cached[1]
         q = quantize_weight(w, self.w_bits, self.reference_ste)
-        if not torch.compiler.is_compiling():  # a compiled graph fuses the quantization anyway
-            self.__dict__["_wq"] = (key, q, w)
+        self.__dict__["_wq"] = (key, q, w)
         return q
 
     def __getstate__(self) -> dict[str, Any]:

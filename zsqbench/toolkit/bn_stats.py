@@ -138,6 +138,12 @@ class BNStatsLoss:
         vars_, means, layers = zip(*self._moments)
         self._moments = []
         bns = [self.bns[i] for i in layers]
+        if torch.compiler.is_compiling():  # traced into the graph; no Python-side cache
+            running_mean, running_var = torch.cat([bn.running_mean for bn in bns]), torch.cat([bn.running_var for bn in bns])
+            weight = torch.cat([torch.full((bn.num_features,), 1.0 / bn.num_features, device=bn.running_mean.device)
+                                for bn in bns])
+            gaps = torch.stack([torch.cat(means) - running_mean, torch.cat(vars_) - running_var])
+            return (gaps.square() * weight).sum()
         # rebuilt only when the layers or their statistics tensors change (a move to another device)
         key = tuple((bn.running_mean.data_ptr(), bn.running_mean._version, bn.running_var.data_ptr(),
                      bn.running_var._version) for bn in bns)

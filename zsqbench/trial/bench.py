@@ -56,7 +56,7 @@ from zsqbench.trial.monitor import EpochStats
 from zsqbench.trial.op_profile import profile_step
 from zsqbench.trial.spec import Budget, PluginChoice, TrialSpec
 from zsqbench.trial.speed import ComputeSettings, apply_compute_settings, tune_cpu_allocator
-from zsqbench.trial.step import epoch_context, iterate
+from zsqbench.trial.step import compile_iteration, epoch_context, iterate
 from zsqbench.trial.trainer import seed_everything
 
 #: Generator options that keep a benchmark's setup short without changing the timed step
@@ -161,6 +161,8 @@ class BenchSession:
 
         # Prepare and calibrate as in the warm-up epochs, then freeze the ranges (METHODS §1.3).
         gen.prepare()
+        if compute.compile:
+            compile_iteration(parts, self.device)
         calibration = self.spec.budget.phase(0)
         with epoch_context(parts, calibration):
             for _ in range(c.calibration_iters):

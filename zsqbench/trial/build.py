@@ -10,13 +10,13 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from zsqbench.api.features import FeatureTaps
-from zsqbench.api.generator import Generator, StudentUpdate, TrainContext
+from zsqbench.api.generator import Generator, Phase, StudentUpdate, TrainContext
 from zsqbench.api.losses import DistillationLoss
 from zsqbench.api.models import TeacherModel
 from zsqbench.api.plugins import Plugins
@@ -36,6 +36,8 @@ class TrialParts:
     objective: DistillationLoss
     optimizer: torch.optim.Optimizer
     student_update: StudentUpdate
+    #: the whole iteration compiled (``--compile``; trial/step.py compile_iteration), else None: eager
+    compiled_step: Callable[[Phase], dict[str, Tensor]] | None = None
 
     def networks(self) -> list[nn.Module]:
         """Every network of the trial (teacher, student, the generator's declared ones): what

@@ -20,9 +20,10 @@ measures exactly what a trial would run.
 * ``tf32``: ``None`` leaves PyTorch's defaults (cuDNN convolutions may use TF32 on Ampere
   or newer GPUs, matmuls not); ``True`` allows TF32 for both; ``False`` forbids it (strict
   FP32, as the reference code's older GPUs computed).
-* ``compile``: :meth:`torch.nn.Module.compile` on each network, in place (module names,
-  hooks and state_dict keys stay). Fused kernels may contract multiply-adds, so results
-  are not bit-identical to eager mode.
+* ``compile``: the whole training iteration through ``torch.compile``
+  (:func:`zsqbench.trial.step.compile_iteration`; the networks stay eager modules, so names,
+  hooks and state_dict keys stay). Fused kernels may contract multiply-adds, so results are
+  not bit-identical to eager mode.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def set_tf32(enabled: bool | None) -> None:
     torch.backends.cudnn.allow_tf32 = enabled
 
 
-def _allow_compiled_backward_twice() -> None:
+def allow_compiled_backward_twice() -> None:
     """AdaDFQ's shared student forward backpropagates the same graph twice (generator step
     with ``retain_graph``, then the student step). A compiled backward that donates its
     saved buffers refuses that, so buffer donation (a memory optimization) is turned off."""
@@ -178,15 +179,11 @@ def apply_compute_settings(networks: Iterable[nn.Module], settings: ComputeSetti
     if settings.channels_last is None:
         raise ValueError("resolve the memory format for the device first: ComputeSettings.resolved(device)")
     set_tf32(settings.tf32)
-    if settings.compile:
-        _allow_compiled_backward_twice()
     for net in networks:
         if settings.channels_last:
             net.to(memory_format=torch.channels_last)
         if settings.precision != "fp32":
             set_conv_precision(net, settings.precision)
-        if settings.compile:
-            net.compile()
 
 
 __all__ = [

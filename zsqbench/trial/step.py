@@ -9,14 +9,16 @@ checks what a trial computes. The phase comes from the budget
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+import torch
 from torch import Tensor
 
 from zsqbench.api.generator import Phase
 from zsqbench.api.optimizers import EpochAwareOptimizer
 from zsqbench.trial.build import TrialParts
 from zsqbench.trial.monitor import EpochStats
+from zsqbench.trial.speed import allow_compiled_backward_twice
 
 
 @contextmanager
@@ -44,10 +46,48 @@ def epoch_context(parts: TrialParts, phase: Phase) -> Iterator[float]:
 def iterate(parts: TrialParts, phase: Phase, stats: EpochStats | None = None) -> dict[str, Tensor]:
     """One iteration: the generator's step (its batch, then calibration or a student update);
     the student's detached loss terms, observed by ``stats`` (empty while calibrating)."""
-    terms = parts.generator.step(phase, parts.student_update)
+    if parts.compiled_step is not None:
+        terms = parts.compiled_step(phase)
+    else:
+        terms = parts.generator.step(phase, parts.student_update)
     if terms and stats is not None:
         stats.observe(terms)
     return terms
+
+
+def _whole_step(parts: TrialParts) -> Callable[[Phase], dict[str, Tensor]]:
+    def step(phase: Phase) -> dict[str, Tensor]:
+        return parts.generator.step(phase, parts.student_update)
+
+    return step
+
+
+def compile_iteration(parts: TrialParts, device: torch.device) -> None:
+    """``--compile``: the whole iteration — generator step, teacher and student passes, losses, both
+    optimizer steps — through ``torch.compile``, so that at small batches the per-operation costs
+    (fake quantization, BN statistics, attention losses, optimizer updates) fuse into few kernels.
+    Backward calls and a few Python-side decisions split it into several graphs
+    (``zsqbench bench --explain`` lists them); on CUDA the graphs are captured as CUDA graphs
+    (``mode="reduce-overhead"``), which removes the launch cost of a static-shape step. Results
+    match eager to float rounding, not bit for bit (fused multiply-adds; tests/test_compile.py)."""
+    allow_compiled_backward_twice()
+    mode = "reduce-overhead" if device.type == "cuda" else None
+    parts.compiled_step = torch.compile(_whole_step(parts), mode=mode)
+
+
+def explain_iteration(parts: TrialParts, phase: Phase) -> dict[str, Any]:
+    """How ``torch.compile`` splits one iteration: its graphs and each graph break's reason and
+    place (runs one iteration, traced, without compiling kernels)."""
+    import torch._dynamo as dynamo
+
+    report = dynamo.explain(_whole_step(parts))(phase)
+    breaks = []
+    for reason in report.break_reasons:
+        frame = reason.user_stack[-1] if reason.user_stack else None
+        where = f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else "?"
+        breaks.append({"where": where, "reason": reason.reason.strip().splitlines()[0]})
+    return {"graphs": report.graph_count, "graph_breaks": report.graph_break_count, "ops": report.op_count,
+            "breaks": breaks}
 
 
 def optimizer_summary(parts: TrialParts) -> dict[str, Any]:

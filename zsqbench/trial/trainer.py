@@ -33,7 +33,7 @@ from zsqbench.trial.record import EpochRecord, TrialOutcome
 from zsqbench.trial.resources import TrialResources
 from zsqbench.trial.spec import TrialSpec
 from zsqbench.trial.speed import ComputeSettings, apply_compute_settings, tune_cpu_allocator
-from zsqbench.trial.step import epoch_context, iterate, optimizer_summary
+from zsqbench.trial.step import compile_iteration, epoch_context, iterate, optimizer_summary
 from zsqbench.trial.teachers import LoadedTeacher, load_teacher, select_checkpoint
 
 #: The running loss shown in the progress display is refreshed this often (iterations).
@@ -104,6 +104,8 @@ def set_up(spec: TrialSpec, plugins: Plugins, env: Environment, progress: Progre
     compute = env.compute.resolved(device)
     apply_compute_settings(parts.networks(), compute)
     parts.generator.prepare()
+    if compute.compile:
+        compile_iteration(parts, device)
     return TrialSetup(spec, env, entry, loaded, test, inputs, fp, parts, compute)
 
 
