@@ -15,12 +15,36 @@ class Normalization:
 
 
 @dataclass(frozen=True)
+class RefusedFile:
+    """A known checkpoint that must never stand in for a pinned one, and why.
+
+    It is recognised by its release file name or by its sha1 (``sha1_prefix``: the 8 hex digits
+    pytorchcv puts in its file names, or the full digest), so a copy renamed to the pinned name is
+    caught as well. Example: pytorchcv >= 0.0.61 fetches a different ResNet-18 file for
+    ``pretrained=True`` (73.06 % instead of the papers' 71.47 %, IMAGENET.md §1.2); a trial on it
+    would silently not be the papers' protocol. ``reason`` says what the file is, in words.
+    """
+
+    filename: str
+    sha1_prefix: str
+    reason: str
+
+    def matches(self, name: str, sha1: str | None) -> bool:
+        """Whether a file called ``name`` with this ``sha1`` (None: not hashed) is this file."""
+        return name == self.filename or (sha1 is not None and sha1.startswith(self.sha1_prefix.lower()))
+
+
+@dataclass(frozen=True)
 class PretrainedWeights:
     """One pinned checkpoint of a teacher: where it comes from, how it is checked, what it expects.
 
     ``filename`` is looked up under ``<data root>/weights/``; ``url`` (with ``sha1`` as in
     pytorchcv's release names) is where it is downloaded from. The pinned digest (``sha256``,
-    else ``sha1``) identifies the checkpoint in every trial id that uses it.
+    else ``sha1``) identifies the checkpoint in every trial id that uses it. A file whose sha1
+    equals a sha1-only pin *is* that checkpoint (explicit files are matched by either digest).
+    ``refused`` lists known wrong files for this checkpoint (:class:`RefusedFile`): offered under
+    the pinned name or with ``--teacher-weights`` for this teacher (pinned or unpinned), they are
+    refused with their reason and where to get this checkpoint (``url``).
     """
 
     tag: str
@@ -32,6 +56,7 @@ class PretrainedWeights:
     sha1: str | None = None
     archive_member: str | None = None
     note: str = ""
+    refused: tuple[RefusedFile, ...] = ()
 
     @property
     def digest(self) -> str:
@@ -66,6 +91,15 @@ class TeacherModel:
     # multiply-accumulates of one image's forward (Conv2d and Linear layers only, IMAGENET.md §7.1):
     # what compute estimates scale by; None = unknown (estimates then assume ResNet-20's cost)
     macs: int | None = None
+
+    def refused_file(self, name: str, sha1: str | None) -> tuple[PretrainedWeights, RefusedFile] | None:
+        """The pinned checkpoint that refuses a file called ``name`` with this ``sha1``, and the
+        refusal; None when no checkpoint of this teacher refuses it."""
+        for w in self.weights:
+            for r in w.refused:
+                if r.matches(name, sha1):
+                    return w, r
+        return None
 
     def pinned(self, tag: str) -> PretrainedWeights:
         for w in self.weights:
