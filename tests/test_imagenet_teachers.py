@@ -229,3 +229,160 @@ def test_mobilenetv2_student_placement(plugins, teachers, image):
     assert maps[conv3].unique().numel() > 1000  # FP: no quantizer after the linear bottleneck
     unit = dict(student.named_modules())[conv3]
     assert not any(isinstance(m, (QuantAct, QuantizedActivation)) for m in unit.modules())
+
+
+# ----------------------------------------------------------------------------- pinning (§1.2, §8.2)
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert "\n" not in message, message
+    return message
+
+
+def _load(entry, root, weights_file=None):
+    """Select then load, as a trial does."""
+    return load_teacher(entry, select_checkpoint(entry, root, weights_file), root, weights_file)
+
+
+def _state_file(path, model: nn.Module, extra: dict | None = None, drop: str | None = None):
+    """``model``'s state dict as pytorchcv's 2019 files hold it (no num_batches_tracked)."""
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    state.update(extra or {})
+    if drop:
+        del state[drop]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
+def _with_pin(entry, **changes):
+    """``entry`` whose (only) pinned checkpoint has these fields replaced."""
+    return dataclasses.replace(entry, weights=(dataclasses.replace(entry.weights[0], **changes),))
+
+
+def test_a_wrong_sha1_under_the_pinned_name_is_refused_in_one_line(plugins, tmp_path):
+    entry = plugins.models.get("mobilenetv2_w1_imagenet")
+    pin = entry.weights[0]
+    path = tmp_path / "weights" / pin.filename
+    path.parent.mkdir()
+    path.write_bytes(b"\0" * 1000)
+    assert select_checkpoint(entry, tmp_path).tag == "pytorchcv"
+    with pytest.raises(ChecksumError) as exc:
+        _load(entry, tmp_path)
+    message = _one_line(exc)
+    found = hashlib.sha1(path.read_bytes()).hexdigest()
+    for part in (str(path), f"sha1 {found}", f"expected {pin.sha1}", "fetch it again", pin.url):
+        assert part in message, part
+
+
+def test_pytorchcvs_later_resnet18_file_is_refused_by_name(plugins, tmp_path):
+    entry = plugins.models.get("resnet18_imagenet")
+    later = tmp_path / "resnet18-0896-77a56f15.pth"
+    later.write_bytes(b"pretrained=True from pytorchcv 0.0.74")
+    with pytest.raises(ChecksumError) as exc:  # not even as unpinned weights of this teacher
+        select_checkpoint(entry, tmp_path, later)
+    message = _one_line(exc)
+    for part in ("pytorchcv >= 0.0.61", "73.06 %", "not the papers' 71.47 % teacher", "resnet18-0982-0126861b.pth",
+                 entry.weights[0].url):
+        assert part in message, part
+    # sitting in weights/ where the pinned file should be, it is named instead of "no weights"
+    (tmp_path / "weights").mkdir()
+    later.rename(tmp_path / "weights" / later.name)
+    with pytest.raises(ChecksumError, match="73.06 %"):
+        select_checkpoint(entry, tmp_path)
+    # other teachers do not care what ResNet-18 files are called
+    other = plugins.models.get("mobilenet_w1_imagenet")
+    assert select_checkpoint(other, tmp_path, tmp_path / "weights" / later.name).tag == "unpinned"
+
+
+def test_pytorchcvs_later_resnet18_file_is_refused_by_content(plugins, tmp_path):
+    """Renamed to the pinned name or passed under any name, the file is known by its sha1 prefix
+    (the test makes the prefix match its fake file, as no real file is here)."""
+    entry = plugins.models.get("resnet18_imagenet")
+    pin = entry.weights[0]
+    blob = b"a renamed resnet18-0896-77a56f15.pth"
+    trap = dataclasses.replace(pin.refused[0], sha1_prefix=hashlib.sha1(blob).hexdigest()[:8])
+    entry = _with_pin(entry, refused=(trap, *pin.refused[1:]))
+    renamed = tmp_path / "weights" / pin.filename
+    renamed.parent.mkdir()
+    renamed.write_bytes(blob)
+    with pytest.raises(ChecksumError) as exc:
+        _load(entry, tmp_path)
+    message = _one_line(exc)
+    assert str(renamed) in message and "73.06 %" in message and pin.url in message
+    mine = tmp_path / "mine.pth"
+    mine.write_bytes(blob)
+    with pytest.raises(ChecksumError, match="73.06 %"):
+        select_checkpoint(entry, tmp_path, mine)
+
+
+def test_an_explicit_file_matching_a_sha1_pin_is_that_checkpoint(plugins, teachers, tmp_path):
+    entry = plugins.models.get("resnet18_imagenet")
+    path = _state_file(tmp_path / "downloaded.pth", teachers["resnet18_imagenet"])
+    sha1 = file_digest(path, "sha1")
+    assert select_checkpoint(entry, tmp_path, path).tag == "unpinned"  # the real pin: a different file
+    entry = _with_pin(entry, sha1=sha1)
+    ref = select_checkpoint(entry, tmp_path, path)
+    assert (ref.tag, ref.digest) == ("pytorchcv", f"sha1:{sha1}")
+    loaded = load_teacher(entry, ref, tmp_path, path)  # strict load of a file without num_batches_tracked
+    assert (loaded.weights_tag, loaded.expected_top1, loaded.normalization) == ("pytorchcv", 71.47, entry.weights[0].normalization)
+    assert loaded.sha256 == file_digest(path)  # what result.json's teacher record carries
+    for a, b in zip(loaded.module.state_dict().values(), teachers["resnet18_imagenet"].state_dict().values()):
+        assert torch.equal(a, b)
+    # a sha256 pin is never satisfied by a sha1 match
+    assert select_checkpoint(_with_pin(entry, sha256="0" * 64), tmp_path, path).tag == "unpinned"
+
+
+def test_checkpoints_that_do_not_fit_are_one_line_errors(plugins, teachers, tmp_path):
+    entry = plugins.models.get("mobilenet_w1_imagenet")
+    model = teachers["mobilenet_w1_imagenet"]
+    cases = {
+        "extra.pth": ({"features.extra.weight": torch.zeros(1)}, None, "1 unexpected"),
+        "missing.pth": (None, "output.bias", "1 missing"),
+        "resized.pth": ({"output.weight": torch.zeros(10, 1024)}, None, "size mismatch"),
+    }
+    for file, (extra, drop, expected) in cases.items():
+        path = _state_file(tmp_path / file, model, extra, drop)
+        with pytest.raises(UserError) as exc:
+            _load(entry, tmp_path, path)
+        assert expected in _one_line(exc) and str(path) in str(exc.value)
+
+
+def test_missing_imagenet_weights_say_where_they_come_from(plugins, tmp_path):
+    entry = plugins.models.get("resnet50_imagenet")
+    with pytest.raises(DataNotFoundError, match="resnet50-0633-b00d1c8e.pth"):
+        select_checkpoint(entry, tmp_path, offline=True)
+    assert select_checkpoint(entry, tmp_path, offline=False).digest == f"sha1:{entry.weights[0].sha1}"
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def test_cli_lists_the_imagenet_teachers(capsys):
+    from zsqbench.cli.main import main
+
+    assert main(["plugins", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    models = {r["name"] for r in rows if r["kind"] == "model"}
+    assert set(NAMES) <= models
+
+
+def test_cli_plans_an_imagenet_grid(capsys, tmp_path):
+    """`zsqbench run --model resnet18 --dataset imagenet ... --dry-run` plans one trial on the pinned
+    checkpoint; until the ImageNet data adapter registers the dataset, it is refused for that alone."""
+    from zsqbench.cli.main import main
+    from zsqbench.trial.data import DATASETS
+
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "resnet18-0982-0126861b.pth").write_bytes(b"planned, not loaded")
+    argv = ["run", "--model", "resnet18", "--dataset", "imagenet", "--generators", "gdfq", "--loss", "kd",
+            "--bits", "4", "--budget", "smoke", "--dry-run", "--json", "--data-root", str(tmp_path),
+            "--out", str(tmp_path / "out")]
+    code = main(argv)
+    captured = capsys.readouterr()
+    if "imagenet" not in DATASETS:
+        assert code == 2 and "unknown dataset 'imagenet'" in captured.err and len(captured.err.strip().splitlines()) == 1
+        pytest.skip("the imagenet dataset is not registered yet (the data adapter's part of issue 16)")
+    assert code == 0, captured.err
+    assert "resnet18_imagenet" in captured.out and "sha1:0126861b4cd7f7b14196b1e01827da688f8bab6d" in captured.out
