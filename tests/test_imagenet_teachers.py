@@ -386,3 +386,53 @@ def test_cli_plans_an_imagenet_grid(capsys, tmp_path):
         pytest.skip("the imagenet dataset is not registered yet (the data adapter's part of issue 16)")
     assert code == 0, captured.err
     assert "resnet18_imagenet" in captured.out and "sha1:0126861b4cd7f7b14196b1e01827da688f8bab6d" in captured.out
+
+
+# ----------------------------------------------------------------------------- torchvision's ResNet-18 (§1.5)
+
+
+def test_torchvision_resnet18_is_a_separate_teacher_with_one_relu_per_site(plugins, image, tmp_path):
+    from torchvision.models import resnet18
+
+    entry = plugins.models.get("resnet18_tv_imagenet")
+    assert (entry.arch, entry.dataset, entry.classifier, entry.input_size) == ("resnet18_tv", "imagenet", "fc",
+                                                                               (3, 224, 224))
+    (w,) = entry.weights
+    assert (w.tag, w.filename, w.expected_top1, w.sha256, w.sha1, w.sha256_prefix) == (
+        "torchvision", "resnet18-f37072fd.pth", 69.758, None, None, "f37072fd")
+    torch.manual_seed(0)
+    original = resnet18(weights=None).eval()  # never downloads: weights=None
+    path = _state_file(tmp_path / "tv.pth", original)
+    entry_pinned = _with_pin(entry, sha256_prefix=file_digest(path)[:8])
+    ref = select_checkpoint(entry_pinned, tmp_path, path)
+    assert (ref.tag, ref.digest) == ("torchvision", f"sha256:{file_digest(path)[:8]}")
+    loaded = load_teacher(entry_pinned, ref, tmp_path, path)  # torchvision's keys load strictly
+    model = loaded.module.eval()
+    acts = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    assert len(acts) == 17 and sum(isinstance(m, nn.Conv2d) for m in model.modules()) == 20
+    assert loaded.sha256 == file_digest(path)
+    calls = {id(a): 0 for a in acts}
+    handles = [a.register_forward_hook(lambda m, i, o: calls.__setitem__(id(m), calls[id(m)] + 1)) for a in acts]
+    taps = FeatureTaps(loaded.module, entry.feature_taps["default"] + entry.feature_taps["penultimate"])
+    with torch.no_grad(), taps.active():
+        out = loaded.module(image)
+        maps = taps.take(detach=True)
+    for h in handles:
+        h.remove()
+    with torch.no_grad():
+        torch.testing.assert_close(out, original(image))  # the same function as torchvision's network
+    assert set(calls.values()) == {1}
+    assert [tuple(maps[p].shape[1:]) for p in entry.feature_taps["default"]] == EXPECTED["resnet18_imagenet"]["shapes"]
+    assert tuple(maps["avgpool"].shape[1:]) == (512, 1, 1)
+
+    cls = plugins.quantizers.get("uniform")
+    student = cls(cls.Options()).quantize(copy.deepcopy(loaded.module), 4, 4)
+    assert sum(isinstance(m, QuantAct) for m in student.modules()) == 17  # not 9 shared ones
+    assert sum(isinstance(m, (QuantConv2d, QuantLinear)) for m in student.modules()) == 21
+
+    # a file under the pinned name whose sha256 does not start with the name's prefix is refused
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / w.filename).write_bytes(path.read_bytes())
+    with pytest.raises(ChecksumError) as exc:
+        _load(entry, tmp_path)
+    assert "expected one starting f37072fd" in _one_line(exc)

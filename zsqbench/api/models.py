@@ -57,14 +57,20 @@ class PretrainedWeights:
     archive_member: str | None = None
     note: str = ""
     refused: tuple[RefusedFile, ...] = ()
+    # the sha256 *prefix* a release name carries (torchvision's ``resnet18-f37072fd.pth``), for files
+    # whose full digest is not known yet: exactly torchvision's own download check, no stronger.
+    # Used only when neither sha256 nor sha1 is pinned; pin the full sha256 once a file is verified.
+    sha256_prefix: str | None = None
 
     @property
     def digest(self) -> str:
-        """``sha256:<hex>`` or ``sha1:<hex>``: the pinned identity of this checkpoint."""
+        """``sha256:<hex>`` or ``sha1:<hex>`` (``sha256:<prefix>`` for a prefix pin): the pinned identity."""
         if self.sha256:
             return f"sha256:{self.sha256}"
         if self.sha1:
             return f"sha1:{self.sha1}"
+        if self.sha256_prefix:
+            return f"sha256:{self.sha256_prefix}"
         raise ValueError(f"pinned weights '{self.tag}' ({self.filename}) have neither sha256 nor sha1")
 
 
