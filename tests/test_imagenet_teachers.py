@@ -106,7 +106,8 @@ def test_teacher_declares_the_imagenet_protocol(plugins, monkeypatch, name):
     assert round(entry.macs / 1e6) == e["mmac"]  # §7.1, rounded to MMAC
     taps = entry.feature_taps
     assert taps["default"] == taps["all_units"] and len(taps["default"]) == len(e["shapes"])
-    assert taps["last_per_stage"] == tuple(f"features.stage{s}.unit{n}.{e['leaf']}" for s, n in enumerate(e["units"], 1))
+    last = tuple(f"features.stage{s}.unit{n}.{e['leaf']}" for s, n in enumerate(e["units"], 1))
+    assert taps["last_per_stage"] == last
     assert taps["penultimate"] == ("features.final_pool",)
 
 
@@ -145,7 +146,8 @@ def test_module_counts_parameters_macs_and_taps(plugins, teachers, image, name):
 
     calls = {id(a): 0 for a in acts}
     macs = [0]
-    handles = [m.register_forward_hook(_macs_hook(macs)) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [m.register_forward_hook(_macs_hook(macs)) for m in layers]
     handles += [a.register_forward_hook(lambda m, i, o: calls.__setitem__(id(m), calls[id(m)] + 1)) for a in acts]
     paths = entry.feature_taps["default"] + entry.feature_taps["penultimate"]
     taps = FeatureTaps(model, paths)
@@ -326,7 +328,8 @@ def test_an_explicit_file_matching_a_sha1_pin_is_that_checkpoint(plugins, teache
     ref = select_checkpoint(entry, tmp_path, path)
     assert (ref.tag, ref.digest) == ("pytorchcv", f"sha1:{sha1}")
     loaded = load_teacher(entry, ref, tmp_path, path)  # strict load of a file without num_batches_tracked
-    assert (loaded.weights_tag, loaded.expected_top1, loaded.normalization) == ("pytorchcv", 71.47, entry.weights[0].normalization)
+    assert (loaded.weights_tag, loaded.expected_top1) == ("pytorchcv", 71.47)
+    assert loaded.normalization == entry.weights[0].normalization
     assert loaded.sha256 == file_digest(path)  # what result.json's teacher record carries
     for a, b in zip(loaded.module.state_dict().values(), teachers["resnet18_imagenet"].state_dict().values()):
         assert torch.equal(a, b)
@@ -382,7 +385,8 @@ def test_cli_plans_an_imagenet_grid(capsys, tmp_path):
     code = main(argv)
     captured = capsys.readouterr()
     if "imagenet" not in DATASETS:
-        assert code == 2 and "unknown dataset 'imagenet'" in captured.err and len(captured.err.strip().splitlines()) == 1
+        assert code == 2 and "unknown dataset 'imagenet'" in captured.err
+        assert len(captured.err.strip().splitlines()) == 1
         pytest.skip("the imagenet dataset is not registered yet (the data adapter's part of issue 16)")
     assert code == 0, captured.err
     assert "resnet18_imagenet" in captured.out and "sha1:0126861b4cd7f7b14196b1e01827da688f8bab6d" in captured.out
