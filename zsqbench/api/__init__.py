@@ -21,7 +21,7 @@ from zsqbench.api.features import FeatureTaps
 from zsqbench.api.generator import Batch, Generator, Phase, StudentUpdate, TrainContext
 from zsqbench.api.hookspecs import PLUGIN_KINDS, generator_hooks, hookimpl
 from zsqbench.api.losses import KD_CE, DistillationLoss, LogitLoss, LossInputs, NativeLosses, StudentObjective
-from zsqbench.api.models import Normalization, PretrainedWeights, TeacherModel
+from zsqbench.api.models import Normalization, PretrainedWeights, RefusedFile, TeacherModel
 from zsqbench.api.optimizers import EpochAwareOptimizer
 from zsqbench.api.options import NoOptions, PluginOptions
 from zsqbench.api.quantizer import (
@@ -33,6 +33,6 @@ __all__ = [
     "EpochAwareOptimizer", "ExecuteJob", "Executor", "FeatureTaps", "Generator", "IntegerActivation",
     "IntegerGrid", "IntegerLayer", "IntegerWeight", "JobOutcome", "LogitLoss", "LossInputs", "MethodCard",
     "NativeLosses", "NoOptions", "Normalization", "Phase", "PluginOptions", "PretrainedWeights",
-    "PublishedNumber", "QuantizedWeight", "Quantizer", "StudentObjective", "StudentUpdate", "TeacherModel",
-    "TrainContext", "TrialJob", "WeightCodeQuantizer", "generator_hooks", "hookimpl",
+    "PublishedNumber", "QuantizedWeight", "Quantizer", "RefusedFile", "StudentObjective", "StudentUpdate",
+    "TeacherModel", "TrainContext", "TrialJob", "WeightCodeQuantizer", "generator_hooks", "hookimpl",
 ]

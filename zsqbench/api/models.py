@@ -15,12 +15,36 @@ class Normalization:
 
 
 @dataclass(frozen=True)
+class RefusedFile:
+    """A known checkpoint that must never stand in for a pinned one, and why.
+
+    It is recognised by its release file name or by its sha1 (``sha1_prefix``: the 8 hex digits
+    pytorchcv puts in its file names, or the full digest), so a copy renamed to the pinned name is
+    caught as well. Example: pytorchcv >= 0.0.61 fetches a different ResNet-18 file for
+    ``pretrained=True`` (73.06 % instead of the papers' 71.47 %, IMAGENET.md §1.2); a trial on it
+    would silently not be the papers' protocol. ``reason`` says what the file is, in words.
+    """
+
+    filename: str
+    sha1_prefix: str
+    reason: str
+
+    def matches(self, name: str, sha1: str | None) -> bool:
+        """Whether a file called ``name`` with this ``sha1`` (None: not hashed) is this file."""
+        return name == self.filename or (sha1 is not None and sha1.startswith(self.sha1_prefix.lower()))
+
+
+@dataclass(frozen=True)
 class PretrainedWeights:
     """One pinned checkpoint of a teacher: where it comes from, how it is checked, what it expects.
 
     ``filename`` is looked up under ``<data root>/weights/``; ``url`` (with ``sha1`` as in
     pytorchcv's release names) is where it is downloaded from. The pinned digest (``sha256``,
-    else ``sha1``) identifies the checkpoint in every trial id that uses it.
+    else ``sha1``) identifies the checkpoint in every trial id that uses it. A file whose sha1
+    equals a sha1-only pin *is* that checkpoint (explicit files are matched by either digest).
+    ``refused`` lists known wrong files for this checkpoint (:class:`RefusedFile`): offered under
+    the pinned name or with ``--teacher-weights`` for this teacher (pinned or unpinned), they are
+    refused with their reason and where to get this checkpoint (``url``).
     """
 
     tag: str
@@ -32,14 +56,21 @@ class PretrainedWeights:
     sha1: str | None = None
     archive_member: str | None = None
     note: str = ""
+    refused: tuple[RefusedFile, ...] = ()
+    # the sha256 *prefix* a release name carries (torchvision's ``resnet18-f37072fd.pth``), for files
+    # whose full digest is not known yet: exactly torchvision's own download check, no stronger.
+    # Used only when neither sha256 nor sha1 is pinned; pin the full sha256 once a file is verified.
+    sha256_prefix: str | None = None
 
     @property
     def digest(self) -> str:
-        """``sha256:<hex>`` or ``sha1:<hex>``: the pinned identity of this checkpoint."""
+        """``sha256:<hex>`` or ``sha1:<hex>`` (``sha256:<prefix>`` for a prefix pin): the pinned identity."""
         if self.sha256:
             return f"sha256:{self.sha256}"
         if self.sha1:
             return f"sha1:{self.sha1}"
+        if self.sha256_prefix:
+            return f"sha256:{self.sha256_prefix}"
         raise ValueError(f"pinned weights '{self.tag}' ({self.filename}) have neither sha256 nor sha1")
 
 
@@ -66,6 +97,15 @@ class TeacherModel:
     # multiply-accumulates of one image's forward (Conv2d and Linear layers only, IMAGENET.md §7.1):
     # what compute estimates scale by; None = unknown (estimates then assume ResNet-20's cost)
     macs: int | None = None
+
+    def refused_file(self, name: str, sha1: str | None) -> tuple[PretrainedWeights, RefusedFile] | None:
+        """The pinned checkpoint that refuses a file called ``name`` with this ``sha1``, and the
+        refusal; None when no checkpoint of this teacher refuses it."""
+        for w in self.weights:
+            for r in w.refused:
+                if r.matches(name, sha1):
+                    return w, r
+        return None
 
     def pinned(self, tag: str) -> PretrainedWeights:
         for w in self.weights:

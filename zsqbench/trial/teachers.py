@@ -2,11 +2,15 @@
 
 :func:`select_checkpoint` decides, before anything runs, which checkpoint a trial will use (its
 :class:`~zsqbench.trial.spec.TeacherRef` goes into the trial id): an explicit file (matched
-against the pinned list by sha256, else "unpinned"), else the first pinned checkpoint found
-under ``<data root>/weights/``, else the first downloadable one when downloads are allowed.
+against the pinned list by sha256, or by sha1 for checkpoints pinned by sha1 only, as
+pytorchcv's are; else "unpinned"), else the first pinned checkpoint found under
+``<data root>/weights/``, else the first downloadable one when downloads are allowed.
 :func:`load_teacher` then loads exactly that checkpoint, verifying its digest: a file found under
 a pinned name whose hash differs is an error (a corrupt or substituted teacher silently changes
-every number), and so is an explicit file that changed since the trial was planned.
+every number), and so is an explicit file that changed since the trial was planned. A file a pin
+declares refused (:class:`~zsqbench.api.models.RefusedFile`, e.g. pytorchcv >= 0.0.61's 73.06 %
+ResNet-18 in place of the papers' 71.47 % one) is refused under every name and route, with why
+and where the right file is. Whatever loads, the sha256 of the file read is what provenance records.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from zsqbench.api.models import Normalization, PretrainedWeights, TeacherModel
+from zsqbench.api.models import Normalization, PretrainedWeights, RefusedFile, TeacherModel
 from zsqbench.errors import ChecksumError, DataNotFoundError, UserError
 from zsqbench.files import file_digest, write_bytes_atomic
 from zsqbench.trial.download import download
@@ -48,15 +52,59 @@ class LoadedTeacher:
     expected_top1: float | None
 
 
-@lru_cache(maxsize=32)
-def _sha256(path: Path, size: int, mtime_ns: int) -> str:
-    return file_digest(path)
+@lru_cache(maxsize=64)
+def _digest(path: Path, size: int, mtime_ns: int, algorithm: str) -> str:
+    return file_digest(path, algorithm)
 
 
 def sha256_of(path: Path) -> str:
     """The file's sha256, hashed once per process while the file is unchanged."""
     st = path.stat()
-    return _sha256(path.resolve(), st.st_size, st.st_mtime_ns)
+    return _digest(path.resolve(), st.st_size, st.st_mtime_ns, "sha256")
+
+
+def sha1_of(path: Path) -> str:
+    """The file's sha1 (what pytorchcv pins and puts in its file names), hashed once per process."""
+    st = path.stat()
+    return _digest(path.resolve(), st.st_size, st.st_mtime_ns, "sha1")
+
+
+def _uses_sha1(entry: TeacherModel) -> bool:
+    """Whether identifying a file for ``entry`` needs its sha1: a sha1-only pin or a refused file."""
+    return any((w.sha1 and not w.sha256) or w.refused for w in entry.weights)
+
+
+def _refusal(entry: TeacherModel, w: PretrainedWeights, refused: RefusedFile, path: Path, sha1: str | None) -> str:
+    found = f"sha1 {sha1[:12]}…" if sha1 else "by its name"
+    where = (f"download {w.url} and unzip {w.filename} into <data root>/weights/" if w.url
+             else f"put {w.filename} into <data root>/weights/")
+    expected = f", {w.expected_top1}%" if w.expected_top1 is not None else ""
+    return (f"weights file {path} ({found}) is {refused.reason}: refused for teacher '{entry.name}', whose "
+            f"'{w.tag}' checkpoint is {w.filename} ({w.digest[:13]}…{expected}); {where} "
+            "(never pytorchcv's pretrained=True)")
+
+
+def refuse_known_wrong(entry: TeacherModel, path: Path, sha1: str | None = None) -> None:
+    """Raise :class:`ChecksumError` when ``path`` is a file a pin of ``entry`` refuses, by its
+    name or by its sha1 (hashed here when ``sha1`` is None and the teacher refuses any file)."""
+    if not any(w.refused for w in entry.weights):
+        return
+    sha1 = sha1 or sha1_of(path)
+    hit = entry.refused_file(path.name, sha1)
+    if hit is not None:
+        raise ChecksumError(_refusal(entry, hit[0], hit[1], path, sha1))
+
+
+def _matching_pin(entry: TeacherModel, sha256: str, sha1: str | None) -> PretrainedWeights | None:
+    """The pinned checkpoint a file with these digests is: by sha256, or by sha1 where only sha1
+    is pinned (a sha256 pin is never satisfied by a sha1 match), or by the sha256 prefix of a
+    prefix-only pin."""
+    for w in entry.weights:
+        if w.sha256 == sha256 or (not w.sha256 and w.sha1 and sha1 is not None and w.sha1 == sha1):
+            return w
+        if not w.sha256 and not w.sha1 and w.sha256_prefix and sha256.startswith(w.sha256_prefix):
+            return w
+    return None
 
 
 def _explicit(weights_file: Path) -> Path:
@@ -70,14 +118,21 @@ def select_checkpoint(entry: TeacherModel, data_root: Path, weights_file: Path |
                       offline: bool = True) -> TeacherRef:
     """The checkpoint trials of ``entry`` will use under these settings (nothing is loaded)."""
     if weights_file is not None:
-        sha = sha256_of(_explicit(weights_file))
-        pinned = next((w for w in entry.weights if w.sha256 == sha), None)
+        path = _explicit(weights_file)
+        sha = sha256_of(path)
+        sha1 = sha1_of(path) if _uses_sha1(entry) else None
+        refuse_known_wrong(entry, path, sha1)
+        pinned = _matching_pin(entry, sha, sha1)
         return TeacherRef(tag=pinned.tag, digest=pinned.digest) if pinned else TeacherRef(tag=UNPINNED,
                                                                                          digest=f"sha256:{sha}")
     folder = data_root / "weights"
     for w in entry.weights:
         if (folder / w.filename).is_file():
             return TeacherRef(tag=w.tag, digest=w.digest)
+    for w in entry.weights:  # a refused file where the pinned one should be: say why it is not used
+        for r in w.refused:
+            if (folder / r.filename).is_file():
+                raise ChecksumError(_refusal(entry, w, r, folder / r.filename, None))
     downloadable = next((w for w in entry.weights if w.url), None)
     if not offline and downloadable is not None:
         return TeacherRef(tag=downloadable.tag, digest=downloadable.digest)
@@ -89,7 +144,16 @@ def select_checkpoint(entry: TeacherModel, data_root: Path, weights_file: Path |
     )
 
 
-def _verify_pinned(w: PretrainedWeights, path: Path, sha256: str) -> None:
+def _verify_pinned(entry: TeacherModel, w: PretrainedWeights, path: Path, sha256: str) -> None:
+    if (w.sha256 and sha256 != w.sha256) or (w.sha1 and not w.sha256 and sha1_of(path) != w.sha1):
+        refuse_known_wrong(entry, path)  # a known wrong file gets its own explanation
+    if not w.sha256 and not w.sha1 and w.sha256_prefix and not sha256.startswith(w.sha256_prefix):
+        refuse_known_wrong(entry, path)
+        raise ChecksumError(
+            f"weights file {path} has sha256 {sha256[:12]}…, expected one starting {w.sha256_prefix} (as its "
+            f"release name says) for the '{w.tag}' checkpoint {w.filename}; delete it and fetch it again"
+            + (f" from {w.url}" if w.url else "")
+        )
     if w.sha256 and sha256 != w.sha256:
         raise ChecksumError(
             f"weights file {path} has sha256 {sha256[:12]}…, expected {w.sha256[:12]}… for the "
@@ -97,11 +161,14 @@ def _verify_pinned(w: PretrainedWeights, path: Path, sha256: str) -> None:
             "or pass it with --teacher-weights to use it as unpinned weights"
         )
     if w.sha1 and not w.sha256:
-        sha1 = file_digest(path, "sha1")
+        sha1 = sha1_of(path)
         if sha1 != w.sha1:
+            fetch = f" from {w.url}" if w.url else ""
+            fetch += f" (unzip {w.archive_member})" if w.url and w.archive_member else ""
             raise ChecksumError(
-                f"weights file {path} has sha1 {sha1[:12]}…, expected {w.sha1[:12]}… for the "
-                f"'{w.tag}' checkpoint; delete it and fetch it again"
+                f"weights file {path} has sha1 {sha1}, expected {w.sha1} for the '{w.tag}' checkpoint "
+                f"{w.filename}; it is corrupt or a different file: delete it and fetch it again{fetch}, "
+                "or pass it with --teacher-weights to use it as unpinned weights"
             )
 
 
@@ -120,7 +187,8 @@ def _download(w: PretrainedWeights, dest: Path, progress: ProgressSink | None) -
             data = zf.read(w.archive_member or zf.namelist()[0])
     algorithm, _, expected = w.digest.partition(":")
     digest = hashlib.new(algorithm, data).hexdigest()
-    if digest != expected:
+    prefix_pin = not w.sha256 and not w.sha1
+    if (digest != expected) if not prefix_pin else not digest.startswith(expected):
         raise ChecksumError(f"the downloaded '{w.tag}' weights have {algorithm} {digest[:12]}…, expected "
                             f"{expected[:12]}…; try again or fetch {w.filename} by hand into {dest.parent}")
     write_bytes_atomic(dest, data)
@@ -133,8 +201,17 @@ def _load_state(module: nn.Module, path: Path) -> None:
         raise ChecksumError(f"cannot read weights file {path} ({type(exc).__name__}); it is corrupt: fetch it again") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UserError(f"weights file {path} holds a {type(state).__name__}, not a state dict; "
+                        "use a checkpoint in pytorchcv's layout")
+    # strict in effect: only the BN counters (absent from pytorchcv's 2019 files) may be missing
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # same keys, other shapes (e.g. another width or class count)
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:200])
+        raise UserError(f"weights file {path} does not fit this model: {first}; use the teacher's own checkpoint "
+                        "in pytorchcv's layout") from None
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         raise UserError(
@@ -153,6 +230,7 @@ def load_teacher(entry: TeacherModel, ref: TeacherRef, data_root: Path, weights_
             raise UserError(f"this trial uses unpinned teacher weights ({ref.digest[:15]}…); pass the same file "
                             "with --teacher-weights")
         path = _explicit(weights_file)
+        refuse_known_wrong(entry, path)
         sha = sha256_of(path)
         if f"sha256:{sha}" != ref.digest:
             raise ChecksumError(f"teacher weights file {path} has changed since the trial was planned (sha256 "
@@ -179,7 +257,7 @@ def load_teacher(entry: TeacherModel, ref: TeacherRef, data_root: Path, weights_
                                     "put the file there, pass --teacher-weights FILE, or run without --offline")
         _download(w, path, progress)
     sha = sha256_of(path)
-    _verify_pinned(w, path, sha)
+    _verify_pinned(entry, w, path, sha)
     _load_state(module, path)
     return LoadedTeacher(module, w.tag, path, sha, w.normalization, w.expected_top1)
 
