@@ -55,7 +55,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 WHERE_TO_GET = (
     "zsqbench cannot download ImageNet (its licence requires registration): get the ILSVRC2012 validation "
     f"images and devkit ({VAL_ARCHIVE}, {DEVKIT}) from https://image-net.org and point --data-root or "
-    "ZSQBENCH_DATA at a folder (or a folder whose imagenet/ subfolder) holds both archives, or val/<wnid>/*.JPEG "
+    "ZSQBENCH_DATA at a folder holding, directly or in imagenet/, both archives, or val/<wnid>/*.JPEG "
     "(an ImageFolder), or torchvision's parsed meta.bin + val/"
 )
 
