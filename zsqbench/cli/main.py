@@ -10,11 +10,12 @@ import warnings
 from zsqbench import __version__
 from zsqbench.cli import (
     analyze_cmd, bench_cmd, compare_cmd, export_cmd, leaderboard_cmd, plot_cmd, plugins_cmd, run_cmd, status_cmd,
+    teacher_eval_cmd,
 )
 from zsqbench.errors import UserError
 
 SUBCOMMANDS = (run_cmd, status_cmd, plugins_cmd, leaderboard_cmd, compare_cmd, plot_cmd, analyze_cmd, bench_cmd,
-               export_cmd)
+               export_cmd, teacher_eval_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -150,8 +150,8 @@ def export_trial(folder: TrialFolder, plugins: Plugins, env: Environment, settin
         layers = quantizer.integer_layers(student)
     except NotImplementedError as exc:
         raise UserError(str(exc)) from None
-    test = load_test_set(spec.dataset, env.data_root, offline=env.offline)
-    inputs = test.normalized(teacher.normalization)
+    test = load_test_set(spec.dataset, env.data_root, offline=env.offline, cache_dir=env.cache_dir)
+    inputs = test.inputs(teacher.normalization)  # normalized slice by slice as the batches are read
     view, exported = integer_view(student, layers)
     metadata = {"zsqbench.trial_id": spec.trial_id, "zsqbench.bits": spec.bits_label,
                 "zsqbench.teacher_sha256": teacher.sha256, "zsqbench.version": zsqbench.__version__}

@@ -1,19 +1,26 @@
-"""CIFAR test sets (ZSQ never reads training data), data-root resolution and checksums.
+"""Test sets (ZSQ never reads training data), data-root resolution and checksums.
 
 The data root comes from, in order: an explicit flag/config value, ``ZSQBENCH_DATA``, or
-``~/.cache/zsqbench/data``. Files are read in torchvision's layout directly, so a root
-that holds only the test file (no train batches) works. A missing test set is downloaded
+``~/.cache/zsqbench/data``. CIFAR files are read in torchvision's layout directly, so a root
+that holds only the test file (no train batches) works. A missing CIFAR test set is downloaded
 (the official archive, md5 verified; only the test split and its metadata are kept) unless
-the run is offline.
+the run is offline. ImageNet's validation set cannot be downloaded (licence): it is read from
+the user's copy and decoded once into a memory-mapped cache (:mod:`zsqbench.trial.imagenet`).
+
+A :class:`TestSet` holds uint8 images only; the network's inputs are normalized batch by batch
+(:class:`NormalizedImages`), so evaluation memory is bounded by the batch size (the ImageNet
+set is 7.5 GB as uint8 and would be 30 GB as float32).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tarfile
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,32 +48,90 @@ class DatasetInfo:
     meta_file: str
     url: str
     md5: str  # of the archive at ``url``, as torchvision pins it
+    num_test_images: int  # the full test split (a smaller set is a subset or a fixture)
 
+
+IMAGENET = "imagenet"
 
 DATASETS = {
     "cifar10": DatasetInfo("cifar10", 10, "cifar-10-batches-py", "test_batch", "labels", "batches.meta",
                            "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                           "c58f30108f718f92721af3b95e74349a"),
+                           "c58f30108f718f92721af3b95e74349a", 10_000),
     "cifar100": DatasetInfo("cifar100", 100, "cifar-100-python", "test", "fine_labels", "meta",
                             "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-                            "eb9058c3a382ffc7106e4002c42a8d85"),
+                            "eb9058c3a382ffc7106e4002c42a8d85", 10_000),
+    # Not downloadable (no url): read from the user's copy by zsqbench.trial.imagenet.
+    IMAGENET: DatasetInfo(IMAGENET, 1000, "imagenet", "val", "", "", "", "", 50_000),
 }
+
+
+def normalize(images: torch.Tensor, norm: Normalization) -> torch.Tensor:
+    """uint8 images -> the network's float inputs, on the images' device. The operations and their
+    order (divide by 255, subtract the mean, divide by the std) are those every recorded number
+    was measured with; each element's value does not depend on how the set is split into batches."""
+    mean = torch.tensor(norm.mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(norm.std, device=images.device).view(1, 3, 1, 1)
+    return (images.float().div_(255.0) - mean) / std
+
+
+class NormalizedImages:
+    """A test set's images as a network sees them, normalized slice by slice when read.
+
+    Slicing gives float tensors on the CPU (what export and tests read); :meth:`batch` moves the
+    uint8 slice to the device first and normalizes there (a quarter of the transfer)."""
+
+    def __init__(self, images: torch.Tensor, norm: Normalization) -> None:
+        self.images = images
+        self.norm = norm
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: slice) -> torch.Tensor:
+        if not isinstance(index, slice):
+            raise TypeError("NormalizedImages is read by slices, e.g. inputs[0:500]")
+        return normalize(self.images[index], self.norm)
+
+    def batch(self, start: int, stop: int, device: torch.device) -> torch.Tensor:
+        return normalize(self.images[start:stop].to(device, non_blocking=True), self.norm)
 
 
 @dataclass(frozen=True)
 class TestSet:
-    """A test split in memory: uint8 NCHW images, int64 labels, and the file's sha256."""
+    """A test split: uint8 NCHW images (in memory, or memory-mapped from a cache), int64 labels,
+    and a sha256 that identifies the data (the file's; for ImageNet the cache key, which covers
+    the file list, the transform and the PIL version). ``details`` go into each result's provenance."""
 
     name: str
     images: torch.Tensor
     labels: torch.Tensor
     path: Path
     sha256: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def complete(self) -> bool:
+        """Whether this is the dataset's full test split (published accuracies refer to it)."""
+        return len(self) == dataset_info(self.name).num_test_images and not self.details.get("subset_of")
+
+    def inputs(self, norm: Normalization) -> NormalizedImages:
+        """The network's inputs, normalized batch by batch when read (bounded memory)."""
+        return NormalizedImages(self.images, norm)
 
     def normalized(self, norm: Normalization) -> torch.Tensor:
-        mean = torch.tensor(norm.mean).view(1, 3, 1, 1)
-        std = torch.tensor(norm.std).view(1, 3, 1, 1)
-        return (self.images.float().div_(255.0) - mean) / std
+        """All inputs at once (float32: small sets only; evaluation reads :meth:`inputs`)."""
+        return normalize(self.images, norm)
+
+    def first(self, n: int) -> "TestSet":
+        """The first ``n`` images (e.g. a smoke budget's evaluation), with their own identity."""
+        if n >= len(self):
+            return self
+        sha = hashlib.sha256(f"{self.sha256}:first:{n}".encode()).hexdigest()
+        return replace(self, images=self.images[:n], labels=self.labels[:n], sha256=sha,
+                       details={**self.details, "subset_of": self.sha256, "subset": f"first {n}"})
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -112,9 +177,15 @@ def download_test_set(name: str, root: Path, progress: ProgressSink | None = Non
                 write_bytes_atomic(root / info.folder / member, source.read())
 
 
-def load_test_set(name: str, root: Path, offline: bool = True, progress: ProgressSink | None = None) -> TestSet:
-    """The test split, downloaded first when it is missing and ``offline`` is False."""
+def load_test_set(name: str, root: Path, offline: bool = True, progress: ProgressSink | None = None,
+                  cache_dir: Path | None = None) -> TestSet:
+    """The test split, downloaded first when it is missing and ``offline`` is False (CIFAR);
+    ImageNet from the user's copy through its decoded cache under ``cache_dir``."""
     info = dataset_info(name)
+    if name == IMAGENET:
+        from zsqbench.trial.imagenet import load_imagenet  # PIL and the cache only when asked for
+
+        return load_imagenet(root, resolve_cache_dir(cache_dir), progress)
     path = test_file_path(name, root)
     if not path.is_file():
         if offline:

@@ -99,7 +99,7 @@ def build_result(spec: TrialSpec, outcome: TrialOutcome, env: Environment, run: 
             "expected_top1": outcome.teacher.expected_top1,
         },
         "data": {"path": str(outcome.test_set.path), "sha256": outcome.test_set.sha256,
-                 "num_images": len(outcome.test_set.labels)},
+                 "num_images": len(outcome.test_set.labels), **outcome.test_set.details},
         "versions": versions(),
         "git_hash": git_hash(),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -1,12 +1,15 @@
-"""Test sets and FP accuracies shared by the trials of one process, each loaded or measured once."""
+"""Test sets and FP accuracies shared by the trials of one process, each loaded or measured once.
+
+The inputs are a lazy, normalized view of the uint8 images (normalized per evaluation batch), so
+nothing the size of the test set in float32 is ever held."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from torch import Tensor, nn
+from torch import nn
 
-from zsqbench.trial.data import TestSet, load_test_set
+from zsqbench.trial.data import NormalizedImages, TestSet, load_test_set
 from zsqbench.trial.environment import Environment
 from zsqbench.trial.evaluate import top1
 from zsqbench.trial.progress import ProgressSink
@@ -16,19 +19,20 @@ from zsqbench.trial.teachers import LoadedTeacher
 class TrialResources:
     def __init__(self) -> None:
         self._test_sets: dict[tuple[str, Path], TestSet] = {}
-        self._inputs: dict[tuple, Tensor] = {}
+        self._inputs: dict[tuple, NormalizedImages] = {}
         self._fp_top1: dict[tuple, float] = {}
 
     def test_set(self, name: str, env: Environment, progress: ProgressSink | None = None) -> TestSet:
         key = (name, env.data_root)
         if key not in self._test_sets:
-            self._test_sets[key] = load_test_set(name, env.data_root, offline=env.offline, progress=progress)
+            self._test_sets[key] = load_test_set(name, env.data_root, offline=env.offline, progress=progress,
+                                                     cache_dir=env.cache_dir)
         return self._test_sets[key]
 
-    def inputs(self, test: TestSet, teacher: LoadedTeacher) -> Tensor:
+    def inputs(self, test: TestSet, teacher: LoadedTeacher) -> NormalizedImages:
         key = (test.sha256, teacher.normalization)
         if key not in self._inputs:
-            self._inputs[key] = test.normalized(teacher.normalization)
+            self._inputs[key] = test.inputs(teacher.normalization)
         return self._inputs[key]
 
     def fp_top1(self, test: TestSet, teacher: LoadedTeacher, model: nn.Module, env: Environment) -> float:

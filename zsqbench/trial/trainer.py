@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from zsqbench.api.generator import Phase
 from zsqbench.api.models import TeacherModel
 from zsqbench.api.plugins import Plugins
 from zsqbench.trial.build import TrialParts, build_trial_parts
 from zsqbench.trial.checkpoint import rng_state, set_rng_state
-from zsqbench.trial.data import TestSet
+from zsqbench.trial.data import NormalizedImages, TestSet
 from zsqbench.trial.environment import Environment
 from zsqbench.trial.evaluate import top1
 from zsqbench.trial.folder import TrialFolder
@@ -60,7 +59,7 @@ class TrialSetup:
     entry: TeacherModel
     teacher: LoadedTeacher
     test: TestSet
-    inputs: Tensor
+    inputs: NormalizedImages  # normalized per evaluation batch
     fp_top1: float
     parts: TrialParts
     compute: ComputeSettings
