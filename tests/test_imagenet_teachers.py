@@ -384,12 +384,10 @@ def test_cli_plans_an_imagenet_grid(capsys, tmp_path):
             "--out", str(tmp_path / "out")]
     code = main(argv)
     captured = capsys.readouterr()
-    if "imagenet" not in DATASETS:
-        assert code == 2 and "unknown dataset 'imagenet'" in captured.err
-        assert len(captured.err.strip().splitlines()) == 1
-        pytest.skip("the imagenet dataset is not registered yet (the data adapter's part of issue 16)")
+    assert "imagenet" in DATASETS
     assert code == 0, captured.err
-    assert "resnet18_imagenet" in captured.out and "sha1:0126861b4cd7f7b14196b1e01827da688f8bab6d" in captured.out
+    (row,) = json.loads(captured.out)
+    assert row["teacher"] == "pytorchcv (sha1 0126861b)" and row["state"] == "pending"
 
 
 # ----------------------------------------------------------------------------- torchvision's ResNet-18 (§1.5)

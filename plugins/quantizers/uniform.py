@@ -8,8 +8,7 @@ FP network are kept, so feature taps address teacher and student with the same p
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
@@ -26,135 +25,20 @@ from zsqbench.api import (
     WeightCodeQuantizer,
     hookimpl,
 )
+from zsqbench_plugins.quantizers import _fake_quant
+from zsqbench_plugins.quantizers._fake_quant import (  # noqa: F401  (the quantizer's arithmetic, re-exported)
+    FakeQuantSTE,
+    _codes_into,
+    _fake_quantize_into,
+    fake_quantize,
+    fake_quantize_ste,
+    grid_of,
+    quantize_weight,
+    reference_ste,
+    ste,
+    weight_grid,
+)
 from zsqbench_plugins.quantizers.cards import UNIFORM_CARD
-
-
-def grid_of(lo: Tensor, hi: Tensor, bits: int) -> tuple[Tensor, Tensor]:
-    """S and Z of the k-bit grid of [lo, hi] (METHODS §1.2), by the ops :func:`fake_quantize` uses."""
-    n = 2**bits - 1
-    half = 2 ** (bits - 1)
-    scale = n / torch.clamp(hi - lo, min=1e-8)
-    zero = torch.round(scale * lo) + half
-    return scale, zero
-
-
-def fake_quantize(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
-    """Quantize-dequantize ``x`` onto the k-bit grid of [lo, hi] (signed order of METHODS §1.2).
-
-    ``lo``/``hi`` broadcast against ``x``. No gradient: callers wrap it in the STE.
-    """
-    half = 2 ** (bits - 1)
-    scale, zero = grid_of(lo, hi, bits)
-    q = torch.clamp(torch.round(scale * x - zero), -half, half - 1)
-    return (q + zero) / scale
-
-
-def weight_grid(weight: Tensor, bits: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The integer form of :func:`quantize_weight`'s forward: codes q (int64) and the per-output-channel
-    S and Z (shape (C,)), so that ``(q + Z) / S`` is the fake-quantized weight, bit for bit."""
-    flat = weight.detach().flatten(1)
-    lo, hi = torch.aminmax(flat, dim=1)
-    shape = (-1,) + (1,) * (weight.dim() - 1)
-    half = 2 ** (bits - 1)
-    scale, zero = grid_of(lo.view(shape), hi.view(shape), bits)
-    q = torch.clamp(torch.round(scale * weight.detach() - zero), -half, half - 1)
-    return q.to(torch.int64), scale.flatten(), zero.flatten()
-
-
-def ste(x: Tensor, quantized: Tensor) -> Tensor:
-    """Forward: the quantized value; backward: the incoming gradient, unchanged.
-
-    The reference formulation (kept for :func:`reference_ste` and the equivalence tests).
-    Its forward value is ``x + (q − x)``, which equals ``q`` except at clipped elements,
-    where it can be off by one rounding of ``x``; the fused path returns ``q`` itself.
-    """
-    return x + (quantized - x).detach()
-
-
-def _fake_quantize_into(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
-    """:func:`fake_quantize` with one output buffer instead of six temporaries.
-
-    Same operations in the same order on the same dtypes (``q = x·S``, ``−Z``, round
-    half-to-even, clamp, ``+Z``, ``/S``), so the result is bit-identical to
-    :func:`fake_quantize` (tested, exact .5 ties included); only the allocations go.
-    On CPU, fake quantization plus its STE is ~3x faster this way (see benchmarks/README.md).
-    """
-    out, scale, zero = _codes_into(x, lo, hi, bits)
-    return out.add_(zero).div_(scale)
-
-
-def _codes_into(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The integer stage of :func:`_fake_quantize_into`: ``clamp(round(x·S − Z))`` in one new
-    buffer, with S and Z (the dequantization is ``(q + Z) / S``). Shared by the forward and by
-    :meth:`UniformQuantizer.weight_codes`, so codes and forward cannot drift apart."""
-    half = 2 ** (bits - 1)
-    scale = (2**bits - 1) / torch.clamp(hi - lo, min=1e-8)
-    zero = torch.round(scale * lo) + half
-    out = x * scale
-    out.sub_(zero).round_().clamp_(-half, half - 1)
-    return out, scale, zero
-
-
-class FakeQuantSTE(torch.autograd.Function):
-    """Fake quantization with the reference identity STE in one autograd node (METHODS §1.2).
-
-    Forward: exactly :func:`fake_quantize` (signed order of §1.2), computed in float32 for
-    reduced-precision inputs so ``precision="bf16"`` never quantizes in bf16 (the result is
-    then float32); float32 and float64 inputs keep their dtype. Backward: the incoming
-    gradient unchanged (cast back to the input's dtype), with **no** clipping mask, as the
-    reference does; it is differentiable again (zero second derivative, like the reference),
-    so Hessian-vector products through the student are unchanged. This replaces
-    ``x + (q − x).detach()``, which costs a subtraction, an addition and two autograd
-    nodes per quantizer. PyTorch's own ``fake_quantize_per_*_affine`` kernels are not used:
-    they were not bit-identical to the §1.2 order in 140 of 200 random cases (they multiply
-    by 1/scale and round before subtracting the zero point), their backward masks clipped
-    values, and on CPU they were slower than this function.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:  # type: ignore[override]
-        ctx.in_dtype = x.dtype
-        dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-        return _fake_quantize_into(x.to(dtype), lo.to(dtype), hi.to(dtype), bits)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
-        return grad.to(ctx.in_dtype), None, None, None
-
-
-_USE_REFERENCE_STE = False
-
-
-@contextmanager
-def reference_ste(enabled: bool = True) -> Iterator[None]:
-    """Within this block quantizers use the straightforward ``ste(x, fake_quantize(x))``
-    instead of :class:`FakeQuantSTE` (for equivalence tests and debugging)."""
-    global _USE_REFERENCE_STE
-    previous = _USE_REFERENCE_STE
-    _USE_REFERENCE_STE = enabled
-    try:
-        yield
-    finally:
-        _USE_REFERENCE_STE = previous
-
-
-def fake_quantize_ste(x: Tensor, lo: Tensor, hi: Tensor, bits: int, reference: bool = False) -> Tensor:
-    """Fake-quantize ``x`` onto the grid of [lo, hi] with an identity STE for ``x``; ``reference``
-    (the quantizer's ``ste="reference"``, or inside :func:`reference_ste`) takes the
-    straightforward path.
-
-    ``lo``/``hi`` must not need gradients (the reference gives m, M, S and Z none).
-    """
-    if reference or _USE_REFERENCE_STE:
-        return ste(x, fake_quantize(x.detach(), lo, hi, bits))
-    return FakeQuantSTE.apply(x, lo.detach(), hi.detach(), bits)
-
-
-def quantize_weight(weight: Tensor, bits: int, reference: bool = False) -> Tensor:
-    flat = weight.detach().flatten(1)
-    lo, hi = torch.aminmax(flat, dim=1)
-    shape = (-1,) + (1,) * (weight.dim() - 1)
-    return fake_quantize_ste(weight, lo.view(shape), hi.view(shape), bits, reference)
 
 
 class _WeightCodesOncePerStep:
@@ -177,7 +61,7 @@ class _WeightCodesOncePerStep:
         if torch.compiler.is_compiling():  # a compiled step traces the quantization into its graph
             return quantize_weight(w, self.w_bits, self.reference_ste)
         key = (w._version, w.dtype, w.device, torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
-               self.reference_ste or _USE_REFERENCE_STE, self.w_bits)
+               self.reference_ste or _fake_quant._USE_REFERENCE_STE, self.w_bits)
         cached = self.__dict__.get("_wq")
         if cached is not None and cached[0] == key and cached[2] is w:
             return cached[1]
