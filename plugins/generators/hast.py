@@ -24,10 +24,10 @@ contributed by this module (``register_budget_overrides``).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -71,6 +71,22 @@ class HASTOptions(OfflineSetOptions):
     groups: int = Field(4, ge=1, description="informational: the reference ran the synthesis as 4 separate jobs")
     hardness_beta: float = Field(10.0, ge=0, description="β of the focal hardness loss β·mean((1-p)^γ·CE)")
     hardness_gamma: float = Field(2.0, ge=0, description="γ of the focal hardness loss")
+    # the ImageNet synthesis augments (IMAGENET.md §4.2); CIFAR's does not
+    synthesis_augment_p: float = Field(
+        0.0, ge=0, le=1, description="probability per synthesis step of a per-image random-resized crop + flip "
+        "(ImageNet code: 0.5; CIFAR: 0)")
+    synthesis_crop_min: float = Field(0.4, gt=0, le=1, description="smallest crop area fraction of that augmentation")
+
+    @model_serializer(mode="wrap")
+    def _omit_unused_augmentation(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without synthesis augmentation (CIFAR) its two options stay out of the dumped options, so
+        specs, trial ids and cached sets are the same as before they existed."""
+        data = handler(self)
+        if data.get("synthesis_augment_p") == 0.0:
+            data.pop("synthesis_augment_p", None)
+            if data.get("synthesis_crop_min") == 0.4:
+                data.pop("synthesis_crop_min", None)
+        return data
 
 
 # ------------------------------------------------------------------------------ losses

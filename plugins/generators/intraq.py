@@ -32,7 +32,10 @@ from zsqbench_plugins.generators.cards import INTRAQ_CARD
 
 #: (ε_SIL, λ_l, λ_u) of run_generate_cifar{10,100}.sh.
 DATASET_CONSTANTS: dict[str, tuple[float, float, float]] = {"cifar10": (0.95, 0.05, 0.8),
-                                                             "cifar100": (0.6, 0.02, 1.0)}
+                                                             "cifar100": (0.6, 0.02, 1.0),
+                                                             # IMAGENET.md §4.2: targetPro 1, margins 0 / 2
+                                                             # (the hinges are inactive)
+                                                             "imagenet": (1.0, 0.0, 2.0)}
 
 
 class IntraQOptions(OfflineSetOptions):

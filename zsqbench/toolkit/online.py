@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from zsqbench.api.generator import Batch, Generator, Phase, TrainContext
 from zsqbench.api.options import PluginOptions
 from zsqbench.toolkit.bn_stats import BNStatsLoss
-from zsqbench.toolkit.cifar_generator import CifarGenerator
+from zsqbench.toolkit.imagenet_generator import generator_network
 
 
 def step_on(
@@ -43,6 +43,10 @@ def step_on(
 class TrainedGenerator:
     """GDFQ's conditional generator with its Adam optimizer and the teacher's BNS loss.
 
+    The network is chosen by the teacher's declared input size
+    (:func:`~zsqbench.toolkit.imagenet_generator.generator_network`): the CIFAR network at 32 px,
+    the conditional-BN network at 224 px; any other size is refused in one line.
+
     ``net`` replaces GDFQ's network by another one trained the same way (Qimera's); then
     :meth:`draw` and :meth:`gdfq_step`, which feed GDFQ's (z, y) inputs, are not for it.
     """
@@ -50,7 +54,9 @@ class TrainedGenerator:
     def __init__(self, ctx: TrainContext, batch_size: int, net: nn.Module | None = None) -> None:
         self.ctx = ctx
         self.batch_size = batch_size
-        self.net = (CifarGenerator(ctx.num_classes) if net is None else net).to(ctx.device)
+        if net is None:
+            net = generator_network(tuple(ctx.teacher_entry.input_size), ctx.num_classes)
+        self.net = net.to(ctx.device)
         self.net.train()
         optim = ctx.spec.optim
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=optim.generator_lr, betas=optim.generator_betas)
@@ -111,7 +117,7 @@ class OnlineGenerator(Generator):
         self.online = TrainedGenerator(ctx, ctx.spec.budget.batch_size, self.build_network())
 
     def build_network(self) -> nn.Module | None:
-        """The network to train online; None (the default) is GDFQ's :class:`CifarGenerator`."""
+        """The network to train online; None (the default) is GDFQ's network for the teacher's input size."""
         return None
 
     def start_epoch(self, phase: Phase) -> None:
