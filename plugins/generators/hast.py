@@ -38,7 +38,9 @@ from zsqbench.api import (
 from zsqbench.errors import UserError
 from zsqbench.toolkit.augment import random_resized_crop_flip  # noqa: F401  (HAST's augmentation, imported from here by older code)
 from zsqbench.toolkit.logits import kd_kl
-from zsqbench.toolkit.offline import OfflineSetGenerator, OfflineSetOptions, short_synthesis_overrides
+from zsqbench.toolkit.offline import (
+    OfflineSetGenerator, OfflineSetOptions, imagenet_overrides, short_synthesis_overrides,
+)
 from zsqbench_plugins.generators.hast_synthesis import SyntheticSet
 from zsqbench_plugins.generators.cards import HAST_CARD
 
@@ -218,6 +220,10 @@ class HAST(OfflineSetGenerator):
 # steps at W4A4 (measured on the CPU preset), while 1e-6 trained stably; the paper preset keeps 1e-5.
 BUDGET_OVERRIDES = (
     *short_synthesis_overrides("hast", "hard samples", "1e-5 diverged"),
+    # ImageNet (IMAGENET.md §4.2): focal β 0.1, γ 0.5, and the synthesis augments with probability 0.5
+    # (per-image RRC(224, scale (0.4, 1)) + flip); λ_FA 1000 / ε 0.01 are the code's defaults (§8.5)
+    *imagenet_overrides("hast", {"hardness_beta": 0.1, "hardness_gamma": 0.5, "synthesis_augment_p": 0.5,
+                                 "synthesis_crop_min": 0.4}),
     BudgetOverride(preset="paper", generator="hast", epochs=151, batch_size=64, lr_milestones=(20, 40, 60),
                    optim={"student_lr": 1e-5},
                    note="HAST's schedule: 4 calibration + 147 QAT epochs at batch 64, lr 1e-5 (METHODS §6.4)"),

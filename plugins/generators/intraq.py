@@ -26,7 +26,9 @@ from zsqbench.api import BudgetOverride, NativeLosses, PluginOptions, TrainConte
 from zsqbench.errors import UserError
 from zsqbench.toolkit.augment import crop_flip
 from zsqbench.toolkit.logits import LogitObjective, ScaledKD
-from zsqbench.toolkit.offline import OfflineSetGenerator, OfflineSetOptions, short_synthesis_overrides
+from zsqbench.toolkit.offline import (
+    OfflineSetGenerator, OfflineSetOptions, imagenet_overrides, short_synthesis_overrides,
+)
 from zsqbench_plugins.generators.intraq_synthesis import IntraQSet
 from zsqbench_plugins.generators.cards import INTRAQ_CARD
 
@@ -111,6 +113,7 @@ class IntraQ(OfflineSetGenerator):
 # 8000 on short syntheses the paper lr trips the divergence guard (§8, IQ8), as it did for HAST.
 BUDGET_OVERRIDES = (
     *short_synthesis_overrides("intraq", "images", "KD weight 8000"),
+    *imagenet_overrides("intraq"),  # ImageNet constants: DATASET_CONSTANTS; LOR crops (0.5, 1) are the default
     BudgetOverride(preset="paper", generator="intraq", epochs=151, batch_size=256, lr_milestones=(20, 40, 60),
                    optim={"student_lr": 1e-4},
                    note="IntraQ's schedule: 4 calibration + 147 epochs at batch 256, lr 1e-4 (§4.4)"),

@@ -31,21 +31,34 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass(frozen=True)
 class Phase:
-    """Where an iteration stands: its epoch, and whether the epoch calibrates the student's
-    activation ranges (no student update) or trains the student. Made by
-    :meth:`zsqbench.trial.spec.Budget.phase`, the one place that knows the warm-up length."""
+    """Where an iteration stands: its epoch, and what the epoch does to the student. Made by
+    :meth:`zsqbench.trial.spec.Budget.phase`, the one place that knows the warm-up length.
+
+    * ``calibrating``: the student's activation ranges are tracked, the student is not updated;
+    * ``frozen``: the warm-up after calibration (GDFQ's ImageNet epochs 4-49, IMAGENET.md §4): the
+      ranges are frozen and the student is still not updated, while a generator keeps training;
+    * neither (``training``): the student is updated with frozen ranges.
+
+    ``frozen`` is never set by a budget whose calibration lasts the whole warm-up (every CIFAR budget).
+    """
 
     epoch: int
     calibrating: bool
+    frozen: bool = False
+
+    def __post_init__(self) -> None:
+        if self.calibrating and self.frozen:
+            raise ValueError("a phase cannot both calibrate and be frozen")
 
     @property
     def training(self) -> bool:
-        return not self.calibrating
+        """Whether the student is updated in this epoch."""
+        return not (self.calibrating or self.frozen)
 
     @property
     def name(self) -> str:
         """"warmup" or "train", as recorded per epoch in metrics.jsonl and result.json."""
-        return "warmup" if self.calibrating else "train"
+        return "train" if self.training else "warmup"
 
 
 @dataclass
@@ -206,10 +219,12 @@ class Generator(ABC):
         """Called at the start of each epoch (learning-rate schedules, phase switches)."""
 
     def step(self, phase: Phase, student: StudentUpdate) -> dict[str, Tensor]:
-        """One iteration; returns the student's detached loss terms (empty while calibrating)."""
+        """One iteration; returns the student's detached loss terms (empty unless ``phase.training``)."""
         batch = self.next_batch(phase)
         if phase.calibrating:
             student.calibrate(batch.x)
+            return {}
+        if phase.frozen:  # the generator trained in next_batch; the student waits
             return {}
         return self.student_step(batch, phase, student)
 
