@@ -19,6 +19,8 @@ Budget: the paper preset trains at batch 16 (METHODS §11.1), contributed below.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import math
 from typing import Any
 
@@ -28,7 +30,8 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from zsqbench.api import (
-    Batch, BudgetOverride, LossInputs, NativeLosses, Phase, PluginOptions, StudentUpdate, hookimpl,
+    Batch, BudgetOverride, LossInputs, NativeLosses, PassCounts, Phase, PluginOptions, StudentUpdate, TeacherModel,
+    hookimpl,
 )
 from zsqbench.toolkit.logits import LogitObjective
 from zsqbench.toolkit.online import OnlineGenerator
@@ -141,7 +144,12 @@ class AdaDFQ(OnlineGenerator):
     )
     Options = AdaDFQOptions
     card = ADADFQ_CARD
-    cost_factor = 1.3  # a rough guide: two student passes per iteration
+
+    @classmethod
+    def pass_counts(cls, options: PluginOptions, teacher: TeacherModel) -> PassCounts:
+        """3G + 9T (IMAGENET.md §7.2): the generator step also runs the student forward and backward;
+        in warm-up that step plus a calibration forward."""
+        return replace(super().pass_counts(options, teacher), train_teacher=9.0, warmup_teacher=7.0)
 
     def step(self, phase: Phase, student: StudentUpdate) -> dict[str, Tensor]:
         """METHODS §5.4: a generator update through teacher *and* student, then the student's.

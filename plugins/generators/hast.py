@@ -24,6 +24,8 @@ contributed by this module (``register_budget_overrides``).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from typing import Any, Literal
 
 import torch
@@ -32,8 +34,8 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from zsqbench.api import (
-    Batch, BudgetOverride, LossInputs, NativeLosses, Phase, PluginOptions, StudentObjective, StudentUpdate,
-    TrainContext, generator_hooks,
+    Batch, BudgetOverride, LossInputs, NativeLosses, PassCounts, Phase, PluginOptions, StudentObjective, StudentUpdate,
+    TeacherModel, TrainContext, generator_hooks,
 )
 from zsqbench.errors import UserError
 from zsqbench.toolkit.augment import random_resized_crop_flip  # noqa: F401  (HAST's augmentation, imported from here by older code)
@@ -143,7 +145,14 @@ class HAST(OfflineSetGenerator):
     )
     Options = HASTOptions
     card = HAST_CARD
-    cost_factor = 1.6  # a rough guide: a clean and a perturbed pass per student step
+
+    @classmethod
+    def pass_counts(cls, options: PluginOptions, teacher: TeacherModel) -> PassCounts:
+        """≈ 14T per QAT sample (IMAGENET.md §7.2: clean pass with the input gradient through teacher
+        and student, the perturbed pass), the calibration generator at its own batch, the synthesis."""
+        o: HASTOptions = options  # type: ignore[assignment]
+        return replace(super().pass_counts(options, teacher), train_teacher=14.0,
+                       synthesis_teacher=3.0 * o.num_images * o.synthesis_iters)
 
     def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:
         opts: HASTOptions = options  # type: ignore[assignment]

@@ -19,10 +19,14 @@ CIFAR-10 / CIFAR-100; other datasets must set them.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pydantic import Field
 from torch import Tensor
 
-from zsqbench.api import BudgetOverride, NativeLosses, PluginOptions, TrainContext, generator_hooks
+from zsqbench.api import (
+    BudgetOverride, NativeLosses, PassCounts, PluginOptions, TeacherModel, TrainContext, generator_hooks,
+)
 from zsqbench.errors import UserError
 from zsqbench.toolkit.augment import crop_flip
 from zsqbench.toolkit.logits import LogitObjective, ScaledKD
@@ -92,6 +96,12 @@ class IntraQ(OfflineSetGenerator):
                             "centres; add one (the pooled features before the classifier) or pass -o intraq.taps=NAME")
         eps_sil, lower, upper = resolve_constants(o, ctx.spec.dataset)
         self.synthetic_set = IntraQSet(ctx, o, eps_sil, lower, upper, taps[0])
+
+    @classmethod
+    def pass_counts(cls, options: PluginOptions, teacher: TeacherModel) -> PassCounts:
+        """The scaffold's counts (4T per fine-tuning sample) and the synthesis (IMAGENET.md §7.2)."""
+        o: IntraQOptions = options  # type: ignore[assignment]
+        return replace(super().pass_counts(options, teacher), synthesis_teacher=3.0 * o.num_images * o.synthesis_iters)
 
     def load_set(self) -> tuple[Tensor, Tensor]:
         x, y = self.synthetic_set.load_or_build()

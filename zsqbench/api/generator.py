@@ -162,6 +162,31 @@ class StudentUpdate:
         return {k: v.detach() for k, v in terms.items()}
 
 
+@dataclass(frozen=True)
+class PassCounts:
+    """A method's compute per generated sample, in forward-pass equivalents of each network (a
+    backward counts as two forwards, weight gradients included), for a grid's compute estimate
+    (IMAGENET.md §7.2; :func:`zsqbench.grid.estimate.estimate_compute` multiplies teacher-sized
+    passes, teacher and student alike, by the teacher's MACs and generator passes by the
+    generator network's). The defaults are GDFQ's: a generator step through the teacher (3G + 3T)
+    then a student step (3T: forward and backward, teacher outputs reused); in warm-up iterations
+    the student only runs a calibration forward (1T).
+
+    ``warmup_batch``: the batch of warm-up iterations when a separate calibration generator runs
+    at its own (HAST, IntraQ); ``synthesis_teacher``: teacher passes of an offline synthesis per
+    trial (images × steps × 3), run at large batch; ``generator_macs``: the generator network's
+    MACs per image (None: unknown, the estimate assumes GDFQ's CIFAR network).
+    """
+
+    train_teacher: float = 6.0
+    train_generator: float = 3.0
+    warmup_teacher: float = 4.0
+    warmup_generator: float = 3.0
+    warmup_batch: int | None = None
+    synthesis_teacher: float = 0.0
+    generator_macs: int | None = None
+
+
 class Generator(ABC):
     """A source of synthetic batches that may train itself against teacher and student.
 
@@ -175,11 +200,14 @@ class Generator(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     Options: ClassVar[type[PluginOptions]] = NoOptions
-    #: An iteration's cost relative to GDFQ's at the same batch, for the compute estimate of a grid
-    #: (AdaDFQ's second student pass, HAST's perturbed pass cost more).
-    cost_factor: ClassVar[float] = 1.0
     #: Where the method comes from and what was verified here (``zsqbench plugins NAME``).
     card: ClassVar[MethodCard | None] = None
+
+    @classmethod
+    def pass_counts(cls, options: PluginOptions, teacher: TeacherModel) -> PassCounts:
+        """Network passes per sample for the compute estimate of a grid, for trials on ``teacher``
+        (default: GDFQ's counts, generator network unknown)."""
+        return PassCounts()
 
     @classmethod
     def post_training_only(cls, options: PluginOptions) -> bool:

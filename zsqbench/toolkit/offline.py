@@ -26,10 +26,11 @@ import torch
 from torch import Tensor, nn
 
 from zsqbench.api.budgets import BudgetOverride
-from zsqbench.api.generator import Batch, Generator, Phase, TrainContext
+from zsqbench.api.generator import Batch, Generator, PassCounts, Phase, TrainContext
+from zsqbench.api.models import TeacherModel
 from zsqbench.api.options import PluginOptions
 from zsqbench.toolkit.augment import random_resized_crop_flip
-from zsqbench.toolkit.online import TrainedGenerator
+from zsqbench.toolkit.online import TrainedGenerator, network_macs
 
 if TYPE_CHECKING:  # pragma: no cover
     from zsqbench.trial.spec import TrialSpec
@@ -72,6 +73,15 @@ class OfflineSetGenerator(Generator):
                        f"keeps the student frozen {b.frozen_epochs} epoch(s) after {b.calibration_length} calibration "
                        f"epoch(s); set --warmup-epochs {b.calibration_length}")
         return problem
+
+    @classmethod
+    def pass_counts(cls, options: PluginOptions, teacher: TeacherModel) -> PassCounts:
+        """Fine-tuning on the set: 4T per sample (teacher forward, student forward and backward),
+        no generator; warm-up on the calibration generator at its own batch. A method adds its
+        synthesis (``synthesis_teacher``) and a costlier student step."""
+        o: OfflineSetOptions = options  # type: ignore[assignment]
+        return PassCounts(train_teacher=4.0, train_generator=0.0, warmup_batch=o.calibration_batch,
+                          generator_macs=network_macs(teacher))
 
     def __init__(self, options: PluginOptions, ctx: TrainContext, *, calibration_batch: int | None,
                  calibration_bns_weight: float = 0.1) -> None:

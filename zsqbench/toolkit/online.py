@@ -15,10 +15,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from zsqbench.api.generator import Batch, Generator, Phase, TrainContext
+from zsqbench.api.generator import Batch, Generator, PassCounts, Phase, TrainContext
+from zsqbench.api.models import TeacherModel
 from zsqbench.api.options import PluginOptions
 from zsqbench.toolkit.bn_stats import BNStatsLoss
-from zsqbench.toolkit.imagenet_generator import generator_network
+from zsqbench.errors import UserError
+from zsqbench.toolkit.imagenet_generator import generator_macs, generator_network
 
 
 def step_on(
@@ -38,6 +40,14 @@ def step_on(
         p.grad = g
     optimizer.step()
 
+
+
+def network_macs(teacher: TeacherModel) -> int | None:
+    """MACs per image of GDFQ's generator network for this teacher (None: no network at its size)."""
+    try:
+        return generator_macs(tuple(teacher.input_size))
+    except UserError:
+        return None
 
 
 class TrainedGenerator:
@@ -115,6 +125,11 @@ class OnlineGenerator(Generator):
     def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:
         super().__init__(options, ctx)
         self.online = TrainedGenerator(ctx, ctx.spec.budget.batch_size, self.build_network())
+
+    @classmethod
+    def pass_counts(cls, options: PluginOptions, teacher: TeacherModel) -> PassCounts:
+        """GDFQ's counts with the MACs of the generator network for the teacher's input size."""
+        return PassCounts(generator_macs=network_macs(teacher))
 
     def build_network(self) -> nn.Module | None:
         """The network to train online; None (the default) is GDFQ's network for the teacher's input size."""
