@@ -48,7 +48,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default 0)")
     p.add_argument("--model", help="teacher architecture or name (default resnet20)")
     p.add_argument("--dataset", help="cifar10 or cifar100")
-    p.add_argument("--budget", help="budget preset: smoke, cpu, paper, ... (methods may override it: see --dry-run)")
+    p.add_argument("--budget", help="budget preset: smoke, cpu, paper (32-px CIFAR teachers), in1k-smoke, in1k-short, "
+                   "in1k-paper (224-px ImageNet teachers only), ... (methods may override it: see --dry-run)")
     p.add_argument("--quantizer", help="quantizer plugin (default uniform)")
     p.add_argument("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
                    help="plugin option, e.g. -o gdfq.temperature=4 (repeatable; VALUE is JSON or a string)")
