@@ -171,8 +171,9 @@ def test_dataset_constants_and_budgets(plugins):
     assert resolve_constants(IntraQOptions(), "cifar10") == (0.95, 0.05, 0.8)
     assert resolve_constants(IntraQOptions(), "cifar100") == (0.6, 0.02, 1.0)
     assert resolve_constants(IntraQOptions(margin_upper=0.5), "cifar100") == (0.6, 0.02, 0.5)
+    assert resolve_constants(IntraQOptions(), "imagenet") == (1.0, 0.0, 2.0)  # IMAGENET.md §4.2
     with pytest.raises(UserError, match="intraq.target_pro"):
-        resolve_constants(IntraQOptions(), "imagenet")
+        resolve_constants(IntraQOptions(), "svhn")
     with pytest.raises(UserError, match="swap"):
         resolve_constants(IntraQOptions(margin_lower=0.9, margin_upper=0.5), "cifar10")
     paper = resolve_budget(plugins, "paper", "intraq", "kd")

@@ -24,21 +24,25 @@ contributed by this module (``register_budget_overrides``).
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import replace
+
+from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from torch import Tensor
 from torch.nn import functional as F
 
 from zsqbench.api import (
-    Batch, BudgetOverride, LossInputs, NativeLosses, Phase, PluginOptions, StudentObjective, StudentUpdate,
-    TrainContext, generator_hooks,
+    Batch, BudgetOverride, LossInputs, NativeLosses, PassCounts, Phase, PluginOptions, StudentObjective, StudentUpdate,
+    TeacherModel, TrainContext, generator_hooks,
 )
 from zsqbench.errors import UserError
 from zsqbench.toolkit.augment import random_resized_crop_flip  # noqa: F401  (HAST's augmentation, imported from here by older code)
 from zsqbench.toolkit.logits import kd_kl
-from zsqbench.toolkit.offline import OfflineSetGenerator, OfflineSetOptions, short_synthesis_overrides
+from zsqbench.toolkit.offline import (
+    OfflineSetGenerator, OfflineSetOptions, imagenet_overrides, short_synthesis_overrides,
+)
 from zsqbench_plugins.generators.hast_synthesis import SyntheticSet
 from zsqbench_plugins.generators.cards import HAST_CARD
 
@@ -71,6 +75,22 @@ class HASTOptions(OfflineSetOptions):
     groups: int = Field(4, ge=1, description="informational: the reference ran the synthesis as 4 separate jobs")
     hardness_beta: float = Field(10.0, ge=0, description="β of the focal hardness loss β·mean((1-p)^γ·CE)")
     hardness_gamma: float = Field(2.0, ge=0, description="γ of the focal hardness loss")
+    # the ImageNet synthesis augments (IMAGENET.md §4.2); CIFAR's does not
+    synthesis_augment_p: float = Field(
+        0.0, ge=0, le=1, description="probability per synthesis step of a per-image random-resized crop + flip "
+        "(ImageNet code: 0.5; CIFAR: 0)")
+    synthesis_crop_min: float = Field(0.4, gt=0, le=1, description="smallest crop area fraction of that augmentation")
+
+    @model_serializer(mode="wrap")
+    def _omit_unused_augmentation(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without synthesis augmentation (CIFAR) its two options stay out of the dumped options, so
+        specs, trial ids and cached sets are the same as before they existed."""
+        data = handler(self)
+        if data.get("synthesis_augment_p") == 0.0:
+            data.pop("synthesis_augment_p", None)
+            if data.get("synthesis_crop_min") == 0.4:
+                data.pop("synthesis_crop_min", None)
+        return data
 
 
 # ------------------------------------------------------------------------------ losses
@@ -125,7 +145,14 @@ class HAST(OfflineSetGenerator):
     )
     Options = HASTOptions
     card = HAST_CARD
-    cost_factor = 1.6  # a rough guide: a clean and a perturbed pass per student step
+
+    @classmethod
+    def pass_counts(cls, options: PluginOptions, teacher: TeacherModel) -> PassCounts:
+        """≈ 14T per QAT sample (IMAGENET.md §7.2: clean pass with the input gradient through teacher
+        and student, the perturbed pass), the calibration generator at its own batch, the synthesis."""
+        o: HASTOptions = options  # type: ignore[assignment]
+        return replace(super().pass_counts(options, teacher), train_teacher=14.0,
+                       synthesis_teacher=3.0 * o.num_images * o.synthesis_iters)
 
     def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:
         opts: HASTOptions = options  # type: ignore[assignment]
@@ -202,6 +229,10 @@ class HAST(OfflineSetGenerator):
 # steps at W4A4 (measured on the CPU preset), while 1e-6 trained stably; the paper preset keeps 1e-5.
 BUDGET_OVERRIDES = (
     *short_synthesis_overrides("hast", "hard samples", "1e-5 diverged"),
+    # ImageNet (IMAGENET.md §4.2): focal β 0.1, γ 0.5, and the synthesis augments with probability 0.5
+    # (per-image RRC(224, scale (0.4, 1)) + flip); λ_FA 1000 / ε 0.01 are the code's defaults (§8.5)
+    *imagenet_overrides("hast", {"hardness_beta": 0.1, "hardness_gamma": 0.5, "synthesis_augment_p": 0.5,
+                                 "synthesis_crop_min": 0.4}),
     BudgetOverride(preset="paper", generator="hast", epochs=151, batch_size=64, lr_milestones=(20, 40, 60),
                    optim={"student_lr": 1e-5},
                    note="HAST's schedule: 4 calibration + 147 QAT epochs at batch 64, lr 1e-5 (METHODS §6.4)"),

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from zsqbench.api import TrainContext
+from zsqbench.toolkit.augment import crop_flip
 from zsqbench.toolkit.bn_stats import BNStatsLoss
 from zsqbench.toolkit.cache import TensorCache, state_fingerprint
 from zsqbench.toolkit.synthesis import (
@@ -44,7 +45,7 @@ def hardness_loss(logits: Tensor, labels: Tensor, beta: float, gamma: float) -> 
 
 def schedule(opts: HASTOptions) -> PixelSchedule:
     return PixelSchedule(iters=opts.synthesis_iters, lr=opts.synthesis_lr, patience=PLATEAU["patience"],
-                         min_lr=PLATEAU["min_lr"], factor=PLATEAU["factor"])
+                         min_lr=PLATEAU["min_lr"], factor=PLATEAU["factor"], augment_p=opts.synthesis_augment_p)
 
 
 def synthesize_batch(
@@ -55,19 +56,26 @@ def synthesize_batch(
     opts: HASTOptions,
     on_step: Callable[[int], None] = lambda it: None,
     diagnostics: list[Tensor] | None = None,
+    augment_seed: int = 0,
 ) -> Tensor:
     """Optimize the pixels ``x0`` so the teacher finds them hard yet BN-plausible (METHODS §6.1).
 
     Adam(lr 0.5) on the pixels alone, ReduceLROnPlateau stepped on the total loss every
-    iteration, no augmentation, no clipping. Returns the final images, detached; appends the
+    iteration, no clipping; no augmentation unless ``opts.synthesis_augment_p`` > 0 (the ImageNet
+    code's, seeded by ``augment_seed``). Returns the final images, detached; appends the
     terms at the first and last iteration (``TERMS``) to ``diagnostics`` when given.
     """
 
     def hardness(view: SynthesisView) -> Tensor:
         return hardness_loss(view.logits, labels, opts.hardness_beta, opts.hardness_gamma)
 
+    augment, seed = None, None
+    if opts.synthesis_augment_p > 0:  # ImageNet: per-image RRC(size, scale (crop_min, 1)) + flip (§4.2)
+        def augment(x: Tensor) -> Tensor:
+            return crop_flip(x, size=x.shape[-1], scale=(opts.synthesis_crop_min, 1.0))
+        seed = augment_seed
     done = optimize_pixels(teacher, x0, {"hardness": hardness, "bn": bn_term}, schedule(opts), bns,
-                           labels=labels, on_step=on_step)
+                           labels=labels, augment=augment, augment_seed=seed, on_step=on_step)
     if diagnostics is not None:
         diagnostics.append(diagnostics_tensor(done, TERMS))
     return done.x
@@ -103,6 +111,8 @@ class SyntheticSet:
             "plateau": PLATEAU,
             "hardness": [o.hardness_beta, o.hardness_gamma],
             "seed": o.seed_for(ctx.spec.seed),
+            # only when augmenting, so the CIFAR sets keep their cache keys
+            **({"augment": [o.synthesis_augment_p, o.synthesis_crop_min]} if o.synthesis_augment_p > 0 else {}),
         }
 
     def cache(self) -> TensorCache:
@@ -131,10 +141,11 @@ class SyntheticSet:
             rng = torch.Generator().manual_seed(batch_seed("hast-synthesis", seed, index))
             y = torch.randint(0, ctx.num_classes, (size,), generator=rng)
             x0 = torch.randn((size, *self.image_shape), generator=rng)
+            augment_seed = int(torch.randint(0, 2**62, (1,), generator=rng)) if o.synthesis_augment_p > 0 else 0
             # looked up at call time, so a test can count (or interrupt) the batches
             diagnostics: list[Tensor] = []
             x = synthesize_batch(ctx.teacher, bns, x0.to(ctx.device), y.to(ctx.device), o, on_step,
-                                 diagnostics=diagnostics).cpu()
+                                 diagnostics=diagnostics, augment_seed=augment_seed).cpu()
             return {"x": x, "y": y, **({"diagnostics": diagnostics[0]} if diagnostics else {})}
 
         parts = synthesize_parts(cache, batch_sizes(o.num_images, o.synthesis_batch), o.synthesis_iters, make,

@@ -19,20 +19,29 @@ CIFAR-10 / CIFAR-100; other datasets must set them.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pydantic import Field
 from torch import Tensor
 
-from zsqbench.api import BudgetOverride, NativeLosses, PluginOptions, TrainContext, generator_hooks
+from zsqbench.api import (
+    BudgetOverride, NativeLosses, PassCounts, PluginOptions, TeacherModel, TrainContext, generator_hooks,
+)
 from zsqbench.errors import UserError
 from zsqbench.toolkit.augment import crop_flip
 from zsqbench.toolkit.logits import LogitObjective, ScaledKD
-from zsqbench.toolkit.offline import OfflineSetGenerator, OfflineSetOptions, short_synthesis_overrides
+from zsqbench.toolkit.offline import (
+    OfflineSetGenerator, OfflineSetOptions, imagenet_overrides, short_synthesis_overrides,
+)
 from zsqbench_plugins.generators.intraq_synthesis import IntraQSet
 from zsqbench_plugins.generators.cards import INTRAQ_CARD
 
 #: (ε_SIL, λ_l, λ_u) of run_generate_cifar{10,100}.sh.
 DATASET_CONSTANTS: dict[str, tuple[float, float, float]] = {"cifar10": (0.95, 0.05, 0.8),
-                                                             "cifar100": (0.6, 0.02, 1.0)}
+                                                             "cifar100": (0.6, 0.02, 1.0),
+                                                             # IMAGENET.md §4.2: targetPro 1, margins 0 / 2
+                                                             # (the hinges are inactive)
+                                                             "imagenet": (1.0, 0.0, 2.0)}
 
 
 class IntraQOptions(OfflineSetOptions):
@@ -88,6 +97,12 @@ class IntraQ(OfflineSetGenerator):
         eps_sil, lower, upper = resolve_constants(o, ctx.spec.dataset)
         self.synthetic_set = IntraQSet(ctx, o, eps_sil, lower, upper, taps[0])
 
+    @classmethod
+    def pass_counts(cls, options: PluginOptions, teacher: TeacherModel) -> PassCounts:
+        """The scaffold's counts (4T per fine-tuning sample) and the synthesis (IMAGENET.md §7.2)."""
+        o: IntraQOptions = options  # type: ignore[assignment]
+        return replace(super().pass_counts(options, teacher), synthesis_teacher=3.0 * o.num_images * o.synthesis_iters)
+
     def load_set(self) -> tuple[Tensor, Tensor]:
         x, y = self.synthetic_set.load_or_build()
         checks = self.synthetic_set.records.get("checks")
@@ -108,6 +123,7 @@ class IntraQ(OfflineSetGenerator):
 # 8000 on short syntheses the paper lr trips the divergence guard (§8, IQ8), as it did for HAST.
 BUDGET_OVERRIDES = (
     *short_synthesis_overrides("intraq", "images", "KD weight 8000"),
+    *imagenet_overrides("intraq"),  # ImageNet constants: DATASET_CONSTANTS; LOR crops (0.5, 1) are the default
     BudgetOverride(preset="paper", generator="intraq", epochs=151, batch_size=256, lr_milestones=(20, 40, 60),
                    optim={"student_lr": 1e-4},
                    note="IntraQ's schedule: 4 calibration + 147 epochs at batch 256, lr 1e-4 (§4.4)"),

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from zsqbench.api import KD_CE, Batch, NativeLosses, Phase, PluginOptions, TrainContext, hookimpl
 from zsqbench.errors import UserError
-from zsqbench.toolkit.cifar_generator import CifarGenerator
+from zsqbench.toolkit.imagenet_generator import generator_network
 from zsqbench.toolkit.logits import GDFQLogitLoss, LogitObjective, soft_cross_entropy
 from zsqbench.toolkit.online import OnlineGenerator
 from zsqbench_plugins.generators.cards import QIMERA_CARD
@@ -44,10 +44,17 @@ DM_WIDTH = 100
 #: eps of the parameter-free standardization (the code's 1-D BN default).
 NORM_EPS = 1e-5
 #: The released run scripts' embedding initialization per dataset (§2.5).
-SCRIPT_EMB_INIT: dict[str, Literal["teacher_fc", "random"]] = {"cifar10": "random", "cifar100": "teacher_fc"}
+SCRIPT_EMB_INIT: dict[str, Literal["teacher_fc", "random"]] = {
+    "cifar10": "random", "cifar100": "teacher_fc",
+    # run_imgnet_{r18,mv2}: random; the ResNet-50 script copies the classifier (-o qimera.emb_init=teacher_fc)
+    "imagenet": "random"}
 #: K of the released scripts per dataset at 3–4 bits, and at 5 bits and more (§2.5 [REC]; W3A3 and
 #: widths above 5 have no script: [AMBIG], the nearest script's K).
-SCRIPT_K: dict[str, tuple[int, int]] = {"cifar10": (2, 2), "cifar100": (10, 50)}
+SCRIPT_K: dict[str, tuple[int, int]] = {
+    "cifar10": (2, 2), "cifar100": (10, 50),
+    # IMAGENET.md §3.2: K = 500 (R18, R50) / 100 (MV2) at 4 bits, 100 at 5 bits; p_mix 0.7 for R50
+    # (-o qimera.mix_classes=100 / -o qimera.p_mix=0.7 for those teachers)
+    "imagenet": (500, 100)}
 
 
 class QimeraOptions(GDFQOptions):
@@ -94,13 +101,16 @@ class QimeraNet(nn.Module):
     """
 
     def __init__(self, num_classes: int, latent_dim: int, noise_scale: float, dm: bool,
-                 norm: Literal["code", "per_sample"]) -> None:
+                 norm: Literal["code", "per_sample"], input_size: tuple[int, ...] = (3, 32, 32)) -> None:
         super().__init__()
         self.noise_scale = noise_scale
         self.norm = norm
         self.embed = nn.Embedding(num_classes, latent_dim)  # N(0, 1), the `random` initialization
         self.dm = nn.Linear(latent_dim, DM_WIDTH) if dm else None
-        self.body = CifarGenerator(None, latent_dim=DM_WIDTH if dm else latent_dim)
+        # GDFQ's trunk for the teacher's input size, without classes (they are in the latent): at
+        # 224 px the conditional-BN stack of IMAGENET.md §3.2 with plain affine BNs and
+        # l1 = Linear(d → 401,408) ([AMBIG] whether Qimera's ImageNet trunk keeps per-class BNs)
+        self.body = generator_network(input_size, None, latent_dim=DM_WIDTH if dm else latent_dim)
 
     def latent(self, z: Tensor, y: Tensor, lam: Tensor | None = None) -> Tensor:
         """h, the input of the trunk's projection, shape (B, d) or (B, 100) with DM."""
@@ -166,7 +176,8 @@ class Qimera(OnlineGenerator):
 
     def build_network(self) -> nn.Module:
         o: QimeraOptions = self.options  # type: ignore[assignment]
-        return QimeraNet(self.ctx.num_classes, self.latent_dim, o.noise_scale, o.dm, o.norm)
+        return QimeraNet(self.ctx.num_classes, self.latent_dim, o.noise_scale, o.dm, o.norm,
+                         tuple(self.ctx.teacher_entry.input_size))
 
     # -- sampling
     def draw_inputs(self, batch_size: int, rng: torch.Generator | None = None

@@ -26,6 +26,8 @@ Variants (``variant``):
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import math
 from typing import Any, Literal
 
@@ -34,7 +36,9 @@ from pydantic import Field
 from torch import Tensor
 from torch.nn import functional as F
 
-from zsqbench.api import Batch, BudgetOverride, NativeLosses, Phase, PluginOptions, TrainContext, generator_hooks
+from zsqbench.api import (
+    Batch, BudgetOverride, NativeLosses, PassCounts, Phase, PluginOptions, TeacherModel, TrainContext, generator_hooks,
+)
 from zsqbench.toolkit.bn_stats import ZEROQ, BNStatsLoss
 from zsqbench.toolkit.augment import crop_flip
 from zsqbench.toolkit.logits import LogitObjective, ScaledKD
@@ -165,6 +169,18 @@ class ZeroQ(OfflineSetGenerator):
                          calibration_bns_weight=o.calibration_bns_weight)
         self.distilled = DistilledSet(ctx, o)
         self.histogram: list[int] = []
+
+    @classmethod
+    def pass_counts(cls, options: PluginOptions, teacher: TeacherModel) -> PassCounts:
+        """The distillation (images x steps x 3T); ptq: one calibration forward per image, nothing
+        else; ft / il_ft: the offline scaffold's calibration generator, then 4T per fine-tuning sample."""
+        o: ZeroQOptions = options  # type: ignore[assignment]
+        count, _ = o.set_size()
+        synthesis = 3.0 * count * o.synthesis_iters
+        if o.variant == "ptq":
+            return PassCounts(train_teacher=0.0, train_generator=0.0, warmup_teacher=1.0, warmup_generator=0.0,
+                              synthesis_teacher=synthesis)
+        return replace(super().pass_counts(options, teacher), synthesis_teacher=synthesis)
 
     def load_set(self) -> tuple[Tensor, Tensor]:
         x, y = self.distilled.load_or_build()

@@ -18,7 +18,7 @@ from zsqbench.api.budgets import BudgetOverride, BudgetPreset
 from zsqbench.api.cards import MethodCard, PublishedNumber
 from zsqbench.api.executor import ExecuteJob, Executor, JobOutcome, TrialJob
 from zsqbench.api.features import FeatureTaps
-from zsqbench.api.generator import Batch, Generator, Phase, StudentUpdate, TrainContext
+from zsqbench.api.generator import Batch, Generator, PassCounts, Phase, StudentUpdate, TrainContext
 from zsqbench.api.hookspecs import PLUGIN_KINDS, generator_hooks, hookimpl
 from zsqbench.api.losses import KD_CE, DistillationLoss, LogitLoss, LossInputs, NativeLosses, StudentObjective
 from zsqbench.api.models import Normalization, PretrainedWeights, RefusedFile, TeacherModel
@@ -32,7 +32,7 @@ __all__ = [
     "KD_CE", "PLUGIN_KINDS", "Batch", "BudgetOverride", "BudgetPreset", "DistillationLoss",
     "EpochAwareOptimizer", "ExecuteJob", "Executor", "FeatureTaps", "Generator", "IntegerActivation",
     "IntegerGrid", "IntegerLayer", "IntegerWeight", "JobOutcome", "LogitLoss", "LossInputs", "MethodCard",
-    "NativeLosses", "NoOptions", "Normalization", "Phase", "PluginOptions", "PretrainedWeights",
+    "NativeLosses", "NoOptions", "Normalization", "PassCounts", "Phase", "PluginOptions", "PretrainedWeights",
     "PublishedNumber", "QuantizedWeight", "Quantizer", "RefusedFile", "StudentObjective", "StudentUpdate",
     "TeacherModel", "TrainContext", "TrialJob", "WeightCodeQuantizer", "generator_hooks", "hookimpl",
 ]

@@ -25,11 +25,18 @@ class BudgetPreset(BaseModel):
     batch_size: int
     warmup_epochs: int
     lr_milestones: list[int] = Field(default_factory=list)
+    calibration_epochs: int | None = None
+    eval_every: int | None = None
+    eval_images: int | None = None
     optim: dict[str, Any] = Field(default_factory=dict)
+    input_size: int | None = Field(
+        None, description="the teacher input size (pixels) the preset is made for; None: any. Trials of teachers "
+        "of another size are refused (the ImageNet presets at 224, CIFAR's paper schedule at 32)")
 
 
 #: The budget fields an override may set (besides ``optim`` and ``generator_options``).
-BUDGET_FIELDS = ("epochs", "iters_per_epoch", "batch_size", "warmup_epochs", "lr_milestones")
+BUDGET_FIELDS = ("epochs", "iters_per_epoch", "batch_size", "warmup_epochs", "lr_milestones",
+                 "calibration_epochs", "eval_every", "eval_images")
 
 
 class BudgetOverride(BaseModel):
@@ -45,6 +52,9 @@ class BudgetOverride(BaseModel):
     batch_size: int | None = Field(None, ge=1)
     warmup_epochs: int | None = Field(None, ge=1)
     lr_milestones: tuple[int, ...] | None = None
+    calibration_epochs: int | None = Field(None, ge=1)
+    eval_every: int | None = Field(None, ge=1)
+    eval_images: int | None = Field(None, ge=1)
     optim: dict[str, Any] = Field(default_factory=dict, description="student/generator optimizer settings")
     generator_options: dict[str, Any] = Field(
         default_factory=dict,

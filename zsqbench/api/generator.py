@@ -31,21 +31,34 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass(frozen=True)
 class Phase:
-    """Where an iteration stands: its epoch, and whether the epoch calibrates the student's
-    activation ranges (no student update) or trains the student. Made by
-    :meth:`zsqbench.trial.spec.Budget.phase`, the one place that knows the warm-up length."""
+    """Where an iteration stands: its epoch, and what the epoch does to the student. Made by
+    :meth:`zsqbench.trial.spec.Budget.phase`, the one place that knows the warm-up length.
+
+    * ``calibrating``: the student's activation ranges are tracked, the student is not updated;
+    * ``frozen``: the warm-up after calibration (GDFQ's ImageNet epochs 4-49, IMAGENET.md §4): the
+      ranges are frozen and the student is still not updated, while a generator keeps training;
+    * neither (``training``): the student is updated with frozen ranges.
+
+    ``frozen`` is never set by a budget whose calibration lasts the whole warm-up (every CIFAR budget).
+    """
 
     epoch: int
     calibrating: bool
+    frozen: bool = False
+
+    def __post_init__(self) -> None:
+        if self.calibrating and self.frozen:
+            raise ValueError("a phase cannot both calibrate and be frozen")
 
     @property
     def training(self) -> bool:
-        return not self.calibrating
+        """Whether the student is updated in this epoch."""
+        return not (self.calibrating or self.frozen)
 
     @property
     def name(self) -> str:
         """"warmup" or "train", as recorded per epoch in metrics.jsonl and result.json."""
-        return "warmup" if self.calibrating else "train"
+        return "train" if self.training else "warmup"
 
 
 @dataclass
@@ -149,6 +162,31 @@ class StudentUpdate:
         return {k: v.detach() for k, v in terms.items()}
 
 
+@dataclass(frozen=True)
+class PassCounts:
+    """A method's compute per generated sample, in forward-pass equivalents of each network (a
+    backward counts as two forwards, weight gradients included), for a grid's compute estimate
+    (IMAGENET.md §7.2; :func:`zsqbench.grid.estimate.estimate_compute` multiplies teacher-sized
+    passes, teacher and student alike, by the teacher's MACs and generator passes by the
+    generator network's). The defaults are GDFQ's: a generator step through the teacher (3G + 3T)
+    then a student step (3T: forward and backward, teacher outputs reused); in warm-up iterations
+    the student only runs a calibration forward (1T).
+
+    ``warmup_batch``: the batch of warm-up iterations when a separate calibration generator runs
+    at its own (HAST, IntraQ); ``synthesis_teacher``: teacher passes of an offline synthesis per
+    trial (images × steps × 3), run at large batch; ``generator_macs``: the generator network's
+    MACs per image (None: unknown, the estimate assumes GDFQ's CIFAR network).
+    """
+
+    train_teacher: float = 6.0
+    train_generator: float = 3.0
+    warmup_teacher: float = 4.0
+    warmup_generator: float = 3.0
+    warmup_batch: int | None = None
+    synthesis_teacher: float = 0.0
+    generator_macs: int | None = None
+
+
 class Generator(ABC):
     """A source of synthetic batches that may train itself against teacher and student.
 
@@ -162,11 +200,14 @@ class Generator(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     Options: ClassVar[type[PluginOptions]] = NoOptions
-    #: An iteration's cost relative to GDFQ's at the same batch, for the compute estimate of a grid
-    #: (AdaDFQ's second student pass, HAST's perturbed pass cost more).
-    cost_factor: ClassVar[float] = 1.0
     #: Where the method comes from and what was verified here (``zsqbench plugins NAME``).
     card: ClassVar[MethodCard | None] = None
+
+    @classmethod
+    def pass_counts(cls, options: PluginOptions, teacher: TeacherModel) -> PassCounts:
+        """Network passes per sample for the compute estimate of a grid, for trials on ``teacher``
+        (default: GDFQ's counts, generator network unknown)."""
+        return PassCounts()
 
     @classmethod
     def post_training_only(cls, options: PluginOptions) -> bool:
@@ -206,10 +247,12 @@ class Generator(ABC):
         """Called at the start of each epoch (learning-rate schedules, phase switches)."""
 
     def step(self, phase: Phase, student: StudentUpdate) -> dict[str, Tensor]:
-        """One iteration; returns the student's detached loss terms (empty while calibrating)."""
+        """One iteration; returns the student's detached loss terms (empty unless ``phase.training``)."""
         batch = self.next_batch(phase)
         if phase.calibrating:
             student.calibrate(batch.x)
+            return {}
+        if phase.frozen:  # the generator trained in next_batch; the student waits
             return {}
         return self.student_step(batch, phase, student)
 

@@ -48,7 +48,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default 0)")
     p.add_argument("--model", help="teacher architecture or name (default resnet20)")
     p.add_argument("--dataset", help="cifar10 or cifar100")
-    p.add_argument("--budget", help="budget preset: smoke, cpu, paper, ... (methods may override it: see --dry-run)")
+    p.add_argument("--budget", help="budget preset: smoke, cpu, paper (32-px CIFAR teachers), in1k-smoke, in1k-short, "
+                   "in1k-paper (224-px ImageNet teachers only), ... (methods may override it: see --dry-run)")
     p.add_argument("--quantizer", help="quantizer plugin (default uniform)")
     p.add_argument("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
                    help="plugin option, e.g. -o gdfq.temperature=4 (repeatable; VALUE is JSON or a string)")
@@ -66,7 +67,11 @@ def add_parser(sub) -> None:
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--iters-per-epoch", type=int, help="override the preset's iterations per epoch")
     p.add_argument("--batch-size", type=int, help="override the preset's batch size")
-    p.add_argument("--warmup-epochs", type=int, help="override the preset's warm-up (calibration) epochs")
+    p.add_argument("--warmup-epochs", type=int,
+                   help="override the preset's warm-up epochs (student not updated; the first calibrate the ranges)")
+    p.add_argument("--calibration-epochs", type=int,
+                   help="override the preset's range-calibration epochs (at most the warm-up; default: all of it)")
+    p.add_argument("--eval-every", type=int, help="evaluate every k-th epoch (+ PTQ and last) instead of every epoch")
     p.add_argument("--executor", default="local", help="where trials run: local (default), multi-gpu, slurm, ray")
     p.add_argument("--max-parallel", type=int, help="at most this many trials at once (multi-gpu, slurm, ray)")
     p.add_argument("--retry-failed", action="store_true", help="run trials that failed earlier again")
@@ -109,7 +114,8 @@ def build_request(args: argparse.Namespace, plugins) -> tuple[dict[str, Any], st
     }
     values.update({k: v for k, v in flags.items() if v is not None})
     overrides = {"epochs": args.epochs, "iters_per_epoch": args.iters_per_epoch, "batch_size": args.batch_size,
-                 "warmup_epochs": args.warmup_epochs}
+                 "warmup_epochs": args.warmup_epochs, "calibration_epochs": args.calibration_epochs,
+                 "eval_every": args.eval_every}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if overrides:
         values["budget_overrides"] = {**values.get("budget_overrides", {}), **overrides}
@@ -197,7 +203,8 @@ def _export(rows: list[dict[str, Any]], args: argparse.Namespace, env: Environme
     return failed
 
 
-SCHEDULE = ("epochs", "iters_per_epoch", "batch_size", "warmup_epochs", "lr_milestones")
+SCHEDULE = ("epochs", "iters_per_epoch", "batch_size", "warmup_epochs", "calibration_epochs", "eval_every",
+            "lr_milestones")
 
 
 def _print_grid(specs, args, plugins) -> int:
@@ -214,11 +221,17 @@ def _print_grid(specs, args, plugins) -> int:
     for r in rows:
         milestones = f", lr x0.1 at {','.join(map(str, r['lr_milestones']))}" if r["lr_milestones"] else ""
         r = {**r, "schedule": f"{r['epochs']}x{r['iters_per_epoch']}x{r['batch_size']} "
-                              f"(warm-up {r['warmup_epochs']}{milestones})"}
+                              f"(warm-up {r['warmup_epochs']}{_calibration_and_eval(r)}{milestones})"}
         table.add_row(*(str(r[c]) for c in shown))
     out.print(table)
     out.print("schedule: epochs x iterations x batch; `--json` lists every field", highlight=False)
     return 0
+
+
+def _calibration_and_eval(row: dict[str, Any]) -> str:
+    """", calibration 4, eval every 5" where a budget sets them."""
+    text = f", calibration {row['calibration_epochs']}" if row.get("calibration_epochs") is not None else ""
+    return text + (f", eval every {row['eval_every']}" if row.get("eval_every") is not None else "")
 
 
 def _print_results(rows, report, out_dir: Path) -> None:

@@ -33,6 +33,10 @@ class ResolvedBudget:
         """"200x200x200, lr x0.1 at 100": epochs x iterations x batch and the milestones."""
         b = self.budget
         text = f"{b.epochs}x{b.iters_per_epoch}x{b.batch_size}, warm-up {b.warmup_epochs}"
+        if b.calibration_epochs is not None:
+            text += f" (calibration {b.calibration_epochs})"
+        if b.eval_every is not None:
+            text += f", eval every {b.eval_every}"
         if b.lr_milestones:
             text += f", lr x0.1 at {','.join(str(m) for m in b.lr_milestones)}"
         return text
@@ -58,7 +62,7 @@ def _refuse_conflicts(preset: str, generator: str, loss: str, singles: list[Entr
 
 def resolve_budget(plugins: Plugins, preset_name: str, generator: str, loss: str) -> ResolvedBudget:
     preset = plugins.config.budget(preset_name)
-    fields: dict[str, Any] = preset.model_dump(exclude={"description", "optim"})
+    fields: dict[str, Any] = preset.model_dump(exclude={"description", "optim", "input_size"})
     optim: dict[str, Any] = dict(preset.optim)
     generator_options: dict[str, Any] = {}
     matching = [e for e in plugins.budget_overrides if e.obj.preset == preset_name

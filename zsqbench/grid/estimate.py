@@ -1,25 +1,62 @@
-"""A compute estimate for a grid before it starts, from its budgets.
+"""A compute estimate for a grid before it starts, from its budgets, networks and methods.
 
-Measured on the project's 2-core CPU machine (PyTorch 2.14): one ResNet-20 iteration costs
-roughly ``CPU_SECONDS_PER_SAMPLE`` per sample per generator-and-student pass; GPUs are about
-two orders of magnitude faster. It is an order-of-magnitude guide for deciding whether to
-start, not a prediction: `zsqbench bench` measures the real figure.
+Multiply-accumulates (MACs) per trial, IMAGENET.md §7.2's model: every iteration's samples times
+the method's network passes (:meth:`zsqbench.api.generator.Generator.pass_counts`; a backward is
+two forwards) times each network's MACs per image (the teacher's declared ``macs``, ResNet-20's
+when undeclared; the generator network's as the method declares it, GDFQ's CIFAR network's
+when undeclared), plus an offline
+synthesis, plus evaluation (evaluated epochs × test images × teacher MACs). Throughputs turn MACs
+into hours: on a GPU (H100/H200 class, FP32 with TF32 convolutions) 10 TMAC/s for training steps
+at batch ≥ 16, slower below (×sqrt(B/16): 5 TMAC/s at batch 4, §7.2's 3-5 for tiny-batch QAT),
+20 TMAC/s for evaluation and batch-256 synthesis; on the project's 2-core CPU 118 GMAC/s for
+training (`zsqbench bench`: GDFQ + kd on ResNet-20 at batch 200, 1.00 s per iteration of
+200 × 592 MMAC) and twice that for evaluation. The ResNet-20 GPU figure agrees with a measured
+H100 iteration (15 ms at batch 200, 7.9 TMAC/s). It is an order-of-magnitude guide (±2×) for
+deciding whether to start, not a prediction: `zsqbench bench` measures the real figure.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 
 from zsqbench.api.plugins import Plugins
-from zsqbench.trial.spec import TrialSpec
+from zsqbench.trial.spec import Budget, TrialSpec
 
-# seconds per generated sample per iteration on 2 CPU cores (`zsqbench bench`, 2026-11-27:
-# GDFQ + kd at batch 200 1.00 s/iteration; AdaDFQ + AKT 1.13-1.17 s)
-CPU_SECONDS_PER_SAMPLE = 0.005
-# a single H100 at batch 200, AKT: about 15 ms per iteration
-GPU_SECONDS_PER_SAMPLE = 0.015 / 200
+#: ResNet-20's forward (Conv2d + Linear, hooks): the teacher cost when a model declares none.
+RESNET20_MACS = 40_813_184
+#: GDFQ's CIFAR generator network (zsqbench.toolkit.imagenet_generator.CIFAR_GENERATOR_MACS): the
+#: generator cost when a method declares none.
+DEFAULT_GENERATOR_MACS = 115_834_880
+#: GPU throughputs (MAC/s): training steps at batch >= TRAIN_FULL_BATCH, evaluation and synthesis.
+GPU_TRAIN_MACS_PER_S = 10e12
+GPU_EVAL_MACS_PER_S = 20e12
+TRAIN_FULL_BATCH = 16
+#: 2-core CPU throughputs (MAC/s), measured on ResNet-20 training steps; evaluation assumed 2x.
+CPU_TRAIN_MACS_PER_S = 118e9
+CPU_EVAL_MACS_PER_S = 2 * CPU_TRAIN_MACS_PER_S
+#: Test images per evaluation by dataset (others: TEST_IMAGES_DEFAULT).
+TEST_IMAGES = {"cifar10": 10_000, "cifar100": 10_000, "imagenet": 50_000}
+TEST_IMAGES_DEFAULT = 10_000
 # ask before starting more than this many student iterations in one grid
 LARGE_GRID_ITERATIONS = 200_000
+
+
+@dataclass(frozen=True)
+class TrialCompute:
+    """One trial's MACs by kind: training iterations (at their batch), synthesis, evaluation."""
+
+    train_macs: float
+    train_batch: int
+    synthesis_macs: float
+    eval_macs: float
+
+    def gpu_seconds(self) -> float:
+        rate = GPU_TRAIN_MACS_PER_S * min(1.0, self.train_batch / TRAIN_FULL_BATCH) ** 0.5
+        return self.train_macs / rate + (self.synthesis_macs + self.eval_macs) / GPU_EVAL_MACS_PER_S
+
+    def cpu_seconds(self) -> float:
+        return (self.train_macs + self.synthesis_macs) / CPU_TRAIN_MACS_PER_S + self.eval_macs / CPU_EVAL_MACS_PER_S
 
 
 @dataclass(frozen=True)
@@ -30,24 +67,56 @@ class ComputeEstimate:
     samples: int
     cpu_hours: float
     gpu_hours: float
+    #: mean GPU-hours of one trial, by generator (the figure to compare with IMAGENET.md §7.2)
+    gpu_hours_per_trial: dict[str, float] = field(default_factory=dict)
 
     def describe(self) -> str:
-        return (f"{self.iterations:,} iterations ({self.samples:,} samples); "
+        text = (f"{self.iterations:,} iterations ({self.samples:,} samples); "
                 f"≈ {self.cpu_hours:.1f} CPU-hours on 2 cores or ≈ {self.gpu_hours:.2f} GPU-hours")
+        if self.gpu_hours_per_trial:
+            per = ", ".join(f"{g} {h:.2g}" for g, h in self.gpu_hours_per_trial.items())
+            text += f" (per trial: {per})"
+        return text
+
+
+def test_images(dataset: str, budget: Budget) -> int:
+    n = TEST_IMAGES.get(dataset, TEST_IMAGES_DEFAULT)
+    return n if budget.eval_images is None else min(n, budget.eval_images)
+
+
+def trial_compute(spec: TrialSpec, plugins: Plugins) -> TrialCompute:
+    """The MACs of one trial (module docstring)."""
+    entry = plugins.models.get(spec.model)
+    teacher = entry.macs or RESNET20_MACS
+    gen_cls = plugins.generators.get(spec.generator.name)
+    passes = gen_cls.pass_counts(gen_cls.Options(**spec.generator.options), entry)
+    gen_net = passes.generator_macs or DEFAULT_GENERATOR_MACS
+    b = spec.budget
+    warm_samples = b.warmup_epochs * b.iters_per_epoch * (passes.warmup_batch or b.batch_size)
+    train_samples = (b.epochs - b.warmup_epochs) * b.iters_per_epoch * b.batch_size
+    train = (warm_samples * (passes.warmup_teacher * teacher + passes.warmup_generator * gen_net)
+             + train_samples * (passes.train_teacher * teacher + passes.train_generator * gen_net))
+    return TrialCompute(train_macs=train, train_batch=b.batch_size, synthesis_macs=passes.synthesis_teacher * teacher,
+                        eval_macs=float(b.evaluated_epochs * test_images(spec.dataset, b) * teacher))
 
 
 def estimate_compute(specs: list[TrialSpec], plugins: Plugins) -> ComputeEstimate:
-    """Each generator declares its iteration's cost relative to GDFQ's (``Generator.cost_factor``)."""
+    """The grid's iterations, samples and hours; GPU-hours per trial by generator."""
     iterations = student = samples = 0
-    weighted = 0.0
+    cpu_s = gpu_s = 0.0
+    per_generator: dict[str, list[float]] = defaultdict(list)
     for spec in specs:
         b = spec.budget
         it = b.epochs * b.iters_per_epoch
         iterations += it
         student += (b.epochs - b.warmup_epochs) * b.iters_per_epoch
         samples += it * b.batch_size
-        weighted += it * b.batch_size * plugins.generators.get(spec.generator.name).cost_factor
+        cost = trial_compute(spec, plugins)
+        cpu_s += cost.cpu_seconds()
+        gpu_s += cost.gpu_seconds()
+        per_generator[spec.generator.name].append(cost.gpu_seconds() / 3600)
     return ComputeEstimate(
         trials=len(specs), iterations=iterations, student_iterations=student, samples=samples,
-        cpu_hours=weighted * CPU_SECONDS_PER_SAMPLE / 3600, gpu_hours=weighted * GPU_SECONDS_PER_SAMPLE / 3600,
+        cpu_hours=cpu_s / 3600, gpu_hours=gpu_s / 3600,
+        gpu_hours_per_trial={g: sum(h) / len(h) for g, h in per_generator.items()},
     )

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from zsqbench.api.budgets import BudgetPreset
 from zsqbench.api.models import TeacherModel
 from zsqbench.api.options import fill_options
 from zsqbench.api.plugins import Plugins
@@ -81,10 +82,21 @@ def resolve_teacher(plugins: Plugins, model: str, dataset: str) -> TeacherModel:
     raise UnknownNameError(plugins.models.unknown_message(model if "_" in model else f"{model}_{dataset}"))
 
 
+def check_preset_fits(preset: BudgetPreset, name: str, teacher: TeacherModel) -> None:
+    """A preset made for one input size (the ImageNet ones: 224 px; ``paper``: CIFAR's 32 px) is
+    refused for teachers of another, in one line: its schedule, batch and synthesis sizes were
+    chosen for that protocol."""
+    size = teacher.input_size[-1]
+    if preset.input_size is not None and preset.input_size != size:
+        fitting = "in1k-smoke, in1k-short, in1k-paper" if size == 224 else "smoke, cpu, paper"
+        raise UserError(f"budget '{name}' is for {preset.input_size}-px teachers, but model '{teacher.name}' takes "
+                        f"{size}-px inputs; use {fitting} (or smoke/cpu with overrides)")
+
+
 def expand(request: GridRequest, plugins: Plugins, env: Environment) -> list[TrialSpec]:
     """Cross product generators × losses × bits × seeds, in that nesting order."""
     teacher = resolve_teacher(plugins, request.model, request.dataset)
-    plugins.config.budget(request.budget)  # an unknown preset fails before anything else is looked at
+    check_preset_fits(plugins.config.budget(request.budget), request.budget, teacher)  # unknown presets fail first
     bits = parse_bits(request.bits)
     if not request.generators or not request.losses:
         raise UserError("empty grid: give at least one --generators and one --loss")

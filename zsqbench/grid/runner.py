@@ -187,7 +187,8 @@ def grid_states(specs: list[TrialSpec], out: Path, run: str,
         {"trial_id": s.trial_id, "generator": s.generator.name, "loss": s.loss.name, "bits": s.bits_label,
          "seed": s.seed, "budget": s.budget_name, "epochs": s.budget.epochs,
          "iters_per_epoch": s.budget.iters_per_epoch, "batch_size": s.budget.batch_size,
-         "warmup_epochs": s.budget.warmup_epochs, "lr_milestones": list(s.budget.lr_milestones),
+         "warmup_epochs": s.budget.warmup_epochs, "calibration_epochs": s.budget.calibration_epochs,
+         "eval_every": s.budget.eval_every, "lr_milestones": list(s.budget.lr_milestones),
          "teacher": s.teacher.short if s.teacher else "", "state": state(s)}
         for s in specs
     ]

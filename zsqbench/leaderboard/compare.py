@@ -158,6 +158,18 @@ def _index(frame: pd.DataFrame, side: str, path: str | Path) -> dict[tuple, dict
     return rows
 
 
+def _models_of(reference: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
+    """A published table holding several teachers of one dataset (ImageNet: ResNet-18, ResNet-50,
+    MobileNetV2) keeps the rows of the teachers the other side has, so each cell joins one row;
+    any other table is returned unchanged (a model mismatch is then reported as such)."""
+    if reference.empty or not (reference["source"].astype(str).str.strip().str.lower() == "reference").all():
+        return reference
+    if reference.groupby("dataset")["model"].nunique().max() < 2:
+        return reference
+    kept = reference[reference["model"].isin(set(other["model"]))]
+    return kept if not kept.empty else reference
+
+
 def _is_reference(row: dict[str, Any]) -> bool:
     return str(row.get("source", "")).strip().lower() == "reference"
 
@@ -285,7 +297,9 @@ def compare(path_a: str | Path, path_b: str | Path, metric: Metric = "last", for
     ``options``: the other fields of :class:`Options`."""
     opts = Options(metric=metric, force=force, **options)
     side_a, side_b = load_side(path_a), load_side(path_b)
-    index_a, index_b = _index(side_a.aggregated, "A", path_a), _index(side_b.aggregated, "B", path_b)
+    frame_a = _models_of(side_a.aggregated, side_b.aggregated)
+    frame_b = _models_of(side_b.aggregated, side_a.aggregated)
+    index_a, index_b = _index(frame_a, "A", path_a), _index(frame_b, "B", path_b)
     keys = sorted(set(index_a) | set(index_b), key=lambda k: tuple(str(v) if isinstance(v, str) else v for v in k))
     problems: list[tuple[str, list[str]]] = []
     rows = []

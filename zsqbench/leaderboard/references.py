@@ -18,6 +18,9 @@ REFERENCES: dict[str, tuple[str, str]] = {
     "akt": ("akt-paper.csv", "AKT paper, Tables 2 and 4 (ResNet-20, CIFAR-10/100; best epoch on the test set)"),
     "published": ("published.csv", "AKT paper Table 3 (incl. TexQ, RIS) and the published ResNet-20 numbers of AIT, "
                   "Qimera, ZeroQ and IntraQ, each row with its source (best epoch on the test set)"),
+    "imagenet": ("imagenet-published.csv", "published ImageNet top-1 (IMAGENET.md §6): AdaDFQ paper Table 2 "
+                 "(ResNet-18/50, MobileNetV2; W3-W5) and the GDFQ, Qimera, IntraQ, ZeroQ and DSG READMEs, "
+                 "each row with its FP baseline and source (best epoch on the test set)"),
 }
 
 

@@ -18,7 +18,7 @@ feeds its own set instead: pass ``calibration_batch=None``).
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from pydantic import Field
 
@@ -26,10 +26,14 @@ import torch
 from torch import Tensor, nn
 
 from zsqbench.api.budgets import BudgetOverride
-from zsqbench.api.generator import Batch, Generator, Phase, TrainContext
+from zsqbench.api.generator import Batch, Generator, PassCounts, Phase, TrainContext
+from zsqbench.api.models import TeacherModel
 from zsqbench.api.options import PluginOptions
 from zsqbench.toolkit.augment import random_resized_crop_flip
-from zsqbench.toolkit.online import TrainedGenerator
+from zsqbench.toolkit.online import TrainedGenerator, network_macs
+
+if TYPE_CHECKING:  # pragma: no cover
+    from zsqbench.trial.spec import TrialSpec
 
 
 class OfflineSetOptions(PluginOptions):
@@ -56,6 +60,28 @@ class OfflineSetGenerator(Generator):
     #: (its recorded numbers); IntraQ and ZeroQ take :func:`~zsqbench.toolkit.augment.crop_flip`,
     #: batched on an accelerator (the same parameters, equal up to float rounding).
     augment: ClassVar[Callable[..., Tensor]] = staticmethod(random_resized_crop_flip)
+
+    @classmethod
+    def budget_problem(cls, options: PluginOptions, spec: "TrialSpec") -> str:
+        """Besides the default rules: no frozen warm-up after calibration. The calibration generator
+        is dropped when calibration ends, and the set's batches would only be drawn and discarded;
+        the methods' own schedules calibrate for the whole warm-up (4 + 147 epochs on ImageNet)."""
+        problem = super().budget_problem(options, spec)
+        b = spec.budget
+        if not problem and b.frozen_epochs:
+            problem = (f"generator '{cls.name}' calibrates for its whole warm-up, but budget '{spec.budget_name}' "
+                       f"keeps the student frozen {b.frozen_epochs} epoch(s) after {b.calibration_length} calibration "
+                       f"epoch(s); set --warmup-epochs {b.calibration_length}")
+        return problem
+
+    @classmethod
+    def pass_counts(cls, options: PluginOptions, teacher: TeacherModel) -> PassCounts:
+        """Fine-tuning on the set: 4T per sample (teacher forward, student forward and backward),
+        no generator; warm-up on the calibration generator at its own batch. A method adds its
+        synthesis (``synthesis_teacher``) and a costlier student step."""
+        o: OfflineSetOptions = options  # type: ignore[assignment]
+        return PassCounts(train_teacher=4.0, train_generator=0.0, warmup_batch=o.calibration_batch,
+                          generator_macs=network_macs(teacher))
 
     def __init__(self, options: PluginOptions, ctx: TrainContext, *, calibration_batch: int | None,
                  calibration_bns_weight: float = 0.1) -> None:
@@ -152,4 +178,26 @@ def short_synthesis_overrides(generator: str, images: str, why: str) -> tuple[Bu
     )
 
 
-__all__ = ["OfflineSetGenerator", "OfflineSetOptions", "short_synthesis_overrides"]
+def imagenet_overrides(generator: str, options: dict[str, Any] | None = None) -> tuple[BudgetOverride, ...]:
+    """The ImageNet presets of HAST and IntraQ (IMAGENET.md §4, §4.2, §8.3): 4 calibration epochs then
+    QAT at batch 16 (HAST's hocon: 4 per DDP rank, 16 in effect; ``--batch-size 4`` for the hocon's),
+    student lr 1e-6 x0.1 at 100/200/350; the syntheses 5,120 images x 1,000 steps (paper), 1,280 x 500
+    (short: 4 + 26 epochs) and 4 x 2 (smoke, with the calibration generator at the smoke batch).
+    ``options`` are the method's ImageNet settings, added to every preset's."""
+    extra = options or {}
+    return (
+        BudgetOverride(preset="in1k-paper", generator=generator, epochs=151, warmup_epochs=4,
+                       lr_milestones=(100, 200, 350), generator_options={**extra},
+                       note=f"{generator}'s ImageNet schedule: 4 calibration + 147 epochs at batch 16, lr 1e-6 "
+                            "x0.1 at 100/200/350; 5,120 images x 1,000 synthesis steps (IMAGENET.md §4)"),
+        BudgetOverride(preset="in1k-short", generator=generator, epochs=30, warmup_epochs=4, lr_milestones=(20,),
+                       generator_options={"num_images": 1280, "synthesis_iters": 500, **extra},
+                       note="4 calibration + 26 epochs; 1,280 images x 500 synthesis steps (IMAGENET.md §8.3)"),
+        BudgetOverride(preset="in1k-smoke", generator=generator,
+                       generator_options={"num_images": 4, "synthesis_batch": 4, "synthesis_iters": 2,
+                                          "calibration_batch": 2, **extra},
+                       note="4 images x 2 synthesis steps, calibration generator at batch 2: seconds on a CPU"),
+    )
+
+
+__all__ = ["OfflineSetGenerator", "OfflineSetOptions", "imagenet_overrides", "short_synthesis_overrides"]

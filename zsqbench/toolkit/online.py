@@ -15,10 +15,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from zsqbench.api.generator import Batch, Generator, Phase, TrainContext
+from zsqbench.api.generator import Batch, Generator, PassCounts, Phase, TrainContext
+from zsqbench.api.models import TeacherModel
 from zsqbench.api.options import PluginOptions
 from zsqbench.toolkit.bn_stats import BNStatsLoss
-from zsqbench.toolkit.cifar_generator import CifarGenerator
+from zsqbench.errors import UserError
+from zsqbench.toolkit.imagenet_generator import generator_macs, generator_network
 
 
 def step_on(
@@ -40,8 +42,20 @@ def step_on(
 
 
 
+def network_macs(teacher: TeacherModel) -> int | None:
+    """MACs per image of GDFQ's generator network for this teacher (None: no network at its size)."""
+    try:
+        return generator_macs(tuple(teacher.input_size))
+    except UserError:
+        return None
+
+
 class TrainedGenerator:
     """GDFQ's conditional generator with its Adam optimizer and the teacher's BNS loss.
+
+    The network is chosen by the teacher's declared input size
+    (:func:`~zsqbench.toolkit.imagenet_generator.generator_network`): the CIFAR network at 32 px,
+    the conditional-BN network at 224 px; any other size is refused in one line.
 
     ``net`` replaces GDFQ's network by another one trained the same way (Qimera's); then
     :meth:`draw` and :meth:`gdfq_step`, which feed GDFQ's (z, y) inputs, are not for it.
@@ -50,7 +64,9 @@ class TrainedGenerator:
     def __init__(self, ctx: TrainContext, batch_size: int, net: nn.Module | None = None) -> None:
         self.ctx = ctx
         self.batch_size = batch_size
-        self.net = (CifarGenerator(ctx.num_classes) if net is None else net).to(ctx.device)
+        if net is None:
+            net = generator_network(tuple(ctx.teacher_entry.input_size), ctx.num_classes)
+        self.net = net.to(ctx.device)
         self.net.train()
         optim = ctx.spec.optim
         # foreach: one multi-tensor update instead of a loop over the parameters; bit-identical
@@ -113,8 +129,13 @@ class OnlineGenerator(Generator):
         super().__init__(options, ctx)
         self.online = TrainedGenerator(ctx, ctx.spec.budget.batch_size, self.build_network())
 
+    @classmethod
+    def pass_counts(cls, options: PluginOptions, teacher: TeacherModel) -> PassCounts:
+        """GDFQ's counts with the MACs of the generator network for the teacher's input size."""
+        return PassCounts(generator_macs=network_macs(teacher))
+
     def build_network(self) -> nn.Module | None:
-        """The network to train online; None (the default) is GDFQ's :class:`CifarGenerator`."""
+        """The network to train online; None (the default) is GDFQ's network for the teacher's input size."""
         return None
 
     def start_epoch(self, phase: Phase) -> None:

@@ -11,7 +11,9 @@ import hashlib
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator,
+)
 
 from zsqbench.api.generator import Phase
 from zsqbench.bits import MAX_BITS, MIN_BITS, bits_label
@@ -24,18 +26,34 @@ class StrictModel(BaseModel):
 class Budget(StrictModel):
     """How much training a trial gets. Milestones are epoch indices where LRs drop ×0.1.
 
+    ``warmup_epochs`` is how long the student is not updated; the first ``calibration_epochs`` of
+    them track its activation ranges, the rest keep them frozen while the generator trains alone
+    (GDFQ's ImageNet code: ranges in epochs 0-3, student frozen up to epoch 49; IMAGENET.md §4).
+    ``calibration_epochs`` None means the whole warm-up calibrates, as on CIFAR.
+
     ``warmup_epochs == epochs`` is a post-training-quantization budget (the ``ptq`` preset): the
     student is calibrated and evaluated, never updated. Only generators that declare themselves
     post-training only accept it (:meth:`zsqbench.api.generator.Generator.budget_problem`, checked
     when a grid is expanded and when a trial's parts are built), so it cannot silently skip the
     training of a method that needs it.
+
+    ``eval_every`` and ``eval_images`` thin out evaluation (ImageNet's 50,000 test images cost as
+    much as training at every epoch, IMAGENET.md §7.2); :meth:`evaluates` says which epochs.
+
+    The three optional fields stay out of the dump (and so out of every trial id) while None, so
+    every budget written before they existed keeps its id.
     """
 
     epochs: int = Field(ge=1)
     iters_per_epoch: int = Field(ge=1)
     batch_size: int = Field(ge=1)
-    warmup_epochs: int = Field(ge=1, description="epochs of range calibration without student updates")
+    warmup_epochs: int = Field(ge=1, description="epochs without student updates (the first calibrate the ranges)")
     lr_milestones: list[int] = Field(default_factory=list)
+    calibration_epochs: int | None = Field(
+        None, ge=1, description="epochs that calibrate the activation ranges (None: all warmup_epochs)")
+    eval_every: int | None = Field(
+        None, ge=1, description="evaluate after every k-th epoch, plus the PTQ and the last epoch (None: every epoch)")
+    eval_images: int | None = Field(None, ge=1, description="evaluate on the first n test images only (None: all)")
 
     @model_validator(mode="after")
     def _check(self) -> "Budget":
@@ -44,23 +62,48 @@ class Budget(StrictModel):
                 f"warmup_epochs ({self.warmup_epochs}) must not exceed epochs ({self.epochs}): the "
                 "warm-up epochs are part of the epochs"
             )
+        if self.calibration_epochs is not None and self.calibration_epochs > self.warmup_epochs:
+            raise ValueError(
+                f"calibration_epochs ({self.calibration_epochs}) must not exceed warmup_epochs "
+                f"({self.warmup_epochs}): the student is not updated while its ranges are calibrated"
+            )
         if sorted(self.lr_milestones) != self.lr_milestones:
             raise ValueError("lr_milestones must be sorted ascending")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_options(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for key in OPTIONAL_BUDGET_FIELDS:
+            if data.get(key, 0) is None:
+                del data[key]
+        return data
 
     def lr_factor(self, epoch: int) -> float:
         """Multi-step decay: at the start of epoch e, 0.1 ** (#milestones <= e)."""
         return 0.1 ** sum(1 for m in self.lr_milestones if m <= epoch)
 
+    @property
+    def calibration_length(self) -> int:
+        """Epochs that calibrate the activation ranges."""
+        return self.warmup_epochs if self.calibration_epochs is None else self.calibration_epochs
+
     def phase(self, epoch: int) -> Phase:
-        """The phase of an epoch: the first ``warmup_epochs`` calibrate, the rest train. The one
-        place that decides it; the trainer hands the result to the plugins."""
-        return Phase(epoch=epoch, calibrating=epoch < self.warmup_epochs)
+        """The phase of an epoch: the first ``calibration_length`` calibrate, the rest of the
+        warm-up keep the student and its ranges frozen, the others train. The one place that
+        decides it; the trainer hands the result to the plugins."""
+        calibrating = epoch < self.calibration_length
+        return Phase(epoch=epoch, calibrating=calibrating, frozen=not calibrating and epoch < self.warmup_epochs)
 
     @property
     def trains(self) -> bool:
         """Whether any epoch updates the student (False: a post-training-quantization budget)."""
         return self.epochs > self.warmup_epochs
+
+    @property
+    def frozen_epochs(self) -> int:
+        """Warm-up epochs after calibration (ranges frozen, student not updated)."""
+        return self.warmup_epochs - self.calibration_length
 
     @property
     def first_training_phase(self) -> Phase:
@@ -69,8 +112,28 @@ class Budget(StrictModel):
     @property
     def ptq_epoch(self) -> int:
         """The last calibration epoch: its evaluation is the PTQ accuracy (ranges calibrated, no
-        student update yet), and every epoch from it on is evaluated."""
-        return self.warmup_epochs - 1
+        student update yet)."""
+        return self.calibration_length - 1
+
+    def evaluates(self, epoch: int) -> bool:
+        """Whether the student is evaluated after ``epoch``: the PTQ epoch; then, once the student
+        trains, every epoch, or with ``eval_every`` = k every k-th (epoch + 1 divisible by k) and
+        the last. Frozen warm-up epochs are skipped: the student is exactly the PTQ epoch's
+        (without frozen epochs, and with ``eval_every`` None, every epoch from the PTQ epoch on)."""
+        if epoch == self.ptq_epoch:
+            return True
+        if epoch < self.warmup_epochs:
+            return False
+        return self.eval_every is None or epoch == self.epochs - 1 or (epoch + 1) % self.eval_every == 0
+
+    @property
+    def evaluated_epochs(self) -> int:
+        """How many epochs are evaluated (the compute estimate's count)."""
+        return sum(1 for e in range(self.epochs) if self.evaluates(e))
+
+
+#: Budget fields left out of the dump, and so of trial ids, while None.
+OPTIONAL_BUDGET_FIELDS = ("calibration_epochs", "eval_every", "eval_images")
 
 
 class OptimSettings(StrictModel):

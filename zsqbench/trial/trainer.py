@@ -4,7 +4,7 @@ Per epoch: the epoch setting (LRs, activation ranges tracked in calibration epoc
 otherwise, the generator's schedule; :func:`zsqbench.trial.step.epoch_context`), then
 ``iters_per_epoch`` iterations of the generator's step (:func:`zsqbench.trial.step.iterate`),
 then the epoch's checks, the evaluation (from the last calibration epoch on, which gives the PTQ
-accuracy) and, in a trial folder, the checkpoint. The student stays in eval mode (METHODS §1.6).
+accuracy, at the budget's cadence) and, in a trial folder, the checkpoint. The student stays in eval mode (METHODS §1.6).
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def train_epoch(setup: TrialSetup, phase: Phase, progress: ProgressSink) -> tupl
     info = ""
     with epoch_context(parts, phase) as lr:
         progress.start(f"{spec.generator.name}+{spec.loss.name} {spec.bits_label} epoch {phase.epoch + 1}/"
-                       f"{spec.budget.epochs}" + (" (warm-up)" if phase.calibrating else ""), iters)
+                       f"{spec.budget.epochs}" + ("" if phase.training else " (warm-up)"), iters)
         for it in range(iters):
             iterate(parts, phase, stats)
             last = it + 1 == iters
@@ -169,11 +169,24 @@ def epoch_warnings(setup: TrialSetup, phase: Phase, losses: dict[str, float], gr
     return warnings
 
 
+def evaluated_images(setup: TrialSetup) -> int:
+    """How many test images an evaluation uses: all, or the budget's ``eval_images`` first ones."""
+    n = len(setup.test.labels)
+    return n if setup.spec.budget.eval_images is None else min(n, setup.spec.budget.eval_images)
+
+
 def evaluate(setup: TrialSetup, phase: Phase) -> float | None:
-    """Student top-1 on the full test set, from the last calibration epoch on."""
-    if phase.epoch < setup.spec.budget.ptq_epoch:
+    """Student top-1 on the test set (or its first ``eval_images``) in the epochs the budget
+    evaluates (:meth:`~zsqbench.trial.spec.Budget.evaluates`: from the last calibration epoch on,
+    at the budget's cadence); None in the others."""
+    budget = setup.spec.budget
+    if not budget.evaluates(phase.epoch):
         return None
-    return top1(setup.parts.ctx.student, setup.inputs, setup.test.labels, setup.env.device, setup.env.eval_batch_size)
+    inputs, labels = setup.inputs, setup.test.labels
+    if budget.eval_images is not None:  # still normalized batch by batch
+        inputs = NormalizedImages(inputs.images[:budget.eval_images], inputs.norm)
+        labels = labels[:budget.eval_images]
+    return top1(setup.parts.ctx.student, inputs, labels, setup.env.device, setup.env.eval_batch_size)
 
 
 def save_epoch(folder: TrialFolder, setup: TrialSetup, state: TrainingState, wall_s: float) -> None:
@@ -214,12 +227,12 @@ def run_trial(spec: TrialSpec, plugins: Plugins, env: Environment, progress: Pro
         state.records.append(EpochRecord(epoch, phase.name, lr, acc, losses, time.perf_counter() - t0, warnings,
                                          **grads, optimizer=optimizer_summary(setup.parts)))
         if acc is not None and phase.training and collapsed(acc, state.ptq, setup.entry.num_classes,
-                                                           len(setup.test.labels)):
+                                                           evaluated_images(setup)):
             raise TrialDiverged(f"top-1 collapsed to {acc:.2f}% in epoch {epoch} (PTQ was {state.ptq:.2f}%)")
         if folder is not None:
             save_epoch(folder, setup, state, state.previous_wall + time.perf_counter() - started)
         progress.message(f"epoch {epoch + 1}/{budget.epochs}: top-1 {acc:.2f}%" if acc is not None
-                         else f"epoch {epoch + 1}/{budget.epochs}: warm-up")
+                         else f"epoch {epoch + 1}/{budget.epochs}: " + ("not evaluated" if phase.training else "warm-up"))
     return TrialOutcome(fp_top1=setup.fp_top1, ptq_top1=state.ptq, epochs=state.records, teacher=setup.teacher,
                         test_set=setup.test, wall_s=state.previous_wall + time.perf_counter() - started,
                         compute=setup.compute.describe())
