@@ -51,6 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="generator/loss/quantizer option, e.g. -o adadfq.share_student_forward=false, "
                         "-o uniform.ste=reference (the straightforward STE, for comparison; repeatable)")
     add_compute_flags(p)
+    p.add_argument("--explain", action="store_true",
+                   help="instead of timing: how torch.compile splits the training iteration (--compile's graphs, "
+                        "each graph break with its reason and place); traces one step, compiles no kernels")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(execute=execute)
 
@@ -67,6 +70,8 @@ def execute(args: argparse.Namespace) -> int:
         threads=args.threads, iters=args.iters, warmup_iters=args.warmup_iters, eval_images=args.eval_images,
         model=args.model, compute=compute_settings(args), options=_parse_options(args.option),
     )
+    if args.explain:
+        return _explain(config, args.json)
     result = run_bench(config)
     if args.json:
         print(json.dumps(result))
@@ -89,4 +94,21 @@ def execute(args: argparse.Namespace) -> int:
     out.print(f"  eval student   {r['eval_s']:10.2f} s", highlight=False)
     out.print(f"  eval teacher   {r['fp_eval_s']:10.2f} s   -> ratio x{r['eval_ratio']:.2f}", highlight=False)
     out.print(f"  peak memory    {r['peak_mem_mb']:10.0f} MiB", highlight=False)
+    return 0
+
+
+def _explain(config, as_json: bool) -> int:
+    from zsqbench.cli.console import out
+    from zsqbench.trial.bench import explain_bench
+
+    report = explain_bench(config)
+    if as_json:
+        print(json.dumps(report))
+        return 0
+    out.print(f"{report['generator']}+{report['loss']}, batch {report['batch_size']}: the training iteration "
+              f"compiles to {report['graphs']} graphs with {report['graph_breaks']} graph breaks "
+              f"({report['ops']} traced operations)", highlight=False, soft_wrap=True)
+    for b in report["breaks"]:
+        where = f" ({b['where']})" if b["where"] else ""
+        out.print(f"  {b['count']:3d} x {b['reason']}{where}", highlight=False, soft_wrap=True)
     return 0

@@ -56,7 +56,7 @@ from zsqbench.trial.monitor import EpochStats
 from zsqbench.trial.op_profile import profile_step
 from zsqbench.trial.spec import Budget, PluginChoice, TrialSpec
 from zsqbench.trial.speed import ComputeSettings, apply_compute_settings, tune_cpu_allocator
-from zsqbench.trial.step import compile_iteration, epoch_context, iterate
+from zsqbench.trial.step import compile_iteration, epoch_context, explain_iteration, iterate
 from zsqbench.trial.trainer import seed_everything
 
 #: Generator options that keep a benchmark's setup short without changing the timed step
@@ -227,6 +227,16 @@ class BenchSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def explain_bench(config: BenchConfig, plugins: Plugins | None = None) -> dict[str, Any]:
+    """`bench --explain`: the graphs and graph breaks of one training iteration under
+    ``torch.compile`` (traced eagerly after the same setup and calibration as a benchmark)."""
+    config = replace(config, compute=replace(config.compute, compile=False), iters=1)
+    with BenchSession(config, plugins) as session, session.training():
+        session.step()  # optimizer state and lazily built buffers exist, as in a compiled trial's steps
+        report = explain_iteration(session.parts, session.phase)
+    return {"generator": config.generator, "loss": config.loss, "batch_size": config.batch_size, **report}
 
 
 def run_bench(config: BenchConfig, plugins: Plugins | None = None) -> dict[str, Any]:

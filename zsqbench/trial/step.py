@@ -79,13 +79,22 @@ def explain_iteration(parts: TrialParts, phase: Phase) -> dict[str, Any]:
     """How ``torch.compile`` splits one iteration: its graphs and each graph break's reason and
     place (runs one iteration, traced, without compiling kernels)."""
     import torch._dynamo as dynamo
+    from torch._dynamo.utils import counters
 
+    counters.clear()
     report = dynamo.explain(_whole_step(parts))(phase)
-    breaks = []
-    for reason in report.break_reasons:
+    found: dict[str, dict[str, Any]] = {}
+    for reason in report.break_reasons:  # with the place, where dynamo reports one
         frame = reason.user_stack[-1] if reason.user_stack else None
-        where = f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else "?"
-        breaks.append({"where": where, "reason": reason.reason.strip().splitlines()[0]})
+        text = reason.reason.strip().splitlines()[0]
+        found.setdefault(text, {"reason": text, "count": 0,
+                                "where": f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else ""})
+        found[text]["count"] += 1
+    for text, count in counters["graph_break"].items():  # the rest (backward calls, skipped functions)
+        first = text.strip().splitlines()[0]
+        entry = found.setdefault(first, {"reason": first, "count": 0, "where": ""})
+        entry["count"] = max(entry["count"], count)
+    breaks = sorted(found.values(), key=lambda b: -b["count"])
     return {"graphs": report.graph_count, "graph_breaks": report.graph_break_count, "ops": report.op_count,
             "breaks": breaks}
 

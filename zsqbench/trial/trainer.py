@@ -183,9 +183,11 @@ def evaluate(setup: TrialSetup, phase: Phase) -> float | None:
     if not budget.evaluates(phase.epoch):
         return None
     inputs, labels = setup.inputs, setup.test.labels
-    if budget.eval_images is not None:  # still normalized batch by batch
-        inputs = NormalizedImages(inputs.images[:budget.eval_images], inputs.norm)
-        labels = labels[:budget.eval_images]
+    if budget.eval_images is not None:
+        n = budget.eval_images
+        # a lazy set stays lazy (normalized batch by batch); a tensor of inputs is sliced
+        inputs = NormalizedImages(inputs.images[:n], inputs.norm) if isinstance(inputs, NormalizedImages) else inputs[:n]
+        labels = labels[:n]
     return top1(setup.parts.ctx.student, inputs, labels, setup.env.device, setup.env.eval_batch_size)
 
 
