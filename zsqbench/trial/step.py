@@ -71,6 +71,11 @@ def compile_iteration(parts: TrialParts, device: torch.device) -> None:
     (``mode="reduce-overhead"``), which removes the launch cost of a static-shape step. Results
     match eager to float rounding, not bit for bit (fused multiply-adds; tests/test_compile.py)."""
     allow_compiled_backward_twice()
+    import torch._inductor.config as inductor_config
+
+    # Random draws inside the graph (noise, labels, crops) from the eager generator's stream, so a
+    # compiled trial sees the same batches as the eager one with the same seed.
+    inductor_config.fallback_random = True
     mode = "reduce-overhead" if device.type == "cuda" else None
     parts.compiled_step = torch.compile(_whole_step(parts), mode=mode)
 
