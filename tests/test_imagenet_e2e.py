@@ -38,11 +38,11 @@ def test_a_resnet18_imagenet_grid_runs_every_online_and_offline_method(tmp_path)
     assert sorted((r["generator"], r["loss"]) for r in rows) == sorted(
         (g, l) for g in ("gdfq", "adadfq", "hast") for l in ("kd", "akt"))
     for r in rows:
-        assert r["model"] == "resnet18" and r["dataset"] == "imagenet" and r["bits"] == "W4A4"
+        assert r["model"] == "resnet18_imagenet" and r["dataset"] == "imagenet" and (r["w_bits"], r["a_bits"]) == ("4", "4")
         assert 0.0 <= float(r["top1_last"]) <= 100.0
 
 
 @pytest.mark.parametrize("arch", ["mobilenetv2_w1", "resnet50"])
 def test_mobilenetv2_and_resnet50_run_gdfq_with_kd(tmp_path, arch):
     (row,) = _run(tmp_path, arch, "gdfq", "kd")
-    assert row["model"] == arch and torch.isfinite(torch.tensor(float(row["top1_last"])))
+    assert row["model"] == f"{arch}_imagenet" and torch.isfinite(torch.tensor(float(row["top1_last"])))
