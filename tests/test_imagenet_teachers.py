@@ -438,3 +438,31 @@ def test_torchvision_resnet18_is_a_separate_teacher_with_one_relu_per_site(plugi
     with pytest.raises(ChecksumError) as exc:
         _load(entry, tmp_path)
     assert "expected one starting f37072fd" in _one_line(exc)
+
+
+# ----------------------------------------------------------------------------- labelled placements (§2)
+
+
+def test_linear_bottleneck_outputs_can_be_quantized_as_a_labelled_option(teachers):
+    from zsqbench.errors import UserError
+    from zsqbench_plugins.quantizers.uniform import UniformOptions, UniformQuantizer
+
+    assert "quantize_outputs" not in UniformOptions().model_dump()  # the default keeps trial ids
+    teacher = teachers["mobilenetv2_w1_imagenet"]
+    options = UniformOptions(quantize_outputs=("features.stage*.unit*.conv3",))
+    student = UniformQuantizer(options).quantize(copy.deepcopy(teacher), 4, 4)
+    outputs = [m for p, m in student.named_modules() if p.endswith(".output_quant")]
+    assert len(outputs) == 17  # one per linear bottleneck, beside the 36 ReLU6 quantizers
+    assert sum(isinstance(m, QuantAct) for m in student.modules()) == 36 + 17
+    assert set(teacher.state_dict()) <= set(student.state_dict())  # FP names kept
+    seen = {}
+    unit = dict(student.named_modules())["features.stage2.unit1.conv3"]
+    unit.register_forward_hook(lambda m, i, o: seen.setdefault("out", o))
+    with torch.no_grad():
+        student(torch.randn(2, 3, 224, 224))  # calibrating: ranges tracked
+        UniformQuantizer(options).set_calibrating(student, False)
+        seen.clear()
+        student(torch.randn(2, 3, 224, 224))
+    assert seen["out"].unique().numel() <= 2**4  # the bottleneck output is on a 4-bit grid
+    with pytest.raises(UserError, match="match no module"):
+        UniformQuantizer(UniformOptions(quantize_outputs=("features.nowhere",))).quantize(copy.deepcopy(teacher), 4, 4)

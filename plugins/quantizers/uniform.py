@@ -8,6 +8,7 @@ FP network are kept, so feature taps address teacher and student with the same p
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any, Literal
 
 import torch
@@ -25,6 +26,7 @@ from zsqbench.api import (
     WeightCodeQuantizer,
     hookimpl,
 )
+from zsqbench.errors import UserError
 from zsqbench_plugins.quantizers import _fake_quant
 from zsqbench_plugins.quantizers._fake_quant import (  # noqa: F401  (the quantizer's arithmetic, re-exported)
     FakeQuantSTE,
@@ -194,6 +196,11 @@ class QuantizedActivation(nn.Module):
         return self.quant(self.act(x))
 
 
+def _quantize_output(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+    """Forward hook of ``quantize_outputs``: the module's output through its own quantizer."""
+    return module.output_quant(output)
+
+
 class UniformOptions(PluginOptions):
     range_tracking: Literal["exact", "ema", "minmax", "sample_mean_max"] = Field(
         "exact", description="'exact' reference recurrence (default; GDFQ family), a plain 'ema', or the PTQ "
@@ -206,13 +213,22 @@ class UniformOptions(PluginOptions):
         "x + (q - x).detach(), for comparisons (forward bit-identical, tests/test_speed_equivalence.py)",
     )
 
+    quantize_outputs: tuple[str, ...] = Field(
+        (), description="a labelled non-default placement: module paths (fnmatch patterns) whose outputs also get "
+        "a per-tensor activation quantizer, e.g. 'features.stage*.unit*.conv3' for MobileNetV2's linear-bottleneck "
+        "outputs, which the papers leave in FP (IMAGENET.md §2)",
+    )
+
     @model_serializer(mode="wrap")
-    def _omit_default_ste(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """``ste`` changes speed, not numbers: at its default it stays out of the dumped options,
-        so specs and trial ids are the same as before it existed."""
+    def _omit_defaults_added_later(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """``ste`` changes speed, not numbers, and ``quantize_outputs`` came after the first trials:
+        at their defaults they stay out of the dumped options, so specs and trial ids are the same
+        as before they existed."""
         data = handler(self)
         if data.get("ste") == "fused":
             del data["ste"]
+        if not data.get("quantize_outputs"):
+            data.pop("quantize_outputs", None)
         return data
 
 
@@ -242,7 +258,29 @@ class UniformQuantizer(WeightCodeQuantizer):
                     continue
                 new.reference_ste = reference
                 setattr(parent, child_name, new)
+        if opts.quantize_outputs:
+            self._quantize_outputs(model, a_bits, reference)
         return model
+
+    def _quantize_outputs(self, model: nn.Module, a_bits: int, reference: bool) -> None:
+        """A QuantAct on the output of every module matching ``quantize_outputs``, registered as the
+        module's child ``output_quant`` and applied by a forward hook, so the FP module names (and
+        state_dict keys) stay as they are."""
+        opts: UniformOptions = self.options  # type: ignore[assignment]
+        matched: set[str] = set()
+        for path, module in list(model.named_modules()):
+            hits = [p for p in opts.quantize_outputs if path and fnmatch.fnmatchcase(path, p)]
+            if not hits or isinstance(module, QuantAct) or hasattr(module, "output_quant"):
+                continue
+            matched.update(hits)
+            quant = QuantAct(a_bits, opts.momentum, opts.range_tracking)
+            quant.reference_ste = reference
+            module.add_module("output_quant", quant)
+            module.register_forward_hook(_quantize_output)
+        unmatched = [p for p in opts.quantize_outputs if p not in matched]
+        if unmatched:
+            raise UserError(f"uniform.quantize_outputs: {unmatched} match no module of this model; give module paths "
+                            "as `zsqbench plugins MODEL` lists its taps, e.g. 'features.stage*.unit*.conv3'")
 
     def set_calibrating(self, student: nn.Module, enabled: bool) -> None:
         for module in student.modules():
