@@ -351,3 +351,14 @@ def test_teacher_eval_reproduces_the_pinned_resnet20(data_root, capsys):
     code, result = _eval(capsys, "--model", "resnet20", "--dataset", "cifar10", "--data-root", str(data_root),
                          "--batch-size", "1000")
     assert code == 0 and result["verdict"] == "ok" and result["top1"] == pytest.approx(92.60, abs=0.005)
+
+
+def test_trials_and_teacher_eval_check_the_fp_accuracy_alike():
+    from zsqbench.cli.teacher_eval_cmd import DEFAULT_TOLERANCE
+    from zsqbench.trial.teachers import FP_TOLERANCE, fp_verdict
+
+    assert DEFAULT_TOLERANCE == FP_TOLERANCE == 0.15
+    assert fp_verdict(92.60, 92.60, complete=True) == ("ok", True)
+    assert fp_verdict(92.40, 92.60, complete=True) == ("outside", False)  # 0.2 points: warned, not 0.5
+    assert fp_verdict(50.0, 92.60, complete=False) == ("subset", True)
+    assert fp_verdict(50.0, None, complete=True) == ("no-expectation", True)

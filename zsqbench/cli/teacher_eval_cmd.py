@@ -21,7 +21,7 @@ from typing import Any
 from zsqbench.cli.console import RichProgress, out
 from zsqbench.errors import UserError
 
-DEFAULT_TOLERANCE = 0.15
+DEFAULT_TOLERANCE = 0.15  # = zsqbench.trial.teachers.FP_TOLERANCE (not imported: `--help` stays free of torch)
 
 
 def add_parser(sub) -> None:
@@ -48,13 +48,6 @@ def add_parser(sub) -> None:
     p.set_defaults(execute=execute)
 
 
-def _verdict(top1: float, expected: float | None, tolerance: float, complete: bool) -> tuple[str, bool]:
-    if expected is None:
-        return "no-expectation", True
-    if not complete:
-        return "subset", True
-    return ("ok", True) if abs(top1 - expected) <= tolerance else ("outside", False)
-
 
 def evaluate_teacher(args: argparse.Namespace, progress: Any) -> dict[str, Any]:
     import torch
@@ -65,7 +58,7 @@ def evaluate_teacher(args: argparse.Namespace, progress: Any) -> dict[str, Any]:
     from zsqbench.trial.environment import offline_from_env, resolve_device
     from zsqbench.trial.evaluate import top1
     from zsqbench.trial.provenance import device_name
-    from zsqbench.trial.teachers import load_teacher, select_checkpoint
+    from zsqbench.trial.teachers import fp_verdict, load_teacher, select_checkpoint
 
     plugins = get_plugins()
     dataset = args.dataset
@@ -83,7 +76,7 @@ def evaluate_teacher(args: argparse.Namespace, progress: Any) -> dict[str, Any]:
     model = loaded.module.to(device).eval()
     measured = top1(model, test.inputs(loaded.normalization), test.labels, device, args.batch_size,
                     progress=progress, what=f"{entry.name} on {len(test):,} {dataset} test images")
-    verdict, passed = _verdict(measured, loaded.expected_top1, args.tolerance, test.complete)
+    verdict, passed = fp_verdict(measured, loaded.expected_top1, test.complete, args.tolerance)
     diff = None if loaded.expected_top1 is None else measured - loaded.expected_top1
     return {
         "model": entry.name, "dataset": dataset, "weights": loaded.weights_tag, "weights_path": str(loaded.weights_path),

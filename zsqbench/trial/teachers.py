@@ -40,6 +40,21 @@ if TYPE_CHECKING:
     from zsqbench.trial.folder import TrialFolder
 
 UNPINNED = "unpinned"
+#: points by which a measured FP top-1 may differ from its pin (IMAGENET.md §5.1: PIL/torchvision
+#: versions move it by a few hundredths)
+FP_TOLERANCE = 0.15
+
+
+def fp_verdict(top1: float, expected: float | None, complete: bool, tolerance: float = FP_TOLERANCE
+               ) -> tuple[str, bool]:
+    """How a measured FP top-1 compares with the checkpoint's expectation: ``no-expectation`` and
+    ``subset`` (nothing to compare: unpinned weights, or not the full test set the expectation is
+    for) pass; else ``ok`` or ``outside``. Shared by every trial's first check and ``teacher-eval``."""
+    if expected is None:
+        return "no-expectation", True
+    if not complete:
+        return "subset", True
+    return ("ok", True) if abs(top1 - expected) <= tolerance else ("outside", False)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from zsqbench.trial.resources import TrialResources
 from zsqbench.trial.spec import TrialSpec
 from zsqbench.trial.speed import ComputeSettings, apply_compute_settings, tune_cpu_allocator
 from zsqbench.trial.step import compile_iteration, epoch_context, iterate, optimizer_summary
-from zsqbench.trial.teachers import LoadedTeacher, load_teacher, select_checkpoint
+from zsqbench.trial.teachers import FP_TOLERANCE, LoadedTeacher, fp_verdict, load_teacher, select_checkpoint
 
 #: The running loss shown in the progress display is refreshed this often (iterations).
 LOSS_DISPLAY_EVERY = 50
@@ -92,10 +92,11 @@ def set_up(spec: TrialSpec, plugins: Plugins, env: Environment, progress: Progre
         p.requires_grad_(False)  # METHODS §4.3 [REC]: identical results, no wasted weight gradients
     inputs = resources.inputs(test, loaded)
     fp = resources.fp_top1(test, loaded, teacher, env)
-    if loaded.expected_top1 is not None and abs(fp - loaded.expected_top1) > 0.5:
+    if fp_verdict(fp, loaded.expected_top1, test.complete)[0] == "outside":
         progress.message(
             f"warning: FP teacher measured {fp:.2f}% but the '{loaded.weights_tag}' checkpoint is "
-            f"expected to give {loaded.expected_top1:.2f}%"
+            f"expected to give {loaded.expected_top1:.2f}% (±{FP_TOLERANCE}); check the data and weights with "
+            "`zsqbench teacher-eval`"
         )
     seed_everything(spec.seed)
     parts = build_trial_parts(spec, plugins, entry, teacher, device, env.cache_dir, progress)
