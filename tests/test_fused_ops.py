@@ -184,3 +184,24 @@ def test_weights_are_quantized_once_per_update_with_the_same_values_and_gradient
     conv(x)
     assert len(calls) == 3  # grad mode again: not the no_grad tensor
     assert "_wq" not in copy.deepcopy(conv).__dict__
+
+
+
+def test_an_optimizer_that_writes_through_data_still_gets_fresh_quantized_weights(tiny_parts):
+    """``p.data.add_`` bypasses the version counter the cache is keyed by; every student optimizer
+    gets a post-step hook (trial/build.py) that tells the quantizer, which drops its cache."""
+    from conftest import make_spec
+
+    parts = tiny_parts(make_spec("gdfq", "kd"))
+    student = parts.ctx.student
+    conv = next(m for m in student.modules() if hasattr(m, "quantized_weight"))
+    with torch.no_grad():
+        before = conv.quantized_weight().clone()
+        conv.weight.data.mul_(1.5)  # what an optimizer written against .data does
+        assert torch.equal(conv.quantized_weight(), before)  # unseen by the version counter...
+    for p in student.parameters():
+        p.grad = torch.zeros_like(p)
+    parts.optimizer.step()  # ...until a step: its post-step hook drops the cache
+    assert "_wq" not in conv.__dict__
+    with torch.no_grad():
+        torch.testing.assert_close(conv.quantized_weight(), 1.5 * before, rtol=1e-5, atol=1e-6)

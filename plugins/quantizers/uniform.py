@@ -287,6 +287,12 @@ class UniformQuantizer(WeightCodeQuantizer):
             if isinstance(module, QuantAct):
                 module.calibrating = enabled
 
+    def weights_updated(self, student: nn.Module) -> None:
+        """The once-per-update quantized weights are recomputed at the next forward."""
+        for module in student.modules():
+            if isinstance(module, _WeightCodesOncePerStep):
+                module.__dict__.pop("_wq", None)
+
     def is_calibrating(self, student: nn.Module) -> bool:
         """True when the activation quantizers track their ranges (they are switched together;
         a student whose quantizers disagree was changed behind the quantizer's back)."""

@@ -91,6 +91,11 @@ class Quantizer(ABC):
     def is_calibrating(self, student: nn.Module) -> bool:
         """Whether the student's activation ranges are currently tracked."""
 
+    def weights_updated(self, student: nn.Module) -> None:
+        """Called after every student optimizer step. A quantizer that caches anything derived from
+        the weights between steps drops it here (an optimizer may change them through ``.data``,
+        which autograd's version counters do not see). Default: nothing is cached."""
+
     @contextmanager
     def calibrating(self, student: nn.Module, enabled: bool) -> Iterator[None]:
         """Ranges tracked (``enabled``) or frozen within the block; the previous state after it."""

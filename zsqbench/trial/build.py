@@ -109,4 +109,6 @@ def build_trial_parts(
     if optimizer is None:
         o = spec.optim
         optimizer = student_sgd(student.parameters(), o)
+    # Whatever the optimizer (the core's SGD or a loss's own), the quantizer hears of every update.
+    optimizer.register_step_post_hook(lambda *_: quantizer.weights_updated(student))
     return TrialParts(ctx, quantizer, generator, objective, optimizer, StudentUpdate(ctx, objective, optimizer))
