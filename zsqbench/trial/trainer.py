@@ -92,7 +92,7 @@ def set_up(spec: TrialSpec, plugins: Plugins, env: Environment, progress: Progre
         p.requires_grad_(False)  # METHODS §4.3 [REC]: identical results, no wasted weight gradients
     inputs = resources.inputs(test, loaded)
     fp = resources.fp_top1(test, loaded, teacher, env)
-    if fp_verdict(fp, loaded.expected_top1, test.complete)[0] == "outside":
+    if loaded.expected_top1 is not None and fp_verdict(fp, loaded.expected_top1, test.complete)[0] == "outside":
         progress.message(
             f"warning: FP teacher measured {fp:.2f}% but the '{loaded.weights_tag}' checkpoint is "
             f"expected to give {loaded.expected_top1:.2f}% (±{FP_TOLERANCE}); check the data and weights with "
