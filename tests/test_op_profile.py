@@ -43,3 +43,22 @@ def test_bench_reports_the_profile(plugins, one_thread):
     assert tuple(result) == JSON_KEYS
     assert result["ops_per_step"] > 100  # fake quantization, BN statistics, two optimizers, ...
     assert 0.0 < result["outside_conv_share"] < 1.0 and result["kernels_per_step"] is None
+
+
+def test_bench_counts_the_student_passes_a_method_adds(plugins, one_thread):
+    """AdaDFQ's generator loss backpropagates through the student too (PassCounts 9T against GDFQ's
+    6T): its method-aware bare iteration has one more student forward and backward."""
+    from zsqbench.trial.bench import BenchSession
+
+    small = dict(batch_size=2, device="cpu", iters=1, warmup_iters=1, eval_images=4, eval_batch_size=4)
+    gdfq = run_bench(BenchConfig(generator="gdfq", loss="kd", **small), plugins)
+    assert gdfq["bare_method_s"] == gdfq["bare_s"] and gdfq["overhead_method"] == gdfq["overhead"]
+    with BenchSession(BenchConfig(generator="adadfq", loss="kd", **small), plugins) as session:
+        assert session.extra_student_passes == 1
+        calls = []
+        session.bare_student.register_forward_hook(lambda *a: calls.append(1))
+        session.bare()
+        session.bare_method()
+        assert len(calls) == 1 + 2
+    adadfq = run_bench(BenchConfig(generator="adadfq", loss="kd", **small), plugins)
+    assert adadfq["overhead_method"] == adadfq["step_s"] / adadfq["bare_method_s"]

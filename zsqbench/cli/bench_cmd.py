@@ -86,6 +86,9 @@ def execute(args: argparse.Namespace) -> int:
               highlight=False, soft_wrap=True)
     out.print(f"  training step  {r['step_s'] * 1e3:10.1f} ms  (median of {r['iters']})", highlight=False)
     out.print(f"  bare passes    {r['bare_s'] * 1e3:10.1f} ms  -> overhead x{r['overhead']:.2f}", highlight=False)
+    if r["bare_method_s"] != r["bare_s"]:
+        out.print(f"  method's passes{r['bare_method_s'] * 1e3:10.1f} ms  -> overhead x{r['overhead_method']:.2f} "
+                  "(with the student passes the method adds)", highlight=False)
     kernels = f", {r['kernels_per_step']} kernel launches" if r["kernels_per_step"] is not None else ""
     share = r["outside_conv_share"]
     out.print(f"  operator calls {r['ops_per_step']:10d}{kernels}; "

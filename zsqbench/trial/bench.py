@@ -17,6 +17,10 @@ dominate. This module measures it directly, in one process and interleaved:
   The bare passes always run eagerly (never compiled), so ``--compile`` shows up as a
   lower overhead.
 * ``overhead = step_s / bare_s``: how many bare iterations one real iteration costs.
+* ``bare_method_s``, ``overhead_method``: the same against the network passes the *method*
+  declares (:class:`~zsqbench.api.generator.PassCounts`): each student-sized forward and backward
+  beyond GDFQ's six passes is added to the bare iteration (AdaDFQ: one, its generator loss
+  backpropagates through the student too). What is left above 1 is the harness's own cost.
 * ``ops_per_step``, ``kernels_per_step`` (CUDA), ``outside_conv_share``: one more training step,
   profiled (:mod:`zsqbench.trial.op_profile`): where the overhead comes from at small batches.
 * ``eval_s`` / ``fp_eval_s``: one evaluation pass (``zsqbench.trial.evaluate.top1``, inference
@@ -67,7 +71,7 @@ SETUP_OPTIONS: dict[str, Callable[[int], dict[str, Any]]] = {
 
 #: The keys of the ``--json`` object, in order.
 JSON_KEYS = (
-    "step_s", "bare_s", "overhead", "ops_per_step", "kernels_per_step", "outside_conv_share", "eval_s", "fp_eval_s", "eval_ratio", "peak_mem_mb",
+    "step_s", "bare_s", "overhead", "bare_method_s", "overhead_method", "ops_per_step", "kernels_per_step", "outside_conv_share", "eval_s", "fp_eval_s", "eval_ratio", "peak_mem_mb",
     "generator", "loss", "bits", "batch_size", "device", "device_name", "threads",
     "precision", "channels_last", "compile", "tf32", "iters", "options", "torch",
 )
@@ -149,6 +153,9 @@ class BenchSession:
 
         # The bare FP networks, copied before any compilation (they always run eagerly).
         self.bare_generator = copy.deepcopy(gen) if gen.networks() else None
+        passes = type(gen).pass_counts(gen.options, entry)
+        # student-sized passes (forward + backward = 3) beyond the bare iteration's 6 (METHODS §11.2)
+        self.extra_student_passes = max(0, round((passes.train_teacher - 6.0) / 3.0))
         self.bare_teacher = copy.deepcopy(teacher)
         self.bare_student = copy.deepcopy(teacher)
         for p in self.bare_student.parameters():
@@ -183,14 +190,22 @@ class BenchSession:
         """One training iteration after warm-up, as the trainer runs it (inside :meth:`training`)."""
         iterate(self.parts, self.phase, self.stats)
 
-    def bare(self) -> None:
-        """The same iteration's network passes alone, with plain FP modules (see the module doc)."""
+    def bare(self, extra_student_passes: int = 0) -> None:
+        """The same iteration's network passes alone, with plain FP modules (see the module doc);
+        ``extra_student_passes`` more student forwards and backwards (:meth:`bare_method`)."""
         b, dev = self.config.batch_size, self.device
         for prm in self._bare_params:
             prm.grad = None
         batch = self.bare_generator.sample(b) if self.bare_generator is not None else None
         x = batch.x if batch is not None else torch.randn(b, *self.input_size, device=dev, requires_grad=True)
-        (self.bare_teacher(x).sum() + self.bare_student(x).sum()).backward()
+        loss = self.bare_teacher(x).sum() + self.bare_student(x).sum()
+        for _ in range(extra_student_passes):
+            loss = loss + self.bare_student(x).sum()
+        loss.backward()
+
+    def bare_method(self) -> None:
+        """The bare passes plus the student passes the method itself adds (``bare_method_s``)."""
+        self.bare(self.extra_student_passes)
 
     def eval_student(self, images: int | None = None) -> float:
         return self._eval(self.parts.ctx.student, images)
@@ -248,17 +263,25 @@ def run_bench(config: BenchConfig, plugins: Plugins | None = None) -> dict[str, 
     with BenchSession(config, plugins) as session:
         steps: list[float] = []
         bares: list[float] = []
+        method_bares: list[float] = []
+        extra = session.extra_student_passes > 0
         with session.training():
             for _ in range(config.warmup_iters):
                 session.step()
                 session.bare()
+                if extra:
+                    session.bare_method()
             session.sync()
             for i in range(config.iters):
                 # Alternate which goes first, so neither always follows the other.
                 if i % 2 == 0:
                     steps.append(session.timed(session.step))
                     bares.append(session.timed(session.bare))
+                    if extra:
+                        method_bares.append(session.timed(session.bare_method))
                 else:
+                    if extra:
+                        method_bares.append(session.timed(session.bare_method))
                     bares.append(session.timed(session.bare))
                     steps.append(session.timed(session.step))
             ops = profile_step(session.step, session.device, session.sync)  # one more step, profiled
@@ -268,11 +291,14 @@ def run_bench(config: BenchConfig, plugins: Plugins | None = None) -> dict[str, 
         eval_s = session.timed(session.eval_student)
         fp_eval_s = session.timed(session.eval_teacher)
         step_s, bare_s = statistics.median(steps), statistics.median(bares)
+        bare_method_s = statistics.median(method_bares) if extra else bare_s
         c = session.compute
         result = {
             "step_s": step_s,
             "bare_s": bare_s,
             "overhead": step_s / bare_s,
+            "bare_method_s": bare_method_s,
+            "overhead_method": step_s / bare_method_s,
             **ops,
             "eval_s": eval_s,
             "fp_eval_s": fp_eval_s,
