@@ -273,9 +273,9 @@ def test_evaluation_normalizes_per_batch_with_the_same_values(folder_set, tmp_pa
     cifar = load_test_set("cifar10", tmp_path)
     norm = Normalization((0.49, 0.48, 0.44), (0.25, 0.24, 0.26))
     assert torch.equal(torch.cat([cifar.inputs(norm)[i:i + 7] for i in range(0, 30, 7)]), cifar.normalized(norm))
-    head = test.first(3)
-    assert len(head) == 3 and head.sha256 != test.sha256 and torch.equal(head.images, test.images[:3])
-    assert head.details["subset"] == "first 3" and test.first(100) is test
+    # a budget's eval_images: the first n images of the same lazy set
+    assert top1(model, lazy, test.labels, dev, 2, images=3) == top1(model, full[0:3], test.labels[:3], dev, 2)
+    assert top1(model, lazy, test.labels, dev, 2, images=100) == top1(model, full, test.labels, dev, 2)
 
 
 # -- teacher-eval

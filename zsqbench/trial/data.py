@@ -14,11 +14,10 @@ set is 7.5 GB as uint8 and would be 30 GB as float32).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tarfile
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +114,7 @@ class TestSet:
     @property
     def complete(self) -> bool:
         """Whether this is the dataset's full test split (published accuracies refer to it)."""
-        return len(self) == dataset_info(self.name).num_test_images and not self.details.get("subset_of")
+        return len(self) == dataset_info(self.name).num_test_images
 
     def inputs(self, norm: Normalization) -> NormalizedImages:
         """The network's inputs, normalized batch by batch when read (bounded memory)."""
@@ -125,13 +124,6 @@ class TestSet:
         """All inputs at once (float32: small sets only; evaluation reads :meth:`inputs`)."""
         return normalize(self.images, norm)
 
-    def first(self, n: int) -> "TestSet":
-        """The first ``n`` images (e.g. a smoke budget's evaluation), with their own identity."""
-        if n >= len(self):
-            return self
-        sha = hashlib.sha256(f"{self.sha256}:first:{n}".encode()).hexdigest()
-        return replace(self, images=self.images[:n], labels=self.labels[:n], sha256=sha,
-                       details={**self.details, "subset_of": self.sha256, "subset": f"first {n}"})
 
 
 def dataset_info(name: str) -> DatasetInfo:

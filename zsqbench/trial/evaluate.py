@@ -17,12 +17,14 @@ def _batch(inputs: Tensor | NormalizedImages, start: int, stop: int, device: tor
 
 @torch.inference_mode()
 def top1(model: nn.Module, inputs: Tensor | NormalizedImages, labels: Tensor, device: torch.device,
-         batch_size: int = 500, progress: ProgressSink | None = None, what: str = "evaluating") -> float:
-    """Top-1 in percent over all of ``inputs`` (float tensors, or a test set's uint8 images
-    normalized per batch). The model is put in eval mode (quantizer ranges are not touched).
-    With ``progress``, a bar advances per batch (``teacher-eval`` on 50,000 ImageNet images)."""
+         batch_size: int = 500, progress: ProgressSink | None = None, what: str = "evaluating",
+         images: int | None = None) -> float:
+    """Top-1 in percent over ``inputs`` (float tensors, or a test set's uint8 images normalized per
+    batch), or over their first ``images`` (a budget's ``eval_images``). The model is put in eval
+    mode (quantizer ranges are not touched). With ``progress``, a bar advances per batch
+    (``teacher-eval`` on 50,000 ImageNet images)."""
     model.eval()
-    n = len(inputs)
+    n = len(inputs) if images is None else min(images, len(inputs))
     if progress is not None:
         progress.start(what, n)
     correct = torch.zeros((), dtype=torch.long, device=device)

@@ -183,13 +183,8 @@ def evaluate(setup: TrialSetup, phase: Phase) -> float | None:
     budget = setup.spec.budget
     if not budget.evaluates(phase.epoch):
         return None
-    inputs, labels = setup.inputs, setup.test.labels
-    if budget.eval_images is not None:
-        n = budget.eval_images
-        # a lazy set stays lazy (normalized batch by batch); a tensor of inputs is sliced
-        inputs = NormalizedImages(inputs.images[:n], inputs.norm) if isinstance(inputs, NormalizedImages) else inputs[:n]
-        labels = labels[:n]
-    return top1(setup.parts.ctx.student, inputs, labels, setup.env.device, setup.env.eval_batch_size)
+    return top1(setup.parts.ctx.student, setup.inputs, setup.test.labels, setup.env.device,
+                setup.env.eval_batch_size, images=budget.eval_images)
 
 
 def save_epoch(folder: TrialFolder, setup: TrialSetup, state: TrainingState, wall_s: float) -> None:
