@@ -99,6 +99,14 @@ def input_term(x: Tensor, eps: float = 1e-6) -> Tensor:
     return (mean.pow(2).sum(dim=1) + (std - 1).pow(2).sum(dim=1)).mean()
 
 
+def _targets(bns: list[nn.BatchNorm2d]) -> tuple[Tensor, Tensor, Tensor]:
+    """The fused form's constants: running means and variances of ``bns`` concatenated, and each
+    channel's weight 1/C_l (the per-layer mean over channels as one weighted sum)."""
+    weight = [torch.full((bn.num_features,), 1.0 / bn.num_features, device=bn.running_mean.device) for bn in bns]
+    return (torch.cat([bn.running_mean for bn in bns]), torch.cat([bn.running_var for bn in bns]),
+            torch.cat(weight))
+
+
 class BNStatsLoss:
     """Matches the statistics of every teacher BN input to that BN's running statistics.
 
@@ -118,6 +126,8 @@ class BNStatsLoss:
                  and config.second_margin == 0)
         self.fused = plain and (not use_reference() if fused is None else fused)
         self._moments: list[tuple[Tensor, Tensor, int]] = []
+        self._targets: tuple[Tensor, Tensor, Tensor] | None = None  # of the fused form, see _fused_total
+        self._targets_key: tuple | None = None
 
     def _hook(self, module: nn.BatchNorm2d, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         if self.fused:
@@ -138,21 +148,15 @@ class BNStatsLoss:
         vars_, means, layers = zip(*self._moments)
         self._moments = []
         bns = [self.bns[i] for i in layers]
-        if torch.compiler.is_compiling():  # traced into the graph; no Python-side cache
-            running_mean, running_var = torch.cat([bn.running_mean for bn in bns]), torch.cat([bn.running_var for bn in bns])
-            weight = torch.cat([torch.full((bn.num_features,), 1.0 / bn.num_features, device=bn.running_mean.device)
-                                for bn in bns])
-            gaps = torch.stack([torch.cat(means) - running_mean, torch.cat(vars_) - running_var])
-            return (gaps.square() * weight).sum()
-        # rebuilt only when the layers or their statistics tensors change (a move to another device)
-        key = tuple((bn.running_mean.data_ptr(), bn.running_mean._version, bn.running_var.data_ptr(),
-                     bn.running_var._version) for bn in bns)
-        if getattr(self, "_targets_key", None) != key:
-            self._targets = (torch.cat([bn.running_mean for bn in bns]), torch.cat([bn.running_var for bn in bns]),
-                             torch.cat([torch.full((bn.num_features,), 1.0 / bn.num_features,
-                                                   device=bn.running_mean.device) for bn in bns]))
-            self._targets_key = key
-        running_mean, running_var, weight = self._targets
+        if torch.compiler.is_compiling():  # traced into the graph: no Python-side cache
+            targets = _targets(bns)
+        else:  # rebuilt only when the layers or their statistics tensors change (a move to another device)
+            key = tuple((bn.running_mean.data_ptr(), bn.running_mean._version, bn.running_var.data_ptr(),
+                         bn.running_var._version) for bn in bns)
+            if self._targets_key != key:
+                self._targets, self._targets_key = _targets(bns), key
+            targets = self._targets
+        running_mean, running_var, weight = targets
         gaps = torch.stack([torch.cat(means) - running_mean, torch.cat(vars_) - running_var])
         return (gaps.square() * weight).sum()
 
