@@ -261,37 +261,27 @@ def run_bench(config: BenchConfig, plugins: Plugins | None = None) -> dict[str, 
     if config.iters < 1 or config.eval_images < 1 or config.batch_size < 1:
         raise ValueError("iters, eval_images and batch_size must be at least 1")
     with BenchSession(config, plugins) as session:
-        steps: list[float] = []
-        bares: list[float] = []
-        method_bares: list[float] = []
-        extra = session.extra_student_passes > 0
+        kinds = {"step": session.step, "bare": session.bare}
+        if session.extra_student_passes:
+            kinds["bare_method"] = session.bare_method
+        times: dict[str, list[float]] = {kind: [] for kind in kinds}
         with session.training():
             for _ in range(config.warmup_iters):
-                session.step()
-                session.bare()
-                if extra:
-                    session.bare_method()
+                for run in kinds.values():
+                    run()
             session.sync()
             for i in range(config.iters):
-                # Alternate which goes first, so neither always follows the other.
-                if i % 2 == 0:
-                    steps.append(session.timed(session.step))
-                    bares.append(session.timed(session.bare))
-                    if extra:
-                        method_bares.append(session.timed(session.bare_method))
-                else:
-                    if extra:
-                        method_bares.append(session.timed(session.bare_method))
-                    bares.append(session.timed(session.bare))
-                    steps.append(session.timed(session.step))
+                # Alternate the order, so no kind always follows another.
+                for kind in (list(kinds) if i % 2 == 0 else list(kinds)[::-1]):
+                    times[kind].append(session.timed(kinds[kind]))
             ops = profile_step(session.step, session.device, session.sync)  # one more step, profiled
         warm = min(config.eval_batch_size, config.eval_images)
         session.eval_student(warm)  # first-call costs (allocator, cuDNN, compilation) out of the timing
         session.eval_teacher(warm)
         eval_s = session.timed(session.eval_student)
         fp_eval_s = session.timed(session.eval_teacher)
-        step_s, bare_s = statistics.median(steps), statistics.median(bares)
-        bare_method_s = statistics.median(method_bares) if extra else bare_s
+        step_s, bare_s = statistics.median(times["step"]), statistics.median(times["bare"])
+        bare_method_s = statistics.median(times["bare_method"]) if "bare_method" in times else bare_s
         c = session.compute
         result = {
             "step_s": step_s,
