@@ -62,6 +62,16 @@ class PretrainedWeights:
     # Used only when neither sha256 nor sha1 is pinned; pin the full sha256 once a file is verified.
     sha256_prefix: str | None = None
 
+    def identifies(self, sha256: str, sha1: str | None) -> bool:
+        """Whether a file with these digests is this checkpoint: by its sha256 when one is pinned
+        (a sha1 match never satisfies a sha256 pin), else by its sha1, else by the sha256 prefix.
+        ``sha1`` may be None (not hashed) unless this is a sha1-only pin."""
+        if self.sha256:
+            return sha256 == self.sha256
+        if self.sha1:
+            return sha1 == self.sha1
+        return bool(self.sha256_prefix) and sha256.startswith(self.sha256_prefix)
+
     @property
     def digest(self) -> str:
         """``sha256:<hex>`` or ``sha1:<hex>`` (``sha256:<prefix>`` for a prefix pin): the pinned identity."""

@@ -114,12 +114,7 @@ def _matching_pin(entry: TeacherModel, sha256: str, sha1: str | None) -> Pretrai
     """The pinned checkpoint a file with these digests is: by sha256, or by sha1 where only sha1
     is pinned (a sha256 pin is never satisfied by a sha1 match), or by the sha256 prefix of a
     prefix-only pin."""
-    for w in entry.weights:
-        if w.sha256 == sha256 or (not w.sha256 and w.sha1 and sha1 is not None and w.sha1 == sha1):
-            return w
-        if not w.sha256 and not w.sha1 and w.sha256_prefix and sha256.startswith(w.sha256_prefix):
-            return w
-    return None
+    return next((w for w in entry.weights if w.identifies(sha256, sha1)), None)
 
 
 def _explicit(weights_file: Path) -> Path:
@@ -160,31 +155,29 @@ def select_checkpoint(entry: TeacherModel, data_root: Path, weights_file: Path |
 
 
 def _verify_pinned(entry: TeacherModel, w: PretrainedWeights, path: Path, sha256: str) -> None:
-    if (w.sha256 and sha256 != w.sha256) or (w.sha1 and not w.sha256 and sha1_of(path) != w.sha1):
-        refuse_known_wrong(entry, path)  # a known wrong file gets its own explanation
-    if not w.sha256 and not w.sha1 and w.sha256_prefix and not sha256.startswith(w.sha256_prefix):
-        refuse_known_wrong(entry, path)
-        raise ChecksumError(
-            f"weights file {path} has sha256 {sha256[:12]}…, expected one starting {w.sha256_prefix} (as its "
-            f"release name says) for the '{w.tag}' checkpoint {w.filename}; delete it and fetch it again"
-            + (f" from {w.url}" if w.url else "")
-        )
-    if w.sha256 and sha256 != w.sha256:
+    sha1 = sha1_of(path) if w.sha1 and not w.sha256 else None
+    if w.identifies(sha256, sha1):
+        return
+    refuse_known_wrong(entry, path)  # a known wrong file gets its own explanation
+    if w.sha256:
         raise ChecksumError(
             f"weights file {path} has sha256 {sha256[:12]}…, expected {w.sha256[:12]}… for the "
             f"'{w.tag}' checkpoint; it is corrupt or a different file: delete it and fetch it again, "
             "or pass it with --teacher-weights to use it as unpinned weights"
         )
-    if w.sha1 and not w.sha256:
-        sha1 = sha1_of(path)
-        if sha1 != w.sha1:
-            fetch = f" from {w.url}" if w.url else ""
-            fetch += f" (unzip {w.archive_member})" if w.url and w.archive_member else ""
-            raise ChecksumError(
-                f"weights file {path} has sha1 {sha1}, expected {w.sha1} for the '{w.tag}' checkpoint "
-                f"{w.filename}; it is corrupt or a different file: delete it and fetch it again{fetch}, "
-                "or pass it with --teacher-weights to use it as unpinned weights"
-            )
+    if w.sha1:
+        fetch = f" from {w.url}" if w.url else ""
+        fetch += f" (unzip {w.archive_member})" if w.url and w.archive_member else ""
+        raise ChecksumError(
+            f"weights file {path} has sha1 {sha1}, expected {w.sha1} for the '{w.tag}' checkpoint "
+            f"{w.filename}; it is corrupt or a different file: delete it and fetch it again{fetch}, "
+            "or pass it with --teacher-weights to use it as unpinned weights"
+        )
+    raise ChecksumError(
+        f"weights file {path} has sha256 {sha256[:12]}…, expected one starting {w.sha256_prefix} (as its "
+        f"release name says) for the '{w.tag}' checkpoint {w.filename}; delete it and fetch it again"
+        + (f" from {w.url}" if w.url else "")
+    )
 
 
 def _download(w: PretrainedWeights, dest: Path, progress: ProgressSink | None) -> None:
@@ -202,8 +195,7 @@ def _download(w: PretrainedWeights, dest: Path, progress: ProgressSink | None) -
             data = zf.read(w.archive_member or zf.namelist()[0])
     algorithm, _, expected = w.digest.partition(":")
     digest = hashlib.new(algorithm, data).hexdigest()
-    prefix_pin = not w.sha256 and not w.sha1
-    if (digest != expected) if not prefix_pin else not digest.startswith(expected):
+    if not w.identifies(hashlib.sha256(data).hexdigest(), hashlib.sha1(data).hexdigest()):
         raise ChecksumError(f"the downloaded '{w.tag}' weights have {algorithm} {digest[:12]}…, expected "
                             f"{expected[:12]}…; try again or fetch {w.filename} by hand into {dest.parent}")
     write_bytes_atomic(dest, data)
