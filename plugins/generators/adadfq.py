@@ -19,9 +19,8 @@ Budget: the paper preset trains at batch 16 (METHODS §11.1), contributed below.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch

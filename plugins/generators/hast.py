@@ -25,7 +25,6 @@ contributed by this module (``register_budget_overrides``).
 from __future__ import annotations
 
 from dataclasses import replace
-
 from typing import Any, Literal
 
 import torch

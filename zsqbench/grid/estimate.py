@@ -21,6 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from zsqbench.api.plugins import Plugins
+from zsqbench.trial.data import DATASETS
 from zsqbench.trial.spec import Budget, TrialSpec
 
 #: ResNet-20's forward (Conv2d + Linear, hooks): the teacher cost when a model declares none.
@@ -35,8 +36,7 @@ TRAIN_FULL_BATCH = 16
 #: 2-core CPU throughputs (MAC/s), measured on ResNet-20 training steps; evaluation assumed 2x.
 CPU_TRAIN_MACS_PER_S = 118e9
 CPU_EVAL_MACS_PER_S = 2 * CPU_TRAIN_MACS_PER_S
-#: Test images per evaluation by dataset (others: TEST_IMAGES_DEFAULT).
-TEST_IMAGES = {"cifar10": 10_000, "cifar100": 10_000, "imagenet": 50_000}
+#: Test images per evaluation of a dataset zsqbench does not know (known ones: DatasetInfo.num_test_images).
 TEST_IMAGES_DEFAULT = 10_000
 # ask before starting more than this many student iterations in one grid
 LARGE_GRID_ITERATIONS = 200_000
@@ -80,7 +80,8 @@ class ComputeEstimate:
 
 
 def test_images(dataset: str, budget: Budget) -> int:
-    n = TEST_IMAGES.get(dataset, TEST_IMAGES_DEFAULT)
+    info = DATASETS.get(dataset)
+    n = info.num_test_images if info is not None else TEST_IMAGES_DEFAULT
     return n if budget.eval_images is None else min(n, budget.eval_images)
 
 
