@@ -45,20 +45,46 @@ def test_bench_reports_the_profile(plugins, one_thread):
     assert 0.0 < result["outside_conv_share"] < 1.0 and result["kernels_per_step"] is None
 
 
-def test_bench_counts_the_student_passes_a_method_adds(plugins, one_thread):
-    """AdaDFQ's generator loss backpropagates through the student too (PassCounts 9T against GDFQ's
-    6T): its method-aware bare iteration has one more student forward and backward."""
+def _passes(session, run) -> tuple[int, int, int]:
+    """(student forwards, teacher forwards, convolution backwards) of one call of ``run``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    student, teacher = [], []
+    handles = [session.bare_student.register_forward_hook(lambda *a: student.append(1)),
+               session.bare_teacher.register_forward_hook(lambda *a: teacher.append(1))]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    for h in handles:
+        h.remove()
+    conv_backwards = sum(e.count for e in prof.key_averages() if e.key == "aten::convolution_backward")
+    return len(student), len(teacher), conv_backwards
+
+
+SMALL = dict(batch_size=2, device="cpu", iters=1, warmup_iters=1, eval_images=4, eval_batch_size=4)
+
+
+def test_bench_counts_exactly_the_passes_a_method_adds(plugins, one_thread):
+    """The method-aware bare iteration runs the method's own passes (PassCounts' pass fields):
+    AdaDFQ one more backward through the student for the images' gradient (on the shared forward, or
+    on a forward of its own in the reference order), HAST a teacher forward and a student forward +
+    backward more (its perturbed pass), a method fine-tuning on a fixed set no teacher backward; GDFQ none, so its bare_method is its bare iteration."""
     from zsqbench.trial.bench import BenchSession
 
-    small = dict(batch_size=2, device="cpu", iters=1, warmup_iters=1, eval_images=4, eval_batch_size=4)
-    gdfq = run_bench(BenchConfig(generator="gdfq", loss="kd", **small), plugins)
+    gdfq = run_bench(BenchConfig(generator="gdfq", loss="kd", **SMALL), plugins)
     assert gdfq["bare_method_s"] == gdfq["bare_s"] and gdfq["overhead_method"] == gdfq["overhead"]
-    with BenchSession(BenchConfig(generator="adadfq", loss="kd", **small), plugins) as session:
-        assert session.extra_student_passes == 1
-        calls = []
-        session.bare_student.register_forward_hook(lambda *a: calls.append(1))
-        session.bare()
-        session.bare_method()
-        assert len(calls) == 1 + 2
-    adadfq = run_bench(BenchConfig(generator="adadfq", loss="kd", **small), plugins)
+    convs = 21  # ResNet-20's convolutions, each backpropagated once per network backward
+    with BenchSession(BenchConfig(generator="adadfq", loss="kd", **SMALL), plugins) as session:
+        s, t, bare_backwards = _passes(session, session.bare)
+        assert (s, t) == (1, 1)
+        assert _passes(session, session.bare_method) == (1, 1, bare_backwards + convs)
+    with BenchSession(BenchConfig(generator="adadfq", loss="kd", options={"adadfq": {"share_student_forward": False}},
+                                  **SMALL), plugins) as session:
+        assert _passes(session, session.bare_method) == (2, 1, bare_backwards + convs)
+    with BenchSession(BenchConfig(generator="hast", loss="kd", **SMALL), plugins) as session:
+        s, t, hast_bare = _passes(session, session.bare)
+        assert _passes(session, session.bare_method) == (2, 2, hast_bare + convs)
+    with BenchSession(BenchConfig(generator="intraq", loss="kd", **SMALL), plugins) as session:
+        s, t, fixed_set_bare = _passes(session, session.bare)  # a fixed set: no input gradient anywhere
+        assert _passes(session, session.bare_method) == (1, 1, fixed_set_bare - convs)
+    adadfq = run_bench(BenchConfig(generator="adadfq", loss="kd", **SMALL), plugins)
     assert adadfq["overhead_method"] == adadfq["step_s"] / adadfq["bare_method_s"]

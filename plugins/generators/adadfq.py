@@ -147,8 +147,12 @@ class AdaDFQ(OnlineGenerator):
     @classmethod
     def pass_counts(cls, options: PluginOptions, teacher: TeacherModel) -> PassCounts:
         """3G + 9T (IMAGENET.md §7.2): the generator step also runs the student forward and backward;
-        in warm-up that step plus a calibration forward."""
-        return replace(super().pass_counts(options, teacher), train_teacher=9.0, warmup_teacher=7.0)
+        in warm-up that step plus a calibration forward. Exactly: one backward through the student for
+        the images' gradient, on the student update's forward (``share_student_forward``) or on a
+        forward of its own (the reference order)."""
+        o: AdaDFQOptions = options  # type: ignore[assignment]
+        return replace(super().pass_counts(options, teacher), train_teacher=9.0, warmup_teacher=7.0,
+                       student_input_backwards=1, extra_student_forwards=0 if o.share_student_forward else 1)
 
     def step(self, phase: Phase, student: StudentUpdate) -> dict[str, Tensor]:
         """METHODS §5.4: a generator update through teacher *and* student, then the student's.

@@ -151,7 +151,9 @@ class HAST(OfflineSetGenerator):
         and student, the perturbed pass), the calibration generator at its own batch, the synthesis."""
         o: HASTOptions = options  # type: ignore[assignment]
         return replace(super().pass_counts(options, teacher), train_teacher=14.0,
-                       synthesis_teacher=3.0 * o.num_images * o.synthesis_iters)
+                       synthesis_teacher=3.0 * o.num_images * o.synthesis_iters,
+                       teacher_input_backward=o.perturb_through_teacher,
+                       extra_teacher_forwards=1, extra_student_steps=1)
 
     def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:
         opts: HASTOptions = options  # type: ignore[assignment]

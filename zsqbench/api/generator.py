@@ -176,6 +176,17 @@ class PassCounts:
     at its own (HAST, IntraQ); ``synthesis_teacher``: teacher passes of an offline synthesis per
     trial (images × steps × 3), run at large batch; ``generator_macs``: the generator network's
     MACs per image (None: unknown, the estimate assumes GDFQ's CIFAR network).
+
+    The last four fields say *exactly* which network passes one training iteration runs beyond the
+    bare iteration of ``zsqbench bench`` (generator forward and backward; teacher forward and its
+    input-gradient backward; student forward and its full backward), so that ``bench``'s
+    ``bare_method_s`` holds the method's own passes and nothing the harness adds (the rounded
+    teacher-pass counts above are estimates and over-count): ``teacher_input_backward`` (False:
+    the teacher only runs forward, e.g. fine-tuning on a fixed set), ``student_input_backwards``
+    (backwards through the student's forward for the input gradient alone: AdaDFQ's generator
+    loss), ``extra_student_forwards`` (further student forwards whose graph serves only those
+    input backwards: AdaDFQ's reference order), ``extra_teacher_forwards`` (without graph) and
+    ``extra_student_steps`` (student forward + full backward on other inputs: HAST's perturbed pass).
     """
 
     train_teacher: float = 6.0
@@ -185,6 +196,17 @@ class PassCounts:
     warmup_batch: int | None = None
     synthesis_teacher: float = 0.0
     generator_macs: int | None = None
+    teacher_input_backward: bool = True
+    student_input_backwards: int = 0
+    extra_student_forwards: int = 0
+    extra_teacher_forwards: int = 0
+    extra_student_steps: int = 0
+
+    @property
+    def adds_passes(self) -> bool:
+        """Whether the training iteration differs from ``bench``'s bare iteration (GDFQ's passes)."""
+        return (not self.teacher_input_backward or self.student_input_backwards > 0 or self.extra_student_forwards > 0
+                or self.extra_teacher_forwards > 0 or self.extra_student_steps > 0)
 
 
 class Generator(ABC):

@@ -81,7 +81,7 @@ class OfflineSetGenerator(Generator):
         synthesis (``synthesis_teacher``) and a costlier student step."""
         o: OfflineSetOptions = options  # type: ignore[assignment]
         return PassCounts(train_teacher=4.0, train_generator=0.0, warmup_batch=o.calibration_batch,
-                          generator_macs=network_macs(teacher))
+                          generator_macs=network_macs(teacher), teacher_input_backward=False)
 
     def __init__(self, options: PluginOptions, ctx: TrainContext, *, calibration_batch: int | None,
                  calibration_bns_weight: float = 0.1) -> None:

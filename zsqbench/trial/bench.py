@@ -17,10 +17,12 @@ dominate. This module measures it directly, in one process and interleaved:
   The bare passes always run eagerly (never compiled), so ``--compile`` shows up as a
   lower overhead.
 * ``overhead = step_s / bare_s``: how many bare iterations one real iteration costs.
-* ``bare_method_s``, ``overhead_method``: the same against the network passes the *method*
-  declares (:class:`~zsqbench.api.generator.PassCounts`): each student-sized forward and backward
-  beyond GDFQ's six passes is added to the bare iteration (AdaDFQ: one, its generator loss
-  backpropagates through the student too). What is left above 1 is the harness's own cost.
+* ``bare_method_s``, ``overhead_method``: the same against exactly the network passes the *method*
+  declares (the pass fields of :class:`~zsqbench.api.generator.PassCounts`): AdaDFQ adds one
+  backward through the student for the images' gradient (its generator loss passes through the
+  student); HAST a teacher forward and a student forward + backward (its perturbed pass); methods
+  training on a fixed set drop the teacher's input-gradient backward. What is left above 1 is the
+  harness's own cost.
 * ``ops_per_step``, ``kernels_per_step`` (CUDA), ``outside_conv_share``: one more training step,
   profiled (:mod:`zsqbench.trial.op_profile`): where the overhead comes from at small batches.
 * ``eval_s`` / ``fp_eval_s``: one evaluation pass (``zsqbench.trial.evaluate.top1``, inference
@@ -49,6 +51,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from zsqbench.api.generator import PassCounts
 from zsqbench.api.models import TeacherModel
 from zsqbench.api.options import fill_options
 from zsqbench.api.plugins import Plugins, get_plugins
@@ -64,9 +67,10 @@ from zsqbench.trial.step import compile_iteration, epoch_context, explain_iterat
 from zsqbench.trial.trainer import seed_everything
 
 #: Generator options that keep a benchmark's setup short without changing the timed step
-#: (HAST's synthetic set: its content does not affect the speed of a training step).
+#: (HAST's and IntraQ's synthetic sets: their content does not affect the speed of a training step).
 SETUP_OPTIONS: dict[str, Callable[[int], dict[str, Any]]] = {
     "hast": lambda batch: {"num_images": batch, "synthesis_batch": batch, "synthesis_iters": 1},
+    "intraq": lambda batch: {"num_images": batch, "synthesis_batch": batch, "synthesis_iters": 1},
 }
 
 #: The keys of the ``--json`` object, in order.
@@ -153,9 +157,7 @@ class BenchSession:
 
         # The bare FP networks, copied before any compilation (they always run eagerly).
         self.bare_generator = copy.deepcopy(gen) if gen.networks() else None
-        passes = type(gen).pass_counts(gen.options, entry)
-        # student-sized passes (forward + backward = 3) beyond the bare iteration's 6 (METHODS §11.2)
-        self.extra_student_passes = max(0, round((passes.train_teacher - 6.0) / 3.0))
+        self.passes = type(gen).pass_counts(gen.options, entry)
         self.bare_teacher = copy.deepcopy(teacher)
         self.bare_student = copy.deepcopy(teacher)
         for p in self.bare_student.parameters():
@@ -190,22 +192,40 @@ class BenchSession:
         """One training iteration after warm-up, as the trainer runs it (inside :meth:`training`)."""
         iterate(self.parts, self.phase, self.stats)
 
-    def bare(self, extra_student_passes: int = 0) -> None:
+    def bare(self, passes: PassCounts | None = None) -> None:
         """The same iteration's network passes alone, with plain FP modules (see the module doc);
-        ``extra_student_passes`` more student forwards and backwards (:meth:`bare_method`)."""
+        with ``passes``, exactly those the method declares instead (:meth:`bare_method`)."""
+        p = passes or PassCounts()
         b, dev = self.config.batch_size, self.device
         for prm in self._bare_params:
             prm.grad = None
         batch = self.bare_generator.sample(b) if self.bare_generator is not None else None
-        x = batch.x if batch is not None else torch.randn(b, *self.input_size, device=dev, requires_grad=True)
-        loss = self.bare_teacher(x).sum() + self.bare_student(x).sum()
-        for _ in range(extra_student_passes):
-            loss = loss + self.bare_student(x).sum()
+        x = batch.x if batch is not None else torch.randn(
+            b, *self.input_size, device=dev, requires_grad=p.teacher_input_backward)
+        if p.teacher_input_backward:
+            t = self.bare_teacher(x)
+        else:
+            with torch.no_grad():
+                t = self.bare_teacher(x)
+        s = self.bare_student(x)
+        for _ in range(p.extra_student_forwards):  # a forward of its own for the input backwards
+            s_in = self.bare_student(x)
+        if p.student_input_backwards:
+            source = s_in if p.extra_student_forwards else s
+            for _ in range(p.student_input_backwards):
+                torch.autograd.grad(source.sum(), x, retain_graph=True)
+        loss = t.sum() + s.sum() if p.teacher_input_backward else s.sum()
         loss.backward()
+        x_other = x.detach()
+        with torch.no_grad():
+            for _ in range(p.extra_teacher_forwards):
+                self.bare_teacher(x_other)
+        for _ in range(p.extra_student_steps):
+            self.bare_student(x_other).sum().backward()
 
     def bare_method(self) -> None:
-        """The bare passes plus the student passes the method itself adds (``bare_method_s``)."""
-        self.bare(self.extra_student_passes)
+        """The bare passes the method itself runs (``bare_method_s``; :class:`PassCounts`' pass fields)."""
+        self.bare(self.passes)
 
     def eval_student(self, images: int | None = None) -> float:
         return self._eval(self.parts.ctx.student, images)
@@ -262,7 +282,7 @@ def run_bench(config: BenchConfig, plugins: Plugins | None = None) -> dict[str, 
         raise ValueError("iters, eval_images and batch_size must be at least 1")
     with BenchSession(config, plugins) as session:
         kinds = {"step": session.step, "bare": session.bare}
-        if session.extra_student_passes:
+        if session.passes.adds_passes:
             kinds["bare_method"] = session.bare_method
         times: dict[str, list[float]] = {kind: [] for kind in kinds}
         with session.training():
