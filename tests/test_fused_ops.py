@@ -160,7 +160,7 @@ def test_foreach_generator_adam_is_bit_identical_to_the_loop():
 def test_weights_are_quantized_once_per_update_with_the_same_values_and_gradients(monkeypatch):
     import copy
 
-    from zsqbench_plugins.quantizers import uniform
+    from zsqbench_plugins.quantizers import _modules as uniform
 
     torch.manual_seed(0)
     conv = uniform.QuantConv2d.from_float(nn.Conv2d(3, 4, 3), 3)
@@ -201,7 +201,86 @@ def test_an_optimizer_that_writes_through_data_still_gets_fresh_quantized_weight
         assert torch.equal(conv.quantized_weight(), before)  # unseen by the version counter...
     for p in student.parameters():
         p.grad = torch.zeros_like(p)
-    parts.optimizer.step()  # ...until a step: its post-step hook drops the cache
-    assert "_wq" not in conv.__dict__
+    parts.optimizer.step()  # ...until a step: its post-step hook requantizes every weight
+    torch.testing.assert_close(conv.quantized_weight().detach(), 1.5 * before, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         torch.testing.assert_close(conv.quantized_weight(), 1.5 * before, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_weights_quantized_together_equal_each_weight_quantized_alone(dtype, bits):
+    """The multi-tensor form (one operation per stage for all weights) gives each weight's
+    quantize_weight bit for bit, ties on the grid included, and the same identity STE."""
+    from zsqbench_plugins.quantizers._fake_quant import quantize_weight, quantize_weights_together
+
+    g = torch.Generator().manual_seed(bits)
+    shapes = [(16, 3, 3, 3), (16, 16, 3, 3), (64, 32, 1, 1), (10, 64), (8, 1, 3, 3)]
+    weights = [torch.randn(s, generator=g, dtype=dtype).requires_grad_(True) for s in shapes]
+    ties = torch.arange(-16, 17, dtype=dtype).div(8).repeat(16, 1).view(16, 33)  # steps of 1/8: .5 ties at 2-8 bits
+    weights.append(ties.requires_grad_(True))
+    weights.append(torch.full((4, 9), 0.25, dtype=dtype, requires_grad=True))  # zero range: clamped to 1e-8
+    together = quantize_weights_together(weights, bits)
+    alone = [quantize_weight(w, bits) for w in weights]
+    for t, a in zip(together, alone):
+        assert t.dtype == dtype and torch.equal(t, a)
+    sum((t * (i + 1)).sum() for i, t in enumerate(together)).backward()
+    for i, w in enumerate(weights):
+        assert torch.equal(w.grad, torch.full_like(w, i + 1.0))  # identity STE, no clipping mask
+
+
+def test_an_optimizer_step_requantizes_the_weights_for_the_next_training_forward(tiny_parts, monkeypatch):
+    """The post-step hook quantizes every weight at once in the training forward's autograd mode,
+    so the next forward computes none, and its values equal a per-weight quantization."""
+    from conftest import make_spec
+
+    from zsqbench_plugins.quantizers import _modules as uniform
+
+    parts = tiny_parts(make_spec("gdfq", "kd"))
+    student = parts.ctx.student
+    convs = [m for m in student.modules() if isinstance(m, uniform._WeightCodesOncePerStep)]
+    for p in student.parameters():
+        p.grad = torch.randn_like(p)
+    parts.optimizer.step()
+    calls = []
+    real = uniform.quantize_weight
+    monkeypatch.setattr(uniform, "quantize_weight", lambda *a, **k: calls.append(1) or real(*a, **k))
+    student(torch.randn(2, *parts.ctx.teacher_entry.input_size))
+    assert calls == [] and all("_wq" in m.__dict__ for m in convs)
+    for m in convs:
+        assert torch.equal(m.quantized_weight(), real(m.weight, m.w_bits))
+
+
+# ---------------------------------------------------------------- frozen activation grids
+
+
+def test_a_frozen_activation_quantizer_computes_its_grid_once_with_the_same_values():
+    """Once the range is frozen, S and Z are computed once per range, not at every forward: the
+    output is the uncached forward's bit for bit (exact .5 ties and clamping included), in float32
+    and for bf16 inputs, and a range that changes (calibration, a loaded state) is picked up."""
+    from zsqbench_plugins.quantizers._fake_quant import FakeQuantSTE
+    from zsqbench_plugins.quantizers.uniform import QuantAct
+
+    quant = QuantAct(4)
+    quant.calibrating = False
+    quant.x_min.fill_(-0.5)
+    quant.x_max.fill_(2.5)  # S = 5, Z = round(-2.5) + 8 = 6: x = 0.1·k hits .5 ties
+    x = torch.cat([torch.arange(-10, 40) / 10.0, torch.randn(1000) * 3]).requires_grad_(True)
+
+    def uncached(inp: Tensor) -> Tensor:
+        return FakeQuantSTE.apply(inp, quant.x_min, quant.x_max, 4)
+
+    first = quant(x)
+    assert torch.equal(first, uncached(x))
+    grid = quant.__dict__["_frozen_grid"][3]
+    assert quant(x * 1.0) is not None and quant.__dict__["_frozen_grid"][3] is grid  # reused, not recomputed
+    first.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))  # the identity STE, no clipping mask
+
+    assert torch.equal(quant(x.bfloat16()), uncached(x.bfloat16()))  # the float32 grid of a bf16 input
+    quant.load_state_dict({**quant.state_dict(), "x_max": torch.tensor(1.25)})  # a loaded range
+    assert torch.equal(quant(x), uncached(x)) and quant.__dict__["_frozen_grid"][3] is not grid
+    quant.calibrating = True
+    calibrated = quant(x)  # the range moves; the calibrating forward uses it directly
+    quant.calibrating = False
+    assert torch.equal(quant(x), uncached(x)) and torch.equal(calibrated, uncached(x))
