@@ -201,7 +201,7 @@ class BenchSession:
             prm.grad = None
         batch = self.bare_generator.sample(b) if self.bare_generator is not None else None
         x = batch.x if batch is not None else torch.randn(
-            b, *self.input_size, device=dev, requires_grad=p.teacher_input_backward)
+            b, *self.input_size, device=dev, requires_grad=p.teacher_input_backward or p.student_input_backwards > 0)
         if p.teacher_input_backward:
             t = self.bare_teacher(x)
         else:
