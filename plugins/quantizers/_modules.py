@@ -23,7 +23,9 @@ class _WeightCodesOncePerStep:
     batches of an epoch — share one quantized tensor and one autograd node. Its backward saves
     no tensors, so a node whose first graph was already backpropagated still passes gradients
     to the weight. The cache is keyed by everything that decides the tensor: the weight's
-    version, dtype and device, whether autograd records, and the STE form.
+    version, dtype and device, whether autograd records, and the STE form. After each optimizer
+    step the quantizer fills every module's cache at once (:meth:`requantize_together`); a forward
+    that finds no matching entry computes its own.
     """
 
     weight: nn.Parameter
