@@ -284,3 +284,39 @@ def test_a_frozen_activation_quantizer_computes_its_grid_once_with_the_same_valu
     calibrated = quant(x)  # the range moves; the calibrating forward uses it directly
     quant.calibrating = False
     assert torch.equal(quant(x), uncached(x)) and torch.equal(calibrated, uncached(x))
+
+
+# ---------------------------------------------------------------- HAST's feature alignment
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_hasts_fused_feature_alignment_equals_pow_mean(dtype):
+    """HAST's channel energies through the one-node mean of squares: the same value and, up to float
+    rounding, the same gradient for student and (perturb_through_teacher) teacher maps as pow(2).mean."""
+    from zsqbench_plugins.generators.hast import feature_alignment
+
+    g = torch.Generator().manual_seed(3)
+    shapes = {"a": (4, 16, 8, 8), "b": (4, 32, 4, 4), "c": (4, 64, 2, 2)}
+    results = {}
+    for fused in (False, True):
+        student = {k: torch.randn(s, generator=g.manual_seed(i), dtype=dtype).requires_grad_(True)
+                   for i, (k, s) in enumerate(shapes.items())}
+        teacher = {k: torch.randn(s, generator=g.manual_seed(10 + i), dtype=dtype).requires_grad_(True)
+                   for i, (k, s) in enumerate(shapes.items())}
+        value = feature_alignment(student, teacher, tuple(shapes), fused)
+        value.backward()
+        results[fused] = (value.detach(), [student[k].grad for k in shapes] + [teacher[k].grad for k in shapes])
+    (ref, ref_grads), (got, grads) = results[False], results[True]
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert got.item() == pytest.approx(ref.item(), rel=tol) and ref.item() > 0
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item())
+
+
+def test_reference_kernels_switch_turns_hasts_fused_energies_off(monkeypatch):
+    from zsqbench_plugins.generators.hast import HASTLogitLoss, HASTObjective
+
+    monkeypatch.setenv("ZSQBENCH_REFERENCE_KERNELS", "1")
+    assert not HASTObjective(HASTLogitLoss(20.0, 20.0), 1000.0, ("a",)).fused
+    monkeypatch.delenv("ZSQBENCH_REFERENCE_KERNELS")
+    assert HASTObjective(HASTLogitLoss(20.0, 20.0), 1000.0, ("a",)).fused

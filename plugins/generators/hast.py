@@ -38,10 +38,12 @@ from zsqbench.api import (
 )
 from zsqbench.errors import UserError
 from zsqbench.toolkit.augment import random_resized_crop_flip  # noqa: F401  (HAST's augmentation, imported from here by older code)
+from zsqbench.toolkit.energy import square_means
 from zsqbench.toolkit.logits import kd_kl
 from zsqbench.toolkit.offline import (
     OfflineSetGenerator, OfflineSetOptions, imagenet_overrides, short_synthesis_overrides,
 )
+from zsqbench.toolkit.reference import use_reference
 from zsqbench_plugins.generators.hast_synthesis import SyntheticSet
 from zsqbench_plugins.generators.cards import HAST_CARD
 
@@ -95,17 +97,24 @@ class HASTOptions(OfflineSetOptions):
 # ------------------------------------------------------------------------------ losses
 
 
-def channel_energy(feature: Tensor) -> Tensor:
-    """Â = L2-normalize over channels of mean_{h,w} F², shape (B, C): the map's per-channel energy profile."""
-    return F.normalize(feature.pow(2).mean(dim=(2, 3)), p=2.0, dim=1)
+def channel_energy(feature: Tensor, fused: bool = True) -> Tensor:
+    """Â = L2-normalize over channels of mean_{h,w} F², shape (B, C): the map's per-channel energy profile.
+
+    ``fused``: the mean of squares as one autograd node (:func:`~zsqbench.toolkit.energy.square_means`;
+    the same values, its gradient equal up to float rounding); otherwise ``pow(2).mean`` as written.
+    """
+    energy = square_means(feature, spatial=False)[1] if fused else feature.pow(2).mean(dim=(2, 3))
+    return F.normalize(energy, p=2.0, dim=1)
 
 
-def feature_alignment(student: dict[str, Tensor], teacher: dict[str, Tensor], paths: tuple[str, ...]) -> Tensor:
+def feature_alignment(student: dict[str, Tensor], teacher: dict[str, Tensor], paths: tuple[str, ...],
+                      fused: bool = True) -> Tensor:
     """Σ_l mean_{b,c}(Â_Q − Â_T)² over the tapped maps (without λ_FA)."""
     missing = [p for p in paths if p not in student or p not in teacher]
     if missing:
         raise RuntimeError(f"feature alignment is missing the tapped maps {missing}; were the feature taps installed?")
-    return torch.stack([(channel_energy(student[p]) - channel_energy(teacher[p])).pow(2).mean() for p in paths]).sum()
+    return torch.stack([(channel_energy(student[p], fused) - channel_energy(teacher[p], fused)).pow(2).mean()
+                        for p in paths]).sum()
 
 
 class HASTLogitLoss:
@@ -126,10 +135,12 @@ class HASTObjective(StudentObjective):
         self.logit = logit
         self.lambda_fa = lambda_fa
         self.feature_taps = tuple(feature_taps)
+        self.fused = not use_reference()  # ZSQBENCH_REFERENCE_KERNELS=1: pow(2).mean, as before the fused node
 
     def __call__(self, inputs: LossInputs) -> dict[str, Tensor]:
         logit = self.logit(inputs.student_logits, inputs.teacher_logits, inputs.labels)
-        fa = self.lambda_fa * feature_alignment(inputs.student_features, inputs.teacher_features, self.feature_taps)
+        fa = self.lambda_fa * feature_alignment(inputs.student_features, inputs.teacher_features, self.feature_taps,
+                                                self.fused)
         return {"total": logit + fa, "logit": logit, "fa": fa}
 
 

@@ -4,6 +4,7 @@ Nothing in the core's trainer depends on them; they are here so that a method is
 
 * :mod:`~zsqbench.toolkit.logits`: Hinton KD as the ZSQ codes compute it, a logit-only objective;
 * :mod:`~zsqbench.toolkit.bn_stats`: the teacher BN-statistics loss (GDFQ, AdaDFQ, HAST, ...);
+* :mod:`~zsqbench.toolkit.energy`: feature-map energies (mean of F²) in one node (attention losses, HAST);
 * :mod:`~zsqbench.toolkit.cifar_generator`: GDFQ's label-conditioned CIFAR generator network;
 * :mod:`~zsqbench.toolkit.online`: that network trained online with Adam (GDFQ and its descendants,
   HAST's calibration generator) and the generator-plugin base built on it;
