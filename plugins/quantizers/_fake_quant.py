@@ -52,28 +52,23 @@ def ste(x: Tensor, quantized: Tensor) -> Tensor:
     return x + (quantized - x).detach()
 
 
-def _fake_quantize_into(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
-    """:func:`fake_quantize` with one output buffer instead of six temporaries.
-
-    Same operations in the same order on the same dtypes (``q = x·S``, ``−Z``, round
-    half-to-even, clamp, ``+Z``, ``/S``), so the result is bit-identical to
-    :func:`fake_quantize` (tested, exact .5 ties included); only the allocations go.
-    On CPU, fake quantization plus its STE is ~3x faster this way (see benchmarks/README.md).
-    """
-    out, scale, zero = _codes_into(x, lo, hi, bits)
-    return out.add_(zero).div_(scale)
-
-
 def _codes_into(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The integer stage of :func:`_fake_quantize_into`: ``clamp(round(x·S − Z))`` in one new
-    buffer, with S and Z (the dequantization is ``(q + Z) / S``). Shared by the forward and by
-    :meth:`UniformQuantizer.weight_codes`, so codes and forward cannot drift apart."""
+    """The integer stage of :class:`FakeQuantSTE`'s forward: ``clamp(round(x·S − Z))`` in one new
+    buffer, with S and Z (the dequantization is ``(q + Z) / S``), for
+    :meth:`UniformQuantizer.weight_codes`, by the same functions, so codes and forward cannot drift apart."""
     scale, zero = grid_of(lo, hi, bits)
     return _codes_on_grid(x, scale, zero, bits), scale, zero
 
 
 def _codes_on_grid(x: Tensor, scale: Tensor, zero: Tensor, bits: int) -> Tensor:
-    """``clamp(round(x·S − Z))`` in one new buffer, on a grid already computed (:func:`grid_of`)."""
+    """``clamp(round(x·S − Z))`` in one new buffer, on a grid already computed (:func:`grid_of`).
+
+    With ``.add_(Z).div_(S)`` after it this is :func:`fake_quantize` with one output buffer instead of
+    six temporaries: the same operations in the same order on the same dtypes (``q = x·S``, ``−Z``,
+    round half-to-even, clamp, ``+Z``, ``/S``), so the result is bit-identical (tested, exact .5 ties
+    included); only the allocations go. On CPU, fake quantization plus its STE is ~3x faster this way
+    (see benchmarks/README.md).
+    """
     half = 2 ** (bits - 1)
     out = x * scale
     return out.sub_(zero).round_().clamp_(-half, half - 1)
@@ -103,11 +98,8 @@ class FakeQuantSTE(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, lo: Tensor, hi: Tensor, bits: int,  # type: ignore[override]
                 grid: tuple[Tensor, Tensor] | None = None) -> Tensor:
         ctx.in_dtype = x.dtype
-        dtype = compute_dtype(x.dtype)
-        if grid is None:
-            return _fake_quantize_into(x.to(dtype), lo.to(dtype), hi.to(dtype), bits)
-        scale, zero = grid
-        return _codes_on_grid(x.to(dtype), scale, zero, bits).add_(zero).div_(scale)
+        scale, zero = grid if grid is not None else frozen_grid(lo, hi, bits, x.dtype)
+        return _codes_on_grid(x.to(compute_dtype(x.dtype)), scale, zero, bits).add_(zero).div_(scale)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None]:  # type: ignore[override]
@@ -123,7 +115,7 @@ def frozen_grid(lo: Tensor, hi: Tensor, bits: int, dtype: torch.dtype) -> tuple[
     """(S, Z) of [lo, hi] as :class:`FakeQuantSTE` computes them for inputs of ``dtype``."""
     target = compute_dtype(dtype)
     with torch.no_grad():
-        return grid_of(lo.detach().to(target), hi.detach().to(target), bits)
+        return grid_of(lo.to(target), hi.to(target), bits)
 
 
 _USE_REFERENCE_STE = False

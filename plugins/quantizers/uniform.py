@@ -29,7 +29,6 @@ from zsqbench.errors import UserError
 from zsqbench_plugins.quantizers._fake_quant import (  # noqa: F401  (the quantizer's arithmetic, re-exported)
     FakeQuantSTE,
     _codes_into,
-    _fake_quantize_into,
     fake_quantize,
     fake_quantize_ste,
     grid_of,
