@@ -177,7 +177,7 @@ class PassCounts:
     trial (images × steps × 3), run at large batch; ``generator_macs``: the generator network's
     MACs per image (None: unknown, the estimate assumes GDFQ's CIFAR network).
 
-    The last four fields say *exactly* which network passes one training iteration runs beyond the
+    The last five fields say *exactly* which network passes one training iteration runs beyond the
     bare iteration of ``zsqbench bench`` (generator forward and backward; teacher forward and its
     input-gradient backward; student forward and its full backward), so that ``bench``'s
     ``bare_method_s`` holds the method's own passes and nothing the harness adds (the rounded

@@ -207,13 +207,11 @@ class BenchSession:
         else:
             with torch.no_grad():
                 t = self.bare_teacher(x)
-        s = self.bare_student(x)
+        s = source = self.bare_student(x)
         for _ in range(p.extra_student_forwards):  # a forward of its own for the input backwards
-            s_in = self.bare_student(x)
-        if p.student_input_backwards:
-            source = s_in if p.extra_student_forwards else s
-            for _ in range(p.student_input_backwards):
-                torch.autograd.grad(source.sum(), x, retain_graph=True)
+            source = self.bare_student(x)
+        for _ in range(p.student_input_backwards):
+            torch.autograd.grad(source.sum(), x, retain_graph=True)
         loss = t.sum() + s.sum() if p.teacher_input_backward else s.sum()
         loss.backward()
         x_other = x.detach()
