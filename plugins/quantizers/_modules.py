@@ -30,7 +30,15 @@ class _WeightCodesOncePerStep:
 
     weight: nn.Parameter
     w_bits: int
-    reference_ste: bool
+    reference_ste: bool = False
+
+    def _take_float_state(self, module: nn.Module, bits: int) -> None:
+        """``from_float``'s common tail: the FP layer's parameters, then the weight bit-width."""
+        self.load_state_dict(module.state_dict())  # type: ignore[attr-defined]
+        self.w_bits = bits
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", w_bits={self.w_bits}"  # type: ignore[misc]
 
     def _cache_key(self) -> tuple[Any, ...]:
         w = self.weight
@@ -76,9 +84,6 @@ class _WeightCodesOncePerStep:
 class QuantConv2d(_WeightCodesOncePerStep, nn.Conv2d):
     """Conv2d whose latent FP weight is fake-quantized per output channel (once per weight update)."""
 
-    w_bits: int
-    reference_ste: bool = False
-
     @classmethod
     def from_float(cls, conv: nn.Conv2d, bits: int) -> "QuantConv2d":
         new = cls(
@@ -86,36 +91,25 @@ class QuantConv2d(_WeightCodesOncePerStep, nn.Conv2d):
             conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
             device=conv.weight.device, dtype=conv.weight.dtype,
         )
-        new.load_state_dict(conv.state_dict())
-        new.w_bits = bits
+        new._take_float_state(conv, bits)
         return new
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.quantized_weight(), self.bias)
 
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", w_bits={self.w_bits}"
-
 
 class QuantLinear(_WeightCodesOncePerStep, nn.Linear):
     """Linear layer with per-row (per class) weight fake quantization; bias stays FP."""
-
-    w_bits: int
-    reference_ste: bool = False
 
     @classmethod
     def from_float(cls, fc: nn.Linear, bits: int) -> "QuantLinear":
         new = cls(fc.in_features, fc.out_features, fc.bias is not None,
                   device=fc.weight.device, dtype=fc.weight.dtype)
-        new.load_state_dict(fc.state_dict())
-        new.w_bits = bits
+        new._take_float_state(fc, bits)
         return new
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.quantized_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", w_bits={self.w_bits}"
 
 
 class QuantAct(nn.Module):
