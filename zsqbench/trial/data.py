@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from zsqbench.api.models import Normalization
-from zsqbench.errors import DataNotFoundError, UnknownNameError, UserError
+from zsqbench.errors import DataNotFoundError, UserError
 from zsqbench.files import file_digest, write_bytes_atomic
+from zsqbench.trial.datasets import DATASETS, IMAGENET, DatasetInfo, dataset_info  # noqa: F401 (re-exported)
 from zsqbench.trial.download import download
 from zsqbench.trial.progress import ProgressSink
 from zsqbench.trial.safe_pickle import RefusedGlobal, load_data_pickle_file
@@ -35,33 +36,6 @@ DATA_ENV = "ZSQBENCH_DATA"
 DEFAULT_DATA_ROOT = Path("~/.cache/zsqbench/data").expanduser()
 CACHE_ENV = "ZSQBENCH_CACHE"
 DEFAULT_CACHE_DIR = Path("~/.cache/zsqbench").expanduser()
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    num_classes: int
-    folder: str
-    test_file: str
-    label_key: str
-    meta_file: str
-    url: str
-    md5: str  # of the archive at ``url``, as torchvision pins it
-    num_test_images: int  # the full test split (a smaller set is a subset or a fixture)
-
-
-IMAGENET = "imagenet"
-
-DATASETS = {
-    "cifar10": DatasetInfo("cifar10", 10, "cifar-10-batches-py", "test_batch", "labels", "batches.meta",
-                           "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                           "c58f30108f718f92721af3b95e74349a", 10_000),
-    "cifar100": DatasetInfo("cifar100", 100, "cifar-100-python", "test", "fine_labels", "meta",
-                            "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-                            "eb9058c3a382ffc7106e4002c42a8d85", 10_000),
-    # Not downloadable (no url): read from the user's copy by zsqbench.trial.imagenet.
-    IMAGENET: DatasetInfo(IMAGENET, 1000, "imagenet", "val", "", "", "", "", 50_000),
-}
 
 
 def normalize(images: torch.Tensor, norm: Normalization) -> torch.Tensor:
@@ -124,13 +98,6 @@ class TestSet:
         """All inputs at once (float32: small sets only; evaluation reads :meth:`inputs`)."""
         return normalize(self.images, norm)
 
-
-
-def dataset_info(name: str) -> DatasetInfo:
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise UnknownNameError(f"unknown dataset '{name}'. Known datasets: {', '.join(DATASETS)}") from None
 
 
 def resolve_data_root(explicit: str | Path | None = None) -> Path:

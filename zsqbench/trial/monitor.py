@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+# The near-chance rule lives with the class counts (torch-free, for the leaderboard views); re-exported.
+from zsqbench.trial.datasets import CHANCE_FLAG_FACTOR, near_chance  # noqa: F401
+
 
 class TrialDiverged(RuntimeError):
     """The student loss became NaN/Inf, or accuracy collapsed: the trial's numbers are not a result."""
@@ -84,13 +87,3 @@ def collapsed(acc: float, ptq: float, num_classes: int, num_images: int) -> bool
     """Accuracy collapsed to chance after a calibrated student was clearly above it."""
     chance = 100.0 / num_classes
     return num_images >= MIN_IMAGES_FOR_COLLAPSE and ptq > 2 * chance and acc <= chance + 1.0
-
-
-#: A finished trial at or below this multiple of chance accuracy is flagged in every view: it is
-#: not a result, whatever its PTQ accuracy was (a student calibrated at chance never "collapses").
-CHANCE_FLAG_FACTOR = 1.5
-
-
-def near_chance(top1: float, num_classes: int) -> bool:
-    """Top-1 no better than guessing: the trial ran, but its number says nothing about the method."""
-    return top1 <= CHANCE_FLAG_FACTOR * 100.0 / num_classes
