@@ -50,6 +50,41 @@ def test_every_kind_has_its_hook_and_registry(plugins):
         assert getattr(plugins, kind.plural).base is kind.base
 
 
+def test_the_hooks_are_plain_functions_one_per_kind():
+    """A plugin author reads the hooks in hookspecs.py: each kind has one written-out hook function,
+    and every hook there belongs to a kind (no hook generated at import time, none forgotten)."""
+    import inspect
+
+    import zsqbench.api.hookspecs as hookspecs
+
+    declared = {name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+                if getattr(fn, "zsqbench_spec", None) is not None}
+    assert declared == {kind.hook_name for kind in PLUGIN_KINDS}
+    for name in declared:
+        fn = getattr(hookspecs, name)
+        assert fn.__module__ == hookspecs.__name__ and fn.__doc__ and "register(" in fn.__doc__
+
+
+def test_every_bundled_plugin_registers_through_module_level_hook_functions():
+    """One registration style: each bundled plugin module defines ``@hookimpl def register_<kind>``
+    at module level (no factories returning hooks, no assignments)."""
+    import ast
+    from pathlib import Path
+
+    import zsqbench_plugins
+
+    root = Path(zsqbench_plugins.__file__).parent
+    hook_names = {kind.hook_name for kind in PLUGIN_KINDS}
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign):
+                targets = [t for target in node.targets for t in ast.walk(target) if isinstance(t, ast.Name)]
+                assert not {t.id for t in targets} & hook_names, f"{path.name} assigns a hook"
+            if isinstance(node, ast.FunctionDef) and node.name in hook_names:
+                assert node in tree.body, f"{path.name}: {node.name} is not at module level"
+
+
 def _plugin(hook: str, obj):
     class One:
         pass

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from zsqbench.api import (
     Batch, BudgetOverride, LossInputs, NativeLosses, PassCounts, Phase, PluginOptions, StudentObjective, StudentUpdate,
-    TeacherModel, TrainContext, generator_hooks,
+    TeacherModel, TrainContext, hookimpl,
 )
 from zsqbench.errors import UserError
 from zsqbench.toolkit.augment import random_resized_crop_flip  # noqa: F401  (HAST's augmentation, imported from here by older code)
@@ -251,4 +251,12 @@ BUDGET_OVERRIDES = (
 )
 
 
-register_generators, register_budget_overrides = generator_hooks(HAST, BUDGET_OVERRIDES)
+@hookimpl
+def register_generators(register) -> None:
+    register(HAST)
+
+
+@hookimpl
+def register_budget_overrides(register) -> None:
+    for override in BUDGET_OVERRIDES:
+        register(override)

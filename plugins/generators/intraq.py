@@ -25,7 +25,7 @@ from pydantic import Field
 from torch import Tensor
 
 from zsqbench.api import (
-    BudgetOverride, NativeLosses, PassCounts, PluginOptions, TeacherModel, TrainContext, generator_hooks,
+    BudgetOverride, NativeLosses, PassCounts, PluginOptions, TeacherModel, TrainContext, hookimpl,
 )
 from zsqbench.errors import UserError
 from zsqbench.toolkit.augment import crop_flip
@@ -130,4 +130,12 @@ BUDGET_OVERRIDES = (
 )
 
 
-register_generators, register_budget_overrides = generator_hooks(IntraQ, BUDGET_OVERRIDES)
+@hookimpl
+def register_generators(register) -> None:
+    register(IntraQ)
+
+
+@hookimpl
+def register_budget_overrides(register) -> None:
+    for override in BUDGET_OVERRIDES:
+        register(override)

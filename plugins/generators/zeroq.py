@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from zsqbench.api import (
-    Batch, BudgetOverride, NativeLosses, PassCounts, Phase, PluginOptions, TeacherModel, TrainContext, generator_hooks,
+    Batch, BudgetOverride, NativeLosses, PassCounts, Phase, PluginOptions, TeacherModel, TrainContext, hookimpl,
 )
 from zsqbench.toolkit.bn_stats import ZEROQ, BNStatsLoss
 from zsqbench.toolkit.augment import crop_flip
@@ -221,4 +221,12 @@ BUDGET_OVERRIDES = (
 )
 
 
-register_generators, register_budget_overrides = generator_hooks(ZeroQ, BUDGET_OVERRIDES)
+@hookimpl
+def register_generators(register) -> None:
+    register(ZeroQ)
+
+
+@hookimpl
+def register_budget_overrides(register) -> None:
+    for override in BUDGET_OVERRIDES:
+        register(override)

@@ -44,7 +44,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from zsqbench.api import (
-    BudgetOverride, DistillationLoss, LossInputs, NativeLosses, PluginOptions, TeacherModel, hookimpl,
+    BudgetOverride, DistillationLoss, LossInputs, NativeLosses, PluginOptions, TeacherModel,
 )
 from zsqbench.errors import UserError
 from zsqbench.toolkit.energy import square_means
@@ -294,23 +294,7 @@ def akt_paper_schedule(loss: str) -> BudgetOverride:
                           note="AKT's code: 200 x 200 iterations at batch 200, milestones {100} (METHODS §7.5)")
 
 
-def plugin_hooks(loss: type[AttentionDistillationLoss]) -> tuple[Callable[..., None], Callable[..., None]]:
-    """The two hooks of an attention-loss plugin module: the loss, and AKT's paper schedule for it.
-    A module assigns them to ``register_losses`` and ``register_budget_overrides``."""
-
-    @hookimpl
-    def register_losses(register: Callable[[Any], None]) -> None:
-        register(loss)
-
-    @hookimpl
-    def register_budget_overrides(register: Callable[[Any], None]) -> None:
-        register(akt_paper_schedule(loss.name))
-
-    return register_losses, register_budget_overrides
-
-
 __all__ = [
     "ATTENTIONS", "AttentionDistillationLoss", "AttentionLossOptions", "PAPER_SETTINGS", "akt_paper_schedule",
-    "plugin_hooks",
     "attention_kl", "attentions", "channel_attention", "spatial_attention", "square_means",
 ]

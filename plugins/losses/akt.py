@@ -10,7 +10,8 @@ sum) so diagnostics show each branch. Code defaults, paper switches (``mode="pap
 
 from __future__ import annotations
 
-from zsqbench_plugins.losses._feature import AttentionDistillationLoss, plugin_hooks
+from zsqbench.api import hookimpl
+from zsqbench_plugins.losses._feature import AttentionDistillationLoss, akt_paper_schedule
 from zsqbench_plugins.losses.cards import AKT_CARD
 
 
@@ -21,4 +22,11 @@ class AKTLoss(AttentionDistillationLoss):
     card = AKT_CARD
 
 
-register_losses, register_budget_overrides = plugin_hooks(AKTLoss)
+@hookimpl
+def register_losses(register) -> None:
+    register(AKTLoss)
+
+
+@hookimpl
+def register_budget_overrides(register) -> None:
+    register(akt_paper_schedule(AKTLoss.name))

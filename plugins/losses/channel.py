@@ -7,7 +7,8 @@ paper/code modes: see :mod:`zsqbench_plugins.losses._feature`.
 
 from __future__ import annotations
 
-from zsqbench_plugins.losses._feature import AttentionDistillationLoss, plugin_hooks
+from zsqbench.api import hookimpl
+from zsqbench_plugins.losses._feature import AttentionDistillationLoss, akt_paper_schedule
 from zsqbench_plugins.losses.cards import CHANNEL_CARD
 
 
@@ -18,4 +19,11 @@ class ChannelLoss(AttentionDistillationLoss):
     card = CHANNEL_CARD
 
 
-register_losses, register_budget_overrides = plugin_hooks(ChannelLoss)
+@hookimpl
+def register_losses(register) -> None:
+    register(ChannelLoss)
+
+
+@hookimpl
+def register_budget_overrides(register) -> None:
+    register(akt_paper_schedule(ChannelLoss.name))

@@ -7,7 +7,8 @@ L = L_logit + λ·Σ_maps Σ_b KL( softmax(Sp(F_T)/τ) ‖ softmax(Sp(F_Q)/τ) )
 
 from __future__ import annotations
 
-from zsqbench_plugins.losses._feature import AttentionDistillationLoss, plugin_hooks
+from zsqbench.api import hookimpl
+from zsqbench_plugins.losses._feature import AttentionDistillationLoss, akt_paper_schedule
 from zsqbench_plugins.losses.cards import SPATIAL_CARD
 
 
@@ -18,4 +19,11 @@ class SpatialLoss(AttentionDistillationLoss):
     card = SPATIAL_CARD
 
 
-register_losses, register_budget_overrides = plugin_hooks(SpatialLoss)
+@hookimpl
+def register_losses(register) -> None:
+    register(SpatialLoss)
+
+
+@hookimpl
+def register_budget_overrides(register) -> None:
+    register(akt_paper_schedule(SpatialLoss.name))

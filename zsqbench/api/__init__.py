@@ -19,7 +19,7 @@ from zsqbench.api.cards import MethodCard, PublishedNumber
 from zsqbench.api.executor import ExecuteJob, Executor, JobOutcome, TrialJob
 from zsqbench.api.features import FeatureTaps
 from zsqbench.api.generator import Batch, Generator, PassCounts, Phase, StudentUpdate, TrainContext
-from zsqbench.api.hookspecs import PLUGIN_KINDS, generator_hooks, hookimpl
+from zsqbench.api.hookspecs import PLUGIN_KINDS, hookimpl
 from zsqbench.api.losses import KD_CE, DistillationLoss, LogitLoss, LossInputs, NativeLosses, StudentObjective
 from zsqbench.api.models import Normalization, PretrainedWeights, RefusedFile, TeacherModel
 from zsqbench.api.optimizers import EpochAwareOptimizer
@@ -34,5 +34,5 @@ __all__ = [
     "IntegerGrid", "IntegerLayer", "IntegerWeight", "JobOutcome", "LogitLoss", "LossInputs", "MethodCard",
     "NativeLosses", "NoOptions", "Normalization", "PassCounts", "Phase", "PluginOptions", "PretrainedWeights",
     "PublishedNumber", "QuantizedWeight", "Quantizer", "RefusedFile", "StudentObjective", "StudentUpdate",
-    "TeacherModel", "TrainContext", "TrialJob", "WeightCodeQuantizer", "generator_hooks", "hookimpl",
+    "TeacherModel", "TrainContext", "TrialJob", "WeightCodeQuantizer", "hookimpl",
 ]

@@ -12,14 +12,14 @@ Each hook is a *registration* hook, ``register_<kinds>(register)``: the plugin r
 ``register_budget_overrides``  :class:`~zsqbench.api.budgets.BudgetOverride` instances
 =============================  ==========================================================
 
-Adding a kind of plugin is adding one :class:`PluginKind` to the table: the hook, its registry
-(``plugins.<kinds>``) and the registration check follow from it.
+A kind of plugin is one :class:`PluginKind` in :data:`PLUGIN_KINDS` (its registry
+``plugins.<kinds>`` and the registration check follow from it) and one hook function below.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Callable, Literal
 
 import pluggy
 
@@ -58,33 +58,39 @@ PLUGIN_KINDS: tuple[PluginKind, ...] = (
 )
 
 
-def _registration_hook(kind: PluginKind) -> Callable[..., None]:
-    def hook(register: Callable[[Any], None]) -> None:
-        pass
-
-    hook.__name__ = hook.__qualname__ = kind.hook_name
-    hook.__doc__ = (f"Register {kind.what}: call ``register(obj)`` once for each, obj being a "
-                    f"{kind.registers} of :class:`{kind.base.__module__}.{kind.base.__qualname__}`.")
-    return hookspec(hook)
+# The hooks, one plain function per plugin kind (the shape llm and datasette use), so that a
+# plugin author reads here exactly what to implement. Each receives a ``register`` callback and
+# calls it once per thing the plugin provides. tests/test_plugins.py checks that this list and
+# PLUGIN_KINDS name the same hooks.
 
 
-for _kind in PLUGIN_KINDS:
-    globals()[_kind.hook_name] = _registration_hook(_kind)
-del _kind
+@hookspec
+def register_models(register: Callable[[TeacherModel], None]) -> None:
+    """Register pretrained FP teachers: call ``register(model)`` once per :class:`TeacherModel` instance."""
 
 
-def generator_hooks(generator: type, overrides: tuple[BudgetOverride, ...] = ()) -> tuple[Callable[..., None],
-                                                                                          Callable[..., None]]:
-    """The two hooks of a module that provides one generator and its budget overrides; the module
-    assigns them: ``register_generators, register_budget_overrides = generator_hooks(MyGen, OVERRIDES)``."""
+@hookspec
+def register_quantizers(register: Callable[[type[Quantizer]], None]) -> None:
+    """Register quantizers: call ``register(cls)`` once per :class:`Quantizer` subclass."""
 
-    @hookimpl
-    def register_generators(register: Callable[[Any], None]) -> None:
-        register(generator)
 
-    @hookimpl
-    def register_budget_overrides(register: Callable[[Any], None]) -> None:
-        for override in overrides:
-            register(override)
+@hookspec
+def register_generators(register: Callable[[type[Generator]], None]) -> None:
+    """Register generators (a data source and the training step): ``register(cls)`` once per
+    :class:`Generator` subclass."""
 
-    return register_generators, register_budget_overrides
+
+@hookspec
+def register_losses(register: Callable[[type[DistillationLoss]], None]) -> None:
+    """Register student losses: ``register(cls)`` once per :class:`DistillationLoss` subclass."""
+
+
+@hookspec
+def register_executors(register: Callable[[type[Executor]], None]) -> None:
+    """Register executors that run trial jobs: ``register(cls)`` once per :class:`Executor` subclass."""
+
+
+@hookspec
+def register_budget_overrides(register: Callable[[BudgetOverride], None]) -> None:
+    """Register per-method changes to budget presets: ``register(override)`` once per
+    :class:`BudgetOverride` instance."""
