@@ -139,7 +139,7 @@ def test_a_download_with_the_wrong_checksum_leaves_nothing(tmp_path, monkeypatch
         load_test_set("cifar10", root, offline=False)
     assert not [p for p in root.rglob("*") if p.is_file()]
     with pytest.raises(DataNotFoundError, match="could not download"):
-        download(f"{archive.as_uri()}.missing", tmp_path / "x", what="a file")
+        download(f"{archive.as_uri()}.missing", tmp_path / "x", what="a file", by_hand="fetch it by hand")
     assert not (tmp_path / "x").exists()
 
 

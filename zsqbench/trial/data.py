@@ -121,13 +121,22 @@ def test_file_path(name: str, root: Path) -> Path:
     return root / info.folder / info.test_file
 
 
+def fetch_by_hand(name: str, root: Path) -> str:
+    """How to get a test set without us: the archive's URL and md5, and the final file it must give
+    under ``root`` (what every missing-or-undownloadable message ends with)."""
+    info = dataset_info(name)
+    return (f"download {info.url} (md5 {info.md5}) by hand and extract it into {root}, which must give "
+            f"{test_file_path(name, root)}")
+
+
 def download_test_set(name: str, root: Path, progress: ProgressSink | None = None) -> None:
     """Fetch the official archive, verify its md5, and keep only the test split and metadata."""
     info = dataset_info(name)
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
         archive = download(info.url, Path(tmp) / Path(info.url).name, algorithm="md5", digest=info.md5,
-                           what=f"the {name} archive", progress=progress)
+                           what=f"the {name} archive", progress=progress,
+                           by_hand=f"{fetch_by_hand(name, root)}, or point --data-root/ZSQBENCH_DATA at a copy")
         with tarfile.open(archive, "r:gz") as tar:
             for member in (info.test_file, info.meta_file):
                 source = tar.extractfile(f"{info.folder}/{member}")
@@ -150,8 +159,8 @@ def load_test_set(name: str, root: Path, offline: bool = True, progress: Progres
         if offline:
             raise DataNotFoundError(
                 f"{name} test set not found at {path}; set --data-root or ZSQBENCH_DATA to a folder "
-                f"holding {info.folder}/{info.test_file} (torchvision layout), or run without --offline "
-                "(and without ZSQBENCH_OFFLINE) to download it"
+                f"holding {info.folder}/{info.test_file} (torchvision layout), run without --offline "
+                f"(and without ZSQBENCH_OFFLINE) to download it, or {fetch_by_hand(name, root)}"
             )
         download_test_set(name, root, progress)
     try:

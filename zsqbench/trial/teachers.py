@@ -99,6 +99,18 @@ def _refusal(entry: TeacherModel, w: PretrainedWeights, refused: RefusedFile, pa
             "(never pytorchcv's pretrained=True)")
 
 
+def fetch_by_hand(w: PretrainedWeights, dest: Path) -> str:
+    """How to get a pinned checkpoint without us: its URL (and the zip member), its pinned digest, and
+    the final path it must have (what every missing-or-undownloadable weights message ends with)."""
+    algorithm, _, expected = w.digest.partition(":")
+    check = f"{algorithm} {expected}{'…' if not (w.sha256 or w.sha1) else ''}"  # a prefix pin: a prefix
+    if not w.url:
+        return f"put {w.filename} ({check}) at {dest}"
+    if w.url.endswith(".zip"):
+        return f"download {w.url} by hand and unzip {w.archive_member or 'its checkpoint'} from it as {dest} ({check})"
+    return f"download {w.url} by hand to {dest} ({check})"
+
+
 def refuse_known_wrong(entry: TeacherModel, path: Path, sha1: str | None = None) -> None:
     """Raise :class:`ChecksumError` when ``path`` is a file a pin of ``entry`` refuses, by its
     name or by its sha1 (hashed here when ``sha1`` is None and the teacher refuses any file)."""
@@ -147,7 +159,8 @@ def select_checkpoint(entry: TeacherModel, data_root: Path, weights_file: Path |
     if not offline and downloadable is not None:
         return TeacherRef(tag=downloadable.tag, digest=downloadable.digest)
     names = ", ".join(w.filename for w in entry.weights)
-    how = "or run without --offline to download it" if downloadable else "(none can be downloaded)"
+    how = (f"run without --offline to download it, or {fetch_by_hand(downloadable, folder / downloadable.filename)}"
+           if downloadable else "(none can be downloaded)")
     raise DataNotFoundError(
         f"no weights for teacher '{entry.name}' under {folder} (looked for {names}); "
         f"set --data-root/ZSQBENCH_DATA, pass --teacher-weights FILE, {how}"
@@ -184,11 +197,11 @@ def _download(w: PretrainedWeights, dest: Path, progress: ProgressSink | None) -
     """The release file (for pytorchcv a zip holding the checkpoint); the checkpoint's pinned
     digest is checked before it is written under its name."""
     if not w.url:
-        raise DataNotFoundError(f"the '{w.tag}' weights have no download URL; put {w.filename} into {dest.parent}")
+        raise DataNotFoundError(f"the '{w.tag}' weights have no download URL; {fetch_by_hand(w, dest)}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as tmp:
         fetched = download(w.url, Path(tmp) / Path(w.url).name, what=f"the '{w.tag}' weights of {w.filename}",
-                           progress=progress)
+                           progress=progress, by_hand=f"{fetch_by_hand(w, dest)}, or pass --teacher-weights FILE")
         data = fetched.read_bytes()
     if w.url.endswith(".zip"):
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
@@ -197,7 +210,7 @@ def _download(w: PretrainedWeights, dest: Path, progress: ProgressSink | None) -
     digest = hashlib.new(algorithm, data).hexdigest()
     if not w.identifies(hashlib.sha256(data).hexdigest(), hashlib.sha1(data).hexdigest()):
         raise ChecksumError(f"the downloaded '{w.tag}' weights have {algorithm} {digest[:12]}…, expected "
-                            f"{expected[:12]}…; try again or fetch {w.filename} by hand into {dest.parent}")
+                            f"{expected[:12]}…; try again, or {fetch_by_hand(w, dest)}")
     write_bytes_atomic(dest, data)
 
 
@@ -261,7 +274,8 @@ def load_teacher(entry: TeacherModel, ref: TeacherRef, data_root: Path, weights_
     if not path.is_file():
         if offline:
             raise DataNotFoundError(f"teacher weights {path} not found ('{w.tag}' checkpoint of '{entry.name}'); "
-                                    "put the file there, pass --teacher-weights FILE, or run without --offline")
+                                    "run without --offline to download it, pass --teacher-weights FILE, or "
+                                    f"{fetch_by_hand(w, path)}")
         _download(w, path, progress)
     sha = sha256_of(path)
     _verify_pinned(entry, w, path, sha)
