@@ -221,10 +221,10 @@ def test_per_trial_flag_on_an_aggregated_csv_is_refused(capsys):
     assert "drop --per-trial" in one_line_error(capsys, ["leaderboard", str(ref), "--per-trial"])
 
 
-def test_readme_documents_every_aggregated_column():
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    match = re.search(r"## Aggregated leaderboard columns\n(.*?)\n## ", readme, re.S)
-    assert match, "README.md needs an 'Aggregated leaderboard columns' section"
+def test_docs_document_every_aggregated_column():
+    page = (Path(__file__).parent.parent / "docs" / "results-and-statistics.md").read_text()
+    match = re.search(r"## Aggregated leaderboard columns\n(.*?)\n## ", page, re.S)
+    assert match, "docs/results-and-statistics.md needs an 'Aggregated leaderboard columns' section"
     for column, meaning in documented("aggregated").items():
         assert f"| `{column}` | {meaning} |" in match.group(1), column
 

@@ -95,11 +95,11 @@ def test_registry_toml_holds_no_method_settings(tmp_path, monkeypatch, capsys):
         get_plugins.cache_clear()
 
 
-def test_readme_says_which_schedule_each_paper_cell_uses(plugins):
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+def test_docs_say_which_schedule_each_paper_cell_uses(plugins):
+    page = (Path(__file__).parent.parent / "docs" / "budgets.md").read_text()
     rows = re.findall(r"^\| (gdfq|adadfq|hast|qimera|zeroq|intraq) \| (\w+) \| (\d+) x (\d+) x (\d+) \| (\d+) \| "
-                      r"([\d, ]+|–) \| ([\de.-]+) \|", readme, re.M)
-    assert len(rows) == 30, "README.md needs one row per (generator, loss) cell of the paper preset"
+                      r"([\d, ]+|–) \| ([\de.-]+) \|", page, re.M)
+    assert len(rows) == 30, "docs/budgets.md needs one row per (generator, loss) cell of the paper preset"
     for g, loss, epochs, iters, batch, warmup, milestones, lr in rows:
         r = resolve_budget(plugins, "paper", g, loss)
         b = r.budget

@@ -329,7 +329,7 @@ def test_export_from_the_last_snapshot_with_weights_npz_elsewhere(grid, tmp_path
 
 def test_folded_batchnorm_gives_integer_kernels_with_the_same_codes(grid, tmp_path, capsys):
     """At W8A8 with BN folded into the weight scales, ONNX Runtime runs QLinearConv (integer kernels);
-    they round the bias, so agreement is checked loosely here (README, Deployment, has the numbers)."""
+    they round the bias, so agreement is checked loosely here (docs/deployment.md has the numbers)."""
     root, weights, _, folders = grid
     out = tmp_path / "folded"
     trial = _copy_trial(folders[8], tmp_path / "r" / folders[8].trial_id)
