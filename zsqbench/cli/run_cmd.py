@@ -17,11 +17,12 @@ from zsqbench.cli.compute_flags import add_compute_flags, compute_settings
 from zsqbench.cli.console import RichProgress, out
 from zsqbench.cli.lease_flag import add_lease_timeout, lease_timeout
 from zsqbench.errors import UserError
-from zsqbench.grid.estimate import LARGE_GRID_ITERATIONS, estimate_compute
-from zsqbench.grid.request import expand, load_grid_file, make_request
+from zsqbench.grid.estimate import CONFIRM_SECONDS, device_label, duration, estimate_compute
+from zsqbench.grid.request import check_option_tables, expand, load_grid_file, make_request
 from zsqbench.grid.runner import grid_states, run_grid, trial_folder
-from zsqbench.trial.data import resolve_cache_dir, resolve_data_root
+from zsqbench.trial.data import dataset_info, resolve_cache_dir, resolve_data_root
 from zsqbench.trial.environment import Environment, offline_from_env, resolve_device
+from zsqbench.trial.monitor import CHANCE_FLAG_FACTOR, near_chance
 
 
 def _csv(text: str) -> list[str]:
@@ -29,10 +30,16 @@ def _csv(text: str) -> list[str]:
 
 
 def _seeds(text: str) -> list[int]:
+    """--seeds as integers; none at all is refused, not a grid of 0 trials that "succeeds"."""
     try:
-        return [int(p) for p in _csv(text)]
+        seeds = [int(p) for p in _csv(text)]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must be integers like '0,1,2', got '{text}'") from None
+        raise UserError(f"--seeds must be integers like '0,1,2', got '{text}'") from None
+    if not seeds:
+        raise UserError(f"--seeds '{text}' names no seed; give comma-separated integers, e.g. --seeds 0,1,2")
+    if any(seed < 0 for seed in seeds):
+        raise UserError(f"--seeds must be non-negative integers, got '{text}'")
+    return seeds
 
 
 def add_parser(sub) -> None:
@@ -45,7 +52,7 @@ def add_parser(sub) -> None:
     p.add_argument("--generators", type=_csv, help="comma-separated generator plugins, e.g. gdfq,adadfq,hast")
     p.add_argument("--loss", "--losses", dest="losses", type=_csv, help="comma-separated loss plugins, e.g. kd,akt")
     p.add_argument("--bits", help="bit-widths: '3,4,5' means W3A3,W4A4,W5A5; '4/8' means W4A8")
-    p.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default 0)")
+    p.add_argument("--seeds", help="comma-separated seeds (default 0)")
     p.add_argument("--model", help="teacher architecture or name (default resnet20)")
     p.add_argument("--dataset", help="cifar10 or cifar100")
     p.add_argument("--budget", help="budget preset: smoke, cpu, paper (32-px CIFAR teachers), in1k-smoke, in1k-short, "
@@ -106,10 +113,14 @@ def build_request(args: argparse.Namespace, plugins) -> tuple[dict[str, Any], st
     values: dict[str, Any] = plugins.config.default_run.model_dump()
     source = "registry.toml [default_run]"
     if args.config:
-        values.update(load_grid_file(args.config))
+        config = load_grid_file(args.config)
+        if isinstance(config.get("options"), dict):  # other shapes: make_request names the problem
+            check_option_tables(config["options"], plugins, f"in {args.config}")
+        values.update(config)
         source = str(args.config)
     flags = {
-        "generators": args.generators, "losses": args.losses, "bits": args.bits, "seeds": args.seeds,
+        "generators": args.generators, "losses": args.losses, "bits": args.bits,
+        "seeds": None if args.seeds is None else _seeds(args.seeds),
         "model": args.model, "dataset": args.dataset, "budget": args.budget, "quantizer": args.quantizer,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
@@ -120,6 +131,7 @@ def build_request(args: argparse.Namespace, plugins) -> tuple[dict[str, Any], st
     if overrides:
         values["budget_overrides"] = {**values.get("budget_overrides", {}), **overrides}
     cli_options = _parse_options(args.option)
+    check_option_tables(cli_options, plugins, "given with -o")
     if cli_options:
         merged = dict(values.get("options", {}))
         for plugin, opts in cli_options.items():
@@ -139,6 +151,8 @@ def execute(args: argparse.Namespace) -> int:
     values, source = build_request(args, plugins)
     executor_options = _split_executor_options(values, plugins.executors.names())
     plugins.executors.get(args.executor)  # unknown executor: one-line error before anything else
+    if args.max_parallel is not None and args.max_parallel < 1:
+        raise UserError(f"--max-parallel must be at least 1, got {args.max_parallel}; leave it out for the executor's default")
     if args.export is not None:  # a bad format or a missing extra: refused before any trial runs
         from zsqbench.export import check_format, require_export_extra
 
@@ -147,6 +161,7 @@ def execute(args: argparse.Namespace) -> int:
     request = make_request(values, source)
     # A dry run plans on any machine (a login node has no GPU): only the data root and teacher matter.
     device = torch.device("cpu") if args.dry_run else resolve_device(args.device)
+    device_type = planned_device_type(args.device) if args.dry_run else device.type
     env = Environment(
         data_root=resolve_data_root(args.data_root), device=device, cache_dir=resolve_cache_dir(args.cache_dir),
         teacher_weights=args.teacher_weights, offline=args.offline or offline_from_env(),
@@ -154,15 +169,13 @@ def execute(args: argparse.Namespace) -> int:
     )
     specs = expand(request, plugins, env)
     if args.dry_run:
-        return _print_grid(specs, args, plugins)
+        return _print_grid(specs, args, plugins, device_type)
     todo = [s for s in specs if trial_folder(args.out, args.run_name, s).state != "done" or args.force]
     estimate = estimate_compute(todo, plugins)
     if not (args.quiet or args.json):
-        out.print(f"{len(specs)} trial(s), {len(todo)} to run: {estimate.describe()}", highlight=False)
-    if estimate.student_iterations > LARGE_GRID_ITERATIONS and not (args.yes or args.dry_run):
-        if sys.stdin.isatty():
-            if input("Start? [y/N] ").strip().lower() not in ("y", "yes"):
-                return 0
+        out.print(f"{len(specs)} trial(s), {len(todo)} to run: {estimate.describe(device_type)}", highlight=False)
+    if not (args.yes or confirmed(estimate.seconds(device_type), device_type)):
+        return 0
     with RichProgress(quiet=args.quiet or args.json) as progress:
         report = run_grid(
             specs, plugins, env, args.device, args.out, args.run_name, progress,
@@ -183,6 +196,35 @@ def execute(args: argparse.Namespace) -> int:
     else:
         _print_results(rows, report, args.out)
     return 1 if report.failed or export_failed else 0
+
+
+def planned_device_type(name: str) -> str:
+    """The device type a run with ``--device name`` trains on, without needing it here: a dry run
+    on a login node plans a GPU run (``--device cuda``) with the GPU's estimate; ``auto`` is what
+    the run would resolve to on this machine."""
+    if name == "auto":
+        return resolve_device(name).type
+    try:
+        return torch.device(name).type
+    except RuntimeError:
+        return resolve_device(name).type  # its one-line error for a name torch does not parse
+
+
+def confirmed(seconds: float, device_type: str) -> bool:
+    """Ask before a grid estimated to take more than CONFIRM_SECONDS on its device (small grids,
+    smoke ones, never ask). Without a terminal to ask on, refuse: a script or CI job must say
+    --yes rather than start days of compute by accident."""
+    if seconds <= CONFIRM_SECONDS:
+        return True
+    took = f"≈ {duration(seconds)} on {device_label(device_type)}"
+    if not sys.stdin.isatty():
+        raise UserError(f"this grid would take {took} and there is no terminal to confirm it on; "
+                        "pass --yes to start it (or --dry-run to see it)")
+    print(f"This grid would take {took}. Start? [y/N] ", end="", file=sys.stderr, flush=True)
+    if sys.stdin.readline().strip().lower() in ("y", "yes"):
+        return True
+    print("not started", file=sys.stderr)
+    return False
 
 
 def _export(rows: list[dict[str, Any]], args: argparse.Namespace, env: Environment, plugins,
@@ -207,13 +249,13 @@ SCHEDULE = ("epochs", "iters_per_epoch", "batch_size", "warmup_epochs", "calibra
             "lr_milestones")
 
 
-def _print_grid(specs, args, plugins) -> int:
+def _print_grid(specs, args, plugins, device_type: str) -> int:
     rows = grid_states(specs, args.out, args.run_name, lease_timeout(args))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = Table(title=f"{len(specs)} trial(s), results in {args.out / args.run_name}; "
-                        f"{estimate_compute([s for s, r in zip(specs, rows) if r['state'] != 'done'], plugins).describe()}")
+    todo = [s for s, r in zip(specs, rows) if r["state"] != "done"]
+    table = Table(title=f"{len(specs)} trial(s), {len(todo)} to run, results in {args.out / args.run_name}")
     shown = [c for c in rows[0] if c not in SCHEDULE]
     shown.insert(shown.index("budget") + 1, "schedule")
     for col in shown:
@@ -225,6 +267,7 @@ def _print_grid(specs, args, plugins) -> int:
         table.add_row(*(str(r[c]) for c in shown))
     out.print(table)
     out.print("schedule: epochs x iterations x batch; `--json` lists every field", highlight=False)
+    out.print(f"estimate: {estimate_compute(todo, plugins).describe(device_type)}", highlight=False)
     return 0
 
 
@@ -234,18 +277,34 @@ def _calibration_and_eval(row: dict[str, Any]) -> str:
     return text + (f", eval every {row['eval_every']}" if row.get("eval_every") is not None else "")
 
 
+def is_smoke(budget_name: str) -> bool:
+    """A trial of a smoke preset (smoke, in1k-smoke; with or without overrides)."""
+    preset = budget_name.split("+")[0]
+    return preset == "smoke" or preset.endswith("-smoke")
+
+
 def _print_results(rows, report, out_dir: Path) -> None:
     if rows:
         table = Table(title=f"results (leaderboard: {out_dir / 'leaderboard.csv'})")
         for col in ("trial", "generator", "loss", "bits", "seed", "FP", "PTQ", "top-1 last", "oracle*"):
             table.add_column(col)
+        at_chance = 0
         for r in rows:
             s = r["spec"]
+            chance = near_chance(r["top1_last"], dataset_info(s["dataset"]).num_classes)
+            at_chance += chance
             table.add_row(r["trial_id"], s["generator"]["name"], s["loss"]["name"], bits_label(s["w_bits"], s["a_bits"]),
-                          str(s["seed"]), f"{r['fp_top1']:.2f}", f"{r['ptq_top1']:.2f}", f"{r['top1_last']:.2f}",
-                          f"{r['top1_oracle']:.2f}")
+                          str(s["seed"]), f"{r['fp_top1']:.2f}", f"{r['ptq_top1']:.2f}",
+                          f"{r['top1_last']:.2f}" + (" †" if chance else ""), f"{r['top1_oracle']:.2f}")
         out.print(table)
         out.print("* oracle = best epoch selected on the test set; report 'top-1 last'.")
+        if at_chance:
+            out.print(f"† at chance: {at_chance} trial(s) ended within {CHANCE_FLAG_FACTOR}x of guessing "
+                      "(100 / classes %); the trial ran, but its number says nothing about the method.",
+                      highlight=False)
+        if any(is_smoke(r["spec"].get("budget_name", "")) for r in rows):
+            out.print("smoke-budget numbers are plumbing checks (does the grid run?), not results: "
+                      "use --budget cpu or paper for numbers to compare.", highlight=False)
     for trial_id, error in report.failed:
         out.print(f"[red]failed[/red] {trial_id}: {error}", highlight=False)
     if report.elsewhere:

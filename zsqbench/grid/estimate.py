@@ -38,8 +38,10 @@ CPU_TRAIN_MACS_PER_S = 118e9
 CPU_EVAL_MACS_PER_S = 2 * CPU_TRAIN_MACS_PER_S
 #: Test images per evaluation of a dataset zsqbench does not know (known ones: DatasetInfo.num_test_images).
 TEST_IMAGES_DEFAULT = 10_000
-# ask before starting more than this many student iterations in one grid
-LARGE_GRID_ITERATIONS = 200_000
+#: `zsqbench run` asks before starting a grid estimated to take longer than this on its device.
+CONFIRM_SECONDS = 3600.0
+#: Above this on its device, the estimate says so plainly (and how to make it shorter).
+LONG_SECONDS = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,27 @@ class TrialCompute:
         return (self.train_macs + self.synthesis_macs) / CPU_TRAIN_MACS_PER_S + self.eval_macs / CPU_EVAL_MACS_PER_S
 
 
+def duration(seconds: float) -> str:
+    """Seconds in the unit a person plans with: "40 seconds", "25 minutes", "3.2 hours", "2.2 days"."""
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} seconds"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} minutes"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 86400:.1f} days"
+
+
+def device_label(device_type: str) -> str:
+    """The device an estimate is for: the GPU figure for CUDA, the CPU's for anything else."""
+    return "one GPU" if device_type == "cuda" else "the CPU"
+
+
+def _reference(device_type: str) -> str:
+    """The machine the throughput was measured on, which the user's may differ from (±2×)."""
+    return "scaled from an H100" if device_type == "cuda" else "scaled from a 2-core CPU"
+
+
 @dataclass(frozen=True)
 class ComputeEstimate:
     trials: int
@@ -69,13 +92,27 @@ class ComputeEstimate:
     gpu_hours: float
     #: mean GPU-hours of one trial, by generator (the figure to compare with IMAGENET.md §7.2)
     gpu_hours_per_trial: dict[str, float] = field(default_factory=dict)
+    #: mean CPU-hours of one trial, by generator
+    cpu_hours_per_trial: dict[str, float] = field(default_factory=dict)
 
-    def describe(self) -> str:
+    def seconds(self, device_type: str) -> float:
+        """The grid's estimated time on the device a run trains on ("cuda": the GPU figure;
+        any other device: the CPU's, the only other one measured)."""
+        return 3600 * (self.gpu_hours if device_type == "cuda" else self.cpu_hours)
+
+    def describe(self, device_type: str) -> str:
+        """The estimate for the device in use only, in readable units: the user plans with the
+        machine they have, not with CPU-hours of a reference machine and GPU-hours of another."""
+        per_trial = self.gpu_hours_per_trial if device_type == "cuda" else self.cpu_hours_per_trial
+        total = self.seconds(device_type)
+        notes = [_reference(device_type)]
+        if self.trials > 1:
+            notes.insert(0, "per trial: " + ", ".join(f"{g} {duration(3600 * h)}" for g, h in per_trial.items()))
         text = (f"{self.iterations:,} iterations ({self.samples:,} samples); "
-                f"≈ {self.cpu_hours:.1f} CPU-hours on 2 cores or ≈ {self.gpu_hours:.2f} GPU-hours")
-        if self.gpu_hours_per_trial:
-            per = ", ".join(f"{g} {h:.2g}" for g, h in self.gpu_hours_per_trial.items())
-            text += f" (per trial: {per})"
+                f"≈ {duration(total)} on {device_label(device_type)} ({'; '.join(notes)})")
+        if total > LONG_SECONDS:
+            faster = "several GPUs (--executor multi-gpu or slurm)" if device_type == "cuda" else "a GPU (--device cuda)"
+            text += f". That is more than a day; {faster}, a smaller --budget or fewer trials make it shorter"
         return text
 
 
@@ -105,7 +142,7 @@ def estimate_compute(specs: list[TrialSpec], plugins: Plugins) -> ComputeEstimat
     """The grid's iterations, samples and hours; GPU-hours per trial by generator."""
     iterations = student = samples = 0
     cpu_s = gpu_s = 0.0
-    per_generator: dict[str, list[float]] = defaultdict(list)
+    per_generator: dict[str, list[TrialCompute]] = defaultdict(list)
     for spec in specs:
         b = spec.budget
         it = b.epochs * b.iters_per_epoch
@@ -115,9 +152,10 @@ def estimate_compute(specs: list[TrialSpec], plugins: Plugins) -> ComputeEstimat
         cost = trial_compute(spec, plugins)
         cpu_s += cost.cpu_seconds()
         gpu_s += cost.gpu_seconds()
-        per_generator[spec.generator.name].append(cost.gpu_seconds() / 3600)
+        per_generator[spec.generator.name].append(cost)
     return ComputeEstimate(
         trials=len(specs), iterations=iterations, student_iterations=student, samples=samples,
         cpu_hours=cpu_s / 3600, gpu_hours=gpu_s / 3600,
-        gpu_hours_per_trial={g: sum(h) / len(h) for g, h in per_generator.items()},
+        gpu_hours_per_trial={g: sum(c.gpu_seconds() for c in cs) / len(cs) / 3600 for g, cs in per_generator.items()},
+        cpu_hours_per_trial={g: sum(c.cpu_seconds() for c in cs) / len(cs) / 3600 for g, cs in per_generator.items()},
     )

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zsqbench.api.budgets import BudgetPreset
 from zsqbench.api.models import TeacherModel
-from zsqbench.api.options import fill_options
+from zsqbench.api.options import PluginOptions, close_match, fill_options
 from zsqbench.api.plugins import Plugins
 from zsqbench.errors import UnknownNameError, UserError, first_validation_error
 from zsqbench.grid.budgets import resolve_budget
@@ -82,6 +82,27 @@ def resolve_teacher(plugins: Plugins, model: str, dataset: str) -> TeacherModel:
     raise UnknownNameError(plugins.models.unknown_message(model if "_" in model else f"{model}_{dataset}"))
 
 
+def check_option_tables(options: dict[str, Any], plugins: Plugins, origin: str = "") -> None:
+    """Every plugin's option table checked against the plugin it names, whether the grid uses it
+    or not: a typo in a name or key must not be ignored because the plugin is not in this grid
+    (the next grid that uses it would then train a default). One line, with the closest match."""
+    owners: dict[str, list[tuple[str, type]]] = {}
+    for entry in plugins.all_entries():  # every kind whose plugins are classes with Options
+        model = getattr(entry.obj, "Options", None) if isinstance(entry.obj, type) else None
+        if isinstance(model, type) and issubclass(model, PluginOptions):
+            owners.setdefault(entry.name, []).append((entry.kind, entry.obj))
+    given = f"options {origin} " if origin else "options "
+    for name, values in options.items():
+        if name not in owners:
+            known = sorted(owners)
+            raise UserError(f"{given}for unknown plugin '{name}'.{close_match(name, known)} "
+                            f"Plugins that take options: {', '.join(known)}")
+        if not isinstance(values, dict):
+            raise UserError(f"{given}for '{name}' must be a table of KEY = VALUE, got {values!r}")
+        for kind, cls in owners[name]:
+            fill_options(cls, values, kind, name, origin)
+
+
 def check_preset_fits(preset: BudgetPreset, name: str, teacher: TeacherModel) -> None:
     """A preset made for one input size (the ImageNet ones: 224 px; ``paper``: CIFAR's 32 px) is
     refused for teachers of another, in one line: its schedule, batch and synthesis sizes were
@@ -101,15 +122,11 @@ def expand(request: GridRequest, plugins: Plugins, env: Environment) -> list[Tri
     if not request.generators or not request.losses:
         raise UserError("empty grid: give at least one --generators and one --loss")
     quant_cls = plugins.quantizers.get(request.quantizer)
-    known = set(plugins.generators.names()) | set(plugins.losses.names()) | {request.quantizer}
-    stray = sorted(set(request.options) - known)
-    if stray:
-        raise UserError(f"options given for unknown plugin(s) {stray}; known: {', '.join(sorted(known))}")
-    for name in request.generators:  # the user's own options are checked before any file is looked at
-        fill_options(plugins.generators.get(name), request.options.get(name, {}), "generator", name)
+    for name in request.generators:
+        plugins.generators.get(name)  # unknown names first: they say more than an option would
     for name in request.losses:
-        fill_options(plugins.losses.get(name), request.options.get(name, {}), "loss", name)
         plugins.losses.get(name).check_quantizer(quant_cls)  # e.g. AIT needs integer weight codes
+    check_option_tables(request.options, plugins)  # the user's own options before any file is looked at
     checkpoint = select_checkpoint(teacher, env.data_root, env.teacher_weights, env.offline)
     quant = PluginChoice(name=request.quantizer, options=fill_options(
         quant_cls, request.options.get(request.quantizer, {}), "quantizer", request.quantizer))
