@@ -98,22 +98,30 @@ def test_pivot_has_the_paper_layout(capsys, tmp_path):
     rows = [r for r in rows if not (r["dataset"] == "cifar100" and r["generator"] == "hast" and r["loss"] == "akt")]
     path = write_trials(tmp_path / "lb.csv", rows)
     table = _json(capsys, ["leaderboard", str(path), "--pivot", "--json"])
-    assert list(table[0]) == ["dataset", "bits", "gdfq+kd", "gdfq+akt", "hast+kd", "hast+akt"]
-    assert [(r["dataset"], r["bits"]) for r in table] == [
-        ("cifar10", "W3A3"), ("cifar10", "W4A4"), ("cifar100", "W3A3"), ("cifar100", "W4A4")]
+    assert list(table[0]) == ["dataset", "budget", "bits", "gdfq+kd", "gdfq+akt", "hast+kd", "hast+akt"]
+    assert [(r["dataset"], r["budget"], r["bits"]) for r in table] == [
+        ("cifar10", "cpu", "W3A3"), ("cifar10", "cpu", "W4A4"), ("cifar100", "cpu", "W3A3"), ("cifar100", "cpu", "W4A4")]
     # seeds 0 and 1 give 63, 64 (kd, 3 bits): mean 63.5, sample std sqrt(0.5) = 0.71
     assert table[0]["gdfq+kd"] == "63.50 ± 0.71 (2)"
     assert table[1]["hast+akt"] == "65.50 ± 0.71 (2)"
     assert table[2]["hast+akt"] == ""  # a cell without trials stays empty
     out = tmp_path / "pivot.csv"
     assert main(["leaderboard", str(path), "--pivot", "--csv", str(out)]) == 0
-    assert out.read_text().splitlines()[0] == "dataset,bits,gdfq+kd,gdfq+akt,hast+kd,hast+akt"
+    assert out.read_text().splitlines()[0] == "dataset,budget,bits,gdfq+kd,gdfq+akt,hast+kd,hast+akt"
 
 
-def test_pivot_adds_a_budget_level_only_when_two_budgets_share_a_cell(capsys, tmp_path):
+def test_pivot_always_shows_the_budget_so_a_smoke_cell_never_sits_unmarked_beside_a_trained_one(capsys, tmp_path):
     rows = [trial_row(seed=0, top1_last=70.0), trial_row(seed=0, top1_last=80.0, budget="paper", epochs=400)]
     table = _json(capsys, ["leaderboard", str(write_trials(tmp_path / "lb.csv", rows)), "--pivot", "--json"])
     assert [(r["budget"], r["gdfq+kd"]) for r in table] == [("cpu", "70.00 (1)"), ("paper", "80.00 (1)")]
+    # Different cells of one row used to share a line whatever their budgets: now each budget is its own row.
+    rows = [trial_row(seed=0, top1_last=54.61), trial_row("adadfq", "akt", seed=0, top1_last=10.0, budget="smoke")]
+    path = write_trials(tmp_path / "mixed.csv", rows)
+    table = _json(capsys, ["leaderboard", str(path), "--pivot", "--json"])
+    assert [(r["budget"], r["gdfq+kd"], r["adadfq+akt"]) for r in table] == [
+        ("cpu", "54.61 (1)", ""), ("smoke", "", "10.00 (1) at chance")]
+    assert main(["leaderboard", str(path), "--pivot"]) == 0
+    assert "smoke numbers are plumbing checks" in capsys.readouterr().out
 
 
 def test_run_filter(capsys, tmp_path):

@@ -316,7 +316,7 @@ def test_the_issue_table_paired_by_seed(capsys, tmp_path, wide_console):
     assert power_at(row["seeds_needed"]) >= 0.8 > power_at(row["seeds_needed"] - 1)
     assert row["seeds_needed"] == 772
 
-    assert main(["compare", str(grid), "--by", "loss", "--baseline", "kd", "--effect", "0.3"]) == 0
+    assert main(["compare", str(grid), "--by", "loss", "--baseline", "kd", "--effect", "0.3", "--wide"]) == 0
     printed = " ".join(capsys.readouterr().out.replace("│", " ").split())
     assert "cifar10 adadfq+akt W3A3" in printed and "+0.56 [-26.12, +27.24] paired (2)" in printed
     assert "34.30 772" in printed and "seeds for 0.3" in printed

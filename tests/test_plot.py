@@ -102,11 +102,17 @@ def test_gain_over_kd_is_paired_by_seed_when_the_seeds_match(tmp_path):
         (welch.low, welch.high), abs=1e-3)
 
 
-def test_figures_are_written_even_without_kd_rows_or_result_files(capsys, tmp_path):
+def test_a_figure_with_nothing_to_show_is_not_written_and_stderr_says_why(capsys, tmp_path):
     folder = tmp_path / "results"
     write_trials(folder / "leaderboard.csv", [trial_row("gdfq", "akt", 3, 0, 70.0)])
     assert main(["plot", str(folder), "--out", str(tmp_path / "o")]) == 0
-    assert len(capsys.readouterr().out.split()) == 3
+    captured = capsys.readouterr()
+    assert captured.out.split() == [str(tmp_path / "o" / "accuracy_vs_bits.png")]  # stdout: only files written
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["accuracy_vs_bits.png"]
+    reasons = dict(line.split(": not written: ") for line in captured.err.strip().splitlines())
+    assert set(reasons) == {"gain_over_kd", "training_curves"}
+    assert "no loss other than kd shares a configuration" in reasons["gain_over_kd"]
+    assert "no finished trial has a result.json" in reasons["training_curves"]
 
 
 def _one_line_error(capsys, argv: list[str]) -> str:

@@ -8,12 +8,11 @@ import argparse
 import json
 import math
 
-from rich.table import Table
-
 from zsqbench.bits import bits_label
-from zsqbench.cli.console import out
+from zsqbench.cli.tables import TextTable, show_table
 from zsqbench.errors import UserError
-from zsqbench.leaderboard.compare import BY_FIELDS, Comparison, compare, compare_within
+from zsqbench.leaderboard.compare import BY_FIELDS, Comparison, CompareRow, compare, compare_within
+from zsqbench.leaderboard.labels import PUBLISHED
 from zsqbench.leaderboard.stats import MAX_SEEDS
 
 
@@ -55,15 +54,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                          "differ (they are flagged)")
     p.add_argument("--joined-only", action="store_true",
                    help="list only rows with a delta (the counts of the others are still given)")
+    p.add_argument("--wide", action="store_true",
+                   help="also show each row's MDE (and seeds needed with --effect); a table wider than the "
+                        "terminal is printed one record per row")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.set_defaults(execute=execute)
 
 
-def _fmt(mean: float | None, std: float | None, n: int | None) -> str:
+def _fmt(mean: float | None, std: float | None, n: int | None, published: bool = False) -> str:
     if mean is None:
         return "–"
     spread = f" ± {std:.2f}" if std is not None else ""
-    return f"{mean:.2f}{spread} ({n})"
+    return f"{mean:.2f}{spread} ({PUBLISHED if published else n})"
 
 
 def _p(p: float | None) -> str:
@@ -76,8 +78,17 @@ def _ci(low: float | None, high: float | None) -> str:
     return "" if low is None or high is None else f"[{low:+.2f}, {high:+.2f}]"
 
 
-def _test(test: str, n_pairs: int | None) -> str:
-    return f"paired ({n_pairs})" if test == "paired" else ("Welch" if test == "welch" else "")
+def _test(r: CompareRow) -> str:
+    """What actually ran: a paired or Welch test, or none (a delta from one value per side)."""
+    if r.test == "paired":
+        return f"paired ({r.n_pairs})"
+    if r.test == "welch":
+        return "Welch"
+    if r.delta is None:
+        return ""
+    if r.a_published or r.b_published:
+        return f"no test ({PUBLISHED})"
+    return "no test (n=1)" if min(r.a_n or 0, r.b_n or 0) < 2 else "no test (no spread)"
 
 
 def _needed(n: int | None, mde: float | None) -> str:
@@ -92,30 +103,39 @@ def _p_holm(p: float | None, adjusted: float | None, mark: str) -> str:
     return f"{_p(p)} ({_p(adjusted)}){' ' + mark if mark else ''}"
 
 
-def print_comparison(result: Comparison) -> None:
-    """A table; "A/B is reference" flags are left to the caption, which says it once."""
+def _budget(r: CompareRow) -> str:
+    return r.budget if not r.budget_a or r.budget_a == r.budget else f"{r.budget_a} / {r.budget}"
+
+
+def comparison_table(result: Comparison, wide: bool = False) -> TextTable:
+    """The rows as text: configuration, budget, A, B, delta, CI, the test that ran, p (Holm), flags;
+    ``wide`` adds the MDE and the seeds needed. "A/B is reference" flags are left to the notes,
+    which say it once; a side at chance is flagged on its row."""
     title = (f"{result.b}: each {result.by} against {result.a.split('=', 1)[1]!r}" if result.by else
              f"A = {result.a}   B = {result.b}")
-    table = Table(title=f"{title}   (top1_{result.metric}, delta = B − A)", caption="\n".join(result.notes))
-    show_budget = len({r.budget for r in result.rows}) > 1  # a folder may hold several budgets
-    table.add_column("configuration", overflow="fold")
-    columns = ["A (n)", "B (n)", "delta", "95% CI", "test", "p (Holm)", "MDE"]
-    if result.effect is not None:
-        columns.append(f"seeds for {result.effect:g}")
-    for col in [*columns, "flags"]:
-        table.add_column(col, overflow="fold")
+    columns = ["configuration", "budget", "A (n)", "B (n)", "delta", "95% CI", "test", "p (Holm)"]
+    if wide:
+        columns.append("MDE")
+        if result.effect is not None:
+            columns.append(f"seeds for {result.effect:g}")
+    rows = []
     for r in result.rows:
         delta = "" if r.delta is None else f"{r.delta:+.2f}"
         shown = [f for f in r.flags if not f.endswith(" is reference")]
-        flags = ", ".join([*([r.status] if r.status != "both" else []), *shown])
-        name = f"{r.dataset} {r.generator}+{r.loss} {bits_label(r.w_bits, r.a_bits)}"
-        cells = [name + (f" {r.budget}" if show_budget else ""), _fmt(r.a_mean, r.a_std, r.a_n),
-                 _fmt(r.b_mean, r.b_std, r.b_n), delta, _ci(r.ci_low, r.ci_high), _test(r.test, r.n_pairs),
-                 _p_holm(r.p_value, r.p_holm, r.mark), "" if r.mde is None else f"{r.mde:.2f}"]
-        if result.effect is not None:
-            cells.append(_needed(r.seeds_needed, r.mde))
-        table.add_row(*cells, flags)
-    out.print(table)
+        cells = [f"{r.dataset} {r.generator}+{r.loss} {bits_label(r.w_bits, r.a_bits)}", _budget(r),
+                 _fmt(r.a_mean, r.a_std, r.a_n, r.a_published), _fmt(r.b_mean, r.b_std, r.b_n, r.b_published),
+                 delta, _ci(r.ci_low, r.ci_high), _test(r), _p_holm(r.p_value, r.p_holm, r.mark)]
+        if wide:
+            cells.append("" if r.mde is None else f"{r.mde:.2f}")
+            if result.effect is not None:
+                cells.append(_needed(r.seeds_needed, r.mde))
+        rows.append([*cells, ", ".join([*([r.status] if r.status != "both" else []), *shown])])
+    return TextTable([*columns, "flags"], rows, f"{title}   (top1_{result.metric}, delta = B − A)", result.notes,
+                     names=[f"{row[0]} {row[1]}" for row in rows], named=["configuration", "budget"])
+
+
+def print_comparison(result: Comparison, wide: bool = False) -> None:
+    show_table(comparison_table(result, wide))
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -139,5 +159,5 @@ def execute(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        print_comparison(result)
+        print_comparison(result, args.wide)
     return 0

@@ -1,9 +1,11 @@
 """`zsqbench leaderboard`: a results folder or leaderboard CSV aggregated over seeds, per trial, or as a pivot.
 
 One view is chosen (aggregated by default, ``--per-trial`` or ``--pivot``) and that same view is
-written to every requested file. The terminal shows the aggregated view compactly (it fits 80
-columns: configuration, seeds, top-1 last, oracle, PTQ); ``--wide`` shows every setting there
-and in Markdown. CSV and JSON always hold every column.
+written to every requested file. The terminal shows the aggregated and per-trial views compactly
+(they fit 80 columns); ``--wide`` shows every setting there and in Markdown. A table wider than
+the terminal (or than 80 columns under a pipe) is printed one record per row, never with wrapped
+cells (zsqbench.cli.tables). CSV and JSON always hold every column of the view. Trials at chance,
+smoke-budget rows and published values are labelled in every view.
 
 A results folder is read from its trials' result files, and its ``leaderboard.csv`` is rewritten
 when it disagrees with them (missing, out of date, damaged); ``--rebuild`` does only that.
@@ -13,25 +15,42 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from zsqbench.cli.console import out
+from zsqbench.cli.tables import TextTable, show_table
 from zsqbench.errors import UserError
 from zsqbench.files import write_text_atomic
 from zsqbench.leaderboard.aggregate import as_aggregated, done_trials
 from zsqbench.leaderboard.references import resolve_source
 from zsqbench.leaderboard.results_folder import LEADERBOARD_NAME, rebuild_leaderboard, trial_rows
-from zsqbench.trial.result_file import find_result_files
-from zsqbench.leaderboard.table import read_table, to_csv_text, to_json_text, to_markdown, to_rich_table
+from zsqbench.leaderboard.table import read_table, to_csv_text, to_json_text, to_markdown
 from zsqbench.leaderboard.views import (
-    CI_NOTE, COMPACT_NOTE, METHOD_PIVOT_NOTE, ORACLE_NOTE, PIVOT_NOTE, display_aggregated, display_compact, pivot,
-    pivot_by_method,
+    CI_NOTE, COMPACT_NOTE, METHOD_PIVOT_NOTE, ORACLE_NOTE, PER_TRIAL_SHOWN, PIVOT_NOTE, display_aggregated,
+    display_compact, display_trials, notes_for, pivot, pivot_by_method, pivot_names, trial_names, TRIAL_NAMED,
+    wide_names, with_chance,
 )
+from zsqbench.trial.result_file import find_result_files
 
-PER_TRIAL_SHOWN = ["trial_id", "model", "generator", "loss", "w_bits", "a_bits", "seed", "budget", "ptq_only",
-                   "fp_top1", "ptq_top1", "top1_last", "top1_oracle", "onnx_top1", "wall_s"]
+TRIAL_NOTE = ("oracle*: best epoch selected on the test set, not a result; report top-1 last. --wide shows every "
+              "column, the full trial ids among them")
+
+
+@dataclass
+class View:
+    """One leaderboard view: ``machine`` for CSV/JSON, ``display`` (strings) for terminal/Markdown."""
+
+    machine: pd.DataFrame
+    display: pd.DataFrame
+    title: str
+    notes: list[str]
+    names: list[str] | None = None  # record headings when the table is printed one record per row
+    named: list[str] | None = None  # the columns those headings say
+
+    def table(self) -> TextTable:
+        return TextTable.of(self.display, self.title, self.notes, names=self.names, named=self.named)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +67,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       help="paper layout, cells 'mean ± std (n)': 'bits' (the default) = rows dataset x bits, columns "
                            "generator+loss; 'methods' = rows generator+loss, columns dataset x bits (Table 3)")
     p.add_argument("--wide", action="store_true",
-                   help="every setting in the terminal and Markdown table (default: a compact view for 80 columns)")
+                   help="every setting in the terminal and Markdown table (default: a compact view for 80 columns; "
+                        "a table wider than the terminal is printed one record per row)")
     p.add_argument("--ci", action="store_true",
                    help="show mean ± the 95 %% confidence interval of the mean instead of ± the std over seeds")
     p.add_argument("--run", metavar="NAMES", help="only trials of these runs (comma-separated)")
@@ -74,29 +94,35 @@ def _select_runs(frame: pd.DataFrame, kind: str, runs: str | None, path: Path) -
     return frame[frame["run"].isin(wanted)]
 
 
-def build_view(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
-    """(machine view for CSV/JSON, display view for terminal/Markdown, title, note)."""
+def build_view(args: argparse.Namespace) -> View:
     path = resolve_source(args.source)
     frame, kind = read_table(path)
     frame = _select_runs(frame, kind, args.run, path)
     if args.per_trial:
         if kind != "per-trial":
             raise UserError(f"{path} is an aggregated leaderboard, so it has no per-trial rows; drop --per-trial")
-        trials = done_trials(frame)
-        cols = [c for c in PER_TRIAL_SHOWN if c in trials.columns]
-        view = trials[cols].sort_values([c for c in ("model", "generator", "loss", "w_bits", "seed") if c in cols])
-        return view, view, f"{path} ({len(view)} trials)", ORACLE_NOTE
+        trials = with_chance(done_trials(frame))
+        trials = trials.sort_values([c for c in ("model", "generator", "loss", "w_bits", "seed") if c in trials.columns])
+        machine = trials[[c for c in PER_TRIAL_SHOWN if c in trials.columns]]
+        notes = [ORACLE_NOTE if args.wide else TRIAL_NOTE, *notes_for(trials, per_trial=True)]
+        names = (trial_names(trials), TRIAL_NAMED) if args.wide else (None, None)
+        return View(machine, display_trials(trials, args.wide), f"{path} ({len(trials)} trials)", notes, *names)
     agg = as_aggregated(frame, kind)
-    ci_note = f" {CI_NOTE}" if args.ci else ""
+    ci_note = [CI_NOTE] if args.ci else []
+    notes = [*ci_note, *notes_for(agg)]
     if args.pivot == "methods":
         table = pivot_by_method(agg, args.ci)
-        return table, table, f"{path}: top1_last by generator+loss (columns dataset x bits)", METHOD_PIVOT_NOTE + ci_note
+        return View(table, table, f"{path}: top1_last by generator+loss (columns dataset x budget x bits)",
+                    [METHOD_PIVOT_NOTE, *notes])
     if args.pivot:
         table = pivot(agg, args.ci)
-        return table, table, f"{path}: top1_last by dataset x bits (columns generator+loss)", PIVOT_NOTE + ci_note
+        return View(table, table, f"{path}: top1_last by dataset x budget x bits (columns generator+loss)",
+                    [PIVOT_NOTE, *notes], *pivot_names(table))
+    title = f"{path} ({len(agg)} configurations)"
     if args.wide:
-        return agg, display_aggregated(agg, args.ci), f"{path} ({len(agg)} configurations)", ORACLE_NOTE + ci_note
-    return agg, display_compact(agg, args.ci), f"{path} ({len(agg)} configurations)", COMPACT_NOTE + ci_note
+        return View(agg, display_aggregated(agg, args.ci), title, [ORACLE_NOTE, *notes], names=wide_names(agg),
+                    named=["dataset", "generator", "loss", "bits", "budget"])
+    return View(agg, display_compact(agg, args.ci), title, [COMPACT_NOTE, *notes])
 
 
 def _sync_folder_csv(folder: Path, required: bool) -> None:
@@ -127,13 +153,13 @@ def execute(args: argparse.Namespace) -> int:
         _sync_folder_csv(Path(source), required=args.rebuild)
         if args.rebuild:
             return 0
-    machine, display, title, note = build_view(args)
+    view = build_view(args)
     if args.csv_out:
-        write_text_atomic(args.csv_out, to_csv_text(machine))
+        write_text_atomic(args.csv_out, to_csv_text(view.machine))
     if args.markdown:
-        write_text_atomic(args.markdown, to_markdown(display, note))
+        write_text_atomic(args.markdown, to_markdown(view.display, " ".join(view.notes)))
     if args.json:
-        print(to_json_text(machine))
+        print(to_json_text(view.machine))
         return 0
-    out.print(to_rich_table(display, title=title, caption=note))
+    show_table(view.table())
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from zsqbench.errors import UserError
@@ -11,9 +12,11 @@ from zsqbench.errors import UserError
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plot", help='plot a results folder (needs pip install "zsqbench[plot]")',
-        description="Write three figures from a results folder (leaderboard.csv and <run>/<trial_id>/result.json): "
+        description="Write figures from a results folder (leaderboard.csv and <run>/<trial_id>/result.json): "
                     "accuracy_vs_bits (top1_last mean ± std per generator+loss), gain_over_kd (each loss minus kd "
-                    "per generator and bit-width) and training_curves (per-epoch top-1 and loss terms).")
+                    "per generator and bit-width) and training_curves (per-epoch top-1 and loss terms). A figure "
+                    "with nothing to show is not written (a line on stderr says why); trials at chance are "
+                    "drawn hollow or hatched.")
     p.add_argument("folder", nargs="?", type=Path, default=Path("results"),
                    help="results folder (default results)")
     p.add_argument("--out", type=Path, metavar="DIR", help="where to write the figures (default FOLDER/plots)")
@@ -39,6 +42,9 @@ def execute(args: argparse.Namespace) -> int:
 
     trials = [t.strip() for t in args.trials.split(",") if t.strip()] if args.trials else None
     out_dir = args.out or args.folder / "plots"
-    for path in plot_folder(args.folder, out_dir, trials=trials, formats=_formats(args.format)):
-        print(path)
+    report = plot_folder(args.folder, out_dir, trials=trials, formats=_formats(args.format))
+    for path in report.written:
+        print(path)  # stdout: only the files written, one per line, for scripts
+    for stem, why in report.skipped.items():
+        print(f"{stem}: not written: {why}", file=sys.stderr)
     return 0

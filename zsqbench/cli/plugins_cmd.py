@@ -7,11 +7,12 @@ import argparse
 import json
 from typing import Any
 
-from rich.table import Table
+from rich.markup import escape
 
 from zsqbench.api.plugins import get_plugins
 from zsqbench.api.registry import Entry
 from zsqbench.cli.console import out
+from zsqbench.cli.tables import TextTable, show_table
 from zsqbench.errors import UserError
 
 
@@ -36,12 +37,10 @@ def execute(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = Table(title="zsqbench plugins")
-    for col in ("name", "kind", "source", "description"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(r["name"], r["kind"], r["source"], r["description"])
-    out.print(table)
+    cells = [[r["name"], r["kind"], r["source"], r["description"]] for r in rows]
+    show_table(TextTable(["name", "kind", "source", "description"], cells, "zsqbench plugins",
+                         names=[f"{r['name']} ({r['kind']}, {r['source']})" for r in rows],
+                         named=["name", "kind", "source"]))
     return 0
 
 
@@ -69,7 +68,8 @@ def _show(name: str, entries: list[Entry[Any]], as_json: bool) -> int:
         print(json.dumps(shown if len(shown) > 1 else shown[0], indent=2, default=str))
         return 0
     for entry, item in zip(found, shown):
-        out.print(f"[bold]{entry.name}[/bold] ({entry.kind}, from {entry.source})", highlight=False)
+        out.print(f"[bold]{escape(entry.name)}[/bold] {escape(f'({entry.kind}, from {entry.source})')}",
+                  highlight=False)
         out.print(entry.description, highlight=False, markup=False)
         if item["options"]:
             out.print("options (set with -o NAME.OPTION=VALUE):", highlight=False)

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from zsqbench.errors import UserError
+from zsqbench.leaderboard.labels import trial_chance
 from zsqbench.leaderboard.schema import AGGREGATED, BUDGET_SETTINGS, KEY_COLUMNS, of_type
 from zsqbench.leaderboard.stats import mean_ci_halfwidth
 from zsqbench.bits import bits_label
@@ -128,6 +129,7 @@ def _row(key: dict[str, Any], group: pd.DataFrame) -> dict[str, Any]:
         "top1_last_ci95": _ci95(group["top1_last"]),
         "top1_oracle_mean": _mean(group["top1_oracle"]),
         "top1_oracle_std": _std(group["top1_oracle"]),
+        "n_at_chance": int(trial_chance(group).fillna(False).astype(bool).sum()),
         "fp_top1": _mean(group["fp_top1"]),
         "ptq_top1_mean": _mean(group["ptq_top1"]),
         "onnx_top1_mean": _mean_if_all(group, "onnx_top1"),

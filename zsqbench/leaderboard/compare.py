@@ -28,11 +28,12 @@ import pandas as pd
 from zsqbench.bits import bits_label
 from zsqbench.errors import UserError
 from zsqbench.leaderboard.aggregate import as_aggregated, done_trials
+from zsqbench.leaderboard.compare_notes import label_notes, method_notes
+from zsqbench.leaderboard.labels import chance_label, is_reference
 from zsqbench.leaderboard.references import resolve_source
 from zsqbench.leaderboard.schema import BUDGET_SETTINGS, KEY_COLUMNS, plain
 from zsqbench.leaderboard.stats import (
-    ALPHA, BOOTSTRAP_RESAMPLES, CONFIDENCE, MAX_SEEDS, POWER, Difference, Interval, holm, paired_difference,
-    welch_difference, welch_from_samples,
+    Difference, Interval, holm, paired_difference, welch_difference, welch_from_samples,
 )
 from zsqbench.leaderboard.table import read_table
 
@@ -49,7 +50,9 @@ REFERENCE_NOTE = ("{side} ({path}) holds published reference numbers: the best e
 @dataclass
 class CompareRow:
     """One joined configuration; the key fields hold B's values. ``status``: 'both', 'only A',
-    'only B' (or, within a folder, 'no baseline'). ``test``: 'paired', 'welch' or '' (no delta)."""
+    'only B' (or, within a folder, 'no baseline'). ``test``: 'paired', 'welch', or '' when no test
+    ran (no delta, or one seed or published value on a side: a delta without a p-value).
+    ``budget_a``: A's budget; ``a_chance``/``b_chance``: 'at chance' / 'k/n at chance' / ''."""
 
     dataset: str
     generator: str
@@ -60,6 +63,7 @@ class CompareRow:
     model: str = ""
     quantizer: str = ""
     budget: str = ""
+    budget_a: str = ""
     baseline: str | None = None
     a_mean: float | None = None
     a_std: float | None = None
@@ -81,7 +85,16 @@ class CompareRow:
     mde: float | None = None
     seeds_needed: int | None = None
     mark: str = ""
+    a_chance: str = ""
+    b_chance: str = ""
+    a_published: bool = False
+    b_published: bool = False
     flags: list[str] = field(default_factory=list)
+
+    @property
+    def meaningful(self) -> bool:
+        """False when a side finished at chance: its delta measures a failed run, not the method."""
+        return not (self.a_chance or self.b_chance)
 
 
 @dataclass
@@ -96,7 +109,7 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         return {"a": self.a, "b": self.b, "metric": self.metric, "by": self.by, "effect": self.effect,
-                "rows": [asdict(r) for r in self.rows], "notes": self.notes}
+                "rows": [{**asdict(r), "meaningful": r.meaningful} for r in self.rows], "notes": self.notes}
 
 
 @dataclass(frozen=True)
@@ -170,10 +183,6 @@ def _models_of(reference: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
     return kept if not kept.empty else reference
 
 
-def _is_reference(row: dict[str, Any]) -> bool:
-    return str(row.get("source", "")).strip().lower() == "reference"
-
-
 def _budget(row: dict[str, Any]) -> str:
     vals = [plain(row[c]) for c in BUDGET_SETTINGS]
     return "x".join("?" if v is None else str(v) for v in vals)
@@ -183,7 +192,7 @@ def _mismatches(a: dict[str, Any], b: dict[str, Any], varied: str | None = None)
     """What makes a joined pair not like-for-like (reference rows skip budget and teacher); the
     ``varied`` field is the one being compared and may differ."""
     found = [f"{c} differs (A {a[c]}, B {b[c]})" for c in ALWAYS_CHECKED if c != varied and a[c] != b[c]]
-    if _is_reference(a) or _is_reference(b):
+    if is_reference(a) or is_reference(b):
         return found
     if _budget(a) != _budget(b):
         found.append(f"budget differs (A {_budget(a)}, B {_budget(b)} epochs x iters x batch)")
@@ -237,18 +246,25 @@ def _joined(key: dict[str, Any], a: dict[str, Any] | None, b: dict[str, Any] | N
                      budget=str(shown.get("budget", "")))
     if a:
         row.a_mean, row.a_std, row.a_n = _stats(a, opts.metric)
-        if _is_reference(a):
+        row.budget_a, row.a_chance, row.a_published = str(a.get("budget", "")), chance_label(a), is_reference(a)
+        if row.a_published:
             row.flags.append("A is reference")
     if b:
         row.b_mean, row.b_std, row.b_n = _stats(b, opts.metric)
-        if _is_reference(b):
+        row.b_chance, row.b_published = chance_label(b), is_reference(b)
+        if row.b_published:
             row.flags.append("B is reference")
+    chance = [f"{side} {label}" for side, label in (("A", row.a_chance), ("B", row.b_chance)) if label]
+    if chance:
+        row.flags.append(f"{' and '.join(chance)}: delta not meaningful")
     if a and b and row.a_mean is not None and row.b_mean is not None:
         diff = _difference(row, side_a.seed_values(a, opts.metric), side_b.seed_values(b, opts.metric), opts)
         row.delta = round(row.b_mean - row.a_mean, 4)
         if diff is not None:
             row.delta = round(diff.delta, 4)
-            row.test, row.n_pairs, row.se, row.df = diff.test, diff.n_pairs, diff.se, diff.df
+            # a one-seed (or published) side gets a delta but no test: say none ran, not "Welch"
+            row.test = diff.test if diff.p is not None else ""
+            row.n_pairs, row.se, row.df = diff.n_pairs, diff.se, diff.df
             row.t_stat, row.p_value = diff.t, diff.p
             row.ci_low, row.ci_high, row.interval = diff.ci_low, diff.ci_high, diff.interval
             row.mde, row.seeds_needed = diff.mde, diff.seeds_needed
@@ -259,28 +275,6 @@ def _adjust(rows: list[CompareRow]) -> None:
     for row, adjusted in zip(rows, holm([r.p_value for r in rows])):
         row.p_holm = adjusted
         row.mark = significance(adjusted)
-
-
-def _method_notes(rows: list[CompareRow], opts: Options) -> list[str]:
-    tested = [r for r in rows if r.test]
-    paired = [r for r in tested if r.test == "paired"]
-    notes = [f"delta = B − A; {len(paired)} row(s) paired by seed (scipy ttest_rel on the per-seed differences), "
-             f"{len(tested) - len(paired)} by Welch's unequal-variance t-test"
-             + (" (--unpaired)" if opts.unpaired else "") + "; a p-value needs ≥ 2 seeds (pairs) per row"]
-    if opts.interval == "bootstrap":
-        notes.append(f"CI: {CONFIDENCE:.0%} percentile bootstrap ({BOOTSTRAP_RESAMPLES} resamples, seed "
-                     f"{opts.bootstrap_seed}) where trials are known, t interval otherwise; with few seeds a "
-                     "bootstrap interval is far too narrow (two seeds: the range of the two differences)")
-    else:
-        notes.append(f"CI: {CONFIDENCE:.0%} t interval of the mean difference")
-    notes.append(f"p_holm: Holm-adjusted over the {sum(r.p_value is not None for r in rows)} row(s) with a p-value; "
-                 "* p_holm < 0.05, ** p_holm < 0.01")
-    notes.append(f"MDE: the smallest true difference these seeds detect with {POWER:.0%} power at α = {ALPHA} "
-                 "(two-sided t-test, noncentral t), from the observed spread")
-    if opts.effect is not None:
-        notes.append(f"seeds_needed: seeds per arm (pairs when paired) to detect {opts.effect:g} points with "
-                     f"{POWER:.0%} power at α = {ALPHA}, at the observed spread (>{MAX_SEEDS}: more than that)")
-    return notes
 
 
 def _refuse_mismatches(problems: list[tuple[str, list[str]]], what: str) -> None:
@@ -317,7 +311,7 @@ def compare(path_a: str | Path, path_b: str | Path, metric: Metric = "last", for
     _adjust(rows)
     notes = []
     for side, path, index, loaded in (("A", path_a, index_a, side_a), ("B", path_b, index_b, side_b)):
-        if any(_is_reference(r) for r in index.values()):
+        if any(is_reference(r) for r in index.values()):
             notes.append(REFERENCE_NOTE.format(side=side, path=path))
         elif loaded.trials is None:
             notes.append(f"{side} ({path}) is an aggregated table: its rows cannot be paired by seed, so they are "
@@ -329,7 +323,8 @@ def compare(path_a: str | Path, path_b: str | Path, metric: Metric = "last", for
     only_b = sum(r.status == "only B" for r in rows)
     if only_a or only_b:
         notes.append(f"{only_a} row(s) only in A, {only_b} only in B (no delta)")
-    notes.extend(_method_notes(rows, opts))
+    notes.extend(label_notes(rows))
+    notes.extend(method_notes(rows, opts))
     return Comparison(str(path_a), str(path_b), metric, rows, notes, effect=opts.effect)
 
 
@@ -386,5 +381,6 @@ def compare_within(source: str | Path, by: str, baseline: str, metric: Metric = 
     if problems:
         notes.append(f"--force: {len(problems)} row(s) compare different models, quantizers, budgets or teachers "
                      "(see their flags)")
-    notes.extend(_method_notes(rows, opts))
+    notes.extend(label_notes(rows))
+    notes.extend(method_notes(rows, opts))
     return Comparison(f"{by}={baseline}", str(source), metric, rows, notes, by=by, effect=opts.effect)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from zsqbench.leaderboard.labels import at_chance
 from zsqbench.leaderboard.schema import PER_TRIAL
 
 
@@ -39,6 +40,7 @@ def result_row(result: dict[str, Any], export: dict[str, Any] | None = None) -> 
         "ptq_top1": round(result["ptq_top1"], 2),
         "top1_last": round(result["top1_last"], 2),
         "top1_oracle": round(result["top1_oracle"], 2),
+        "at_chance": at_chance(round(result["top1_last"], 2), spec["dataset"]),
         "onnx_top1": round(export["onnx_top1"], 2) if export else None,
         "wall_s": round(result["wall_s"], 1),
         "flags": ";".join(result.get("flags", [])),

@@ -64,6 +64,10 @@ _COLUMNS = (
     Column("ptq_top1_mean", "float", "", "mean student top-1 (%) after calibration, before any student update"),
     Column("top1_last", "float", "student top-1 (%) after the last epoch: the headline number"),
     Column("top1_oracle", "float", "ORACLE: best student top-1 (%) over epochs, selected on the test set"),
+    Column("at_chance", "bool", "True when top1_last is no better than chance (≤ 1.5 × 100 / the dataset's classes: "
+           "cifar10 ≤ 15 %, cifar100 ≤ 1.5 %): the trial ran, but its number is not a result; every view flags it"),
+    Column("n_at_chance", "int", "", "how many of the row's trials finished at chance (at_chance); every view flags the "
+           "row when any did"),
     Column("onnx_top1", "float", "top-1 (%) of the trial's verified ONNX export in ONNX Runtime (`zsqbench export`, "
            "`run --export onnx`); empty when not exported"),
     Column("onnx_top1_mean", "float", "", "mean over seeds of onnx_top1; empty unless every trial of the row was exported"),
@@ -96,12 +100,12 @@ COLUMNS: dict[str, Column] = {c.name: c for c in _COLUMNS}
 PER_TRIAL: tuple[str, ...] = (
     "trial_id", "run", "model", "dataset", "generator", "loss", "quantizer", "w_bits", "a_bits", "seed", "budget",
     "epochs", "iters_per_epoch", "batch_size", "warmup_epochs", "ptq_only", "fp_top1", "ptq_top1", "top1_last",
-    "top1_oracle", "onnx_top1", "wall_s", "flags", "device", "precision", "channels_last", "compile", "tf32",
+    "top1_oracle", "at_chance", "onnx_top1", "wall_s", "flags", "device", "precision", "channels_last", "compile", "tf32",
     "teacher_weights", "teacher_sha256", "data_sha256", "zsqbench_version", "torch_version", "git_hash", "finished_at",
 )
 AGGREGATED: tuple[str, ...] = (
     "model", "dataset", "generator", "loss", "quantizer", "w_bits", "a_bits", "budget", "n_seeds", "seeds",
-    "top1_last_mean", "top1_last_std", "top1_last_ci95", "top1_oracle_mean", "top1_oracle_std", "fp_top1",
+    "top1_last_mean", "top1_last_std", "top1_last_ci95", "top1_oracle_mean", "top1_oracle_std", "n_at_chance", "fp_top1",
     "ptq_top1_mean", "onnx_top1_mean", "epochs", "iters_per_epoch", "batch_size", "ptq_only", "precision",
     "teacher_sha256", "cpu_hours", "gpu_hours", "source", "note",
 )
