@@ -83,12 +83,15 @@ def add_parser(sub) -> None:
     p.add_argument("--max-parallel", type=int, help="at most this many trials at once (multi-gpu, slurm, ray)")
     p.add_argument("--retry-failed", action="store_true", help="run trials that failed earlier again")
     add_lease_timeout(p, "a trial whose worker sent no heartbeat for this long is taken over and resumed")
-    p.add_argument("--yes", action="store_true", help="do not ask before starting a large grid")
+    p.add_argument("--yes", action="store_true",
+                   help="start without asking: a grid estimated at over an hour on its device asks first, and "
+                        "without a terminal to ask on is refused unless --yes is given")
     p.add_argument("--force", action="store_true", help="re-run trials that are already done (from scratch)")
     p.add_argument("--export", metavar="FORMAT",
                    help="export every finished trial (only 'onnx'), verified in ONNX Runtime, as `zsqbench export` "
                         "does; fills the leaderboard's onnx_top1 (needs pip install 'zsqbench[export]')")
-    p.add_argument("--dry-run", action="store_true", help="print the expanded grid and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the expanded grid and its compute estimate for --device, then exit")
     p.add_argument("--json", action="store_true", help="print results (or the dry-run grid) as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.set_defaults(execute=execute)
@@ -152,7 +155,8 @@ def execute(args: argparse.Namespace) -> int:
     executor_options = _split_executor_options(values, plugins.executors.names())
     plugins.executors.get(args.executor)  # unknown executor: one-line error before anything else
     if args.max_parallel is not None and args.max_parallel < 1:
-        raise UserError(f"--max-parallel must be at least 1, got {args.max_parallel}; leave it out for the executor's default")
+        raise UserError(f"--max-parallel must be at least 1, got {args.max_parallel}; "
+                        "leave it out for the executor's default")
     if args.export is not None:  # a bad format or a missing extra: refused before any trial runs
         from zsqbench.export import check_format, require_export_extra
 

@@ -13,6 +13,8 @@ training (`zsqbench bench`: GDFQ + kd on ResNet-20 at batch 200, 1.00 s per iter
 200 × 592 MMAC) and twice that for evaluation. The ResNet-20 GPU figure agrees with a measured
 H100 iteration (15 ms at batch 200, 7.9 TMAC/s). It is an order-of-magnitude guide (±2×) for
 deciding whether to start, not a prediction: `zsqbench bench` measures the real figure.
+`zsqbench run` states it for the device the run trains on only, in minutes, hours or days, and
+asks before a grid estimated at more than CONFIRM_SECONDS there.
 """
 
 from __future__ import annotations
@@ -111,7 +113,8 @@ class ComputeEstimate:
         text = (f"{self.iterations:,} iterations ({self.samples:,} samples); "
                 f"≈ {duration(total)} on {device_label(device_type)} ({'; '.join(notes)})")
         if total > LONG_SECONDS:
-            faster = "several GPUs (--executor multi-gpu or slurm)" if device_type == "cuda" else "a GPU (--device cuda)"
+            faster = ("several GPUs (--executor multi-gpu or slurm)" if device_type == "cuda"
+                      else "a GPU (--device cuda)")
             text += f". That is more than a day; {faster}, a smaller --budget or fewer trials make it shorter"
         return text
 
