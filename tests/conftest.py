@@ -12,9 +12,7 @@ import pytest
 import torch
 
 from zsqbench.api.plugins import build_plugins
-from zsqbench.trial.build import TrialParts, build_trial_parts
-from zsqbench.trial.spec import Budget, PluginChoice, TrialSpec
-from zsqbench.trial.trainer import seed_everything
+from zsqbench.testing import make_parts, make_spec  # noqa: F401  (the tests import them from here too)
 
 os.environ.setdefault("ZSQBENCH_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -23,40 +21,6 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 @pytest.fixture(scope="session")
 def plugins():
     return build_plugins()
-
-
-def make_spec(
-    generator: str = "gdfq",
-    loss: str = "kd",
-    bits: int = 4,
-    batch_size: int = 4,
-    dataset: str = "cifar10",
-    generator_options: dict | None = None,
-    loss_options: dict | None = None,
-    **budget,
-) -> TrialSpec:
-    b = {"epochs": 2, "iters_per_epoch": 2, "batch_size": batch_size, "warmup_epochs": 1}
-    b.update(budget)
-    return TrialSpec(
-        model=f"resnet20_{dataset}",
-        dataset=dataset,
-        generator=PluginChoice(name=generator, options=generator_options or {}),
-        loss=PluginChoice(name=loss, options=loss_options or {}),
-        w_bits=bits,
-        a_bits=bits,
-        seed=0,
-        budget=Budget(**b),
-    )
-
-
-def make_parts(plugins, spec: TrialSpec, cache_dir: Path, seed: int = 0) -> TrialParts:
-    """Trial parts around a randomly initialized teacher (no data or weights needed)."""
-    seed_everything(seed)
-    entry = plugins.models.get(spec.model)
-    teacher = entry.build().eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return build_trial_parts(spec, plugins, entry, teacher, torch.device("cpu"), cache_dir)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from zsqbench.api.plugins import build_plugins
 from zsqbench.api.registry import Registry
 from zsqbench.errors import UnknownNameError, UserError
 
-FIXTURE = Path(__file__).parent / "fixtures" / "zsqbench-noise"
+FIXTURE = Path(__file__).parent.parent / "examples" / "zsqbench-noise"  # CONTRIBUTING's walkthrough package
 
 
 def test_bundled_plugins_are_listed_with_kinds(plugins):
@@ -206,6 +206,22 @@ def test_third_party_package_is_discovered_and_runs_a_grid(tmp_path):
     assert rows["smoke:noise+*"]["kind"] == "budget override"
     assert {rows[n]["source"] for n in ("noise", "at", "smoke:noise+*")} == {"zsqbench-noise 0.1.0"}
     assert rows["gdfq"]["source"] == "bundled"
+    # a test that passes the installed plugin (or a copy of it) to extra= gets one line saying so
+    clash = ("import importlib.util, noise_zsq\nfrom zsqbench.api.plugins import build_plugins\n"
+             "from zsqbench.errors import UserError\n"
+             "spec = importlib.util.spec_from_file_location('copy', noise_zsq.__file__)\n"
+             "copy = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(copy)\n"
+             "for module in (noise_zsq, copy):\n"
+             "    try:\n        build_plugins(extra={'noise': module})\n"
+             "    except UserError as exc:\n        print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", clash], check=True, capture_output=True, text=True, env=env)
+    assert out.stdout.splitlines() == [
+        "build_plugins(extra=...): 'noise' is already loaded as plugin 'noise' (installed: zsqbench-noise 0.1.0); "
+        "leave it out of extra=, build_plugins() loads it",
+        "build_plugins(extra=...): 'noise' is already loaded as plugin 'noise' (installed: zsqbench-noise 0.1.0); "
+        "call build_plugins() without extra= to test the installed one, or pip uninstall zsqbench-noise to test "
+        "another copy",
+    ]
 
     from pytorchcv.models.resnet_cifar import get_resnet_cifar
 
@@ -226,9 +242,3 @@ def test_third_party_package_is_discovered_and_runs_a_grid(tmp_path):
     assert sorted((r["spec"]["generator"]["name"], r["spec"]["loss"]["name"]) for r in results) == [
         ("gdfq", "at"), ("gdfq", "kd"), ("noise", "at"), ("noise", "kd")]
 
-
-def test_contributing_shows_the_fixture_package_verbatim():
-    """The walk-through in CONTRIBUTING.md is the package the tests install and run."""
-    contributing = (Path(__file__).parent.parent / "CONTRIBUTING.md").read_text()
-    for name in ("src/noise_zsq.py", "pyproject.toml"):
-        assert (FIXTURE / name).read_text().strip() in contributing, name

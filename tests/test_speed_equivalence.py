@@ -411,7 +411,7 @@ def test_a_third_party_generator_gets_channels_last_on_cpu(plugins, tmp_path):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).parent / "fixtures" / "zsqbench-noise" / "src" / "noise_zsq.py"
+    path = Path(__file__).parent.parent / "examples" / "zsqbench-noise" / "src" / "noise_zsq.py"
     spec = importlib.util.spec_from_file_location("noise_zsq", path)
     noise_zsq = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(noise_zsq)

@@ -103,6 +103,7 @@ def build_plugins(config: RegistryConfig | None = None, extra: dict[str, object]
         sources[ep.name] = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "entry point"
 
     for name, obj in (extra or {}).items():
+        _check_extra(pm, sources, name, obj)
         pm.register(obj, name=name)
         sources[name] = name
 
@@ -115,6 +116,28 @@ def build_plugins(config: RegistryConfig | None = None, extra: dict[str, object]
         registry.freeze()
     _check_budget_overrides(registries["budget_overrides"], config)
     return Plugins(manager=pm, config=config, registries=registries, sources=sources)
+
+
+def _check_extra(pm: pluggy.PluginManager, sources: dict[str, str], name: str, obj: object) -> None:
+    """An ``extra`` plugin that is already loaded (typically: a test of a plugin that is also
+    installed, so its entry point loaded it) would register twice; pluggy refuses with a bare
+    ValueError, this names the plugin, where it came from and what to do instead."""
+    same = pm.is_registered(obj)
+    taken = pm.get_name(obj) if same else name if pm.has_plugin(name) else None
+    if taken is None:
+        return
+    source = sources.get(taken, "")
+    installed = source not in ("bundled", taken)  # extra plugins' source is their own name
+    where = f"installed: {source}" if installed else "bundled" if source == "bundled" else "given in extra="
+    clash = f"build_plugins(extra=...): '{name}' is already loaded as plugin '{taken}' ({where})"
+    if same:
+        fix = "leave it out of extra=, build_plugins() loads it"
+    elif not installed:
+        fix = "give the extra plugin another name"
+    else:
+        fix = (f"call build_plugins() without extra= to test the installed one, or pip uninstall "
+               f"{source.split()[0] if ' ' in source else 'its package'} to test another copy")
+    raise UserError(f"{clash}; {fix}")
 
 
 def _registrar(registry: Registry[Any], kind: PluginKind, source: str) -> Callable[[Any], None]:

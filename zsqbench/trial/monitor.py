@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -11,6 +13,25 @@ from zsqbench.trial.datasets import CHANCE_FLAG_FACTOR, near_chance  # noqa: F40
 
 class TrialDiverged(RuntimeError):
     """The student loss became NaN/Inf, or accuracy collapsed: the trial's numbers are not a result."""
+
+
+def divergence(epoch: int, losses: dict[str, float], nonfinite_steps: int, iterations: int) -> str | None:
+    """What went non-finite in an epoch, in one line; None when nothing did.
+
+    ``losses`` are the epoch's means of the loss terms and ``nonfinite_steps`` the iterations whose
+    total loss or student gradient norm was not finite (:class:`GradientMonitor`). A single
+    non-finite loss makes its term's mean non-finite, so when every mean is finite the bad
+    iterations had a finite loss and a non-finite gradient: the update blew up, not the loss."""
+    bad_terms = [k for k, v in losses.items() if not math.isfinite(v)]
+    if not bad_terms and not nonfinite_steps:
+        return None
+    means = ", ".join(f"{k} {v:.4g}" for k, v in losses.items())
+    if bad_terms:
+        return (f"non-finite student loss in epoch {epoch} ({', '.join(bad_terms)}; epoch means: {means}); "
+                f"{nonfinite_steps} of {iterations} iterations had a non-finite loss or gradient")
+    return (f"non-finite student gradient in {nonfinite_steps} of {iterations} iterations of epoch {epoch}, "
+            f"while every loss term stayed finite (epoch means: {means}): the student's updates blew up, "
+            "typically a loss too large for the student's learning rate")
 
 
 class GradientMonitor:

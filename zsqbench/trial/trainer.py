@@ -9,7 +9,6 @@ accuracy, at the budget's cadence) and, in a trial folder, the checkpoint. The s
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from zsqbench.trial.data import NormalizedImages, TestSet
 from zsqbench.trial.environment import Environment
 from zsqbench.trial.evaluate import top1
 from zsqbench.trial.folder import TrialFolder
-from zsqbench.trial.monitor import EpochStats, TrialDiverged, collapsed
+from zsqbench.trial.monitor import EpochStats, TrialDiverged, collapsed, divergence
 from zsqbench.trial.progress import NullProgress, ProgressSink
 from zsqbench.trial.record import EpochRecord, TrialOutcome
 from zsqbench.trial.resources import TrialResources
@@ -157,11 +156,9 @@ def epoch_warnings(setup: TrialSetup, phase: Phase, losses: dict[str, float], gr
     """Raise on a diverged epoch; warn when a weighted feature term is exactly 0 for the whole epoch,
     the signature of broken taps or teacher/student pairing (METHODS §7.8, defect D3)."""
     spec = setup.spec
-    if any(not math.isfinite(v) for v in losses.values()) or grads.get("nonfinite_steps"):
-        raise TrialDiverged(
-            f"non-finite student loss or gradient in epoch {phase.epoch} "
-            f"({grads.get('nonfinite_steps', 0)} of {spec.budget.iters_per_epoch} steps): {losses}"
-        )
+    problem = divergence(phase.epoch, losses, grads.get("nonfinite_steps", 0), spec.budget.iters_per_epoch)
+    if problem is not None:
+        raise TrialDiverged(problem)
     warnings: list[str] = []
     if phase.training and setup.parts.objective.feature_weight > 0 and losses.get("feature") == 0.0:
         warnings.append(f"feature term of loss '{spec.loss.name}' is exactly 0 in epoch {phase.epoch}: "

@@ -1,0 +1,119 @@
+"""Test helpers for plugin authors: trial parts around a random teacher, and the phase contract.
+
+They ship with zsqbench (tests/conftest.py is not installed), so a third-party plugin's own tests
+build the same parts a trial builds and run its step through the same
+:func:`~zsqbench.trial.step.iterate` the trainer calls, without data or weights::
+
+    from zsqbench.testing import check_phases, make_parts, make_spec
+
+A randomly initialized teacher is enough to check shapes, registration and the contracts; whether
+a method trains well is a question for a real run (``zsqbench run --budget smoke`` on real data).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zsqbench.api.generator import Phase
+from zsqbench.api.plugins import Plugins
+from zsqbench.trial.build import TrialParts, build_trial_parts
+from zsqbench.trial.spec import Budget, PluginChoice, TrialSpec
+from zsqbench.trial.step import epoch_context, iterate
+from zsqbench.trial.trainer import seed_everything
+
+__all__ = ["check_phases", "make_parts", "make_spec"]
+
+
+def make_spec(
+    generator: str = "gdfq",
+    loss: str = "kd",
+    bits: int = 4,
+    batch_size: int = 4,
+    dataset: str = "cifar10",
+    generator_options: dict[str, Any] | None = None,
+    loss_options: dict[str, Any] | None = None,
+    **budget: Any,
+) -> TrialSpec:
+    """A ResNet-20 trial spec with a tiny budget (2 epochs of 2 iterations, the first calibrating);
+    ``budget`` keywords (``epochs=``, ``warmup_epochs=``, ``calibration_epochs=``, ...) change it."""
+    b: dict[str, Any] = {"epochs": 2, "iters_per_epoch": 2, "batch_size": batch_size, "warmup_epochs": 1}
+    b.update(budget)
+    return TrialSpec(
+        model=f"resnet20_{dataset}",
+        dataset=dataset,
+        generator=PluginChoice(name=generator, options=generator_options or {}),
+        loss=PluginChoice(name=loss, options=loss_options or {}),
+        w_bits=bits,
+        a_bits=bits,
+        seed=0,
+        budget=Budget(**b),
+    )
+
+
+def make_parts(plugins: Plugins, spec: TrialSpec, cache_dir: Path, seed: int = 0) -> TrialParts:
+    """Trial parts around a randomly initialized, frozen teacher on CPU (no data or weights needed),
+    built exactly as a trial builds them."""
+    seed_everything(seed)
+    entry = plugins.models.get(spec.model)
+    teacher = entry.build().eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return build_trial_parts(spec, plugins, entry, teacher, torch.device("cpu"), Path(cache_dir))
+
+
+def _parameters(student: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in student.named_parameters()}
+
+
+def _changed(before: dict[str, torch.Tensor], student: torch.nn.Module) -> list[str]:
+    return [n for n, p in student.named_parameters() if not torch.equal(before[n], p.detach())]
+
+
+def check_phases(plugins: Plugins, spec: TrialSpec, cache_dir: Path, seed: int = 0) -> None:
+    """Run one iteration of each kind of epoch, in the trainer's order, and check what the trainer
+    relies on (:class:`~zsqbench.api.generator.Phase`): while ``calibrating`` the step calls
+    ``student.calibrate`` and leaves the student's parameters alone; while ``frozen`` (ImageNet's
+    warm-up after calibration, e.g. ``in1k-short``) it leaves them alone too; in a training epoch it
+    updates them and returns the loss terms. Only the two non-training phases return no terms.
+
+    A step that tests ``phase.calibrating`` alone trains the student in frozen epochs, which no
+    CIFAR budget has, so only this check (or an ImageNet run) shows it. Raises AssertionError
+    naming the phase and the broken rule. ``spec``'s budget is replaced by 3 epochs of one
+    iteration: calibrating, frozen, training."""
+    budget = Budget(**{**spec.budget.model_dump(), "epochs": 3, "iters_per_epoch": 1, "warmup_epochs": 2,
+                       "calibration_epochs": 1, "lr_milestones": []})
+    spec = spec.model_copy(update={"budget": budget})
+    parts = make_parts(plugins, spec, cache_dir, seed)
+    name, student = spec.generator.name, parts.ctx.student
+    calibrations = 0
+    real_calibrate = parts.student_update.calibrate
+
+    def counting_calibrate(x: torch.Tensor) -> None:
+        nonlocal calibrations
+        calibrations += 1
+        real_calibrate(x)
+
+    parts.student_update.calibrate = counting_calibrate  # type: ignore[method-assign]
+    for epoch in range(budget.epochs):
+        phase: Phase = budget.phase(epoch)
+        before, calibrations = _parameters(student), 0
+        with epoch_context(parts, phase):
+            terms = iterate(parts, phase)
+        changed = _changed(before, student)
+        where = f"generator '{name}' in epoch {epoch} ({_phase_name(phase)})"
+        if phase.training:
+            assert changed, f"{where} did not update the student; a training step must (e.g. student.step(batch))"
+            assert "total" in terms, f"{where} returned {sorted(terms)}, not the student's loss terms with 'total'"
+            continue
+        assert not changed, (f"{where} updated the student ({changed[0]}, ...); the student is updated only "
+                             "when phase.training")
+        assert not terms, f"{where} returned loss terms {sorted(terms)}; return {{}} unless phase.training"
+        if phase.calibrating:
+            assert calibrations, f"{where} never called student.calibrate(x); calibration epochs track the ranges"
+
+
+def _phase_name(phase: Phase) -> str:
+    return "calibrating" if phase.calibrating else "frozen" if phase.frozen else "training"
