@@ -290,3 +290,62 @@ def test_each_mean_has_its_95_percent_interval(capsys, tmp_path):
     assert f"{sum(values) / 3:.2f} ± {half:.2f}" in markdown.read_text() and "confidence interval" in markdown.read_text()
     assert main(["leaderboard", str(trials), "--markdown", str(markdown)]) == 0
     assert f"{sum(values) / 3:.2f} ± {stats.tstd(values):.2f}" in markdown.read_text()
+
+
+def test_trials_at_chance_are_counted_kept_and_flagged_in_every_view(capsys, tmp_path, monkeypatch):
+    """top-1 <= 1.5 x chance (cifar10 15 %, cifar100 1.5 %) is flagged wherever the row is shown, never dropped."""
+    from zsqbench.cli import console
+
+    monkeypatch.setattr(console.out, "width", 200)  # one line per row (80 columns: tests/test_table_width.py)
+    rows = [trial_row("adadfq", "akt", 3, s, 10.0, budget="smoke", epochs=3) for s in (0, 1)]
+    rows += [trial_row("hast", "akt", 4, 0, 60.0), trial_row("hast", "akt", 4, 1, 12.0)]  # one seed of two
+    rows += [trial_row("gdfq", "kd", 3, 0, 1.2, dataset="cifar100"), trial_row("gdfq", "kd", 4, 0, 15.0),
+             trial_row("gdfq", "kd", 5, 0, 2.0, dataset="cifar100"), trial_row("gdfq", "kd", 6, 0, 15.01)]
+    path = write_trials(tmp_path / "lb.csv", rows)  # written without at_chance values, as older tables were
+    trials = _json(capsys, ["leaderboard", str(path), "--per-trial", "--json"])
+    flagged = {(r["generator"], r["w_bits"], r["seed"]): r["at_chance"] for r in trials}
+    assert flagged == {("adadfq", 3, 0): True, ("adadfq", 3, 1): True, ("hast", 4, 0): False, ("hast", 4, 1): True,
+                       ("gdfq", 3, 0): True, ("gdfq", 4, 0): True, ("gdfq", 5, 0): False, ("gdfq", 6, 0): False}
+    agg = _json(capsys, ["leaderboard", str(path), "--json"])
+    counts = {(r["dataset"], r["generator"], r["w_bits"]): (r["n_at_chance"], r["n_seeds"]) for r in agg}
+    assert counts[("cifar10", "adadfq", 3)] == (2, 2) and counts[("cifar10", "hast", 4)] == (1, 2)
+    assert counts[("cifar100", "gdfq", 5)] == (0, 1) and len(agg) == 6  # kept in the data
+    out = tmp_path / "agg.csv"
+    assert main(["leaderboard", str(path), "--csv", str(out)]) == 0
+    assert "n_at_chance" in out.read_text().splitlines()[0]
+
+    printed = capsys.readouterr().out.splitlines()
+    assert next(x for x in printed if "adadfq+akt W3A3" in x).rstrip().endswith(" at chance")
+    assert next(x for x in printed if "hast+akt W4A4" in x).rstrip().endswith("1/2 at chance")
+    assert not next(x for x in printed if "cifar100 gdfq+kd W5A5" in x).rstrip().endswith("chance")
+    assert any("cifar10 ≤ 15 %, cifar100 ≤ 1.5 %" in x for x in printed)
+    assert any("smoke numbers are plumbing checks" in x for x in printed)
+    pivot = _json(capsys, ["leaderboard", str(path), "--pivot", "--json"])
+    cell = next(r for r in pivot if r["budget"] == "cpu" and r["bits"] == "W4A4" and r["dataset"] == "cifar10")
+    assert cell["hast+akt"] == "36.00 ± 33.94 (2) 1/2 at chance"
+    md = tmp_path / "t.md"
+    assert main(["leaderboard", str(path), "--per-trial", "--wide", "--markdown", str(md)]) == 0
+    assert md.read_text().count("| yes |") == 5  # the at_chance column of the five trials at chance
+
+
+def test_a_results_folder_records_at_chance_in_its_csv(capsys, tmp_path):
+    import json
+
+    from fixtures_leaderboard import result_from_row
+
+    folder = tmp_path / "results"
+    for row in (trial_row(seed=0, top1_last=9.93), trial_row(seed=1, top1_last=70.0)):
+        trial = folder / row["run"] / row["trial_id"]
+        trial.mkdir(parents=True)
+        (trial / "result.json").write_text(json.dumps(result_from_row(row)))
+    assert main(["leaderboard", str(folder), "--rebuild"]) == 0
+    frame, _ = read_table(folder / "leaderboard.csv")
+    assert dict(zip(frame["seed"], frame["at_chance"])) == {0: True, 1: False}
+
+
+def test_published_values_are_not_shown_as_means_over_seeds(capsys):
+    assert main(["leaderboard", "paper:akt"]) == 0
+    printed = capsys.readouterr().out
+    line = next(x for x in printed.splitlines() if "cifar10 adadfq+akt W3A3" in x)
+    assert " pub. " in line and "86.76" in line and " 1 " not in line
+    assert "one value per configuration, the paper's best epoch" in " ".join(printed.split())

@@ -148,6 +148,10 @@ def test_one_seed_on_a_side_gives_a_delta_but_no_p_value(capsys, tmp_path):
     b = _side(tmp_path / "b.csv", {("kd", 3): [72.0, 73.0]})
     (row,) = _compare_json(capsys, str(a), str(b))["rows"]
     assert row["delta"] == pytest.approx(2.5) and row["p_value"] is None and row["mark"] == ""
+    assert row["test"] == ""  # no test ran: not "welch"
+    assert main(["compare", str(a), str(b)]) == 0
+    printed = capsys.readouterr().out
+    assert "no test (n=1)" in printed and "Welch" not in printed.split("delta = B − A")[0]
 
 
 def test_an_aggregated_input_falls_back_to_welch_with_a_note(capsys, sides, tmp_path):
@@ -379,3 +383,48 @@ def test_bootstrap_intervals_are_seeded(capsys, tmp_path):
     two = _folder_csv(tmp_path / "two.csv", {("adadfq", "kd"): ISSUE_KD, ("adadfq", "akt"): ISSUE_AKT})
     (row,) = _compare_json(capsys, str(two), "--by", "loss", "--baseline", "kd", "--ci", "bootstrap")["rows"]
     assert (row["ci_low"], row["ci_high"]) == pytest.approx((-1.54, 2.66))  # two seeds: the two differences
+
+
+def _issue_smoke_run(path: Path) -> Path:
+    """`zsqbench run --generators adadfq,hast --loss akt --bits 3,4,5 --budget smoke` as the issue got it."""
+    return write_trials(path, [
+        trial_row(g, "akt", b, 0, v, budget="smoke", epochs=2, iters_per_epoch=2, batch_size=16, warmup_epochs=1)
+        for g, values in (("adadfq", (10.0, 10.0, 10.0)), ("hast", (9.93, 12.94, 37.37)))
+        for b, v in zip((3, 4, 5), values)])
+
+
+def test_a_side_at_chance_is_flagged_and_its_delta_called_not_meaningful(capsys, tmp_path, wide_console):
+    smoke = _issue_smoke_run(tmp_path / "smoke.csv")
+    result = _compare_json(capsys, "paper:akt", str(smoke), "--joined-only")
+    rows = {(r["generator"], r["w_bits"]): r for r in result["rows"]}
+    w5 = rows[("adadfq", 5)]
+    assert w5["delta"] == pytest.approx(10.0 - 93.83) and w5["b_chance"] == "at chance" and not w5["meaningful"]
+    assert "B at chance: delta not meaningful" in w5["flags"]
+    assert [rows[("hast", b)]["meaningful"] for b in (3, 4, 5)] == [False, False, True]  # 9.93, 12.94 ≤ 15 < 37.37
+    assert all(r["a_published"] and r["test"] == "" and r["budget_a"] == "paper" for r in rows.values())
+    notes = " ".join(result["notes"])
+    assert "a delta with such a side is not meaningful" in notes and "smoke numbers are plumbing checks" in notes
+    assert main(["compare", "paper:akt", str(smoke), "--joined-only"]) == 0
+    printed = capsys.readouterr().out
+    line = next(x for x in printed.splitlines() if "adadfq+akt W5A5" in x)
+    assert "paper / smoke" in line and "93.83 (pub.)" in line and "-83.83" in line and "no test (pub.)" in line
+    assert "delta not meaningful" in line and "one value per configuration" in printed
+
+
+def test_compare_by_shows_each_rows_budget_and_flags_chance_per_cell(capsys, tmp_path, wide_console):
+    rows = [trial_row("adadfq", loss, 3, seed, v, budget=budget, **extra)
+            for budget, extra, values in (("cpu", {}, {"kd": (54.61, 55.01), "akt": (56.0, 57.5)}),
+                                          ("smoke", dict(epochs=2, iters_per_epoch=2, batch_size=16),
+                                           {"kd": (30.0, 31.0), "akt": (10.0, 10.0)}))
+            for loss, vs in values.items() for seed, v in enumerate(vs)]
+    grid = write_trials(tmp_path / "grid.csv", rows)
+    result = _compare_json(capsys, str(grid), "--by", "loss", "--baseline", "kd")
+    by_budget = {r["budget"]: r for r in result["rows"]}
+    assert by_budget["cpu"]["meaningful"] and not by_budget["smoke"]["meaningful"]
+    assert by_budget["smoke"]["b_chance"] == "at chance" and by_budget["smoke"]["a_chance"] == ""
+    assert main(["compare", str(grid), "--by", "loss", "--baseline", "kd"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any("adadfq+akt W3A3" in x and " cpu " in x and "54.81 ± 0.28 (2)" in x for x in lines)
+    smoke_line = next(x for x in lines if "adadfq+akt W3A3" in x and " smoke " in x)
+    assert "B at chance: delta not meaningful" in smoke_line
+    assert any("smoke numbers are plumbing checks" in x for x in lines)

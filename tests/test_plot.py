@@ -153,3 +153,79 @@ def test_missing_matplotlib_says_how_to_install(capsys, results_dir, tmp_path, m
     err = _one_line_error(capsys, ["plot", str(results_dir), "--out", str(tmp_path / "o")])
     assert 'pip install "zsqbench[plot]"' in err
     assert not (tmp_path / "o").exists()
+
+
+def _figure(build, *args):
+    from matplotlib.figure import Figure
+
+    return build(*args, Figure)
+
+
+def _legend_texts(fig) -> list[str]:
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend() is not None)]
+    return [t.get_text() for legend in legends for t in legend.get_texts()]
+
+
+def test_one_seed_gains_are_points_labelled_without_a_zero_width_ci(tmp_path):
+    from matplotlib.container import BarContainer
+
+    from zsqbench.leaderboard.plots import gain_over_kd
+
+    one = load_side(write_trials(tmp_path / "one.csv", [trial_row(loss=loss, seed=0, top1_last=v)
+                                                        for loss, v in (("kd", 70.0), ("akt", 71.0))]))
+    fig = _figure(gain_over_kd, one)
+    (ax,) = fig.axes
+    assert not [c for c in ax.containers if isinstance(c, BarContainer)]  # no bar, so no "95 % CI" of width 0
+    (point,) = [line for line in ax.get_lines() if line.get_marker() == "D"]
+    assert point.get_ydata()[0] == pytest.approx(1.0) and "akt (n=1, no CI)" in _legend_texts(fig)
+    assert "no CI: one seed a side" in fig.get_suptitle()
+    two = load_side(write_trials(tmp_path / "two.csv", [trial_row(loss=loss, seed=s, top1_last=v + s)
+                                                        for loss, v in (("kd", 70.0), ("akt", 71.0)) for s in (0, 1)]))
+    (ax,) = _figure(gain_over_kd, two).axes
+    assert [c for c in ax.containers if isinstance(c, BarContainer)]
+
+
+def test_results_at_chance_are_drawn_hollow_or_hatched_and_named_in_the_legend(tmp_path):
+    from zsqbench.leaderboard.plots import accuracy_vs_bits, gain_over_kd
+
+    rows = [trial_row("adadfq", loss, bits, seed, v + seed * 0.5) for seed in (0, 1)
+            for loss, bits, v in (("kd", 3, 60.0), ("akt", 3, 10.0), ("kd", 4, 70.0), ("akt", 4, 71.0))]
+    side = load_side(write_trials(tmp_path / "t.csv", rows))
+    fig = _figure(accuracy_vs_bits, side.aggregated)
+    hollow = [line for line in fig.axes[0].get_lines() if line.get_markerfacecolor() == "none"]
+    assert [(list(h.get_xdata()), list(h.get_ydata())) for h in hollow] == [([0], [10.25])]  # akt W3A3 only
+    assert "hollow: at chance (not a result)" in _legend_texts(fig)
+    fig = _figure(gain_over_kd, side)
+    hatched = [p for p in fig.axes[0].patches if p.get_hatch() == "//"]
+    assert len(hatched) == 1 and hatched[0].get_height() == pytest.approx(10.25 - 60.25)
+    assert any("a side at chance, gain not meaningful" in t for t in _legend_texts(fig))
+
+
+def test_training_curves_of_16_trials_have_a_legend_distinct_colours_and_a_scale_for_any_loss():
+    from matplotlib.colors import to_hex
+
+    from zsqbench.leaderboard.curves import symlog_threshold, training_curves
+
+    methods = [("adadfq", "akt"), ("adadfq", "kd"), ("hast", "akt"), ("hast", "kd")]
+    results = []
+    for (g, loss) in methods:
+        for bits in (3, 4):
+            for seed in (0, 1):
+                row = trial_row(g, loss, bits, seed, 10.0 if g == "adadfq" and loss == "akt" else 60.0 + bits)
+                total = -917.0 if loss == "akt" and g == "adadfq" else 1.2 - 0.1 * seed
+                results.append(result_from_row(row, [{"epoch": 0, "top1": row["ptq_top1"]},
+                                                     {"epoch": 1, "top1": row["top1_last"], "losses": {"total": total}},
+                                                     {"epoch": 2, "top1": row["top1_last"],
+                                                      "losses": {"total": total * 0.9}}]))
+    fig = _figure(training_curves, results)
+    texts = _legend_texts(fig)
+    assert {"adadfq+akt", "adadfq+kd", "hast+akt", "hast+kd", "W3A3", "W4A4", "seed 0", "seed 1"} <= set(texts)
+    assert "hollow: at chance (not a result)" in texts
+    top1, total = fig.axes[0], fig.axes[1]
+    lines = top1.get_lines()
+    assert len(lines) == 16 and len({to_hex(line.get_color()) for line in lines}) == 4  # one colour per method
+    assert len({(to_hex(line.get_color()), str(line.get_linestyle()), line.get_marker()) for line in lines}) == 16
+    assert sum(line.get_markerfacecolor() == "none" for line in lines) == 4  # the 4 adadfq+akt trials at chance
+    assert total.get_yscale() == "symlog"  # -917 beside values near 1: both signs and magnitudes stay visible
+    assert symlog_threshold([1.2, 1.08, 1.0]) is None and symlog_threshold([-917.0, 1.0]) == 1.0
+    assert symlog_threshold([0.05, 2.0]) == pytest.approx(0.01)

@@ -8,7 +8,6 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from zsqbench.cli.console import out
 from zsqbench.cli.tables import TextTable, say, show_table
 from zsqbench.grid.runner import folder_summary
 from zsqbench.cli.lease_flag import add_lease_timeout, lease_timeout
@@ -35,8 +34,8 @@ def execute(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     counts = Counter(r["state"] for r in rows)
-    out.print(f"{args.results}: {len(rows)} trial(s): " + ", ".join(f"{counts[s]} {s}" for s in
-              ("done", "running", "stale", "incomplete", "failed") if counts[s]), highlight=False)
+    say(f"{args.results}: {len(rows)} trial(s): " + ", ".join(f"{counts[s]} {s}" for s in
+        ("done", "running", "stale", "incomplete", "failed") if counts[s]))
     shown = rows if args.all else [r for r in rows if r["state"] != "done"]
     if shown:
         show_table(status_table(shown, args.wide))

@@ -110,7 +110,7 @@ def record_lines(table: TextTable, width: int) -> list[str]:
 
 def rich_table(table: TextTable) -> Table:
     """A terminal table whose cells never wrap (it is only used when it fits)."""
-    grid = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    grid = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, header_style="bold")
     for column, right in zip(table.columns, table.numeric()):
         grid.add_column(Text(column), no_wrap=True, overflow="ellipsis", justify="right" if right else "left")
     for row in table.rows:
