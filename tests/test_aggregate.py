@@ -253,14 +253,14 @@ def test_the_default_view_fits_80_columns_and_wide_shows_every_setting(tmp_path)
 
     from rich.console import Console
 
-    from zsqbench.leaderboard.table import to_rich_table
+    from zsqbench.cli.tables import TextTable, show_table
     from zsqbench.leaderboard.views import display_aggregated, display_compact
 
     rows = [trial_row("adadfq", loss, bits, seed, 60.0 + seed + bits, budget=budget)
             for loss in ("kd", "channel") for bits in (3, 4) for seed in (0, 1, 2) for budget in ("cpu", "paper")]
     agg = aggregate(write_and_read(tmp_path, rows))
     buf = io.StringIO()
-    Console(file=buf, width=80, color_system=None).print(to_rich_table(display_compact(agg), title="t", caption="c"))
+    show_table(TextTable.of(display_compact(agg), "t", ["c"]), Console(file=buf, width=80, color_system=None))
     lines = buf.getvalue().splitlines()
     assert max(len(line) for line in lines) <= 80
     assert any("cifar10 adadfq+channel W4A4 paper" in line and "65.00 ± 1.00" in line for line in lines)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from rich.table import Table
 
 from zsqbench.errors import UserError
 from zsqbench.leaderboard.results_folder import LEADERBOARD_NAME, leaderboard_text
@@ -128,7 +127,8 @@ def parse_table(path: Path, text: str) -> tuple[pd.DataFrame, Kind]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Writing: CSV (machine-readable numbers), JSON (nulls for missing), Markdown (display strings).
+# Writing: CSV (machine-readable numbers), JSON (nulls for missing), Markdown (display strings); the
+# terminal's tables are zsqbench.cli.tables'.
 
 
 _TRUE = {"true", "1", "yes"}
@@ -191,13 +191,3 @@ def to_markdown(frame: pd.DataFrame, note: str = "") -> str:
     sep = "|" + "|".join("---" for _ in frame.columns) + "|"
     body = ["| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, sep, *body]) + (f"\n\n{note}\n" if note else "\n")
-
-
-def to_rich_table(frame: pd.DataFrame, title: str = "", caption: str = "", **options: Any) -> Table:
-    """The frame as a terminal table (display strings, like :func:`to_markdown`)."""
-    table = Table(title=title or None, caption=caption or None, **options)
-    for c in frame.columns:
-        table.add_column(str(c), overflow="fold")
-    for row in frame.itertuples(index=False):
-        table.add_row(*(_cell(v) for v in row))
-    return table
