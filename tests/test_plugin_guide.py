@@ -84,8 +84,11 @@ def _gdfq(plugins):
 
 
 def test_check_phases_accepts_the_bundled_steps(plugins, tmp_path):
-    for generator in ("gdfq", "adadfq"):  # the default step (next_batch) and a whole step of its own
-        check_phases(plugins, make_spec(generator, "kd", batch_size=2), tmp_path / generator)
+    # the default step (next_batch), a whole step of its own, and a generator that refuses frozen
+    # epochs (it calibrates through its whole warm-up), checked on calibrating and training alone
+    small_hast = {"num_images": 2, "synthesis_batch": 2, "synthesis_iters": 2, "calibration_batch": 2}
+    for generator, options in (("gdfq", {}), ("adadfq", {}), ("hast", small_hast)):
+        check_phases(plugins, make_spec(generator, "kd", batch_size=2, generator_options=options), tmp_path / generator)
 
 
 def test_check_phases_names_a_step_that_trains_the_student_in_frozen_epochs(plugins, tmp_path):

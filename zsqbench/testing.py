@@ -72,6 +72,27 @@ def _changed(before: dict[str, torch.Tensor], student: torch.nn.Module) -> list[
     return [n for n, p in student.named_parameters() if not torch.equal(before[n], p.detach())]
 
 
+#: The budgets check_phases tries, in order, as (epochs, warm-up epochs, calibration epochs): one
+#: epoch of each phase; without the frozen one for a generator that calibrates through its whole
+#: warm-up (HAST, IntraQ, ZeroQ refuse frozen epochs); a calibration epoch alone for one that is
+#: post-training only.
+PHASE_BUDGETS = ((3, 2, 1), (2, 1, None), (1, 1, None))
+
+
+def _phase_spec(plugins: Plugins, spec: TrialSpec) -> TrialSpec:
+    """``spec`` on the first of :data:`PHASE_BUDGETS` its generator accepts (one iteration per epoch)."""
+    gen_cls = plugins.generators.get(spec.generator.name)
+    options = gen_cls.Options(**spec.generator.options)
+    candidate = spec
+    for epochs, warmup, calibration in PHASE_BUDGETS:
+        budget = Budget(**{**spec.budget.model_dump(), "epochs": epochs, "iters_per_epoch": 1, "warmup_epochs": warmup,
+                           "calibration_epochs": calibration, "lr_milestones": []})
+        candidate = spec.model_copy(update={"budget": budget})
+        if not gen_cls.budget_problem(options, candidate):
+            return candidate
+    return candidate  # refused by every one: building the parts raises the generator's own message
+
+
 def check_phases(plugins: Plugins, spec: TrialSpec, cache_dir: Path, seed: int = 0) -> None:
     """Run one iteration of each kind of epoch, in the trainer's order, and check what the trainer
     relies on (:class:`~zsqbench.api.generator.Phase`): while ``calibrating`` the step calls
@@ -80,13 +101,14 @@ def check_phases(plugins: Plugins, spec: TrialSpec, cache_dir: Path, seed: int =
     updates them and returns the loss terms. Only the two non-training phases return no terms.
 
     A step that tests ``phase.calibrating`` alone trains the student in frozen epochs, which no
-    CIFAR budget has, so only this check (or an ImageNet run) shows it. Raises AssertionError
-    naming the phase and the broken rule. ``spec``'s budget is replaced by 3 epochs of one
-    iteration: calibrating, frozen, training."""
-    budget = Budget(**{**spec.budget.model_dump(), "epochs": 3, "iters_per_epoch": 1, "warmup_epochs": 2,
-                       "calibration_epochs": 1, "lr_milestones": []})
-    spec = spec.model_copy(update={"budget": budget})
+    CIFAR budget has, so only this check (or an ImageNet run) shows it. ``spec``'s budget is
+    replaced by one iteration of each phase the generator accepts (:data:`PHASE_BUDGETS`); the
+    parts are built and prepared as a trial's. Raises AssertionError naming the phase and the
+    broken rule."""
+    spec = _phase_spec(plugins, spec)
+    budget = spec.budget
     parts = make_parts(plugins, spec, cache_dir, seed)
+    parts.generator.prepare()
     name, student = spec.generator.name, parts.ctx.student
     calibrations = 0
     real_calibrate = parts.student_update.calibrate
