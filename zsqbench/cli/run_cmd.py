@@ -6,23 +6,26 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
+from pydantic import ValidationError
 from rich.table import Table
 
+from zsqbench.api.budgets import BudgetFields, PartialBudget
 from zsqbench.api.plugins import get_plugins
 from zsqbench.bits import bits_label
 from zsqbench.cli.compute_flags import add_compute_flags, compute_settings
 from zsqbench.cli.console import RichProgress, out
 from zsqbench.cli.lease_flag import add_lease_timeout, lease_timeout
-from zsqbench.errors import UserError
+from zsqbench.errors import UserError, first_validation_error
 from zsqbench.grid.estimate import CONFIRM_SECONDS, device_label, duration, estimate_compute
 from zsqbench.grid.request import check_option_tables, expand, load_grid_file, make_request
 from zsqbench.grid.runner import grid_states, run_grid, trial_folder
 from zsqbench.trial.data import dataset_info, resolve_cache_dir, resolve_data_root
 from zsqbench.trial.environment import Environment, offline_from_env, resolve_device
 from zsqbench.trial.monitor import CHANCE_FLAG_FACTOR, near_chance
+from zsqbench.trial.spec import Budget
 
 
 def _csv(text: str) -> list[str]:
@@ -40,6 +43,35 @@ def _seeds(text: str) -> list[int]:
     if any(seed < 0 for seed in seeds):
         raise UserError(f"--seeds must be non-negative integers, got '{text}'")
     return seeds
+
+
+def _epochs(text: str) -> list[int]:
+    """--lr-milestones as epochs; '' is none (the learning rates never drop)."""
+    try:
+        return [int(p) for p in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs like '100,200', got '{text}'") from None
+
+
+#: How a budget field's flag value is read, by the field's type.
+_FLAG_TYPES: dict[Any, Callable[[str], Any]] = {int: int, Optional[int]: int, list[int]: _epochs}
+
+
+def add_budget_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per budget field (``--epochs``, ``--iters-per-epoch``, ...), its help the field's
+    description: a field added to the budget is a flag without touching this command."""
+    for name, field in BudgetFields.model_fields.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=_FLAG_TYPES[field.annotation],
+                       help=f"override the preset's {field.description}")
+
+
+def budget_flags(args: argparse.Namespace) -> PartialBudget:
+    """The budget fields given as flags: the top layer of every trial's budget."""
+    given = {name: value for name in BudgetFields.model_fields if (value := getattr(args, name)) is not None}
+    try:
+        return PartialBudget(**given)
+    except ValidationError as exc:
+        raise UserError(f"bad budget override: {first_validation_error(exc)}") from None
 
 
 def add_parser(sub) -> None:
@@ -71,14 +103,7 @@ def add_parser(sub) -> None:
     add_compute_flags(p)
     p.add_argument("--out", type=Path, default=Path("results"), help="results directory (default ./results)")
     p.add_argument("--run", dest="run_name", default="default", help="run folder name under --out")
-    p.add_argument("--epochs", type=int, help="override the preset's epochs")
-    p.add_argument("--iters-per-epoch", type=int, help="override the preset's iterations per epoch")
-    p.add_argument("--batch-size", type=int, help="override the preset's batch size")
-    p.add_argument("--warmup-epochs", type=int,
-                   help="override the preset's warm-up epochs (student not updated; the first calibrate the ranges)")
-    p.add_argument("--calibration-epochs", type=int,
-                   help="override the preset's range-calibration epochs (at most the warm-up; default: all of it)")
-    p.add_argument("--eval-every", type=int, help="evaluate every k-th epoch (+ PTQ and last) instead of every epoch")
+    add_budget_flags(p)
     p.add_argument("--executor", default="local", help="where trials run: local (default), multi-gpu, slurm, ray")
     p.add_argument("--max-parallel", type=int, help="at most this many trials at once (multi-gpu, slurm, ray)")
     p.add_argument("--retry-failed", action="store_true", help="run trials that failed earlier again")
@@ -127,12 +152,6 @@ def build_request(args: argparse.Namespace, plugins) -> tuple[dict[str, Any], st
         "model": args.model, "dataset": args.dataset, "budget": args.budget, "quantizer": args.quantizer,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
-    overrides = {"epochs": args.epochs, "iters_per_epoch": args.iters_per_epoch, "batch_size": args.batch_size,
-                 "warmup_epochs": args.warmup_epochs, "calibration_epochs": args.calibration_epochs,
-                 "eval_every": args.eval_every}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if overrides:
-        values["budget_overrides"] = {**values.get("budget_overrides", {}), **overrides}
     cli_options = _parse_options(args.option)
     check_option_tables(cli_options, plugins, "given with -o")
     if cli_options:
@@ -152,6 +171,7 @@ def _split_executor_options(values: dict[str, Any], executors: list[str]) -> dic
 def execute(args: argparse.Namespace) -> int:
     plugins = get_plugins()
     values, source = build_request(args, plugins)
+    budget_layer = budget_flags(args)
     executor_options = _split_executor_options(values, plugins.executors.names())
     plugins.executors.get(args.executor)  # unknown executor: one-line error before anything else
     if args.max_parallel is not None and args.max_parallel < 1:
@@ -171,7 +191,7 @@ def execute(args: argparse.Namespace) -> int:
         teacher_weights=args.teacher_weights, offline=args.offline or offline_from_env(),
         lease_timeout_s=lease_timeout(args), **compute_settings(args).describe(),
     )
-    specs = expand(request, plugins, env)
+    specs = expand(request, plugins, env, budget_layer)
     if args.dry_run:
         return _print_grid(specs, args, plugins, device_type)
     todo = [s for s in specs if trial_folder(args.out, args.run_name, s).state != "done" or args.force]
@@ -249,10 +269,6 @@ def _export(rows: list[dict[str, Any]], args: argparse.Namespace, env: Environme
     return failed
 
 
-SCHEDULE = ("epochs", "iters_per_epoch", "batch_size", "warmup_epochs", "calibration_epochs", "eval_every",
-            "lr_milestones")
-
-
 def _print_grid(specs, args, plugins, device_type: str) -> int:
     rows = grid_states(specs, args.out, args.run_name, lease_timeout(args))
     if args.json:
@@ -260,25 +276,17 @@ def _print_grid(specs, args, plugins, device_type: str) -> int:
         return 0
     todo = [s for s, r in zip(specs, rows) if r["state"] != "done"]
     table = Table(title=f"{len(specs)} trial(s), {len(todo)} to run, results in {args.out / args.run_name}")
-    shown = [c for c in rows[0] if c not in SCHEDULE]
+    shown = [c for c in rows[0] if c not in Budget.model_fields]
     shown.insert(shown.index("budget") + 1, "schedule")
     for col in shown:
         table.add_column(col, overflow="fold")
-    for r in rows:
-        milestones = f", lr x0.1 at {','.join(map(str, r['lr_milestones']))}" if r["lr_milestones"] else ""
-        r = {**r, "schedule": f"{r['epochs']}x{r['iters_per_epoch']}x{r['batch_size']} "
-                              f"(warm-up {r['warmup_epochs']}{_calibration_and_eval(r)}{milestones})"}
+    for spec, r in zip(specs, rows):
+        r = {**r, "schedule": spec.budget.describe()}
         table.add_row(*(str(r[c]) for c in shown))
     out.print(table)
     out.print("schedule: epochs x iterations x batch; `--json` lists every field", highlight=False)
     out.print(f"estimate: {estimate_compute(todo, plugins).describe(device_type)}", highlight=False)
     return 0
-
-
-def _calibration_and_eval(row: dict[str, Any]) -> str:
-    """", calibration 4, eval every 5" where a budget sets them."""
-    text = f", calibration {row['calibration_epochs']}" if row.get("calibration_epochs") is not None else ""
-    return text + (f", eval every {row['eval_every']}" if row.get("eval_every") is not None else "")
 
 
 def is_smoke(budget_name: str) -> bool:

@@ -1,10 +1,12 @@
-"""A trial's budget: the preset of registry.toml, changed by the overrides its methods contribute.
+"""A trial's budget: the partial budgets that set it, stacked in one order (the only place that knows it).
 
-Order: the preset; then the overrides for the trial's generator alone and for its loss alone
-(which must not disagree: when both set one field differently, neither is more specific, and
-the grid is refused naming both); then an override for exactly this (generator, loss) pair,
-which wins. The user's own overrides (``--epochs`` ..., ``-o``) come after all of them
-(:func:`zsqbench.grid.request.expand`).
+Order, the later winning field by field: the preset of registry.toml; the overrides for the trial's
+generator alone and for its loss alone (which must not disagree: when both set one field
+differently, neither is more specific, and the grid is refused naming both); an override for
+exactly this (generator, loss) pair; the user's grid file (its ``budget_overrides`` table); the
+user's flags (``--epochs`` ...). Generator options and optimizer settings a method's override
+sets are gathered in the same order (the user's ``-o`` and ``optim`` come after, in
+:func:`zsqbench.grid.request.expand`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from zsqbench.api.budgets import BudgetOverride
+from zsqbench.api.budgets import BudgetOverride, PartialBudget
 from zsqbench.api.plugins import Plugins
 from zsqbench.api.registry import Entry
 from zsqbench.errors import UserError, first_validation_error
@@ -26,20 +28,8 @@ class ResolvedBudget:
     budget: Budget
     optim: OptimSettings
     generator_options: dict[str, Any]
-    sources: tuple[str, ...]  # the preset, then the name of each applied override
-
-    @property
-    def schedule(self) -> str:
-        """"200x200x200, lr x0.1 at 100": epochs x iterations x batch and the milestones."""
-        b = self.budget
-        text = f"{b.epochs}x{b.iters_per_epoch}x{b.batch_size}, warm-up {b.warmup_epochs}"
-        if b.calibration_epochs is not None:
-            text += f" (calibration {b.calibration_epochs})"
-        if b.eval_every is not None:
-            text += f", eval every {b.eval_every}"
-        if b.lr_milestones:
-            text += f", lr x0.1 at {','.join(str(m) for m in b.lr_milestones)}"
-        return text
+    sources: tuple[str, ...]  # the preset, the name of each applied override, then the user's layers
+    custom: bool = False  # the user's grid file or flags changed a field (the budget's name says "+custom")
 
 
 def _settings(override: BudgetOverride) -> dict[str, Any]:
@@ -60,9 +50,13 @@ def _refuse_conflicts(preset: str, generator: str, loss: str, singles: list[Entr
                 )
 
 
-def resolve_budget(plugins: Plugins, preset_name: str, generator: str, loss: str) -> ResolvedBudget:
+def resolve_budget(plugins: Plugins, preset_name: str, generator: str, loss: str,
+                   config: PartialBudget | None = None, flags: PartialBudget | None = None) -> ResolvedBudget:
+    """The budget of a (generator, loss) trial under a preset, with the user's grid file
+    (``config``) and flags on top. A budget the methods make invalid names its layers; one the
+    user's layers make invalid is a bad override of the user's."""
     preset = plugins.config.budget(preset_name)
-    fields: dict[str, Any] = preset.model_dump(exclude={"description", "optim", "input_size"})
+    fields: dict[str, Any] = preset.fields()
     optim: dict[str, Any] = dict(preset.optim)
     generator_options: dict[str, Any] = {}
     matching = [e for e in plugins.budget_overrides if e.obj.preset == preset_name
@@ -77,7 +71,18 @@ def resolve_budget(plugins: Plugins, preset_name: str, generator: str, loss: str
         generator_options.update(entry.obj.generator_options)
         sources.append(entry.name)
     try:
-        return ResolvedBudget(Budget(**fields), OptimSettings(**optim), generator_options, tuple(sources))
+        budget, optim_settings = Budget(**fields), OptimSettings(**optim)
     except ValidationError as exc:
         raise UserError(f"budget '{preset_name}' for {generator}+{loss} ({'; '.join(sources)}) is invalid: "
                         f"{first_validation_error(exc)}") from None
+    user = [(name, layer.fields()) for name, layer in (("grid file budget_overrides", config), ("flags", flags))
+            if layer is not None and layer.fields()]
+    for name, values in user:
+        fields.update(values)
+        sources.append(name)
+    if user:
+        try:
+            budget = Budget(**fields)
+        except ValidationError as exc:
+            raise UserError(f"bad budget override: {first_validation_error(exc)}") from None
+    return ResolvedBudget(budget, optim_settings, generator_options, tuple(sources), custom=bool(user))

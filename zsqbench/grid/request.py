@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from zsqbench.api.budgets import BudgetPreset
+from zsqbench.api.budgets import BudgetPreset, PartialBudget
 from zsqbench.api.models import TeacherModel
 from zsqbench.api.options import PluginOptions, close_match, fill_options
 from zsqbench.api.plugins import Plugins
@@ -46,8 +46,9 @@ class GridRequest(BaseModel):
         default_factory=dict, description="per-plugin option overrides: {plugin name: {key: value}}"
     )
     optim: dict[str, Any] = Field(default_factory=dict, description="student/generator optimizer overrides")
-    budget_overrides: dict[str, Any] = Field(
-        default_factory=dict, description="budget fields that replace the preset's (epochs, batch_size, ...)"
+    budget_overrides: PartialBudget = Field(
+        default_factory=PartialBudget,
+        description="budget fields that replace the preset's and the methods' (epochs, batch_size, ...); flags win",
     )
 
 
@@ -114,8 +115,10 @@ def check_preset_fits(preset: BudgetPreset, name: str, teacher: TeacherModel) ->
                         f"{size}-px inputs; use {fitting} (or smoke/cpu with overrides)")
 
 
-def expand(request: GridRequest, plugins: Plugins, env: Environment) -> list[TrialSpec]:
-    """Cross product generators × losses × bits × seeds, in that nesting order."""
+def expand(request: GridRequest, plugins: Plugins, env: Environment,
+           budget_flags: PartialBudget | None = None) -> list[TrialSpec]:
+    """Cross product generators × losses × bits × seeds, in that nesting order. ``budget_flags``:
+    the budget fields given as flags (they win over the request's ``budget_overrides``)."""
     teacher = resolve_teacher(plugins, request.model, request.dataset)
     check_preset_fits(plugins.config.budget(request.budget), request.budget, teacher)  # unknown presets fail first
     bits = parse_bits(request.bits)
@@ -134,14 +137,10 @@ def expand(request: GridRequest, plugins: Plugins, env: Environment) -> list[Tri
     for gen_name, loss_name, (w, a), seed in itertools.product(request.generators, request.losses, bits, request.seeds):
         gen_cls = plugins.generators.get(gen_name)
         loss_cls = plugins.losses.get(loss_name)
-        resolved = resolve_budget(plugins, request.budget, gen_name, loss_name)
+        resolved = resolve_budget(plugins, request.budget, gen_name, loss_name,
+                                  config=request.budget_overrides, flags=budget_flags)
         budget, optim = resolved.budget, resolved.optim
         gen_options = {**resolved.generator_options, **request.options.get(gen_name, {})}
-        if request.budget_overrides:
-            try:
-                budget = type(budget).model_validate({**budget.model_dump(), **request.budget_overrides})
-            except ValidationError as exc:
-                raise UserError(f"bad budget override: {first_validation_error(exc)}") from None
         if request.optim:
             try:
                 optim = type(optim).model_validate({**optim.model_dump(), **request.optim})
@@ -161,7 +160,7 @@ def expand(request: GridRequest, plugins: Plugins, env: Environment) -> list[Tri
                 budget=budget,
                 optim=optim,
                 teacher=checkpoint,
-                budget_name=request.budget + ("+custom" if request.budget_overrides else ""),
+                budget_name=request.budget + ("+custom" if resolved.custom else ""),
             )
         except ValidationError as exc:
             raise UserError(f"invalid trial: {first_validation_error(exc)}") from None

@@ -176,7 +176,7 @@ def _lease_state(folder: TrialFolder, lease: LeaseInfo | None, timeout_s: float,
 
 def grid_states(specs: list[TrialSpec], out: Path, run: str,
                 lease_timeout_s: float = DEFAULT_TIMEOUT_S) -> list[dict[str, Any]]:
-    """The rows of a dry run: each trial with its teacher, schedule and state."""
+    """The rows of a dry run: each trial with its teacher, every budget field (None included) and state."""
     me = LeaseOwner.me()
 
     def state(spec: TrialSpec) -> str:
@@ -185,10 +185,7 @@ def grid_states(specs: list[TrialSpec], out: Path, run: str,
 
     return [
         {"trial_id": s.trial_id, "generator": s.generator.name, "loss": s.loss.name, "bits": s.bits_label,
-         "seed": s.seed, "budget": s.budget_name, "epochs": s.budget.epochs,
-         "iters_per_epoch": s.budget.iters_per_epoch, "batch_size": s.budget.batch_size,
-         "warmup_epochs": s.budget.warmup_epochs, "calibration_epochs": s.budget.calibration_epochs,
-         "eval_every": s.budget.eval_every, "lr_milestones": list(s.budget.lr_milestones),
+         "seed": s.seed, "budget": s.budget_name, **dict(s.budget),
          "teacher": s.teacher.short if s.teacher else "", "state": state(s)}
         for s in specs
     ]

@@ -15,6 +15,7 @@ from pydantic import (
     BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator,
 )
 
+from zsqbench.api.budgets import BudgetFields
 from zsqbench.api.generator import Phase
 from zsqbench.bits import MAX_BITS, MIN_BITS, bits_label
 
@@ -23,8 +24,10 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Budget(StrictModel):
-    """How much training a trial gets. Milestones are epoch indices where LRs drop ×0.1.
+class Budget(BudgetFields):
+    """How much training a trial gets: the fields of :class:`~zsqbench.api.budgets.BudgetFields`
+    (declared there, once, for the partial budgets that set them too). Milestones are epoch
+    indices where LRs drop ×0.1.
 
     ``warmup_epochs`` is how long the student is not updated; the first ``calibration_epochs`` of
     them track its activation ranges, the rest keep them frozen while the generator trains alone
@@ -43,17 +46,6 @@ class Budget(StrictModel):
     The three optional fields stay out of the dump (and so out of every trial id) while None, so
     every budget written before they existed keeps its id.
     """
-
-    epochs: int = Field(ge=1)
-    iters_per_epoch: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
-    warmup_epochs: int = Field(ge=1, description="epochs without student updates (the first calibrate the ranges)")
-    lr_milestones: list[int] = Field(default_factory=list)
-    calibration_epochs: int | None = Field(
-        None, ge=1, description="epochs that calibrate the activation ranges (None: all warmup_epochs)")
-    eval_every: int | None = Field(
-        None, ge=1, description="evaluate after every k-th epoch, plus the PTQ and the last epoch (None: every epoch)")
-    eval_images: int | None = Field(None, ge=1, description="evaluate on the first n test images only (None: all)")
 
     @model_validator(mode="after")
     def _check(self) -> "Budget":
@@ -130,6 +122,20 @@ class Budget(StrictModel):
     def evaluated_epochs(self) -> int:
         """How many epochs are evaluated (the compute estimate's count)."""
         return sum(1 for e in range(self.epochs) if self.evaluates(e))
+
+    def describe(self) -> str:
+        """"400x200x16 (warm-up 4, calibration 2, eval every 5, lr x0.1 at 100,200)": epochs x
+        iterations x batch, then what the budget sets beyond them; the one rendering of a schedule."""
+        parts = [f"warm-up {self.warmup_epochs}"]
+        if self.calibration_epochs is not None:
+            parts.append(f"calibration {self.calibration_epochs}")
+        if self.eval_every is not None:
+            parts.append(f"eval every {self.eval_every}")
+        if self.eval_images is not None:
+            parts.append(f"eval on {self.eval_images} images")
+        if self.lr_milestones:
+            parts.append(f"lr x0.1 at {','.join(str(m) for m in self.lr_milestones)}")
+        return f"{self.epochs}x{self.iters_per_epoch}x{self.batch_size} ({', '.join(parts)})"
 
 
 #: Budget fields left out of the dump, and so of trial ids, while None.
