@@ -1,4 +1,5 @@
-"""Budgets: presets from registry.toml, the overrides methods contribute, and how they combine."""
+"""Budgets: presets from registry.toml, the overrides methods contribute, the user's grid file and
+flags, and how they combine (one partial-budget model for all of them)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from zsqbench.api import BudgetOverride, hookimpl
+from zsqbench.api import BudgetOverride, BudgetPreset, hookimpl
+from zsqbench.api.budgets import PartialBudget
 from zsqbench.api.plugins import build_plugins
 from zsqbench.cli.main import main
 from zsqbench.errors import UserError
 from zsqbench.grid.budgets import resolve_budget
+from zsqbench.trial.spec import Budget
 
 from conftest import one_line_error
 
@@ -78,21 +82,34 @@ def test_dry_run_shows_the_paper_schedules(capsys, tmp_path, plugins):
     assert json.loads(capsys.readouterr().out)[0]["epochs"] == 10
 
 
-def test_registry_toml_holds_no_method_settings(tmp_path, monkeypatch, capsys):
+def _registry_error(tmp_path, monkeypatch, capsys, edit) -> str:
+    """The one-line error of `zsqbench run --dry-run` under registry.toml changed by ``edit``."""
     from zsqbench.api.config import _load
     from zsqbench.api.plugins import get_plugins
 
     source = (Path(__file__).parent.parent / "registry.toml").read_text()
     bad = tmp_path / "registry.toml"
-    bad.write_text(source + "\n[budgets.paper.generators.hast]\nepochs = 151\n")
+    bad.write_text(edit(source))
     monkeypatch.setenv("ZSQBENCH_REGISTRY", str(bad))
     _load.cache_clear()
     get_plugins.cache_clear()
     try:
-        assert "budgets.paper.generators" in one_line_error(capsys, ["run", "--dry-run"])
+        return one_line_error(capsys, ["run", "--dry-run"])
     finally:
         _load.cache_clear()
         get_plugins.cache_clear()
+
+
+def test_registry_toml_holds_no_method_settings(tmp_path, monkeypatch, capsys):
+    err = _registry_error(tmp_path, monkeypatch, capsys,
+                          lambda text: text + "\n[budgets.paper.generators.hast]\nepochs = 151\n")
+    assert "budgets.paper.generators" in err
+
+
+def test_a_preset_sets_every_field_a_budget_requires(tmp_path, monkeypatch, capsys):
+    err = _registry_error(tmp_path, monkeypatch, capsys,  # smoke's iters_per_epoch left out
+                          lambda text: re.sub(r"(\[budgets\.smoke\][^\[]*?)iters_per_epoch = 2\n", r"\1", text, count=1))
+    assert "budgets.smoke" in err and "add iters_per_epoch" in err
 
 
 def test_docs_say_which_schedule_each_paper_cell_uses(plugins):
@@ -106,3 +123,98 @@ def test_docs_say_which_schedule_each_paper_cell_uses(plugins):
         assert (b.epochs, b.iters_per_epoch, b.batch_size, b.warmup_epochs) == tuple(map(int, (epochs, iters, batch, warmup)))
         assert b.lr_milestones == ([] if milestones == "–" else [int(m) for m in milestones.split(",")])
         assert r.optim.student_lr == float(lr), (g, loss)
+
+
+# ------------------------------------------------------------------ one partial-budget model, stacked in one place
+
+
+@pytest.fixture
+def weights(tmp_path, plugins) -> Path:
+    from fixtures_data import write_random_weights
+
+    return write_random_weights(tmp_path / "t.pth", plugins.models.get("resnet20_cifar10").build())
+
+
+def test_every_layer_is_a_partial_budget_with_the_budgets_fields_and_limits():
+    assert list(PartialBudget.model_fields)[:len(Budget.model_fields)] == list(Budget.model_fields)
+    for name, field in Budget.model_fields.items():
+        partial = PartialBudget.model_fields[name]
+        assert not partial.is_required() and partial.default is None
+        assert (partial.metadata, partial.description) == (field.metadata, field.description)
+    assert issubclass(BudgetPreset, PartialBudget) and issubclass(BudgetOverride, PartialBudget)
+    assert PartialBudget().fields() == {}
+    assert BudgetOverride(preset="paper", generator="gdfq", lr_milestones=(3, 5)).fields() == {"lr_milestones": [3, 5]}
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        PartialBudget(warmup_epochs=0)
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        PartialBudget(epoch=3)
+
+
+def test_layers_stack_preset_then_method_overrides_then_grid_file_then_flags(plugins):
+    r = resolve_budget(plugins, "paper", "adadfq", "akt",
+                       config=PartialBudget(epochs=7, batch_size=12, eval_every=3), flags=PartialBudget(epochs=9))
+    b = r.budget  # flags > grid file > AKT's paper:adadfq+akt (200 x 200 x 200, lr x0.1 at 100) > preset (warm-up 4)
+    assert (b.epochs, b.batch_size, b.eval_every, b.iters_per_epoch, b.lr_milestones, b.warmup_epochs) == \
+        (9, 12, 3, 200, [100], 4)
+    assert r.custom and r.sources[-2:] == ("grid file budget_overrides", "flags")
+    untouched = resolve_budget(plugins, "paper", "adadfq", "akt", config=PartialBudget(), flags=PartialBudget())
+    assert not untouched.custom and untouched.budget == resolve_budget(plugins, "paper", "adadfq", "akt").budget
+
+
+def test_a_budget_the_users_layers_break_is_their_bad_override(plugins):
+    with pytest.raises(UserError, match=r"^bad budget override: .*warmup_epochs \(4\) must not exceed epochs \(3\)"):
+        resolve_budget(plugins, "paper", "gdfq", "kd", flags=PartialBudget(epochs=3))
+    methods = re.escape("budget 'paper' for gdfq+kd (registry.toml [budgets.paper]; paper:gdfq+*) is invalid")
+    with pytest.raises(UserError, match=f"^{methods}: .*warmup_epochs \\(500\\) must not exceed epochs"):
+        resolve_budget(_plugins_with(BudgetOverride(preset="paper", generator="gdfq", warmup_epochs=500)),
+                       "paper", "gdfq", "kd", flags=PartialBudget(warmup_epochs=1))
+
+
+def test_every_budget_field_is_a_run_flag_and_reaches_the_trial(capsys, weights):
+    given = {"epochs": "9", "iters_per_epoch": "3", "batch_size": "4", "warmup_epochs": "3", "lr_milestones": "5,8",
+             "calibration_epochs": "2", "eval_every": "2", "eval_images": "100"}
+    assert set(given) == set(Budget.model_fields), "give every budget field a value here"
+    flags = [a for name, value in given.items() for a in ("--" + name.replace("_", "-"), value)]
+    assert main(["run", "--generators", "gdfq", "--loss", "kd", "--bits", "4", "--teacher-weights", str(weights),
+                 "--dry-run", "--json", *flags]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert {name: row[name] for name in given} == {**{k: int(v) for k, v in given.items() if k != "lr_milestones"},
+                                                  "lr_milestones": [5, 8]}
+    assert row["budget"] == "cpu+custom"
+
+
+def test_flags_win_over_the_grid_files_budget_overrides(capsys, tmp_path, weights):
+    grid = tmp_path / "grid.toml"
+    grid.write_text("generators = ['adadfq']\nlosses = ['akt']\nbudget = 'paper'\n"
+                    "[budget_overrides]\nepochs = 7\nbatch_size = 12\n")
+    argv = ["run", "--config", str(grid), "--teacher-weights", str(weights), "--dry-run", "--json"]
+    assert main([*argv, "--epochs", "9", "--lr-milestones", ""]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["epochs"], row["batch_size"], row["iters_per_epoch"], row["lr_milestones"]) == (9, 12, 200, [])
+    assert row["budget"] == "paper+custom"
+    grid.write_text("generators = ['gdfq']\n[budget_overrides]\nepoch = 7\n")
+    assert "budget_overrides.epoch: Extra inputs are not permitted" in one_line_error(capsys, argv)
+
+
+def test_bad_budget_flags_are_one_line_errors(capsys, weights):
+    argv = ["run", "--generators", "gdfq", "--loss", "kd", "--teacher-weights", str(weights), "--dry-run"]
+    assert "bad budget override: epochs: Input should be greater than or equal to 1" in \
+        one_line_error(capsys, [*argv, "--epochs", "0"])
+    assert "lr_milestones must be sorted ascending" in one_line_error(capsys, [*argv, "--lr-milestones", "8,5"])
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--lr-milestones", "5,x"])
+    assert exit_.value.code == 2 and "expected comma-separated epochs like '100,200', got '5,x'" in capsys.readouterr().err
+
+
+def test_describe_is_the_one_rendering_of_a_schedule(capsys, weights, monkeypatch):
+    assert Budget(epochs=8, iters_per_epoch=100, batch_size=64, warmup_epochs=2).describe() == "8x100x64 (warm-up 2)"
+    short = Budget(epochs=40, iters_per_epoch=200, batch_size=16, warmup_epochs=5, calibration_epochs=4, eval_every=5,
+                   eval_images=1000, lr_milestones=[10, 20, 30])
+    assert short.describe() == ("40x200x16 (warm-up 5, calibration 4, eval every 5, eval on 1000 images, "
+                                "lr x0.1 at 10,20,30)")
+    from zsqbench.cli.console import out
+
+    monkeypatch.setattr(out, "width", 300)  # one line per trial
+    assert main(["run", "--generators", "adadfq", "--loss", "akt", "--bits", "3", "--budget", "paper",
+                 "--teacher-weights", str(weights), "--dry-run"]) == 0
+    assert "200x200x200 (warm-up 4, lr x0.1 at 100)" in capsys.readouterr().out
