@@ -9,10 +9,10 @@ with no label CE (§5.2). Its minimum is −T²·log C, reached at s = t + c·1.
 
 Departures from the reference code, none of which changes a number: the margin loss's zero
 vector follows the batch (defects A4/D4), and the generator's backward computes no student
-weight gradients (S2). The method overrides the whole step: its generator update needs the
-student's forward, and in the training phase the student update reuses that forward
-(``share_student_forward``, METHODS §7.6): with frozen ranges and not yet updated weights the
-reference's second forward Q(x.detach()) recomputes the very same values.
+weight gradients (S2). The method's batch (``next_batch``) comes from a generator update that
+needs the student's forward, and in the training phase it carries that forward on to the
+core's student update (``share_student_forward``, METHODS §7.6): with frozen ranges and not yet
+updated weights the reference's second forward Q(x.detach()) recomputes the very same values.
 
 Budget: the paper preset trains at batch 16 (METHODS §11.1), contributed below.
 """
@@ -29,8 +29,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from zsqbench.api import (
-    Batch, BudgetOverride, LossInputs, NativeLosses, PassCounts, Phase, PluginOptions, StudentUpdate, TeacherModel,
-    hookimpl,
+    Batch, BudgetOverride, NativeLosses, PassCounts, Phase, PluginOptions, TeacherModel, hookimpl,
 )
 from zsqbench.toolkit.logits import LogitObjective
 from zsqbench.toolkit.online import OnlineGenerator
@@ -154,32 +153,30 @@ class AdaDFQ(OnlineGenerator):
         return replace(super().pass_counts(options, teacher), train_teacher=9.0, warmup_teacher=7.0,
                        student_input_backwards=1, extra_student_forwards=0 if o.share_student_forward else 1)
 
-    def step(self, phase: Phase, student: StudentUpdate) -> dict[str, Tensor]:
-        """METHODS §5.4: a generator update through teacher *and* student, then the student's.
+    def next_batch(self, phase: Phase) -> Batch:
+        """METHODS §5.4: a generator update through teacher *and* student; the batch of the
+        student's update (the core's step then calibrates on it, waits or updates the student).
 
         The student forward here is the first of the iteration's two in the reference; while
-        calibrating it moves the activation ranges, and the calibration forward after it is the
-        second range update of the iteration, as in the code. In the training phase (ranges
-        frozen) with ``share_student_forward``, its logits and features, whose graph survives
-        the generator backward, are the student update's inputs, and the update's backward
-        reaches the student's parameters alone.
+        calibrating it moves the activation ranges, and the core's calibration forward on the
+        batch is the second range update of the iteration, as in the code. In a training phase
+        (ranges frozen) with ``share_student_forward``, the batch carries its logits and
+        features, whose graph survives the generator backward: the default student update
+        takes them as its inputs (:attr:`Batch.student_logits`), and its backward reaches the
+        student's parameters alone.
         """
         opts: AdaDFQOptions = self.options  # type: ignore[assignment]
         share = opts.share_student_forward and phase.training
         _, y, x = self.online.draw()
         with self.online.bns.recording():
             t, t_feats = self.ctx.teacher_forward(x)
-        s, s_feats = student.forward(x)
+        s, s_feats = self.ctx.student_forward(x)
         loss_g = generator_loss(t, s, y, self.online.bns.loss(), opts)["total"]
         self.online.step(loss_g, retain_graph=share)
-        if phase.calibrating:
-            student.calibrate(x.detach())
-            return {}
-        if phase.frozen:  # warm-up after calibration: the generator trained, the student waits
-            return {}
+        batch = Batch(x=x.detach(), y=y, teacher_logits=t.detach(), teacher_features=t_feats)
         if share:
-            return student.minimize(LossInputs(s, t.detach(), y, s_feats, t_feats), shared_graph=True)
-        return student.step(Batch(x=x.detach(), y=y, teacher_logits=t.detach(), teacher_features=t_feats))
+            batch.student_logits, batch.student_features = s, s_feats
+        return batch
 
     def native_losses(self) -> NativeLosses:
         logit = EntropyDiffLoss(self.options.temperature)  # type: ignore[attr-defined]

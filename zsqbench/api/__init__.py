@@ -18,7 +18,7 @@ from zsqbench.api.budgets import BudgetOverride, BudgetPreset
 from zsqbench.api.cards import MethodCard, PublishedNumber
 from zsqbench.api.executor import ExecuteJob, Executor, JobOutcome, TrialJob
 from zsqbench.api.features import FeatureTaps
-from zsqbench.api.generator import Batch, Generator, PassCounts, Phase, StudentUpdate, TrainContext
+from zsqbench.api.generator import Batch, Generator, PassCounts, Phase, PhaseViolation, StudentUpdate, TrainContext
 from zsqbench.api.hookspecs import PLUGIN_KINDS, hookimpl
 from zsqbench.api.losses import KD_CE, DistillationLoss, LogitLoss, LossInputs, NativeLosses, StudentObjective
 from zsqbench.api.models import Normalization, PretrainedWeights, RefusedFile, TeacherModel
@@ -35,4 +35,5 @@ __all__ = [
     "NativeLosses", "NoOptions", "Normalization", "PassCounts", "Phase", "PluginOptions", "PretrainedWeights",
     "PublishedNumber", "QuantizedWeight", "Quantizer", "RefusedFile", "StudentObjective", "StudentUpdate",
     "TeacherModel", "TrainContext", "TrialJob", "WeightCodeQuantizer", "hookimpl",
+    "PhaseViolation",
 ]

@@ -1,12 +1,15 @@
-"""Generators: the data source of a trial, and the plug point for a method's training step.
+"""Generators: the data source of a trial, and the parts of its training step.
 
-One iteration of a trial is :meth:`Generator.step`. Its default is GDFQ's order: produce a
-batch (:meth:`Generator.next_batch`, which may update the generator), then either calibrate the
-student's activation ranges on it (calibration phase) or update the student
-(:meth:`Generator.student_step`, by default :meth:`StudentUpdate.step`). A method that changes
-the order overrides ``step`` (AdaDFQ reuses its generator step's student forward) or
-``student_step`` (HAST's perturbed double pass). The trainer passes the :class:`Phase`; no
-plugin derives it from epoch numbers, and no plugin changes the trainer's state.
+One iteration of a trial is :meth:`Generator.step`, and its phase branching belongs to the core:
+it makes a batch (:meth:`Generator.next_batch`, which may update the generator; every phase),
+then calibrates the student's activation ranges on it (calibrating phase), leaves the student
+alone (frozen phase) or updates the student (:meth:`Generator.student_step`, by default
+:meth:`StudentUpdate.step`; training phase only). A method overrides those parts, not ``step``:
+AdaDFQ's ``next_batch`` runs the student inside its generator update and hands that forward on in
+the batch (:attr:`Batch.student_logits`), HAST's ``student_step`` is its perturbed double pass.
+The trainer passes the :class:`Phase`; no plugin derives it from epoch numbers, and no plugin
+changes the trainer's state. Whatever a step does, a student optimizer step in a calibrating or
+frozen epoch fails the trial with :class:`PhaseViolation` (``zsqbench.trial.step.iterate``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from zsqbench.api.losses import LossInputs, NativeLosses, StudentObjective
 from zsqbench.api.models import TeacherModel
 from zsqbench.api.cards import MethodCard
 from zsqbench.api.options import NoOptions, PluginOptions
+from zsqbench.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
     from zsqbench.trial.spec import TrialSpec
@@ -60,6 +64,17 @@ class Phase:
         """"warmup" or "train", as recorded per epoch in metrics.jsonl and result.json."""
         return "train" if self.training else "warmup"
 
+    @property
+    def kind(self) -> str:
+        """"calibrating", "frozen" or "training", as messages name the phase."""
+        return "calibrating" if self.calibrating else "frozen" if self.frozen else "training"
+
+
+class PhaseViolation(UserError):
+    """A student optimizer step in an epoch that does not train the student (calibrating or
+    frozen): a plugin broke the phase contract. The trial fails with a one-line message naming
+    the generator and the phase; the fix is in the plugin."""
+
 
 @dataclass
 class Batch:
@@ -70,6 +85,13 @@ class Batch:
     ``y`` holds one class per sample. A generator whose samples mix classes (Qimera) also
     passes their label distribution ``y_soft`` (B, C), rows summing to 1, which the student
     objective then fits instead of ``y`` (:attr:`LossInputs.targets`); ``y`` stays for logging.
+
+    A generator whose own update already ran the student on ``x`` (AdaDFQ's zero-sum loss) may
+    pass that forward's logits and tapped features *with their graph* in a training phase, where
+    the ranges are frozen and the weights not yet updated, so they are exactly what a new student
+    forward would give: :meth:`StudentUpdate.step` then reuses them instead of running the student
+    again, its backward restricted to the student's parameters (the graph also leads back into
+    the generator). The core ignores them in the other phases.
     """
 
     x: Tensor
@@ -77,6 +99,8 @@ class Batch:
     teacher_logits: Tensor | None = None
     teacher_features: dict[str, Tensor] | None = None
     y_soft: Tensor | None = None
+    student_logits: Tensor | None = None
+    student_features: dict[str, Tensor] | None = None
 
 
 @dataclass
@@ -138,11 +162,16 @@ class StudentUpdate:
         return batch.teacher_logits, batch.teacher_features or {}
 
     def step(self, batch: Batch) -> dict[str, Tensor]:
-        """The standard update: teacher outputs, student forward, objective, one optimizer step.
-        The batch's soft labels, if any, travel with it to the objective."""
+        """The standard update: teacher outputs, student forward (or the batch's own, when it
+        carries one: :attr:`Batch.student_logits`), objective, one optimizer step. The batch's
+        soft labels, if any, travel with it to the objective."""
         t, t_feats = self.teacher_outputs(batch)
-        s, s_feats = self.forward(batch.x)
-        return self.minimize(LossInputs(s, t, batch.y, s_feats, t_feats, soft_labels=batch.y_soft))
+        if batch.student_logits is not None:
+            s, s_feats = batch.student_logits, batch.student_features or {}
+        else:
+            s, s_feats = self.forward(batch.x)
+        return self.minimize(LossInputs(s, t, batch.y, s_feats, t_feats, soft_labels=batch.y_soft),
+                             shared_graph=batch.student_logits is not None)
 
     def minimize(self, inputs: LossInputs, *, shared_graph: bool = False) -> dict[str, Tensor]:
         """The objective on ``inputs``, its gradient, one optimizer step; the detached terms.
@@ -213,10 +242,11 @@ class Generator(ABC):
     """A source of synthetic batches that may train itself against teacher and student.
 
     Online generators (GDFQ, AdaDFQ) update a network every step; offline ones (HAST) build a
-    dataset in :meth:`prepare` and serve batches from it. Implement :meth:`next_batch` (and use
-    the default step) or override :meth:`step`; declare trainable networks and their optimizers
-    in :meth:`networks` and :meth:`optimizers`: the core applies compute settings (memory
-    format, precision, compilation) to those networks and checkpoints both.
+    dataset in :meth:`prepare` and serve batches from it. Implement :meth:`next_batch` and, for
+    an update other than :meth:`StudentUpdate.step`, :meth:`student_step`; :meth:`step`, which
+    calls them as the phase requires, is the core's. Declare trainable networks and their
+    optimizers in :meth:`networks` and :meth:`optimizers`: the core applies compute settings
+    (memory format, precision, compilation) to those networks and checkpoints both.
     """
 
     name: ClassVar[str]
@@ -269,9 +299,16 @@ class Generator(ABC):
         """Called at the start of each epoch (learning-rate schedules, phase switches)."""
 
     def step(self, phase: Phase, student: StudentUpdate) -> dict[str, Tensor]:
-        """One iteration; returns the student's detached loss terms (empty unless ``phase.training``)."""
+        """One iteration, the core's: the batch (every phase), then the phase's use of it; the
+        student's detached loss terms (empty unless ``phase.training``).
+
+        Plugins override its parts, not this method. An override owns the order of the
+        iteration but not the phases: :func:`zsqbench.trial.step.iterate` fails the trial with
+        :class:`PhaseViolation` when a calibrating or frozen iteration steps the student's
+        optimizer (the bug of a step that tests ``phase.calibrating`` alone, which trains the
+        student in the frozen epochs of the ImageNet budgets)."""
         batch = self.next_batch(phase)
-        if phase.calibrating:
+        if phase.calibrating:  # the activation ranges follow the batch
             student.calibrate(batch.x)
             return {}
         if phase.frozen:  # the generator trained in next_batch; the student waits
@@ -279,11 +316,13 @@ class Generator(ABC):
         return self.student_step(batch, phase, student)
 
     def next_batch(self, phase: Phase) -> Batch:
-        """The next batch, updating the generator if it learns (used by the default step)."""
-        raise NotImplementedError(f"generator '{self.name}' implements neither next_batch() nor step()")
+        """The next batch, updating the generator if it learns; called in every phase. It leaves
+        the student's weights alone (its forwards may move the ranges while calibrating)."""
+        raise NotImplementedError(f"generator '{self.name}' does not implement next_batch()")
 
     def student_step(self, batch: Batch, phase: Phase, student: StudentUpdate) -> dict[str, Tensor]:
-        """The student update of the default step."""
+        """The student update on ``batch``, called in training phases only; its detached loss
+        terms, ``total`` among them."""
         return student.step(batch)
 
     @abstractmethod

@@ -38,6 +38,9 @@ class TrialParts:
     student_update: StudentUpdate
     #: the whole iteration compiled (``--compile``; trial/step.py compile_iteration), else None: eager
     compiled_step: Callable[[Phase], dict[str, Tensor]] | None = None
+    #: student optimizer steps in the current iteration (counted by the optimizer's post-step hook,
+    #: reset by trial/step.py iterate, which refuses any outside a training phase)
+    student_steps: int = 0
 
     def networks(self) -> list[nn.Module]:
         """Every network of the trial (teacher, student, the generator's declared ones): what
@@ -109,6 +112,13 @@ def build_trial_parts(
     if optimizer is None:
         o = spec.optim
         optimizer = student_sgd(student.parameters(), o)
-    # Whatever the optimizer (the core's SGD or a loss's own), the quantizer hears of every update.
-    optimizer.register_step_post_hook(lambda *_: quantizer.weights_updated(student))
-    return TrialParts(ctx, quantizer, generator, objective, optimizer, StudentUpdate(ctx, objective, optimizer))
+    parts = TrialParts(ctx, quantizer, generator, objective, optimizer, StudentUpdate(ctx, objective, optimizer))
+
+    def after_student_step(*_: object) -> None:
+        """Whatever the optimizer (the core's SGD or a loss's own), the quantizer hears of every
+        update, and the core counts it (the phase contract)."""
+        quantizer.weights_updated(student)
+        parts.student_steps += 1
+
+    optimizer.register_step_post_hook(after_student_step)
+    return parts

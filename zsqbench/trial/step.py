@@ -14,10 +14,11 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor
 
-from zsqbench.api.generator import Phase
+from zsqbench.api.generator import Phase, PhaseViolation
 from zsqbench.api.optimizers import EpochAwareOptimizer
 from zsqbench.trial.build import TrialParts
 from zsqbench.trial.monitor import EpochStats
+from zsqbench.trial.spec import TrialSpec
 from zsqbench.trial.speed import allow_compiled_backward_twice
 
 
@@ -45,14 +46,30 @@ def epoch_context(parts: TrialParts, phase: Phase) -> Iterator[float]:
 
 def iterate(parts: TrialParts, phase: Phase, stats: EpochStats | None = None) -> dict[str, Tensor]:
     """One iteration: the generator's step (its batch, then calibration or a student update);
-    the student's detached loss terms, observed by ``stats`` (empty while calibrating)."""
+    the student's detached loss terms, observed by ``stats`` (empty while calibrating).
+
+    The phase contract is checked here, for every caller: a student optimizer step in a
+    calibrating or frozen iteration raises :class:`~zsqbench.api.generator.PhaseViolation`
+    (counted by the optimizer's post-step hook, trial/build.py), so a plugin whose step trains
+    the student in the wrong epoch fails at its first such iteration, in one line."""
+    parts.student_steps = 0  # reset out here: a compiled step then always starts from the same count
     if parts.compiled_step is not None:
         terms = parts.compiled_step(phase)
     else:
         terms = parts.generator.step(phase, parts.student_update)
+    if parts.student_steps and not phase.training:
+        raise PhaseViolation(phase_violation(parts.ctx.spec, phase))
     if terms and stats is not None:
         stats.observe(terms)
     return terms
+
+
+def phase_violation(spec: TrialSpec, phase: Phase) -> str:
+    """The one-line message of a student update outside training: the plugin, the epoch, its phase, the fix."""
+    why = "activation ranges only" if phase.calibrating else "the warm-up after calibration"
+    return (f"generator '{spec.generator.name}' stepped the student's optimizer in epoch {phase.epoch + 1}/"
+            f"{spec.budget.epochs}, a {phase.kind} epoch ({why}); the student may change only in training epochs: "
+            "update it in student_step(), which the core calls only then")
 
 
 def _whole_step(parts: TrialParts) -> Callable[[Phase], dict[str, Tensor]]:
