@@ -16,7 +16,7 @@ from zsqbench.api.plugins import build_plugins
 from zsqbench.cli.main import main
 from zsqbench.errors import UserError
 from zsqbench.grid.budgets import resolve_budget
-from zsqbench.trial.spec import Budget
+from zsqbench.trial.spec import Budget, TrialSpec
 
 from conftest import one_line_error
 
@@ -148,6 +148,14 @@ def test_every_layer_is_a_partial_budget_with_the_budgets_fields_and_limits():
         PartialBudget(warmup_epochs=0)
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         PartialBudget(epoch=3)
+
+
+def test_a_budget_leaves_every_unset_field_that_may_be_none_out_of_its_id():
+    b = Budget(epochs=2, iters_per_epoch=1, batch_size=1, warmup_epochs=1)
+    may_be_none = {name for name, field in Budget.model_fields.items() if field.default is None}
+    assert may_be_none and not may_be_none & set(b.model_dump()) and not may_be_none & set(json.loads(
+        TrialSpec(model="m", dataset="d", generator={"name": "g"}, loss={"name": "l"}, w_bits=4, a_bits=4, seed=0,
+                  budget=b).canonical_json())["budget"])
 
 
 def test_layers_stack_preset_then_method_overrides_then_grid_file_then_flags(plugins):

@@ -138,8 +138,9 @@ class Budget(BudgetFields):
         return f"{self.epochs}x{self.iters_per_epoch}x{self.batch_size} ({', '.join(parts)})"
 
 
-#: Budget fields left out of the dump, and so of trial ids, while None.
-OPTIONAL_BUDGET_FIELDS = ("calibration_epochs", "eval_every", "eval_images")
+#: Budget fields left out of the dump, and so of trial ids, while None: every field that may be None
+#: (a field added later defaults to None, and so leaves every id written before it as it was).
+OPTIONAL_BUDGET_FIELDS = tuple(name for name, field in Budget.model_fields.items() if field.default is None)
 
 
 class OptimSettings(StrictModel):
