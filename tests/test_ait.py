@@ -14,7 +14,6 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from zsqbench.api import Phase, Quantizer, hookimpl
 from zsqbench.api.plugins import build_plugins

@@ -25,7 +25,7 @@ from zsqbench.trial.imagenet import ARCHIVE_MD5, find_imagenet
 from conftest import one_line_error
 from fixtures_data import write_random_weights, write_test_set
 from fixtures_imagenet import (
-    IMAGES, WNIDS, expected_labels, image_files, write_archives, write_imagefolder, write_parsed,
+    WNIDS, expected_labels, image_files, write_archives, write_imagefolder, write_parsed,
 )
 
 IMAGENET_NORM = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
