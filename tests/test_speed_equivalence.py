@@ -28,7 +28,6 @@ import pytest
 import torch
 from torch import nn
 
-from zsqbench.api.options import fill_options
 from zsqbench.trial.environment import Environment
 from zsqbench.trial.monitor import GradientMonitor
 from zsqbench.trial.progress import NullProgress
@@ -352,14 +351,6 @@ def test_no_sharing_while_ranges_track(tiny_parts):
     assert _student_forwards(parts, budget.first_training_phase) == 1 and watched.shared == [True]
     reference = tiny_parts(make_spec("adadfq", "kd", batch_size=2, generator_options={"share_student_forward": False}))
     assert _student_forwards(reference, budget.first_training_phase) == 2
-
-
-def test_share_option_at_its_default_does_not_change_trial_ids(plugins):
-    gen_cls = plugins.generators.get("adadfq")
-    assert "share_student_forward" not in fill_options(gen_cls, {}, "generator", "adadfq")
-    off = fill_options(gen_cls, {"share_student_forward": False}, "generator", "adadfq")
-    assert off["share_student_forward"] is False
-    assert gen_cls.Options(**off).share_student_forward is False
 
 
 @pytest.mark.parametrize("generator, loss", [("adadfq", "akt"), ("gdfq", "kd")])

@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any
+from typing import Annotated
 
 import torch
-from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor
 from torch.nn import functional as F
 
 from zsqbench.api import (
     Batch, BudgetOverride, NativeLosses, PassCounts, Phase, PluginOptions, TeacherModel, hookimpl,
 )
+from zsqbench.api.options import SpeedOnly
 from zsqbench.toolkit.logits import LogitObjective
 from zsqbench.toolkit.online import OnlineGenerator
 from zsqbench_plugins.generators.cards import ADADFQ_CARD
@@ -46,10 +47,11 @@ class AdaDFQOptions(PluginOptions):
     beta: float = Field(1.0, ge=0, description="weight of the one-hot (disagreement + agreement) terms")
     gamma: float = Field(1.0, ge=0, description="weight of the BN-statistics term (GDFQ uses 0.1)")
     temperature: float = Field(20.0, gt=0, description="T of the entropy-of-difference student loss")
-    share_student_forward: bool = Field(
+    share_student_forward: Annotated[bool, SpeedOnly()] = Field(
         True,
         description="after warm-up, reuse the generator step's student forward for the student loss "
-        "(same numbers, one student forward less); false = the reference's two forwards",
+        "(same numbers, one student forward less); false = the reference's two forwards. Speed only, "
+        "not part of the trial id",
     )
 
     @model_validator(mode="after")
@@ -57,15 +59,6 @@ class AdaDFQOptions(PluginOptions):
         if self.lambda_l > self.lambda_u:
             raise ValueError(f"lambda_l ({self.lambda_l}) must not exceed lambda_u ({self.lambda_u})")
         return self
-
-    @model_serializer(mode="wrap")
-    def _omit_default_speed_switch(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """``share_student_forward`` changes speed, not numbers: at its default it stays out of
-        the dumped options, so specs and trial ids are the same as before it existed."""
-        data = handler(self)
-        if data.get("share_student_forward") is True:
-            del data["share_student_forward"]
-        return data
 
 
 def entropy(logits: Tensor) -> Tensor:

@@ -25,10 +25,10 @@ contributed by this module (``register_budget_overrides``).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import Field
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -36,6 +36,7 @@ from zsqbench.api import (
     Batch, BudgetOverride, LossInputs, NativeLosses, PassCounts, Phase, PluginOptions, StudentObjective, StudentUpdate,
     TeacherModel, TrainContext, hookimpl,
 )
+from zsqbench.api.options import OmitAtDefault, Retired
 from zsqbench.errors import UserError
 from zsqbench.toolkit.augment import random_resized_crop_flip  # noqa: F401  (HAST's augmentation, imported from here by older code)
 from zsqbench.toolkit.energy import square_means
@@ -56,6 +57,10 @@ class HASTOptions(OfflineSetOptions):
     """Defaults are the reference code's (METHODS §6.4). The synthesis size is an option, not a
     budget field; the smoke and cpu presets shrink it through their ``generator_options``."""
 
+    retired = {"groups": Retired(
+        "it never changed a number (the reference ran its synthesis as 4 separate jobs); trial ids still "
+        "hash it as 4, the value every trial had", id_value=4)}
+
     # student loss and difficulty promotion
     hparams: Literal["code", "hocon"] = Field(
         "code", description="'code' = λ_FA 1000, ε 0.01 (what options.py ran); 'hocon' = per dataset "
@@ -73,25 +78,15 @@ class HASTOptions(OfflineSetOptions):
     synthesis_batch: int = Field(256, ge=1, description="images optimized jointly (their BN statistics are matched)")
     synthesis_iters: int = Field(1000, ge=1, description="Adam steps per synthesis batch")
     synthesis_lr: float = Field(0.5, gt=0, description="Adam learning rate on the pixels")
-    groups: int = Field(4, ge=1, description="informational: the reference ran the synthesis as 4 separate jobs")
     hardness_beta: float = Field(10.0, ge=0, description="β of the focal hardness loss β·mean((1-p)^γ·CE)")
     hardness_gamma: float = Field(2.0, ge=0, description="γ of the focal hardness loss")
-    # the ImageNet synthesis augments (IMAGENET.md §4.2); CIFAR's does not
-    synthesis_augment_p: float = Field(
+    # the ImageNet synthesis augments (IMAGENET.md §4.2); CIFAR's does not. Added after the first
+    # trials: without augmentation both stay out of the id, which stays as it was
+    synthesis_augment_p: Annotated[float, OmitAtDefault()] = Field(
         0.0, ge=0, le=1, description="probability per synthesis step of a per-image random-resized crop + flip "
         "(ImageNet code: 0.5; CIFAR: 0)")
-    synthesis_crop_min: float = Field(0.4, gt=0, le=1, description="smallest crop area fraction of that augmentation")
-
-    @model_serializer(mode="wrap")
-    def _omit_unused_augmentation(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Without synthesis augmentation (CIFAR) its two options stay out of the dumped options, so
-        specs, trial ids and cached sets are the same as before they existed."""
-        data = handler(self)
-        if data.get("synthesis_augment_p") == 0.0:
-            data.pop("synthesis_augment_p", None)
-            if data.get("synthesis_crop_min") == 0.4:
-                data.pop("synthesis_crop_min", None)
-        return data
+    synthesis_crop_min: Annotated[float, OmitAtDefault(together_with=("synthesis_augment_p",))] = Field(
+        0.4, gt=0, le=1, description="smallest crop area fraction of that augmentation")
 
 
 # ------------------------------------------------------------------------------ losses

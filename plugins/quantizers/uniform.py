@@ -9,10 +9,10 @@ FP network are kept, so feature taps address teacher and student with the same p
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import Field
 from torch import Tensor, nn
 
 from zsqbench.api import (
@@ -20,8 +20,10 @@ from zsqbench.api import (
     IntegerGrid,
     IntegerLayer,
     IntegerWeight,
+    OmitAtDefault,
     PluginOptions,
     QuantizedWeight,
+    SpeedOnly,
     WeightCodeQuantizer,
     hookimpl,
 )
@@ -59,28 +61,17 @@ class UniformOptions(PluginOptions):
         "mean per-sample extremes: DSG)"
     )
     momentum: float = Field(0.9, gt=0, lt=1)
-    ste: Literal["fused", "reference"] = Field(
+    ste: Annotated[Literal["fused", "reference"], SpeedOnly()] = Field(
         "fused", description="'fused' one-node fake quantization (default) or the straightforward "
-        "x + (q - x).detach(), for comparisons (forward bit-identical, tests/test_speed_equivalence.py)",
+        "x + (q - x).detach(), for comparisons (forward bit-identical, tests/test_speed_equivalence.py); "
+        "speed only, not part of the trial id",
     )
-
-    quantize_outputs: tuple[str, ...] = Field(
+    # came after the first trials: at its default it stays out of the id, which stays as it was
+    quantize_outputs: Annotated[tuple[str, ...], OmitAtDefault()] = Field(
         (), description="a labelled non-default placement: module paths (fnmatch patterns) whose outputs also get "
         "a per-tensor activation quantizer, e.g. 'features.stage*.unit*.conv3' for MobileNetV2's linear-bottleneck "
         "outputs, which the papers leave in FP (IMAGENET.md §2)",
     )
-
-    @model_serializer(mode="wrap")
-    def _omit_defaults_added_later(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """``ste`` changes speed, not numbers, and ``quantize_outputs`` came after the first trials:
-        at their defaults they stay out of the dumped options, so specs and trial ids are the same
-        as before they existed."""
-        data = handler(self)
-        if data.get("ste") == "fused":
-            del data["ste"]
-        if not data.get("quantize_outputs"):
-            data.pop("quantize_outputs", None)
-        return data
 
 
 class UniformQuantizer(WeightCodeQuantizer):

@@ -23,7 +23,7 @@ from zsqbench.api.hookspecs import PLUGIN_KINDS, hookimpl
 from zsqbench.api.losses import KD_CE, DistillationLoss, LogitLoss, LossInputs, NativeLosses, StudentObjective
 from zsqbench.api.models import Normalization, PretrainedWeights, RefusedFile, TeacherModel
 from zsqbench.api.optimizers import EpochAwareOptimizer
-from zsqbench.api.options import NoOptions, PluginOptions
+from zsqbench.api.options import NoOptions, OmitAtDefault, PluginOptions, Retired, SpeedOnly
 from zsqbench.api.quantizer import (
     IntegerActivation, IntegerGrid, IntegerLayer, IntegerWeight, QuantizedWeight, Quantizer, WeightCodeQuantizer,
 )
@@ -36,4 +36,5 @@ __all__ = [
     "PublishedNumber", "QuantizedWeight", "Quantizer", "RefusedFile", "StudentObjective", "StudentUpdate",
     "TeacherModel", "TrainContext", "TrialJob", "WeightCodeQuantizer", "hookimpl",
     "PhaseViolation",
+    "OmitAtDefault", "Retired", "SpeedOnly",
 ]

@@ -3,16 +3,91 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import (
+    BaseModel, ConfigDict, SerializerFunctionWrapHandler, ValidationError, model_serializer, model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import to_jsonable_python
 
 from zsqbench.errors import UserError
 
 
-class PluginOptions(BaseModel):
+@dataclass(frozen=True)
+class OmitAtDefault:
+    """Field marker, ``Annotated[T, OmitAtDefault()]``: while the field holds its default it is left
+    out of the dump, and so out of the trial id. A field added after trials were run keeps their ids
+    this way. ``together_with``: fields that must be left out too (a setting that matters only
+    through another, as the crop size of an augmentation that is off)."""
+
+    together_with: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SpeedOnly:
+    """Field marker, ``Annotated[T, SpeedOnly()]``: the option changes how fast a trial runs, never
+    its numbers (the plugin's tests compare both forms), so it is never in the dump nor the trial id.
+    A user still sets it with ``-o``; its value travels in the compute settings
+    (:func:`speed_switches`, ``zsqbench.trial.speed.ComputeSettings.switches``) and is recorded
+    with the result."""
+
+
+_NOT_HASHED = object()
+
+
+@dataclass(frozen=True)
+class Retired:
+    """An option a plugin no longer has (``PluginOptions.retired``). Spec files written before may
+    still hold it: it is ignored when the options are built. With ``id_value`` the dump keeps it at
+    that value, the one every trial had, so the ids of those trials stay. ``reason`` is the one-line
+    answer to a user who still gives it."""
+
+    reason: str
+    id_value: Any = _NOT_HASHED
+
+
+def _marker(field: FieldInfo, kind: type) -> Any:
+    return next((m for m in field.metadata if isinstance(m, kind)), None)
+
+
+class IdFields(BaseModel):
+    """A model whose dump is hashed into trial ids: fields marked :class:`OmitAtDefault` stay out of
+    the dump at their default, fields marked :class:`SpeedOnly` always. The one place that decides
+    what of a declared option reaches an id (plugin options and the budget)."""
+
+    retired: ClassVar[Mapping[str, Retired]] = {}
+
+    @model_serializer(mode="wrap")
+    def _id_view(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        fields = type(self).model_fields
+        at_default = {name for name, f in fields.items() if _marker(f, OmitAtDefault) is not None
+                      and getattr(self, name) == f.get_default(call_default_factory=True)}
+        for name, f in fields.items():
+            omit = _marker(f, OmitAtDefault)
+            if _marker(f, SpeedOnly) is not None or (
+                    name in at_default and all(other in at_default for other in omit.together_with)):
+                data.pop(f.alias or name, None)
+                data.pop(name, None)
+        data.update({name: r.id_value for name, r in self.retired.items() if r.id_value is not _NOT_HASHED})
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ignore_retired(cls, data: Any) -> Any:
+        """Options of old spec files that no longer exist are dropped before validation."""
+        if isinstance(data, Mapping) and any(name in data for name in cls.retired):
+            return {k: v for k, v in data.items() if k not in cls.retired}
+        return data
+
+
+class PluginOptions(IdFields):
     """A plugin's options: unknown keys are an error and values are validated, because the
-    filled-in options become part of the trial id (a typo must not silently train a default)."""
+    filled-in options become part of the trial id (a typo must not silently train a default).
+    Which of them reach the id is declared per field (:class:`OmitAtDefault`, :class:`SpeedOnly`)
+    and per removed option (:class:`Retired`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -57,6 +132,8 @@ def fill_options(plugin: type, values: dict[str, Any], kind: str, name: str, ori
     known = option_names(plugin.Options)
     listing = ", ".join(known) or "(none: it takes no options)"
     for key in values:
+        if key in plugin.Options.retired:
+            raise UserError(f"{where}: '{key}' is no longer an option: {plugin.Options.retired[key].reason}")
         if key not in known:
             raise UserError(f"{where}: unknown key '{key}'.{close_match(key, known)} Its options are: {listing}")
     try:
@@ -64,3 +141,14 @@ def fill_options(plugin: type, values: dict[str, Any], kind: str, name: str, ori
     except ValidationError as exc:
         raise UserError(f"{where}: {condensed_validation_error(exc)} (its options: `zsqbench plugins {name}`)") \
             from None
+
+
+def speed_switches(plugin: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The :class:`SpeedOnly` options among ``values`` (checked by :func:`fill_options` first), as
+    plain JSON values: what the compute settings carry for this plugin, outside the trial id."""
+    fields = plugin.Options.model_fields
+    given = {k: v for k, v in values.items() if k in fields and _marker(fields[k], SpeedOnly) is not None}
+    if not given:
+        return {}
+    options = plugin.Options(**{k: v for k, v in values.items() if k in fields})
+    return {k: to_jsonable_python(getattr(options, k)) for k in given}

@@ -20,7 +20,7 @@ from zsqbench.cli.console import RichProgress, out
 from zsqbench.cli.lease_flag import add_lease_timeout, lease_timeout
 from zsqbench.errors import UserError, first_validation_error
 from zsqbench.grid.estimate import CONFIRM_SECONDS, device_label, duration, estimate_compute
-from zsqbench.grid.request import check_option_tables, expand, load_grid_file, make_request
+from zsqbench.grid.request import check_option_tables, expand, load_grid_file, make_request, switch_tables
 from zsqbench.grid.runner import grid_states, run_grid, trial_folder
 from zsqbench.trial.data import dataset_info, resolve_cache_dir, resolve_data_root
 from zsqbench.trial.environment import Environment, offline_from_env, resolve_device
@@ -190,6 +190,7 @@ def execute(args: argparse.Namespace) -> int:
         data_root=resolve_data_root(args.data_root), device=device, cache_dir=resolve_cache_dir(args.cache_dir),
         teacher_weights=args.teacher_weights, offline=args.offline or offline_from_env(),
         lease_timeout_s=lease_timeout(args), **compute_settings(args).describe(),
+        switches=switch_tables(request.options, plugins),  # speed-only -o options: compute settings, not ids
     )
     specs = expand(request, plugins, env, budget_layer)
     if args.dry_run:

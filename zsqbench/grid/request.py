@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zsqbench.api.budgets import BudgetPreset, PartialBudget
 from zsqbench.api.models import TeacherModel
-from zsqbench.api.options import PluginOptions, close_match, fill_options
+from zsqbench.api.options import PluginOptions, close_match, fill_options, speed_switches
 from zsqbench.api.plugins import Plugins
 from zsqbench.errors import UnknownNameError, UserError, first_validation_error
 from zsqbench.grid.budgets import resolve_budget
@@ -83,15 +83,30 @@ def resolve_teacher(plugins: Plugins, model: str, dataset: str) -> TeacherModel:
     raise UnknownNameError(plugins.models.unknown_message(model if "_" in model else f"{model}_{dataset}"))
 
 
-def check_option_tables(options: dict[str, Any], plugins: Plugins, origin: str = "") -> None:
-    """Every plugin's option table checked against the plugin it names, whether the grid uses it
-    or not: a typo in a name or key must not be ignored because the plugin is not in this grid
-    (the next grid that uses it would then train a default). One line, with the closest match."""
+def _option_owners(plugins: Plugins) -> dict[str, list[tuple[str, type]]]:
+    """The plugins that take options, by name (a name may be a plugin of several kinds)."""
     owners: dict[str, list[tuple[str, type]]] = {}
     for entry in plugins.all_entries():  # every kind whose plugins are classes with Options
         model = getattr(entry.obj, "Options", None) if isinstance(entry.obj, type) else None
         if isinstance(model, type) and issubclass(model, PluginOptions):
             owners.setdefault(entry.name, []).append((entry.kind, entry.obj))
+    return owners
+
+
+def switch_tables(options: dict[str, Any], plugins: Plugins) -> dict[str, dict[str, Any]]:
+    """The speed-only options among the option tables (checked by :func:`check_option_tables`),
+    by plugin name: they go to the compute settings, not into trial ids."""
+    owners = _option_owners(plugins)
+    tables = {name: {k: v for _, cls in owners.get(name, []) for k, v in speed_switches(cls, values).items()}
+              for name, values in options.items() if isinstance(values, dict)}
+    return {name: table for name, table in tables.items() if table}
+
+
+def check_option_tables(options: dict[str, Any], plugins: Plugins, origin: str = "") -> None:
+    """Every plugin's option table checked against the plugin it names, whether the grid uses it
+    or not: a typo in a name or key must not be ignored because the plugin is not in this grid
+    (the next grid that uses it would then train a default). One line, with the closest match."""
+    owners = _option_owners(plugins)
     given = f"options {origin} " if origin else "options "
     for name, values in options.items():
         if name not in owners:

@@ -53,7 +53,7 @@ from torch import nn
 
 from zsqbench.api.generator import PassCounts
 from zsqbench.api.models import TeacherModel
-from zsqbench.api.options import fill_options
+from zsqbench.api.options import fill_options, speed_switches
 from zsqbench.api.plugins import Plugins, get_plugins
 from zsqbench.errors import UserError
 from zsqbench.trial.build import build_trial_parts
@@ -137,6 +137,10 @@ class BenchSession:
                 quant_cls, c.options.get(c.quantizer, {}), "quantizer", c.quantizer)),
             budget=Budget(epochs=2, iters_per_epoch=max(1, c.iters), batch_size=c.batch_size, warmup_epochs=1),
         )
+        # speed-only options given with -o (e.g. uniform.ste) are compute settings, as in a trial
+        given = ((c.generator, gen_cls), (c.loss, loss_cls), (c.quantizer, quant_cls))
+        self.switches = {**c.compute.switches, **{name: values for name, cls in given
+                                                  if (values := speed_switches(cls, c.options.get(name, {})))}}
         self._tmp = tempfile.TemporaryDirectory(prefix="zsqbench-bench-")  # e.g. HAST's synthetic-set cache
         try:
             self._setup(plugins, entry)
@@ -150,7 +154,8 @@ class BenchSession:
         teacher = entry.build().to(self.device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-        self.parts = parts = build_trial_parts(self.spec, plugins, entry, teacher, self.device, Path(self._tmp.name))
+        self.parts = parts = build_trial_parts(self.spec, plugins, entry, teacher, self.device, Path(self._tmp.name),
+                                               switches=self.switches)
         gen = parts.generator
         self.num_classes = entry.num_classes
         self.input_size = tuple(entry.input_size)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -19,11 +19,15 @@ from zsqbench.api.features import FeatureTaps
 from zsqbench.api.generator import Generator, Phase, StudentUpdate, TrainContext
 from zsqbench.api.losses import DistillationLoss
 from zsqbench.api.models import TeacherModel
+from zsqbench.api.options import PluginOptions
 from zsqbench.api.plugins import Plugins
 from zsqbench.api.quantizer import Quantizer
 from zsqbench.errors import UserError
 from zsqbench.trial.progress import NullProgress, ProgressSink
-from zsqbench.trial.spec import OptimSettings, TrialSpec
+from zsqbench.trial.spec import OptimSettings, PluginChoice, TrialSpec
+
+#: The plugins' speed-only options by plugin name (``ComputeSettings.switches``): not in the spec.
+Switches = Mapping[str, Mapping[str, Any]]
 
 
 @dataclass
@@ -57,14 +61,20 @@ def check_budget(gen_cls: type[Generator], spec: TrialSpec) -> None:
         raise UserError(problem)
 
 
-def build_student(spec: TrialSpec, plugins: Plugins, teacher: nn.Module, device: torch.device
-                  ) -> tuple[Quantizer, nn.Module]:
+def plugin_options(plugin: type, choice: PluginChoice, switches: Switches | None = None) -> PluginOptions:
+    """A plugin's options as a trial uses them: the spec's (what the id hashes) and the speed-only
+    ones the compute settings give it."""
+    return plugin.Options(**{**choice.options, **(switches or {}).get(choice.name, {})})
+
+
+def build_student(spec: TrialSpec, plugins: Plugins, teacher: nn.Module, device: torch.device,
+                  switches: Switches | None = None) -> tuple[Quantizer, nn.Module]:
     """The trial's quantizer and its student: a quantized copy of the (eval-mode) teacher, in eval mode.
 
     What every user of a trial's student builds it with (training, analyses, ``zsqbench export``);
     it draws nothing from the RNG, so building it first keeps the trial's numbers."""
     quant_cls = plugins.quantizers.get(spec.quantizer.name)
-    quantizer = quant_cls(quant_cls.Options(**spec.quantizer.options))
+    quantizer = quant_cls(plugin_options(quant_cls, spec.quantizer, switches))
     student_fp = copy.deepcopy(teacher)
     for p in student_fp.parameters():
         p.requires_grad_(True)
@@ -90,13 +100,15 @@ def build_trial_parts(
     device: torch.device,
     cache_dir: Path,
     progress: ProgressSink | None = None,
+    switches: Switches | None = None,
 ) -> TrialParts:
     """Quantize a copy of the (eval-mode, frozen) teacher, build generator, objective and optimizer
-    (the loss plugin's own, :meth:`~zsqbench.api.losses.DistillationLoss.build_optimizer`, else SGD)."""
+    (the loss plugin's own, :meth:`~zsqbench.api.losses.DistillationLoss.build_optimizer`, else SGD).
+    ``switches``: the compute settings' speed-only plugin options."""
     progress = progress or NullProgress()
     gen_cls = plugins.generators.get(spec.generator.name)
     check_budget(gen_cls, spec)
-    quantizer, student = build_student(spec, plugins, teacher, device)
+    quantizer, student = build_student(spec, plugins, teacher, device, switches)
 
     loss_cls = plugins.losses.get(spec.loss.name)
     ctx = TrainContext(
@@ -104,8 +116,8 @@ def build_trial_parts(
         teacher_taps=FeatureTaps(teacher, ()), student_taps=FeatureTaps(student, ()),
         report=lambda desc, done, total: progress.advance(done, desc),
     )
-    generator = gen_cls(gen_cls.Options(**spec.generator.options), ctx)
-    objective = loss_cls(loss_cls.Options(**spec.loss.options), generator.native_losses(), entry)
+    generator = gen_cls(plugin_options(gen_cls, spec.generator, switches), ctx)
+    objective = loss_cls(plugin_options(loss_cls, spec.loss, switches), generator.native_losses(), entry)
     ctx.teacher_taps = FeatureTaps(teacher, objective.feature_taps)
     ctx.student_taps = FeatureTaps(student, objective.feature_taps)
     optimizer = objective.build_optimizer(spec, student, quantizer)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +42,14 @@ class Environment:
     channels_last: bool | None = None
     compile: bool = False
     tf32: bool | None = None  # None: PyTorch's defaults
+    # The plugins' speed-only options by plugin name (ComputeSettings.switches; not in trial ids).
+    switches: dict[str, dict[str, Any]] = field(default_factory=dict)
     # A trial lease whose heartbeat is older than this is stale (zsqbench.trial.lease).
     lease_timeout_s: float = DEFAULT_TIMEOUT_S
 
     @property
     def compute(self) -> ComputeSettings:
-        return ComputeSettings(self.precision, self.channels_last, self.compile, self.tf32)
+        return ComputeSettings(self.precision, self.channels_last, self.compile, self.tf32, self.switches)
 
     def to_dict(self, device: str) -> dict[str, Any]:
         """Plain values for a job (``device`` as the user named it, e.g. "auto")."""
@@ -64,7 +66,7 @@ class Environment:
             teacher_weights=Path(data["teacher_weights"]) if data.get("teacher_weights") else None,
             offline=bool(data.get("offline", False)), eval_batch_size=int(data.get("eval_batch_size", 500)),
             precision=str(data.get("precision", "fp32")), channels_last=data.get("channels_last"),
-            compile=bool(data.get("compile", False)), tf32=data.get("tf32"),
+            compile=bool(data.get("compile", False)), tf32=data.get("tf32"), switches=data.get("switches") or {},
             lease_timeout_s=float(data.get("lease_timeout_s", DEFAULT_TIMEOUT_S)),
         )
 

@@ -24,6 +24,10 @@ measures exactly what a trial would run.
   (:func:`zsqbench.trial.step.compile_iteration`; the networks stay eager modules, so names,
   hooks and state_dict keys stay). Fused kernels may contract multiply-adds, so results are
   not bit-identical to eager mode.
+* ``switches``: the plugins' speed-only options (declared ``SpeedOnly``, :mod:`zsqbench.api.options`),
+  by plugin name, e.g. ``{"adadfq": {"share_student_forward": False}, "uniform": {"ste": "reference"}}``:
+  another way to compute the same numbers, for comparisons. Set with ``-o`` like any option, but
+  carried here, outside the trial id; a trial records them with its other settings.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-from dataclasses import dataclass, replace
-from typing import Any, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -54,6 +58,7 @@ class ComputeSettings:
     channels_last: bool | None = None
     compile: bool = False
     tf32: bool | None = None
+    switches: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -67,8 +72,13 @@ class ComputeSettings:
         return replace(self, channels_last=kind in CHANNELS_LAST_BY_DEFAULT)
 
     def describe(self) -> dict[str, Any]:
-        return {"precision": self.precision, "channels_last": self.channels_last,
-                "compile": self.compile, "tf32": self.tf32}
+        """The settings as plain values (``switches`` only when some are set, so the record of a
+        trial at the defaults is what it always was)."""
+        described: dict[str, Any] = {"precision": self.precision, "channels_last": self.channels_last,
+                                     "compile": self.compile, "tf32": self.tf32}
+        if any(self.switches.values()):
+            described["switches"] = {name: dict(values) for name, values in self.switches.items() if values}
+        return described
 
 
 # ------------------------------------------------------------------ allocator

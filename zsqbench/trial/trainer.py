@@ -98,7 +98,7 @@ def set_up(spec: TrialSpec, plugins: Plugins, env: Environment, progress: Progre
             "`zsqbench teacher-eval`"
         )
     seed_everything(spec.seed)
-    parts = build_trial_parts(spec, plugins, entry, teacher, device, env.cache_dir, progress)
+    parts = build_trial_parts(spec, plugins, entry, teacher, device, env.cache_dir, progress, env.compute.switches)
     tune_cpu_allocator()
     compute = env.compute.resolved(device)
     apply_compute_settings(parts.networks(), compute)
