@@ -14,6 +14,10 @@ from pathlib import Path
 import pytest
 
 from zsqbench.cli.main import main
+from zsqbench.trial.folder import TrialFolder
+from zsqbench.trial.migrations import RESULT_VERSION
+
+from conftest import one_line_error
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results_f49c149"
 
@@ -39,3 +43,30 @@ def test_a_results_folder_written_by_f49c149_dry_runs_as_all_done(grid, data_roo
     written = {p.name for p in (out / "default").iterdir() if p.is_dir()}
     assert {t["trial_id"] for t in planned} <= written
     assert all(any(t["trial_id"].startswith(prefix) for t in planned) for prefix in GRIDS[grid])
+
+
+def test_the_files_of_f49c149_read_in_the_current_format_under_the_ids_of_their_folders():
+    """Without the data: each spec hashes to its folder's name and each result validates as the
+    current format (files without ``schema_version`` are format 1)."""
+    folders = TrialFolder.find(FIXTURE)
+    assert len(folders) == 6
+    for folder in folders:
+        assert "schema_version" not in json.loads(folder.file(folder.SPEC).read_text())
+        assert folder.read_spec().trial_id == folder.trial_id
+        result = folder.read_result()
+        assert result["schema_version"] == RESULT_VERSION and result["trial_id"] == folder.trial_id
+
+
+@pytest.mark.parametrize("name, version, needle", [
+    ("spec.json", 99, "was written by a newer zsqbench (spec format 99; this one reads up to"),
+    ("result.json", 99, "was written by a newer zsqbench (result format 99; this one reads up to"),
+    ("spec.json", "2", "corrupt spec file"),
+    ("result.json", 0, "corrupt result file"),
+])
+def test_a_file_of_a_newer_or_unknown_format_is_refused_in_one_line(tmp_path, capsys, name, version, needle):
+    out = tmp_path / "results"
+    shutil.copytree(FIXTURE, out)
+    path = out / "default" / "9200e3652d7f92f9" / name
+    path.write_text(json.dumps({**json.loads(path.read_text()), "schema_version": version}))
+    command = ["status", str(out)] if name == "spec.json" else ["leaderboard", str(out)]
+    assert needle in one_line_error(capsys, command)

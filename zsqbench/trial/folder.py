@@ -20,11 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from zsqbench.errors import UserError
+from zsqbench.errors import UserError, first_validation_error
 from zsqbench.files import write_bytes_atomic, write_json_atomic, write_text_atomic
 from zsqbench.trial import checkpoint
 from zsqbench.trial.lease import LeaseInfo, TrialLease, read_lease
-from zsqbench.trial.result_file import RESULT_NAME, validate_result
+from zsqbench.trial.migrations import SCHEMA_FIELD, SPEC_VERSION, upgrade
+from zsqbench.trial.result_file import RESULT_NAME, ResultFile, validate_result
 from zsqbench.trial.spec import TrialSpec
 
 STATES = ("done", "failed", "incomplete", "pending")
@@ -117,23 +118,28 @@ class TrialFolder:
 
     # -- spec
     def write_spec(self, spec: TrialSpec) -> None:
+        """The spec in the current file format (its ``schema_version`` first; not part of the id)."""
         self._check_writer()
-        write_json_atomic(self.file(self.SPEC), spec.model_dump(mode="json"))
+        write_json_atomic(self.file(self.SPEC), {SCHEMA_FIELD: SPEC_VERSION, **spec.model_dump(mode="json")})
 
     def read_spec(self) -> TrialSpec:
-        path = self.file(self.SPEC)
+        """The spec, its file brought to the current format first (:mod:`zsqbench.trial.migrations`)."""
+        data = upgrade("spec", self._read_json(self.SPEC, "spec file", "delete its trial folder"), self.file(self.SPEC))
+        del data[SCHEMA_FIELD]
         try:
-            return TrialSpec.model_validate_json(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise UserError(f"corrupt spec file {path} ({str(exc).splitlines()[0]}); delete its trial folder") from None
+            return TrialSpec.model_validate(data)
+        except ValueError as exc:
+            raise UserError(f"corrupt spec file {self.file(self.SPEC)} ({first_validation_error(exc)}); "
+                            "delete its trial folder") from None
 
     # -- results
-    def write_result(self, result: dict[str, Any]) -> None:
+    def write_result(self, result: ResultFile) -> None:
         self._check_writer()
-        write_json_atomic(self.file(self.RESULT), result)
+        write_json_atomic(self.file(self.RESULT), result.model_dump(mode="python"))
 
     def read_result(self) -> dict[str, Any]:
-        """The result, validated (:mod:`zsqbench.trial.result_file`)."""
+        """The result as written, brought to the current format and validated by the model it was
+        written through (:class:`~zsqbench.trial.result_file.ResultFile`)."""
         data = self._read_json(self.RESULT, "result file", "delete its trial folder and re-run")
         return validate_result(data, self.file(self.RESULT))
 

@@ -1,4 +1,5 @@
-"""What a trial records: one record per epoch, and its result.json with full provenance."""
+"""What a trial records: one record per epoch, and its result.json with full provenance (built as
+the :class:`~zsqbench.trial.result_file.ResultFile` that readers validate it with)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from zsqbench.trial.data import TestSet
 from zsqbench.trial.environment import Environment
 from zsqbench.trial.provenance import device_name, git_hash, versions
+from zsqbench.trial.result_file import ResultFile
 from zsqbench.trial.spec import TrialSpec
 from zsqbench.trial.teachers import LoadedTeacher
 
@@ -74,9 +76,10 @@ def training_flags(epochs: list[dict[str, Any]]) -> list[str]:
     return flags
 
 
-def build_result(spec: TrialSpec, outcome: TrialOutcome, env: Environment, run: str) -> dict[str, Any]:
+def build_result(spec: TrialSpec, outcome: TrialOutcome, env: Environment, run: str) -> ResultFile:
     epochs = [e.to_dict() for e in outcome.epochs]
-    return {
+    teacher = outcome.teacher
+    return ResultFile.model_validate({
         "trial_id": spec.trial_id,
         "run": run,
         "status": "done",
@@ -85,18 +88,17 @@ def build_result(spec: TrialSpec, outcome: TrialOutcome, env: Environment, run: 
         "ptq_top1": outcome.ptq_top1,
         "top1_last": outcome.top1_last,
         "top1_oracle": outcome.top1_oracle,
-        "oracle_note": "top1_oracle is the best epoch chosen on the test set; report top1_last",
         "epochs": epochs,
         "flags": training_flags(epochs),
         "wall_s": outcome.wall_s,
         "device": device_name(env.device),
         "teacher": {
             "name": spec.model,
-            "weights": outcome.teacher.weights_tag,
-            "path": str(outcome.teacher.weights_path),
-            "sha256": outcome.teacher.sha256,
-            "normalization": {"mean": outcome.teacher.normalization.mean, "std": outcome.teacher.normalization.std},
-            "expected_top1": outcome.teacher.expected_top1,
+            "weights": teacher.weights_tag,
+            "path": str(teacher.weights_path),
+            "sha256": teacher.sha256,
+            "normalization": {"mean": teacher.normalization.mean, "std": teacher.normalization.std},
+            "expected_top1": teacher.expected_top1,
         },
         "data": {"path": str(outcome.test_set.path), "sha256": outcome.test_set.sha256,
                  "num_images": len(outcome.test_set.labels), **outcome.test_set.details},
@@ -104,4 +106,4 @@ def build_result(spec: TrialSpec, outcome: TrialOutcome, env: Environment, run: 
         "git_hash": git_hash(),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "compute": outcome.compute,
-    }
+    })

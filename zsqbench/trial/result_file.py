@@ -1,9 +1,13 @@
-"""The shape of a trial's result.json, checked whenever one is read (light: pydantic, no torch).
+"""A trial's result.json: the one model it is written through and read back with (light: pydantic,
+no torch).
 
 result.json files are the truth of a results folder: the leaderboard is rebuilt from them, and a
-results folder may be shared or downloaded, so every reader validates one against this model
-before using it. Only what readers rely on is required; the rest (epochs, provenance details) is
-kept as written. Results of earlier versions validate (fields added since have defaults).
+results folder may be shared or downloaded, so every reader brings one to the current format
+(:mod:`zsqbench.trial.migrations`) and validates it against :class:`ResultFile` before using it. The
+trainer builds the same model (:func:`zsqbench.trial.record.build_result`), so what is written is
+what readers check. Readers rely on the required fields; the rest (epoch records, provenance
+details) is kept as written, and results of earlier versions validate (fields added since have
+defaults).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from zsqbench.errors import UserError, first_validation_error
 from zsqbench.files import file_digest
+from zsqbench.trial.migrations import RESULT_VERSION, upgrade
 
 RESULT_NAME = "result.json"
 #: Where result files sit in a results folder: ``<results>/<run>/<trial_id>/result.json``.
@@ -53,20 +58,37 @@ class _SpecFields(_Open):
 
 
 class _TeacherFields(_Open):
+    name: str | None = None
     weights: str
+    path: str | None = None
     sha256: str
+    normalization: dict[str, list[float]] | None = None
+    expected_top1: float | None = None
 
 
 class _DataFields(_Open):
+    """The test set; the dataset's own details (an ImageNet layout, its cache) are extra fields."""
+
+    path: str | None = None
     sha256: str
+    num_images: int | None = None
 
 
 class _Versions(_Open):
+    """zsqbench's and torch's versions; the other packages' are extra fields."""
+
     zsqbench: str
     torch: str
 
 
+ORACLE_NOTE = "top1_oracle is the best epoch chosen on the test set; report top1_last"
+
+
 class ResultFile(_Open):
+    """A finished trial. Written by :func:`zsqbench.trial.record.build_result` with every field
+    declared here (tests check that none is left undeclared); read back through :func:`validate_result`."""
+
+    schema_version: int = RESULT_VERSION
     trial_id: str
     run: str
     status: Literal["done"]
@@ -75,6 +97,7 @@ class ResultFile(_Open):
     ptq_top1: float
     top1_last: float
     top1_oracle: float
+    oracle_note: str = ORACLE_NOTE
     epochs: list[dict[str, Any]]
     flags: list[str] = []
     wall_s: float
@@ -88,7 +111,10 @@ class ResultFile(_Open):
 
 
 def validate_result(data: Any, path: Path) -> dict[str, Any]:
-    """The result as written, once it has the fields readers need; otherwise a one-line error."""
+    """The result as written, in the current format, once :class:`ResultFile` accepts it; otherwise
+    a one-line error."""
+    if isinstance(data, dict):
+        data = upgrade("result", data, path)
     try:
         ResultFile.model_validate(data)
     except ValidationError as exc:
