@@ -15,6 +15,7 @@ import pytest
 from zsqbench.api import Phase, PhaseViolation, hookimpl
 from zsqbench.api.plugins import build_plugins
 from zsqbench.cli.main import main
+from zsqbench.testing import check_phases
 from zsqbench.trial.step import epoch_context, iterate
 
 from conftest import make_parts, make_spec, run_argv
@@ -75,6 +76,9 @@ def test_a_student_step_in_a_frozen_epoch_is_a_one_line_error(broken, tmp_path):
         _run(parts, budget.phase(1))
     assert str(caught.value) == FROZEN_MESSAGE
     assert parts.student_steps == 1  # counted by the optimizer's post-step hook
+    with pytest.raises(PhaseViolation) as checked:  # what a plugin author's check_phases meets too
+        check_phases(broken, make_spec("calibrating-only", batch_size=2), tmp_path / "check")
+    assert str(checked.value) == FROZEN_MESSAGE
 
 
 def test_a_student_step_in_a_calibrating_epoch_is_a_one_line_error(broken, tmp_path):
