@@ -19,6 +19,8 @@ from typing import Annotated, Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic.fields import FieldInfo
 
+from zsqbench.api.options import OmitAtDefault
+
 
 class BudgetFields(BaseModel):
     """How much training a trial gets, as numbers. Each description completes "override the
@@ -33,11 +35,12 @@ class BudgetFields(BaseModel):
     lr_milestones: list[int] = Field(
         default_factory=list, description="LR milestones: epochs at whose start the learning rates drop x0.1 "
         "(comma-separated, ascending; '' for none)")
-    calibration_epochs: int | None = Field(
+    # added after the first trials: while unset they stay out of trial ids, which stay as they were
+    calibration_epochs: Annotated[int | None, OmitAtDefault()] = Field(
         None, ge=1, description="range-calibration epochs (at most the warm-up; default: all of it)")
-    eval_every: int | None = Field(
+    eval_every: Annotated[int | None, OmitAtDefault()] = Field(
         None, ge=1, description="evaluation cadence: every k-th epoch (+ PTQ and last) instead of every epoch")
-    eval_images: int | None = Field(
+    eval_images: Annotated[int | None, OmitAtDefault()] = Field(
         None, ge=1, description="evaluation set: the first n test images only (default: all)")
 
 

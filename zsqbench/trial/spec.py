@@ -11,12 +11,11 @@ import hashlib
 import json
 from typing import Any
 
-from pydantic import (
-    BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from zsqbench.api.budgets import BudgetFields
 from zsqbench.api.generator import Phase
+from zsqbench.api.options import IdFields
 from zsqbench.bits import MAX_BITS, MIN_BITS, bits_label
 
 
@@ -24,7 +23,7 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Budget(BudgetFields):
+class Budget(BudgetFields, IdFields):
     """How much training a trial gets: the fields of :class:`~zsqbench.api.budgets.BudgetFields`
     (declared there, once, for the partial budgets that set them too). Milestones are epoch
     indices where LRs drop ×0.1.
@@ -43,8 +42,9 @@ class Budget(BudgetFields):
     ``eval_every`` and ``eval_images`` thin out evaluation (ImageNet's 50,000 test images cost as
     much as training at every epoch, IMAGENET.md §7.2); :meth:`evaluates` says which epochs.
 
-    The three optional fields stay out of the dump (and so out of every trial id) while None, so
-    every budget written before they existed keeps its id.
+    The fields that may be None are marked ``OmitAtDefault`` where they are declared: they stay out
+    of the dump (and so out of every trial id) while None, so every budget written before they
+    existed keeps its id.
     """
 
     @model_validator(mode="after")
@@ -62,14 +62,6 @@ class Budget(BudgetFields):
         if sorted(self.lr_milestones) != self.lr_milestones:
             raise ValueError("lr_milestones must be sorted ascending")
         return self
-
-    @model_serializer(mode="wrap")
-    def _omit_unset_options(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
-        for key in OPTIONAL_BUDGET_FIELDS:
-            if data.get(key, 0) is None:
-                del data[key]
-        return data
 
     def lr_factor(self, epoch: int) -> float:
         """Multi-step decay: at the start of epoch e, 0.1 ** (#milestones <= e)."""
@@ -136,11 +128,6 @@ class Budget(BudgetFields):
         if self.lr_milestones:
             parts.append(f"lr x0.1 at {','.join(str(m) for m in self.lr_milestones)}")
         return f"{self.epochs}x{self.iters_per_epoch}x{self.batch_size} ({', '.join(parts)})"
-
-
-#: Budget fields left out of the dump, and so of trial ids, while None: every field that may be None
-#: (a field added later defaults to None, and so leaves every id written before it as it was).
-OPTIONAL_BUDGET_FIELDS = tuple(name for name, field in Budget.model_fields.items() if field.default is None)
 
 
 class OptimSettings(StrictModel):
