@@ -18,7 +18,6 @@ from zsqbench.api.generator import Phase, PhaseViolation
 from zsqbench.api.optimizers import EpochAwareOptimizer
 from zsqbench.trial.build import TrialParts
 from zsqbench.trial.monitor import EpochStats
-from zsqbench.trial.spec import TrialSpec
 from zsqbench.trial.speed import allow_compiled_backward_twice
 
 
@@ -58,14 +57,15 @@ def iterate(parts: TrialParts, phase: Phase, stats: EpochStats | None = None) ->
     else:
         terms = parts.generator.step(phase, parts.student_update)
     if parts.student_steps and not phase.training:
-        raise PhaseViolation(phase_violation(parts.ctx.spec, phase))
+        raise PhaseViolation(_phase_violation(parts, phase))
     if terms and stats is not None:
         stats.observe(terms)
     return terms
 
 
-def phase_violation(spec: TrialSpec, phase: Phase) -> str:
+def _phase_violation(parts: TrialParts, phase: Phase) -> str:
     """The one-line message of a student update outside training: the plugin, the epoch, its phase, the fix."""
+    spec = parts.ctx.spec
     why = "activation ranges only" if phase.calibrating else "the warm-up after calibration"
     return (f"generator '{spec.generator.name}' stepped the student's optimizer in epoch {phase.epoch + 1}/"
             f"{spec.budget.epochs}, a {phase.kind} epoch ({why}); the student may change only in training epochs: "
