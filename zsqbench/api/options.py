@@ -1,4 +1,5 @@
-"""The base of every plugin's hyper-parameters."""
+"""The base of every plugin's hyper-parameters, and the declarations that say which of them reach a
+trial id (:class:`OmitAtDefault`, :class:`SpeedOnly`, :class:`Retired`)."""
 
 from __future__ import annotations
 
