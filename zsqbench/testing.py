@@ -100,8 +100,11 @@ def check_phases(plugins: Plugins, spec: TrialSpec, cache_dir: Path, seed: int =
     warm-up after calibration, e.g. ``in1k-short``) it leaves them alone too; in a training epoch it
     updates them and returns the loss terms. Only the two non-training phases return no terms.
 
-    A step that tests ``phase.calibrating`` alone trains the student in frozen epochs, which no
-    CIFAR budget has, so only this check (or an ImageNet run) shows it. ``spec``'s budget is
+    A student *optimizer* step outside training already fails first, in :func:`iterate`, with
+    :class:`~zsqbench.api.generator.PhaseViolation`; this check still catches what that count
+    cannot see: weights changed outside the optimizer, loss terms returned outside training and a
+    calibrating epoch that never calls ``student.calibrate``. No CIFAR budget has a frozen epoch,
+    so only this check (or an ImageNet run) exercises one. ``spec``'s budget is
     replaced by one iteration of each phase the generator accepts (:data:`PHASE_BUDGETS`); the
     parts are built and prepared as a trial's. Raises AssertionError naming the phase and the
     broken rule."""
