@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import one_line_error, run_argv
 from fixtures_data import write_random_weights
+from test_data import _cifar10_archive
 
 from zsqbench.api.models import PretrainedWeights
 from zsqbench.errors import ChecksumError, DataNotFoundError, UserError
@@ -24,7 +25,6 @@ from zsqbench.trial.data import DATASETS, load_test_set
 from zsqbench.trial.data import test_file_path as final_test_file
 from zsqbench.trial.spec import TeacherRef
 from zsqbench.trial.teachers import load_teacher, select_checkpoint
-from test_data import _cifar10_archive
 
 TEMP_PREFIX = ".download-"
 

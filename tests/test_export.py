@@ -395,6 +395,16 @@ def test_a_model_that_does_not_reproduce_the_student_fails_and_is_not_written(gr
     channel with Z ≠ 0 by 2Z/S: the verification must catch it, exit 1, and leave nothing behind."""
     root, weights, _, folders = grid
     trial = _copy_trial(folders[4], tmp_path / "r" / "trial")
+    use_naive_zero_points(monkeypatch)
+    out = tmp_path / "out"
+    assert main(_export_argv(trial, root, weights, "--out", str(out))) == 1
+    err = capsys.readouterr().err
+    assert "does not reproduce" in err and "nothing was written" in err and "systematic" in err
+    assert not out.exists() and not (trial / "export").exists()
+
+
+def use_naive_zero_points(monkeypatch) -> None:
+    """Export weights with Z read as ONNX's zero point (the tempting mistake) instead of −Z."""
     real = graph_module.onnx_quant
 
     def naive_zero_point(grid_: IntegerGrid, what: str, *, weight: bool):
@@ -405,8 +415,3 @@ def test_a_model_that_does_not_reproduce_the_student_fails_and_is_not_written(gr
         return type(quant)(quant.bits, quant.container, quant.scale, -quant.zero_point, quant.offset, quant.S, quant.Z)
 
     monkeypatch.setattr(graph_module, "onnx_quant", naive_zero_point)
-    out = tmp_path / "out"
-    assert main(_export_argv(trial, root, weights, "--out", str(out))) == 1
-    err = capsys.readouterr().err
-    assert "does not reproduce" in err and "nothing was written" in err
-    assert not out.exists() and not (trial / "export").exists()

@@ -32,7 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("--latency-batch", type=int, default=100, help="images per batch in the latency measurement (default 100)")
     p.add_argument("--latency-runs", type=int, default=20, help="timed runs per model (default 20)")
     p.add_argument("--min-agreement", type=float, default=None,
-                   help="percent of predictions that must agree with the student (default 99.5)")
+                   help="percent of predictions that must agree with the student, a disagreement that float "
+                        "rounding explains (a tie) counting as agreement (default 99.5)")
     p.add_argument("--data-root", help="folder with the test sets and weights/ (default: $ZSQBENCH_DATA)")
     p.add_argument("--teacher-weights", type=Path, help="teacher weights file, if the trial's recorded one is not available")
     p.add_argument("--json", action="store_true", help="print quantization.json's summary as JSON")
@@ -89,6 +90,9 @@ def summary(document: dict[str, Any], where: Path) -> dict[str, Any]:
         "trial_id": document["trial"]["trial_id"], "out": str(where),
         "top1_last": document["trial"]["top1_last"], "student_top1": v["student_top1"], "onnx_top1": v["onnx_top1"],
         "agreement": v["agreement"], "disagreements": v["disagreements"], "images": v["images"],
+        "agreement_beyond_rounding": v["agreement_beyond_rounding"],
+        "rounding_disagreements": v["tied_disagreements"] + v["code_tie_disagreements"],
+        "top1_diff_beyond_rounding": v["top1_diff_beyond_rounding"],
         "max_abs_logit_diff": v["max_abs_logit_diff"], "median_abs_logit_diff": v["median_abs_logit_diff"],
         "bytes_at_bits": size["true_bits_bytes"], "bytes_stored": size["file_bytes"],
         "fp32_bytes": size["fp32_teacher_tensor_bytes"], "ms_per_batch": lat["ms_per_batch"], "batch": lat["batch"],
@@ -104,6 +108,10 @@ def print_summary(document: dict[str, Any], where: Path) -> None:
               f"ONNX Runtime {s['onnx_top1']:.2f} %; predictions agree on {s['agreement']:.2f} % of {s['images']} "
               f"images, max |logit diff| {s['max_abs_logit_diff']:.3g} (median image {s['median_abs_logit_diff']:.2g})",
               highlight=False)
+    if s["rounding_disagreements"]:
+        out.print(f"  {s['rounding_disagreements']} of the differing predictions are rounding (ties in the logits or in "
+                  f"activation codes, decided differently by the two runtimes): {s['agreement_beyond_rounding']:.2f} % "
+                  f"agree beyond rounding", highlight=False)
     out.print(f"  size: {s['bytes_at_bits'] / 1024:.1f} KiB at the true bit-widths, {s['bytes_stored'] / 1024:.1f} KiB "
               f"stored (8-bit containers), FP32 teacher {s['fp32_bytes'] / 1024:.1f} KiB", highlight=False)
     ms = s["ms_per_batch"]
