@@ -23,7 +23,6 @@ which says nothing about an export.
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import sys
