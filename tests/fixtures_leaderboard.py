@@ -74,6 +74,21 @@ def result_from_row(row: dict[str, Any], epochs: list[dict[str, Any]] | None = N
     }
 
 
+def write_trial_folder(results: Path, row: dict[str, Any], result: dict[str, Any] | None = None) -> Path:
+    """A done trial's folder for a leaderboard row: ``results/<run>/<trial_id>/`` with a spec.json and
+    a result.json (``result``, else :func:`result_from_row`'s)."""
+    import json
+
+    from zsqbench.testing import make_spec  # torch: only the tests that write trial folders pay for it
+
+    trial = results / row["run"] / row["trial_id"]
+    trial.mkdir(parents=True)
+    spec = make_spec(row["generator"], row["loss"], bits=row["w_bits"]).model_dump(mode="json")
+    (trial / "spec.json").write_text(json.dumps(spec))
+    (trial / "result.json").write_text(json.dumps(result or result_from_row(row)))
+    return trial
+
+
 def write_trials(path: Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> Path:
     """Write rows as a per-trial leaderboard with pandas, as `zsqbench run` does."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from fixtures_leaderboard import result_from_row, snapshot, trial_row, write_trials  # noqa: E402
+from fixtures_leaderboard import result_from_row, snapshot, trial_row, write_trial_folder, write_trials  # noqa: E402
 from zsqbench.leaderboard.aggregate import aggregate  # noqa: E402
 from zsqbench.cli.main import main  # noqa: E402
 from zsqbench.leaderboard.compare import load_side  # noqa: E402
@@ -45,11 +45,7 @@ def results_dir(tmp_path) -> Path:
         row["trial_id"] = f"{i:02d}" + "ab" * 7  # unique two-character prefixes
     write_trials(folder / "leaderboard.csv", rows)
     for row in rows:
-        trial = folder / row["run"] / row["trial_id"]
-        trial.mkdir(parents=True)
-        spec = make_spec(row["generator"], row["loss"], bits=row["w_bits"]).model_dump(mode="json")
-        (trial / "spec.json").write_text(json.dumps(spec))
-        (trial / "result.json").write_text(json.dumps(_result_json(row)))
+        write_trial_folder(folder, row, _result_json(row))
     failed = folder / "run1" / ("f" * 16)
     failed.mkdir()
     (failed / "spec.json").write_text(json.dumps(make_spec().model_dump(mode="json")))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_spec
-from fixtures_leaderboard import result_from_row, trial_row, write_trials
+from fixtures_leaderboard import trial_row, write_trial_folder, write_trials
 from rich.cells import cell_len
 from rich.console import Console
 
@@ -108,11 +108,7 @@ def grid(tmp_path) -> Path:
                             if budget == "smoke" else {}
                         rows.append(trial_row(g, loss, bits, seed, top1, budget=budget, run=f"run-{budget}", **extra))
     for row in rows:
-        trial = folder / row["run"] / row["trial_id"]
-        trial.mkdir(parents=True)
-        spec = make_spec(row["generator"], row["loss"], bits=row["w_bits"]).model_dump(mode="json")
-        (trial / "spec.json").write_text(json.dumps(spec))
-        (trial / "result.json").write_text(json.dumps(result_from_row(row)))
+        write_trial_folder(folder, row)
     failed = folder / "run-cpu" / ("f" * 16)
     failed.mkdir()
     (failed / "spec.json").write_text(json.dumps(make_spec("hast", "akt", bits=3).model_dump(mode="json")))
