@@ -54,21 +54,18 @@ def toy_setup(tmp_path):
     return root, plugins_mod.build_plugins(extra={"toy": Toy()})
 
 
-def _trial(root, plugins, tmp_path, compile: bool, threads: int | None = None):
-    """The smoke preset's shape on the toy teacher; ``threads`` reorders the eager sums (oneDNN and
-    ATen split their reductions by thread) without changing what is computed. Returns the result and
-    the global RNG state afterwards (every draw of the trial comes from that stream)."""
-    spec = TrialSpec(model="toy_cifar10", dataset="cifar10", w_bits=4, a_bits=4, seed=0,
+def _spec() -> TrialSpec:
+    """AdaDFQ + AKT at the smoke preset's shape on the toy teacher."""
+    return TrialSpec(model="toy_cifar10", dataset="cifar10", w_bits=4, a_bits=4, seed=0,
                      generator=PluginChoice(name="adadfq"), loss=PluginChoice(name="akt"),
-                     budget=Budget(epochs=2, iters_per_epoch=2, batch_size=16, warmup_epochs=1))  # the smoke preset
+                     budget=Budget(epochs=2, iters_per_epoch=2, batch_size=16, warmup_epochs=1))
+
+
+def _trial(root, plugins, tmp_path, compile: bool):
+    """A whole trial, and the global RNG state afterwards (every draw of the trial comes from that stream)."""
     env = Environment(data_root=root, device=torch.device("cpu"), cache_dir=tmp_path / "cache", offline=True,
                       compile=compile)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads or before)
-    try:
-        return run_trial(spec, plugins, env), torch.get_rng_state()
-    finally:
-        torch.set_num_threads(before)
+    return run_trial(_spec(), plugins, env), torch.get_rng_state()
 
 
 def _deviation(a: dict[str, float], b: dict[str, float]) -> float:
@@ -148,9 +145,7 @@ def test_one_compiled_iteration_computes_what_eager_computes(toy_setup, tmp_path
     updated weights of the eager iteration to within the spread that reordering eager's sums gives.
     The bound is measured here, on this CPU and in this process, so it holds on any x86-64 kind."""
     _, plugins = toy_setup
-    spec = TrialSpec(model="toy_cifar10", dataset="cifar10", w_bits=4, a_bits=4, seed=0,
-                     generator=PluginChoice(name="adadfq"), loss=PluginChoice(name="akt"),
-                     budget=Budget(epochs=2, iters_per_epoch=2, batch_size=16, warmup_epochs=1))
+    spec = _spec()
     eager = _one_training_iteration(_calibrated_parts(plugins, tmp_path / "e", spec), spec)
     reordered = _one_training_iteration(_calibrated_parts(plugins, tmp_path / "r", spec), spec, reordered=True)
     compiled_parts = _calibrated_parts(plugins, tmp_path / "c", spec)
