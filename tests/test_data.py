@@ -14,7 +14,8 @@ import torch
 from zsqbench.api import Normalization
 from zsqbench.errors import ChecksumError, DataNotFoundError, UserError
 from zsqbench.files import file_digest
-from zsqbench.trial.data import DATASETS, load_test_set, resolve_data_root
+from zsqbench.trial.data import load_test_set, resolve_data_root
+from zsqbench.trial.datasets import DATASETS
 from zsqbench.trial.download import download
 from zsqbench.trial.teachers import load_teacher, select_checkpoint
 

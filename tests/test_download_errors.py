@@ -21,7 +21,8 @@ from test_data import _cifar10_archive
 
 from zsqbench.api.models import PretrainedWeights
 from zsqbench.errors import ChecksumError, DataNotFoundError, UserError
-from zsqbench.trial.data import DATASETS, load_test_set
+from zsqbench.trial.data import load_test_set
+from zsqbench.trial.datasets import DATASETS
 from zsqbench.trial.data import test_file_path as final_test_file
 from zsqbench.trial.spec import TeacherRef
 from zsqbench.trial.teachers import load_teacher, select_checkpoint

@@ -18,7 +18,8 @@ from torch import nn
 import zsqbench.trial.imagenet_cache as cache_mod
 from zsqbench.api import Normalization, PretrainedWeights, TeacherModel, hookimpl
 from zsqbench.errors import ChecksumError, DataNotFoundError, UserError
-from zsqbench.trial.data import DATASETS, load_test_set
+from zsqbench.trial.data import load_test_set
+from zsqbench.trial.datasets import DATASETS
 from zsqbench.trial.evaluate import top1
 from zsqbench.trial.imagenet import ARCHIVE_MD5, find_imagenet
 

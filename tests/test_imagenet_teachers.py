@@ -375,7 +375,7 @@ def test_cli_plans_an_imagenet_grid(capsys, tmp_path):
     """`zsqbench run --model resnet18 --dataset imagenet ... --dry-run` plans one trial on the pinned
     checkpoint; until the ImageNet data adapter registers the dataset, it is refused for that alone."""
     from zsqbench.cli.main import main
-    from zsqbench.trial.data import DATASETS
+    from zsqbench.trial.datasets import DATASETS
 
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "resnet18-0982-0126861b.pth").write_bytes(b"planned, not loaded")

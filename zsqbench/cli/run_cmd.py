@@ -22,9 +22,9 @@ from zsqbench.errors import UserError, first_validation_error
 from zsqbench.grid.estimate import CONFIRM_SECONDS, device_label, duration, estimate_compute
 from zsqbench.grid.request import check_option_tables, expand, load_grid_file, make_request, switch_tables
 from zsqbench.grid.runner import grid_states, run_grid, trial_folder
-from zsqbench.trial.data import dataset_info, resolve_cache_dir, resolve_data_root
+from zsqbench.trial.data import resolve_cache_dir, resolve_data_root
 from zsqbench.trial.environment import Environment, offline_from_env, resolve_device
-from zsqbench.trial.monitor import CHANCE_FLAG_FACTOR, near_chance
+from zsqbench.trial.datasets import CHANCE_FLAG_FACTOR, dataset_info, near_chance
 from zsqbench.trial.spec import Budget
 
 

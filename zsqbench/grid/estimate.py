@@ -23,7 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from zsqbench.api.plugins import Plugins
-from zsqbench.trial.data import DATASETS
+from zsqbench.trial.datasets import DATASETS
 from zsqbench.trial.spec import Budget, TrialSpec
 
 #: ResNet-20's forward (Conv2d + Linear, hooks): the teacher cost when a model declares none.

@@ -21,7 +21,7 @@ from zsqbench.api.options import PluginOptions, close_match, fill_options, speed
 from zsqbench.api.plugins import Plugins
 from zsqbench.errors import UnknownNameError, UserError, first_validation_error
 from zsqbench.grid.budgets import resolve_budget
-from zsqbench.trial.data import dataset_info
+from zsqbench.trial.datasets import dataset_info
 from zsqbench.trial.environment import Environment
 from zsqbench.bits import parse_bits
 from zsqbench.trial.build import check_budget

@@ -27,7 +27,7 @@ import torch
 from zsqbench.api.models import Normalization
 from zsqbench.errors import DataNotFoundError, UserError
 from zsqbench.files import file_digest, write_bytes_atomic
-from zsqbench.trial.datasets import DATASETS, IMAGENET, DatasetInfo, dataset_info  # noqa: F401 (re-exported)
+from zsqbench.trial.datasets import IMAGENET, dataset_info
 from zsqbench.trial.download import download
 from zsqbench.trial.progress import ProgressSink
 from zsqbench.trial.safe_pickle import RefusedGlobal, load_data_pickle_file

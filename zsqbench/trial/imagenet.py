@@ -37,7 +37,8 @@ import torch
 
 from zsqbench.errors import ChecksumError, DataNotFoundError, UserError
 from zsqbench.files import write_json_atomic
-from zsqbench.trial.data import IMAGENET, TestSet
+from zsqbench.trial.data import TestSet
+from zsqbench.trial.datasets import IMAGENET
 from zsqbench.trial.progress import NullProgress, ProgressSink
 
 DEVKIT = "ILSVRC2012_devkit_t12.tar.gz"

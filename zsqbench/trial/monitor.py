@@ -7,8 +7,6 @@ import math
 import torch
 from torch import Tensor
 
-# The near-chance rule lives with the class counts (torch-free, for the leaderboard views); re-exported.
-from zsqbench.trial.datasets import CHANCE_FLAG_FACTOR, near_chance  # noqa: F401
 
 
 class TrialDiverged(RuntimeError):
