@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 
 from zsqbench.bits import bits_label
-from zsqbench.trial.bench import BenchConfig, BenchSession
+from zsqbench.perf.bench import BenchConfig, BenchSession
 
 #: The papers train at batch 16 (AdaDFQ, HAST's calibration, AKT on CIFAR-100, ImageNet), where per-op
 #: costs, not FLOPs, decide the step time; `zsqbench bench --batch-size 200` covers the large batch.

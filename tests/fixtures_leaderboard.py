@@ -104,7 +104,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def fake_result(trial_id: str, run: str = "run1", seed: int = 0, top1_last: float = 70.0,
                 finished_at: str = "2025-01-01T00:00:00+00:00") -> dict[str, Any]:
-    """A result.json payload with every field the leaderboard reads (as trial/record.py writes it)."""
+    """A result.json payload with every field the leaderboard reads (as runs/record.py writes it)."""
     return {
         "trial_id": trial_id, "run": run, "status": "done",
         "spec": {"model": "resnet20_cifar10", "dataset": "cifar10", "generator": {"name": "gdfq", "options": {}},

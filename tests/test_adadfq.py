@@ -10,9 +10,7 @@ import math
 
 import pytest
 import torch
-
-from zsqbench.api import LossInputs
-from zsqbench.trial.step import epoch_context, iterate
+from conftest import make_spec
 from zsqbench_plugins.generators.adadfq import (
     AdaDFQOptions,
     EntropyDiffLoss,
@@ -23,7 +21,8 @@ from zsqbench_plugins.generators.adadfq import (
 )
 from zsqbench_plugins.quantizers.uniform import QuantAct
 
-from conftest import make_spec
+from zsqbench.api import LossInputs
+from zsqbench.trial.step import epoch_context, iterate
 
 LAMBDA_L, LAMBDA_U = 0.1, 0.8
 

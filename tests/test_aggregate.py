@@ -12,10 +12,10 @@ import pytest
 from conftest import one_line_error
 from fixtures_leaderboard import SHA_A, SHA_B, snapshot, trial_row, write_trials
 
-from zsqbench.leaderboard.aggregate import aggregate
-from zsqbench.leaderboard.schema import AGGREGATED, KEY_COLUMNS, PER_TRIAL, documented
 from zsqbench.cli.main import main
 from zsqbench.errors import UserError
+from zsqbench.leaderboard.aggregate import aggregate
+from zsqbench.leaderboard.schema import AGGREGATED, KEY_COLUMNS, PER_TRIAL, documented
 from zsqbench.leaderboard.table import read_table
 
 

@@ -13,20 +13,19 @@ import math
 
 import pytest
 import torch
+from conftest import make_parts, make_spec, one_line_error
 from torch import nn
+from zsqbench_plugins.losses._gi_sgd import GISGD, GISettings
+from zsqbench_plugins.quantizers.uniform import UniformQuantizer, quantize_weight
 
 from zsqbench.api import Phase, Quantizer, hookimpl
 from zsqbench.api.plugins import build_plugins
 from zsqbench.errors import UserError
 from zsqbench.grid.budgets import resolve_budget
 from zsqbench.grid.request import GridRequest, expand
-from zsqbench.trial import checkpoint
-from zsqbench.trial.environment import Environment
+from zsqbench.runs import checkpoint
+from zsqbench.runs.environment import Environment
 from zsqbench.trial.step import epoch_context, iterate, optimizer_summary
-from zsqbench_plugins.losses._gi_sgd import GISettings, GISGD
-from zsqbench_plugins.quantizers.uniform import UniformQuantizer, quantize_weight
-
-from conftest import make_parts, make_spec, one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

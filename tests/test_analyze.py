@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from zsqbench.cli.main import main
-from zsqbench.api.plugins import get_plugins
-
 from fixtures_data import write_random_weights, write_test_set
+
+from zsqbench.api.plugins import get_plugins
+from zsqbench.cli.main import main
 
 
 @pytest.fixture(autouse=True)

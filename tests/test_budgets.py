@@ -8,17 +8,16 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error
 from pydantic import ValidationError
 
 from zsqbench.api import BudgetOverride, BudgetPreset, hookimpl
 from zsqbench.api.budgets import PartialBudget
 from zsqbench.api.plugins import build_plugins
+from zsqbench.api.spec import Budget, TrialSpec
 from zsqbench.cli.main import main
 from zsqbench.errors import UserError
 from zsqbench.grid.budgets import resolve_budget
-from zsqbench.trial.spec import Budget, TrialSpec
-
-from conftest import one_line_error
 
 
 def _plugins_with(*overrides: BudgetOverride):

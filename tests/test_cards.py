@@ -8,13 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error
 
 from zsqbench.api import MethodCard
 from zsqbench.api.cards import method_table
 from zsqbench.api.plugins import build_plugins
 from zsqbench.cli.main import main
-
-from conftest import one_line_error
 
 PLUGINS = build_plugins()
 METHODS = [e for kind in ("generators", "losses", "quantizers") for e in getattr(PLUGINS, kind)

@@ -7,13 +7,12 @@ import subprocess
 import sys
 
 import pytest
+from fixtures_data import write_random_weights, write_test_set
 
-from zsqbench.cli.main import main
 from zsqbench.api.config import _load
 from zsqbench.api.plugins import get_plugins
+from zsqbench.cli.main import main
 from zsqbench.leaderboard.schema import PER_TRIAL, documented
-
-from fixtures_data import write_random_weights, write_test_set
 
 
 @pytest.fixture(autouse=True)

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import stats
-
 from conftest import one_line_error
 from fixtures_leaderboard import SHA_B, snapshot, trial_row, write_trials
+from scipy import stats
+
 from zsqbench.cli.main import main
 from zsqbench.leaderboard.compare import compare, significance
-from zsqbench.leaderboard.stats import holm
 from zsqbench.leaderboard.references import reference_path
+from zsqbench.leaderboard.stats import holm
 from zsqbench.leaderboard.table import read_table
 
 REFERENCE = reference_path("akt")

@@ -14,19 +14,18 @@ import math
 
 import pytest
 import torch
+from fixtures_data import write_random_weights, write_test_set
 from torch import nn
 
 import zsqbench.api.plugins as plugins_mod
 from zsqbench.api import Normalization, PretrainedWeights, TeacherModel, hookimpl
+from zsqbench.api.spec import Budget, PluginChoice, TrialSpec
 from zsqbench.files import file_digest
-from zsqbench.trial.environment import Environment
-from zsqbench.trial.spec import Budget, PluginChoice, TrialSpec
+from zsqbench.perf.compute import ComputeSettings, apply_compute_settings
+from zsqbench.runs.environment import Environment
 from zsqbench.trial.build import build_trial_parts
-from zsqbench.trial.speed import ComputeSettings, apply_compute_settings
 from zsqbench.trial.step import compile_iteration, epoch_context, iterate
 from zsqbench.trial.trainer import run_trial, seed_everything
-
-from fixtures_data import write_random_weights, write_test_set
 
 
 def _toy() -> nn.Module:
@@ -158,7 +157,7 @@ def test_one_compiled_iteration_computes_what_eager_computes(toy_setup, tmp_path
 
 
 def test_bench_explain_lists_the_graphs_of_the_iteration(toy_setup, capsys, monkeypatch):
-    from zsqbench.trial.bench import BenchConfig, explain_bench
+    from zsqbench.perf.bench import BenchConfig, explain_bench
 
     _, plugins = toy_setup
     report = explain_bench(BenchConfig(generator="gdfq", loss="kd", batch_size=4, model="toy_cifar10",

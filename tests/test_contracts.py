@@ -7,14 +7,13 @@ import copy
 
 import pytest
 import torch
+from conftest import make_parts, make_spec
 from torch import nn
 
 from zsqbench.api import Batch, Generator, NativeLosses, Phase, StudentObjective, WeightCodeQuantizer
 from zsqbench.api.plugins import build_plugins
-from zsqbench.trial import checkpoint
+from zsqbench.runs import checkpoint
 from zsqbench.trial.step import epoch_context, iterate
-
-from conftest import make_parts, make_spec
 
 PLUGINS = build_plugins()
 #: Options that keep a generator's preparation short (the contract does not depend on its size).

@@ -10,16 +10,15 @@ import zipfile
 
 import pytest
 import torch
+from fixtures_data import write_random_weights, write_test_set
 
 from zsqbench.api import Normalization
+from zsqbench.assets.data import load_test_set, resolve_data_root
+from zsqbench.assets.datasets import DATASETS
+from zsqbench.assets.download import download
+from zsqbench.assets.teachers import load_teacher, select_checkpoint
 from zsqbench.errors import ChecksumError, DataNotFoundError, UserError
 from zsqbench.files import file_digest
-from zsqbench.trial.data import load_test_set, resolve_data_root
-from zsqbench.trial.datasets import DATASETS
-from zsqbench.trial.download import download
-from zsqbench.trial.teachers import load_teacher, select_checkpoint
-
-from fixtures_data import write_random_weights, write_test_set
 
 
 def test_cifar100_fixture_loads_with_fine_labels(tmp_path):

@@ -20,12 +20,12 @@ from fixtures_data import write_random_weights
 from test_data import _cifar10_archive
 
 from zsqbench.api.models import PretrainedWeights
+from zsqbench.api.spec import TeacherRef
+from zsqbench.assets.data import load_test_set
+from zsqbench.assets.data import test_file_path as final_test_file
+from zsqbench.assets.datasets import DATASETS
+from zsqbench.assets.teachers import load_teacher, select_checkpoint
 from zsqbench.errors import ChecksumError, DataNotFoundError, UserError
-from zsqbench.trial.data import load_test_set
-from zsqbench.trial.datasets import DATASETS
-from zsqbench.trial.data import test_file_path as final_test_file
-from zsqbench.trial.spec import TeacherRef
-from zsqbench.trial.teachers import load_teacher, select_checkpoint
 
 TEMP_PREFIX = ".download-"
 

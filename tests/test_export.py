@@ -37,6 +37,14 @@ from conftest import make_spec, one_line_error, run_argv
 from fixtures_data import write_test_set
 from onnx import helper, numpy_helper
 from torch import nn
+from zsqbench_plugins.quantizers.uniform import (
+    QuantAct,
+    UniformQuantizer,
+    fake_quantize,
+    grid_of,
+    quantize_weight,
+    weight_grid,
+)
 
 from zsqbench.api.quantizer import IntegerGrid
 from zsqbench.cli.main import main
@@ -45,8 +53,7 @@ from zsqbench.export import graph as graph_module
 from zsqbench.export.graph import build_onnx, integer_view
 from zsqbench.export.mapping import CONTAINERS, onnx_quant
 from zsqbench.export.runtime import TYPICAL_LOGIT_TOL, session
-from zsqbench.trial.folder import TrialFolder
-from zsqbench_plugins.quantizers.uniform import QuantAct, UniformQuantizer, fake_quantize, grid_of, quantize_weight, weight_grid
+from zsqbench.runs.folder import TrialFolder
 
 SMOKE = ("--generators", "gdfq", "--loss", "kd", "--epochs", "2", "--iters-per-epoch", "2", "--batch-size", "8",
          "--warmup-epochs", "1")
@@ -290,7 +297,7 @@ def hashlib_sha256(path: Path) -> str:
 
 def test_the_leaderboard_shows_onnx_top1_and_forgets_it_when_the_result_changes(grid, tmp_path):
     from zsqbench.leaderboard.results_folder import trial_rows
-    from zsqbench.trial.result_file import read_export_record
+    from zsqbench.runs.result_file import read_export_record
 
     _, _, out, folders = grid
     board = pd.read_csv(out / "leaderboard.csv")

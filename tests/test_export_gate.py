@@ -32,6 +32,7 @@ from fixtures_data import write_test_set
 from test_export import SMOKE, use_naive_zero_points, write_normalized_teacher
 
 from zsqbench.api.quantizer import IntegerGrid
+from zsqbench.assets.data import load_test_set
 from zsqbench.cli.main import main
 from zsqbench.export import trial_export
 from zsqbench.export.graph import QCDQ, build_onnx, integer_view
@@ -47,9 +48,8 @@ from zsqbench.export.runtime import (
     torch_logits,
 )
 from zsqbench.export.ties import TIE_RELATIVE, code_tie_images, codes_against_grid
-from zsqbench.trial.data import load_test_set
-from zsqbench.trial.environment import Environment
-from zsqbench.trial.folder import TrialFolder
+from zsqbench.runs.environment import Environment
+from zsqbench.runs.folder import TrialFolder
 
 N, CLASSES = 10_000, 10
 

@@ -16,13 +16,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import make_spec
 from torch import Tensor
-
-from zsqbench.errors import UserError
-from zsqbench.api import LossInputs, NativeLosses, StudentObjective, TeacherModel
-from zsqbench.trial.environment import Environment
-from zsqbench.trial.step import epoch_context
-from zsqbench.trial.trainer import run_trial
 from zsqbench_plugins.losses._feature import (
     AttentionDistillationLoss,
     attention_kl,
@@ -34,7 +29,11 @@ from zsqbench_plugins.losses.akt import AKTLoss
 from zsqbench_plugins.losses.channel import ChannelLoss
 from zsqbench_plugins.losses.spatial import SpatialLoss
 
-from conftest import make_spec
+from zsqbench.api import LossInputs, NativeLosses, StudentObjective, TeacherModel
+from zsqbench.errors import UserError
+from zsqbench.runs.environment import Environment
+from zsqbench.trial.step import epoch_context
+from zsqbench.trial.trainer import run_trial
 
 TAU = 8.0
 E = math.e

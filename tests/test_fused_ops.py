@@ -10,14 +10,14 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import Tensor, nn
-
-from zsqbench.api import LossInputs, NativeLosses, TeacherModel
-from zsqbench.toolkit.bn_stats import BNStatsLoss
-from zsqbench.trial.build import student_sgd
-from zsqbench.trial.spec import OptimSettings
 from zsqbench_plugins.losses.akt import AKTLoss
 from zsqbench_plugins.losses.channel import ChannelLoss
 from zsqbench_plugins.losses.spatial import SpatialLoss
+
+from zsqbench.api import LossInputs, NativeLosses, TeacherModel
+from zsqbench.api.spec import OptimSettings
+from zsqbench.toolkit.bn_stats import BNStatsLoss
+from zsqbench.trial.build import student_sgd
 
 
 def _resnet20(dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -233,7 +233,6 @@ def test_an_optimizer_step_requantizes_the_weights_for_the_next_training_forward
     """The post-step hook quantizes every weight at once in the training forward's autograd mode,
     so the next forward computes none, and its values equal a per-weight quantization."""
     from conftest import make_spec
-
     from zsqbench_plugins.quantizers import _modules as uniform
 
     parts = tiny_parts(make_spec("gdfq", "kd"))

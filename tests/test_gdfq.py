@@ -6,14 +6,13 @@ import math
 
 import pytest
 import torch
+from conftest import make_spec
 from torch import nn
+from zsqbench_plugins.generators.gdfq import GDFQLogitLoss, GDFQOptions
 
 from zsqbench.api import LossInputs
 from zsqbench.toolkit.bn_stats import BNStatsLoss, batch_moments
 from zsqbench.toolkit.cifar_generator import CifarGenerator, UpsampleConv2d
-from zsqbench_plugins.generators.gdfq import GDFQLogitLoss, GDFQOptions
-
-from conftest import make_spec
 
 
 def test_generator_output_shape_and_standardized_channels():

@@ -7,15 +7,13 @@ import math
 
 import pytest
 import torch
-
-from zsqbench.api import Batch, FeatureTaps, LossInputs, StudentUpdate
-from zsqbench.trial.step import epoch_context, iterate
+from conftest import CountingCalls, make_parts, make_spec
 from zsqbench_plugins.generators import hast_synthesis
 from zsqbench_plugins.generators.hast import HASTLogitLoss, HASTObjective, random_resized_crop_flip
 from zsqbench_plugins.generators.hast_synthesis import hardness_loss
 
-from conftest import CountingCalls, make_parts, make_spec
-
+from zsqbench.api import Batch, FeatureTaps, LossInputs, StudentUpdate
+from zsqbench.trial.step import epoch_context, iterate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,8 +17,10 @@ from typing import Callable
 
 import pytest
 import torch
+from conftest import make_spec
 from torch import Tensor, nn
 from torch.func import functional_call
+from zsqbench_plugins.quantizers.uniform import QuantAct
 
 from zsqbench.analysis.hessian import (
     fixed_generator_batch,
@@ -30,9 +32,6 @@ from zsqbench.analysis.hessian import (
 from zsqbench.analysis.hutchinson import hutchinson_trace, parameter_groups, rademacher_probe
 from zsqbench.api import Batch, Generator, LossInputs, NativeLosses, NoOptions, Phase
 from zsqbench.trial.build import TrialParts
-from zsqbench_plugins.quantizers.uniform import QuantAct
-
-from conftest import make_spec
 
 
 def _rng(seed: int = 0) -> torch.Generator:

@@ -12,22 +12,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from torch import nn
-
-import zsqbench.trial.imagenet_cache as cache_mod
-from zsqbench.api import Normalization, PretrainedWeights, TeacherModel, hookimpl
-from zsqbench.errors import ChecksumError, DataNotFoundError, UserError
-from zsqbench.trial.data import load_test_set
-from zsqbench.trial.datasets import DATASETS
-from zsqbench.trial.evaluate import top1
-from zsqbench.trial.imagenet import ARCHIVE_MD5, find_imagenet
-
 from conftest import one_line_error
 from fixtures_data import write_random_weights, write_test_set
 from fixtures_imagenet import (
-    WNIDS, expected_labels, image_files, write_archives, write_imagefolder, write_parsed,
+    WNIDS,
+    expected_labels,
+    image_files,
+    write_archives,
+    write_imagefolder,
+    write_parsed,
 )
+from PIL import Image
+from torch import nn
+
+import zsqbench.assets.imagenet_cache as cache_mod
+from zsqbench.api import Normalization, PretrainedWeights, TeacherModel, hookimpl
+from zsqbench.assets.data import load_test_set
+from zsqbench.assets.datasets import DATASETS
+from zsqbench.assets.imagenet import ARCHIVE_MD5, find_imagenet
+from zsqbench.errors import ChecksumError, DataNotFoundError, UserError
+from zsqbench.trial.evaluate import top1
 
 IMAGENET_NORM = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -355,8 +359,8 @@ def test_teacher_eval_reproduces_the_pinned_resnet20(data_root, capsys):
 
 
 def test_trials_and_teacher_eval_check_the_fp_accuracy_alike():
+    from zsqbench.assets.teachers import FP_TOLERANCE, fp_verdict
     from zsqbench.cli.teacher_eval_cmd import DEFAULT_TOLERANCE
-    from zsqbench.trial.teachers import FP_TOLERANCE, fp_verdict
 
     assert DEFAULT_TOLERANCE == FP_TOLERANCE == 0.15
     assert fp_verdict(92.60, 92.60, complete=True) == ("ok", True)

@@ -7,11 +7,10 @@ import csv
 
 import pytest
 import torch
-
-from zsqbench.api.plugins import get_plugins
-
 from fixtures_data import write_random_weights
 from fixtures_imagenet import write_imagefolder
+
+from zsqbench.api.plugins import get_plugins
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

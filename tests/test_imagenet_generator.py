@@ -13,13 +13,16 @@ from torch import nn
 from zsqbench.api import TeacherModel, hookimpl
 from zsqbench.api.models import Normalization, PretrainedWeights
 from zsqbench.api.plugins import build_plugins
+from zsqbench.api.spec import Budget, PluginChoice, TrialSpec
 from zsqbench.errors import UserError
 from zsqbench.toolkit.cifar_generator import CifarGenerator
 from zsqbench.toolkit.imagenet_generator import (
-    CIFAR_GENERATOR_MACS, ConditionalBatchNorm2d, ImageNetGenerator, generator_network,
+    CIFAR_GENERATOR_MACS,
+    ConditionalBatchNorm2d,
+    ImageNetGenerator,
+    generator_network,
 )
 from zsqbench.trial.build import build_trial_parts
-from zsqbench.trial.spec import Budget, PluginChoice, TrialSpec
 from zsqbench.trial.step import epoch_context
 from zsqbench.trial.trainer import seed_everything
 

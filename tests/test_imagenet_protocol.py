@@ -8,19 +8,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from torch import nn
-
 from conftest import make_spec, one_line_error
 from test_imagenet_generator import TOY224, parts224, plugins224, spec224  # noqa: F401 (fixture)
-from zsqbench.api.generator import Phase
+from torch import nn
+
+from zsqbench.api.spec import Budget, Phase, PluginChoice, TrialSpec
 from zsqbench.cli.main import main
-from zsqbench.grid.budgets import resolve_budget
-from zsqbench.grid.estimate import estimate_compute
-from zsqbench.grid.request import check_preset_fits
 from zsqbench.errors import UserError
+from zsqbench.grid.budgets import resolve_budget
+from zsqbench.grid.request import check_preset_fits
 from zsqbench.leaderboard.references import reference_path
 from zsqbench.leaderboard.table import read_table
-from zsqbench.trial.spec import Budget, PluginChoice, TrialSpec
+from zsqbench.perf.estimate import estimate_compute
 from zsqbench.trial.step import epoch_context
 from zsqbench.trial.trainer import evaluate
 

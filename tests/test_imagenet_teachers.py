@@ -14,12 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from zsqbench_plugins.quantizers.uniform import QuantAct, QuantConv2d, QuantizedActivation, QuantLinear, quantize_weight
 
 from zsqbench.api import FeatureTaps
+from zsqbench.assets.teachers import load_teacher, select_checkpoint
 from zsqbench.errors import ChecksumError, DataNotFoundError, UserError
 from zsqbench.files import file_digest
-from zsqbench.trial.teachers import load_teacher, select_checkpoint
-from zsqbench_plugins.quantizers.uniform import QuantAct, QuantConv2d, QuantizedActivation, QuantLinear, quantize_weight
 
 IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -374,8 +374,8 @@ def test_cli_lists_the_imagenet_teachers(capsys):
 def test_cli_plans_an_imagenet_grid(capsys, tmp_path):
     """`zsqbench run --model resnet18 --dataset imagenet ... --dry-run` plans one trial on the pinned
     checkpoint; until the ImageNet data adapter registers the dataset, it is refused for that alone."""
+    from zsqbench.assets.datasets import DATASETS
     from zsqbench.cli.main import main
-    from zsqbench.trial.datasets import DATASETS
 
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "resnet18-0982-0126861b.pth").write_bytes(b"planned, not loaded")
@@ -444,8 +444,9 @@ def test_torchvision_resnet18_is_a_separate_teacher_with_one_relu_per_site(plugi
 
 
 def test_linear_bottleneck_outputs_can_be_quantized_as_a_labelled_option(teachers):
-    from zsqbench.errors import UserError
     from zsqbench_plugins.quantizers.uniform import UniformOptions, UniformQuantizer
+
+    from zsqbench.errors import UserError
 
     assert "quantize_outputs" not in UniformOptions().model_dump()  # the default keeps trial ids
     teacher = teachers["mobilenetv2_w1_imagenet"]

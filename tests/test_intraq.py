@@ -8,15 +8,14 @@ import math
 
 import pytest
 import torch
-
-from zsqbench.errors import UserError
-from zsqbench.grid.budgets import resolve_budget
-from zsqbench.trial.step import epoch_context, iterate
+from conftest import CountingCalls, make_spec
 from zsqbench_plugins.generators import intraq_synthesis
 from zsqbench_plugins.generators.intraq import IntraQOptions, resolve_constants
 from zsqbench_plugins.generators.intraq_synthesis import ClassCentres, mdc_loss, sil_loss, soft_targets
 
-from conftest import CountingCalls, make_spec
+from zsqbench.errors import UserError
+from zsqbench.grid.budgets import resolve_budget
+from zsqbench.trial.step import epoch_context, iterate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,9 +10,16 @@ import time
 
 import pytest
 
-from zsqbench.trial.folder import TrialFolder
-from zsqbench.trial.lease import (
-    LEASE, LeaseInfo, LeaseLost, LeaseOwner, TrialLease, heartbeat_interval, read_lease, read_log,
+from zsqbench.runs.folder import TrialFolder
+from zsqbench.runs.lease import (
+    LEASE,
+    LeaseInfo,
+    LeaseLost,
+    LeaseOwner,
+    TrialLease,
+    heartbeat_interval,
+    read_lease,
+    read_log,
 )
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from zsqbench.trial.bench import JSON_KEYS, BenchConfig, run_bench
-from zsqbench.trial.op_profile import profile_step
+from zsqbench.perf.bench import JSON_KEYS, BenchConfig, run_bench
+from zsqbench.perf.op_profile import profile_step
 
 CPU = torch.device("cpu")
 
@@ -68,7 +68,7 @@ def test_bench_counts_exactly_the_passes_a_method_adds(plugins, one_thread):
     AdaDFQ one more backward through the student for the images' gradient (on the shared forward, or
     on a forward of its own in the reference order), HAST a teacher forward and a student forward +
     backward more (its perturbed pass), a method fine-tuning on a fixed set no teacher backward; GDFQ none, so its bare_method is its bare iteration."""
-    from zsqbench.trial.bench import BenchSession
+    from zsqbench.perf.bench import BenchSession
 
     gdfq = run_bench(BenchConfig(generator="gdfq", loss="kd", **SMALL), plugins)
     assert gdfq["bare_method_s"] == gdfq["bare_s"] and gdfq["overhead_method"] == gdfq["overhead"]

@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import make_parts, make_spec, run_argv
 
 from zsqbench.api import Phase, PhaseViolation, hookimpl
 from zsqbench.api.plugins import build_plugins
 from zsqbench.cli.main import main
 from zsqbench.testing import check_phases
 from zsqbench.trial.step import epoch_context, iterate
-
-from conftest import make_parts, make_spec, run_argv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,13 +11,13 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
+from conftest import make_spec  # noqa: E402
 from fixtures_leaderboard import result_from_row, snapshot, trial_row, write_trial_folder, write_trials  # noqa: E402
-from zsqbench.leaderboard.aggregate import aggregate  # noqa: E402
+
 from zsqbench.cli.main import main  # noqa: E402
+from zsqbench.leaderboard.aggregate import aggregate  # noqa: E402
 from zsqbench.leaderboard.compare import load_side  # noqa: E402
 from zsqbench.leaderboard.plots import gains_over_kd  # noqa: E402
-
-from conftest import make_spec  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STEMS = ("accuracy_vs_bits", "gain_over_kd", "training_curves")

@@ -223,9 +223,8 @@ def test_third_party_package_is_discovered_and_runs_a_grid(tmp_path):
         "another copy",
     ]
 
-    from pytorchcv.models.resnet_cifar import get_resnet_cifar
-
     from fixtures_data import write_random_weights, write_test_set
+    from pytorchcv.models.resnet_cifar import get_resnet_cifar
 
     write_test_set(tmp_path / "data", "cifar10", n=20)
     weights = write_random_weights(tmp_path / "teacher.pth", get_resnet_cifar(10, blocks=20, bottleneck=False,

@@ -13,7 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_parts, make_spec
 from torch.nn import functional as F
+from zsqbench_plugins.generators.gdfq import GDFQLogitLoss, GDFQOptions
+from zsqbench_plugins.generators.qimera import Qimera, QimeraOptions
 
 from zsqbench.analysis.hessian import fixed_generator_batch
 from zsqbench.api import LossInputs
@@ -21,10 +24,6 @@ from zsqbench.api.options import fill_options
 from zsqbench.errors import UserError
 from zsqbench.toolkit.logits import soft_cross_entropy
 from zsqbench.trial.build import build_trial_parts
-from zsqbench_plugins.generators.gdfq import GDFQLogitLoss, GDFQOptions
-from zsqbench_plugins.generators.qimera import Qimera, QimeraOptions
-
-from conftest import make_parts, make_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,6 @@ import copy
 import pytest
 import torch
 from torch import nn
-
 from zsqbench_plugins.quantizers.uniform import (
     QuantAct,
     QuantConv2d,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
+from conftest import one_line_error
+
 from zsqbench.cli.main import main
 from zsqbench.leaderboard.references import reference_path
 from zsqbench.leaderboard.table import read_table
-
-from conftest import one_line_error
 
 TABLE_3_METHODS = {("gdfq", "kd"), ("gdfq", "ait"), ("qimera", "ait"), ("hast", "kd"), ("adadfq", "kd"),
                    ("texq", "kd"), ("ris", "kd"), ("adadfq", "akt")}

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fixtures_data import write_random_weights, write_test_set
 
 RECORDED = json.loads((Path(__file__).parent / "regression" / "api_v1_values.json").read_text())

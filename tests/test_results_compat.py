@@ -12,12 +12,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error
 
 from zsqbench.cli.main import main
-from zsqbench.trial.folder import TrialFolder
-from zsqbench.trial.migrations import RESULT_VERSION
-
-from conftest import one_line_error
+from zsqbench.runs.folder import TrialFolder
+from zsqbench.runs.migrations import RESULT_VERSION
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results_f49c149"
 

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_line_error
+from fixtures_data import write_random_weights
 
 from zsqbench.api.plugins import build_plugins, get_plugins
 from zsqbench.cli import run_cmd
 from zsqbench.cli.main import main
 from zsqbench.grid.runner import GridReport
-
-from conftest import one_line_error
-from fixtures_data import write_random_weights
 
 #: The README's headline grid: 6 trials, about two days on the 2-core CPU, well under an hour on a GPU.
 HEADLINE = ["--generators", "adadfq,hast", "--loss", "akt", "--bits", "3,4,5", "--budget", "paper"]
@@ -71,7 +70,7 @@ def _flat(text: str) -> str:
 
 
 def test_durations_read_in_the_unit_a_person_plans_with():
-    from zsqbench.grid.estimate import duration
+    from zsqbench.perf.estimate import duration
 
     assert duration(40) == "40 seconds"
     assert duration(25 * 60) == "25 minutes"

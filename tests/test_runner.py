@@ -12,16 +12,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import make_spec, one_line_error, run_argv
+from fixtures_data import write_random_weights, write_test_set
 
-from zsqbench.cli.main import main
 from zsqbench.api import DistillationLoss, PretrainedWeights, hookimpl
 from zsqbench.api.plugins import build_plugins, get_plugins
-
+from zsqbench.cli.main import main
 from zsqbench.files import file_digest
-from zsqbench.trial.lease import LEASE, TrialLease
-
-from fixtures_data import write_random_weights, write_test_set
-from conftest import make_spec, one_line_error, run_argv
+from zsqbench.runs.lease import LEASE, TrialLease
 
 
 @pytest.fixture(autouse=True)
@@ -265,7 +263,7 @@ def test_collapse_to_chance_is_divergence_only_on_a_real_sized_test_set():
 
 
 def test_exploding_gradients_are_flagged():
-    from zsqbench.trial.record import training_flags
+    from zsqbench.runs.record import training_flags
 
     calm = [{"grad_norm_mean": None, "grad_norm_max": None},
             {"grad_norm_mean": 2.0, "grad_norm_max": 5.0}, {"grad_norm_mean": 3.0, "grad_norm_max": 50.0}]

@@ -11,14 +11,13 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import make_spec, one_line_error, run_argv
+from fixtures_leaderboard import fake_result
 
 from zsqbench.cli.main import main
 from zsqbench.errors import UserError
-from zsqbench.trial import checkpoint
-from zsqbench.trial.folder import TrialFolder
-
-from conftest import make_spec, one_line_error, run_argv
-from fixtures_leaderboard import fake_result
+from zsqbench.runs import checkpoint
+from zsqbench.runs.folder import TrialFolder
 
 
 class WritesAFile:
@@ -70,7 +69,7 @@ def test_a_test_batch_that_would_run_code_is_refused_in_one_line(tiny, tmp_path,
 
 def test_the_cifar_layout_pickles_still_load(tmp_path):
     """Protocol 2 with Python 3 bytes (``_codecs.encode``) and protocol 5 (``_frombuffer``) both pass."""
-    from zsqbench.trial.data import load_test_set
+    from zsqbench.assets.data import load_test_set
 
     for protocol in (2, 5):
         root = tmp_path / f"p{protocol}"

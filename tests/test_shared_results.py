@@ -14,14 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import one_line_error, run_argv
+from fixtures_leaderboard import fake_result
 
 from zsqbench.cli.main import main
 from zsqbench.files import write_json_atomic
 from zsqbench.leaderboard.results_folder import LEADERBOARD_NAME, rebuild_leaderboard
-from zsqbench.trial.lease import LEASE, read_log
-
-from conftest import one_line_error, run_argv
-from fixtures_leaderboard import fake_result
+from zsqbench.runs.lease import LEASE, read_log
 
 TINY = ["--epochs", "2", "--iters-per-epoch", "2", "--batch-size", "8", "--warmup-epochs", "1"]
 

@@ -8,14 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import make_spec
 from pydantic import ValidationError
 
 from zsqbench.api import Phase
+from zsqbench.api.spec import Budget, TeacherRef, TrialSpec
 from zsqbench.bits import bits_label, parse_bits
 from zsqbench.errors import UserError
-from zsqbench.trial.spec import Budget, TeacherRef, TrialSpec
-
-from conftest import make_spec
 
 
 def test_trial_id_ignores_key_order_and_label():
@@ -37,7 +36,7 @@ def test_trial_id_changes_with_any_setting():
 def test_trial_id_is_stable_across_processes():
     spec = make_spec()
     code = (
-        "import json,sys; from zsqbench.trial.spec import TrialSpec; "
+        "import json,sys; from zsqbench.api.spec import TrialSpec; "
         "print(TrialSpec.model_validate(json.loads(sys.argv[1])).trial_id)"
     )
     out = subprocess.run(

@@ -26,14 +26,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import make_spec
 from torch import nn
-
-from zsqbench.trial.environment import Environment
-from zsqbench.trial.monitor import GradientMonitor
-from zsqbench.trial.progress import NullProgress
-from zsqbench.trial.speed import ComputeSettings, apply_compute_settings, set_conv_precision
-from zsqbench.trial.step import epoch_context, iterate
-from zsqbench.trial.trainer import run_trial
 from zsqbench_plugins.quantizers.uniform import (
     FakeQuantSTE,
     QuantAct,
@@ -44,7 +38,12 @@ from zsqbench_plugins.quantizers.uniform import (
     ste,
 )
 
-from conftest import make_spec
+from zsqbench.perf.compute import ComputeSettings, apply_compute_settings, set_conv_precision
+from zsqbench.progress import NullProgress
+from zsqbench.runs.environment import Environment
+from zsqbench.trial.monitor import GradientMonitor
+from zsqbench.trial.step import epoch_context, iterate
+from zsqbench.trial.trainer import run_trial
 
 
 @pytest.fixture(autouse=True)
@@ -407,8 +406,9 @@ def test_a_third_party_generator_gets_channels_last_on_cpu(plugins, tmp_path):
     noise_zsq = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(noise_zsq)
 
-    from zsqbench.api.plugins import build_plugins
     from conftest import make_parts
+
+    from zsqbench.api.plugins import build_plugins
 
     assert not noise_zsq.__name__.startswith("zsqbench")
     custom = build_plugins(extra={"noise": noise_zsq})
@@ -478,8 +478,9 @@ def float64_default():
 
 def _reference_reductions(monkeypatch):
     """The straightforward autograd forms the one-node moments and attention energies replace."""
-    from zsqbench.toolkit import bn_stats
     from zsqbench_plugins.losses import _feature
+
+    from zsqbench.toolkit import bn_stats
 
     monkeypatch.setattr(bn_stats, "batch_moments", lambda x: torch.var_mean(x, dim=(0, 2, 3), unbiased=False))
     monkeypatch.setattr(_feature, "square_means",
@@ -582,7 +583,7 @@ def _assert_states_close(a: dict, b: dict, generator_prefix: str = "") -> None:
 
 _FAULTS_SCRIPT = """
 import resource, torch
-from zsqbench.trial.speed import tune_cpu_allocator
+from zsqbench.perf.compute import tune_cpu_allocator
 tuned = tune_cpu_allocator()
 def iteration():
     # the large activations of an AdaDFQ iteration at batch 200, alive at once, then freed

@@ -11,10 +11,10 @@ import math
 import pytest
 import torch
 from torch import nn
+from zsqbench_plugins.quantizers.uniform import QuantAct, UniformOptions, UniformQuantizer
 
 from zsqbench.toolkit.bn_stats import BATCH_MSE, ZEROQ, BNLossConfig, BNStatsLoss, batch_moments, sample_moments
 from zsqbench.toolkit.synthesis import PixelSchedule, SynthesisView, bn_term, optimize_pixels
-from zsqbench_plugins.quantizers.uniform import QuantAct, UniformOptions, UniformQuantizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

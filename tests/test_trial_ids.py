@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from zsqbench.api.options import fill_options
-from zsqbench.trial.spec import Budget, PluginChoice, TeacherRef, TrialSpec
+from zsqbench.api.spec import Budget, PluginChoice, TeacherRef, TrialSpec
 
 TEACHER = TeacherRef(tag="chenyaofo",
                      digest="sha256:c1757f29fae64e00b26a75d86dcea0d4b7a9dc824289bda8c152d4330a497cc9")
@@ -133,9 +133,10 @@ def test_a_speed_switch_given_with_o_keeps_the_trial_id_and_is_recorded_with_the
     order; result.json records it with the compute settings, and is written with exactly the fields
     of the model readers check it with."""
     from conftest import run_argv
+
     from zsqbench.cli.main import main
-    from zsqbench.trial.migrations import RESULT_VERSION, SPEC_VERSION
-    from zsqbench.trial.result_file import ResultFile
+    from zsqbench.runs.migrations import RESULT_VERSION, SPEC_VERSION
+    from zsqbench.runs.result_file import ResultFile
 
     root, weights = tiny
     grid = ("--generators", "adadfq", "--loss", "kd", "--bits", "4", "--budget", "smoke")

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import run_argv
 
 import zsqbench.files
 from zsqbench.cli.main import main
-from zsqbench.trial import checkpoint
-
-from conftest import run_argv
+from zsqbench.runs import checkpoint
 
 GRID = ["--generators", "gdfq", "--loss", "kd", "--bits", "4", "--epochs", "3", "--iters-per-epoch", "2",
         "--batch-size", "8", "--warmup-epochs", "1"]

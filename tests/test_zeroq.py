@@ -10,20 +10,19 @@ import math
 
 import pytest
 import torch
-
-from zsqbench.grid.budgets import resolve_budget
-from zsqbench.leaderboard.aggregate import aggregate
-from zsqbench.leaderboard.rows import result_row
-from zsqbench.errors import UserError
-from zsqbench.toolkit.synthesis import batch_seed
-from zsqbench.trial.spec import PluginChoice
-from zsqbench.trial.step import epoch_context, iterate
-from zsqbench_plugins.generators import zeroq as zeroq_module
-from zsqbench_plugins.generators.zeroq import zeroq_init
-
 from conftest import make_parts, make_spec, one_line_error
 from fixtures_data import write_random_weights, write_test_set
 from fixtures_leaderboard import fake_result, trial_row
+from zsqbench_plugins.generators import zeroq as zeroq_module
+from zsqbench_plugins.generators.zeroq import zeroq_init
+
+from zsqbench.api.spec import PluginChoice
+from zsqbench.errors import UserError
+from zsqbench.grid.budgets import resolve_budget
+from zsqbench.leaderboard.aggregate import aggregate
+from zsqbench.leaderboard.rows import result_row
+from zsqbench.toolkit.synthesis import batch_seed
+from zsqbench.trial.step import epoch_context, iterate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

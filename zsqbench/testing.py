@@ -17,10 +17,9 @@ from typing import Any
 
 import torch
 
-from zsqbench.api.generator import Phase
 from zsqbench.api.plugins import Plugins
+from zsqbench.api.spec import Budget, Phase, PluginChoice, TrialSpec
 from zsqbench.trial.build import TrialParts, build_trial_parts
-from zsqbench.trial.spec import Budget, PluginChoice, TrialSpec
 from zsqbench.trial.step import epoch_context, iterate
 from zsqbench.trial.trainer import seed_everything
 

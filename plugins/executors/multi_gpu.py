@@ -10,8 +10,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 import torch
 from pydantic import Field
 
-from zsqbench.errors import UserError
 from zsqbench.api import Executor, JobOutcome, PluginOptions, TrialJob, hookimpl
+from zsqbench.errors import UserError
 
 _WORKER_DEVICE: str | None = None
 

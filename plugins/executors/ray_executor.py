@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from zsqbench.errors import UserError
 from zsqbench.api import Executor, JobOutcome, PluginOptions, hookimpl
+from zsqbench.errors import UserError
 
 
 class RayOptions(PluginOptions):

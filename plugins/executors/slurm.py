@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from zsqbench.errors import UserError
 from zsqbench.api import Executor, JobOutcome, PluginOptions, TrialJob, hookimpl
+from zsqbench.errors import UserError
 
 
 class SubmititOptions(PluginOptions):

@@ -31,10 +31,22 @@ import torch
 from pydantic import Field
 from torch import Tensor
 from torch.nn import functional as F
+from zsqbench_plugins.generators.cards import HAST_CARD
+from zsqbench_plugins.generators.hast_synthesis import SyntheticSet
 
 from zsqbench.api import (
-    Batch, BudgetOverride, LossInputs, NativeLosses, PassCounts, Phase, PluginOptions, StudentObjective, StudentUpdate,
-    TeacherModel, TrainContext, hookimpl,
+    Batch,
+    BudgetOverride,
+    LossInputs,
+    NativeLosses,
+    PassCounts,
+    Phase,
+    PluginOptions,
+    StudentObjective,
+    StudentUpdate,
+    TeacherModel,
+    TrainContext,
+    hookimpl,
 )
 from zsqbench.api.options import OmitAtDefault, Retired
 from zsqbench.errors import UserError
@@ -42,11 +54,12 @@ from zsqbench.toolkit.augment import random_resized_crop_flip  # noqa: F401  (HA
 from zsqbench.toolkit.energy import square_means
 from zsqbench.toolkit.logits import kd_kl
 from zsqbench.toolkit.offline import (
-    OfflineSetGenerator, OfflineSetOptions, imagenet_overrides, short_synthesis_overrides,
+    OfflineSetGenerator,
+    OfflineSetOptions,
+    imagenet_overrides,
+    short_synthesis_overrides,
 )
 from zsqbench.toolkit.reference import use_reference
-from zsqbench_plugins.generators.hast_synthesis import SyntheticSet
-from zsqbench_plugins.generators.cards import HAST_CARD
 
 # (λ_FA, ε) per dataset in the hocon files; the code hard-codes the CIFAR-10 pair for both (H1).
 HOCON_HPARAMS: dict[str, tuple[float, float]] = {"cifar10": (1000.0, 0.01), "cifar100": (2000.0, 0.02)}

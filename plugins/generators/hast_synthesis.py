@@ -19,8 +19,17 @@ from zsqbench.toolkit.augment import crop_flip
 from zsqbench.toolkit.bn_stats import BNStatsLoss
 from zsqbench.toolkit.cache import TensorCache, state_fingerprint
 from zsqbench.toolkit.synthesis import (
-    PixelSchedule, SynthesisView, assemble, batch_seed, batch_sizes, bn_term, check_set, diagnostics_tensor,
-    load_or_build, optimize_pixels, synthesize_parts,
+    PixelSchedule,
+    SynthesisView,
+    assemble,
+    batch_seed,
+    batch_sizes,
+    bn_term,
+    check_set,
+    diagnostics_tensor,
+    load_or_build,
+    optimize_pixels,
+    synthesize_parts,
 )
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -26,25 +26,32 @@ Variants (``variant``):
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import math
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
 from torch.nn import functional as F
+from zsqbench_plugins.generators.cards import ZEROQ_CARD
 
 from zsqbench.api import (
-    Batch, BudgetOverride, NativeLosses, PassCounts, Phase, PluginOptions, TeacherModel, TrainContext, hookimpl,
+    Batch,
+    BudgetOverride,
+    NativeLosses,
+    PassCounts,
+    Phase,
+    PluginOptions,
+    TeacherModel,
+    TrainContext,
+    hookimpl,
 )
-from zsqbench.toolkit.bn_stats import ZEROQ, BNStatsLoss
 from zsqbench.toolkit.augment import crop_flip
+from zsqbench.toolkit.bn_stats import ZEROQ, BNStatsLoss
 from zsqbench.toolkit.logits import LogitObjective, ScaledKD
 from zsqbench.toolkit.offline import OfflineSetGenerator, OfflineSetOptions, short_synthesis_overrides
 from zsqbench.toolkit.synthesis import PixelSchedule, PixelSet, bn_term, diagnostics_tensor, optimize_pixels
-from zsqbench_plugins.generators.cards import ZEROQ_CARD
 
 #: ZeroQ's init: integers U{0..254} minus 127.5, divided by 5418.75 (the variance, not the std: ZQ1).
 CODE_INIT_CENTER, CODE_INIT_SCALE = 127.5, 5418.75

@@ -44,7 +44,12 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from zsqbench.api import (
-    BudgetOverride, DistillationLoss, LossInputs, NativeLosses, PluginOptions, TeacherModel,
+    BudgetOverride,
+    DistillationLoss,
+    LossInputs,
+    NativeLosses,
+    PluginOptions,
+    TeacherModel,
 )
 from zsqbench.errors import UserError
 from zsqbench.toolkit.energy import square_means

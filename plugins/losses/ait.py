@@ -34,17 +34,24 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
+from zsqbench_plugins.losses._gi_sgd import GISGD, GISettings
+from zsqbench_plugins.losses.cards import AIT_CARD
 
 from zsqbench.api import (
-    KD_CE, BudgetOverride, DistillationLoss, LossInputs, PluginOptions, Quantizer, WeightCodeQuantizer, hookimpl,
+    KD_CE,
+    BudgetOverride,
+    DistillationLoss,
+    LossInputs,
+    PluginOptions,
+    Quantizer,
+    WeightCodeQuantizer,
+    hookimpl,
 )
 from zsqbench.errors import UserError
 from zsqbench.toolkit.logits import cross_entropy, kd_kl
-from zsqbench_plugins.losses._gi_sgd import GISettings, GISGD
-from zsqbench_plugins.losses.cards import AIT_CARD
 
 if TYPE_CHECKING:  # pragma: no cover
-    from zsqbench.trial.spec import TrialSpec
+    from zsqbench.api.spec import TrialSpec
 
 
 class AITOptions(PluginOptions):

@@ -10,6 +10,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor
 
+
 def grid_of(lo: Tensor, hi: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     """S and Z of the k-bit grid of [lo, hi] (METHODS §1.2), by the ops :func:`fake_quantize` uses."""
     n = 2**bits - 1

@@ -14,20 +14,6 @@ from typing import Annotated, Literal
 import torch
 from pydantic import Field
 from torch import Tensor, nn
-
-from zsqbench.api import (
-    IntegerActivation,
-    IntegerGrid,
-    IntegerLayer,
-    IntegerWeight,
-    OmitAtDefault,
-    PluginOptions,
-    QuantizedWeight,
-    SpeedOnly,
-    WeightCodeQuantizer,
-    hookimpl,
-)
-from zsqbench.errors import UserError
 from zsqbench_plugins.quantizers._fake_quant import (  # noqa: F401  (the quantizer's arithmetic, re-exported)
     FakeQuantSTE,
     _codes_into,
@@ -47,6 +33,20 @@ from zsqbench_plugins.quantizers._modules import (  # noqa: F401  (the quantizer
     _WeightCodesOncePerStep,
 )
 from zsqbench_plugins.quantizers.cards import UNIFORM_CARD
+
+from zsqbench.api import (
+    IntegerActivation,
+    IntegerGrid,
+    IntegerLayer,
+    IntegerWeight,
+    OmitAtDefault,
+    PluginOptions,
+    QuantizedWeight,
+    SpeedOnly,
+    WeightCodeQuantizer,
+    hookimpl,
+)
+from zsqbench.errors import UserError
 
 
 def _quantize_output(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:

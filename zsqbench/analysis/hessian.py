@@ -45,8 +45,9 @@ from torch import Tensor, nn
 
 from zsqbench.analysis.hutchinson import TraceEstimate, hutchinson_trace, parameter_groups
 from zsqbench.api.features import FeatureTaps
-from zsqbench.api.generator import Batch, Phase
+from zsqbench.api.generator import Batch
 from zsqbench.api.losses import LossInputs
+from zsqbench.api.spec import Phase
 
 if TYPE_CHECKING:  # pragma: no cover
     from zsqbench.trial.build import TrialParts

@@ -20,7 +20,6 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-
 # ------------------------------------------------------------------------------ results
 
 

@@ -15,13 +15,13 @@ from typing import Any
 
 from zsqbench.analysis.hessian import fixed_generator_batch, trial_hessian_trace
 from zsqbench.api.plugins import Plugins
+from zsqbench.api.spec import TrialSpec
+from zsqbench.assets.teachers import trial_teacher
 from zsqbench.bits import bits_label
 from zsqbench.errors import UserError
+from zsqbench.runs.environment import Environment
+from zsqbench.runs.folder import TrialFolder
 from zsqbench.trial.build import build_trial_parts
-from zsqbench.trial.environment import Environment
-from zsqbench.trial.folder import TrialFolder
-from zsqbench.trial.spec import TrialSpec
-from zsqbench.trial.teachers import trial_teacher
 from zsqbench.trial.trainer import seed_everything
 
 ANALYSIS = "hessian"

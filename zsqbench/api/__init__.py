@@ -18,15 +18,22 @@ from zsqbench.api.budgets import BudgetOverride, BudgetPreset
 from zsqbench.api.cards import MethodCard, PublishedNumber
 from zsqbench.api.executor import ExecuteJob, Executor, JobOutcome, TrialJob
 from zsqbench.api.features import FeatureTaps
-from zsqbench.api.generator import Batch, Generator, PassCounts, Phase, PhaseViolation, StudentUpdate, TrainContext
+from zsqbench.api.generator import Batch, Generator, PassCounts, PhaseViolation, StudentUpdate, TrainContext
 from zsqbench.api.hookspecs import PLUGIN_KINDS, hookimpl
 from zsqbench.api.losses import KD_CE, DistillationLoss, LogitLoss, LossInputs, NativeLosses, StudentObjective
 from zsqbench.api.models import Normalization, PretrainedWeights, RefusedFile, TeacherModel
 from zsqbench.api.optimizers import EpochAwareOptimizer
 from zsqbench.api.options import NoOptions, OmitAtDefault, PluginOptions, Retired, SpeedOnly
 from zsqbench.api.quantizer import (
-    IntegerActivation, IntegerGrid, IntegerLayer, IntegerWeight, QuantizedWeight, Quantizer, WeightCodeQuantizer,
+    IntegerActivation,
+    IntegerGrid,
+    IntegerLayer,
+    IntegerWeight,
+    QuantizedWeight,
+    Quantizer,
+    WeightCodeQuantizer,
 )
+from zsqbench.api.spec import Phase
 
 __all__ = [
     "KD_CE", "PLUGIN_KINDS", "Batch", "BudgetOverride", "BudgetPreset", "DistillationLoss",

@@ -1,7 +1,7 @@
 """Budgets as they are written: the fields of a budget, declared once, and the partial budgets that
 set them.
 
-A trial's :class:`~zsqbench.trial.spec.Budget` has the fields of :class:`BudgetFields` and checks how
+A trial's :class:`~zsqbench.api.spec.Budget` has the fields of :class:`BudgetFields` and checks how
 they fit together. Everything that changes a budget is a :class:`PartialBudget`, those fields with the
 same limits, each optional (None: left to the layers below): a preset of ``registry.toml``
 (:class:`BudgetPreset`); an override a method contributes through the ``register_budget_overrides``

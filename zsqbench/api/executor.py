@@ -21,7 +21,7 @@ class TrialJob:
     trial_id: str
     trial_dir: str
     label: str
-    env: dict[str, Any]  # zsqbench.trial.environment.Environment fields as plain values
+    env: dict[str, Any]  # zsqbench.runs.environment.Environment fields as plain values
     # The state the coordinator asked to start over from (--force, --retry-failed), or None. The
     # worker resets the folder only if it still finds it in that state once it holds the lease.
     reset_state: str | None = None
@@ -46,7 +46,7 @@ class Executor(ABC):
 
     :meth:`run` calls ``execute(job)`` for each job wherever it runs, and reports every finished
     job through ``on_done(job, outcome)`` in the coordinating process, which alone writes the
-    leaderboard. ``progress`` (a :class:`zsqbench.trial.progress.ProgressSink`) shows messages.
+    leaderboard. ``progress`` (a :class:`zsqbench.progress.ProgressSink`) shows messages.
     """
 
     name: ClassVar[str]

@@ -17,57 +17,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from zsqbench.api.cards import MethodCard
 from zsqbench.api.features import FeatureTaps
 from zsqbench.api.losses import LossInputs, NativeLosses, StudentObjective
 from zsqbench.api.models import TeacherModel
-from zsqbench.api.cards import MethodCard
 from zsqbench.api.options import NoOptions, PluginOptions
+from zsqbench.api.spec import Phase, TrialSpec
 from zsqbench.errors import UserError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from zsqbench.trial.spec import TrialSpec
-
-
-@dataclass(frozen=True)
-class Phase:
-    """Where an iteration stands: its epoch, and what the epoch does to the student. Made by
-    :meth:`zsqbench.trial.spec.Budget.phase`, the one place that knows the warm-up length.
-
-    * ``calibrating``: the student's activation ranges are tracked, the student is not updated;
-    * ``frozen``: the warm-up after calibration (GDFQ's ImageNet epochs 4-49, IMAGENET.md §4): the
-      ranges are frozen and the student is still not updated, while a generator keeps training;
-    * neither (``training``): the student is updated with frozen ranges.
-
-    ``frozen`` is never set by a budget whose calibration lasts the whole warm-up (every CIFAR budget).
-    """
-
-    epoch: int
-    calibrating: bool
-    frozen: bool = False
-
-    def __post_init__(self) -> None:
-        if self.calibrating and self.frozen:
-            raise ValueError("a phase cannot both calibrate and be frozen")
-
-    @property
-    def training(self) -> bool:
-        """Whether the student is updated in this epoch."""
-        return not (self.calibrating or self.frozen)
-
-    @property
-    def name(self) -> str:
-        """"warmup" or "train", as recorded per epoch in metrics.jsonl and result.json."""
-        return "train" if self.training else "warmup"
-
-    @property
-    def kind(self) -> str:
-        """"calibrating", "frozen" or "training", as messages name the phase."""
-        return "calibrating" if self.calibrating else "frozen" if self.frozen else "training"
 
 
 class PhaseViolation(UserError):
@@ -195,7 +156,7 @@ class StudentUpdate:
 class PassCounts:
     """A method's compute per generated sample, in forward-pass equivalents of each network (a
     backward counts as two forwards, weight gradients included), for a grid's compute estimate
-    (IMAGENET.md §7.2; :func:`zsqbench.grid.estimate.estimate_compute` multiplies teacher-sized
+    (IMAGENET.md §7.2; :func:`zsqbench.perf.estimate.estimate_compute` multiplies teacher-sized
     passes, teacher and student alike, by the teacher's MACs and generator passes by the
     generator network's). The defaults are GDFQ's: a generator step through the teacher (3G + 3T)
     then a student step (3T: forward and backward, teacher outputs reused); in warm-up iterations

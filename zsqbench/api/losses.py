@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
-from zsqbench.api.models import TeacherModel
 from zsqbench.api.cards import MethodCard
+from zsqbench.api.models import TeacherModel
 from zsqbench.api.options import NoOptions, PluginOptions
 from zsqbench.api.quantizer import Quantizer
 
 if TYPE_CHECKING:  # pragma: no cover
-    from zsqbench.trial.spec import TrialSpec
+    from zsqbench.api.spec import TrialSpec
 
 #: :attr:`NativeLosses.family` of GDFQ's form and its descendants: ``logit`` is
 #: α·T²·KL(teacher ‖ student) plus κ·CE on the batch labels, so a loss that re-weights KD and CE

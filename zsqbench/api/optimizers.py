@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from zsqbench.api.generator import Phase
+from zsqbench.api.spec import Phase
 
 
 class EpochAwareOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):

@@ -8,7 +8,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
 from pydantic import (
-    BaseModel, ConfigDict, SerializerFunctionWrapHandler, ValidationError, model_serializer, model_validator,
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_core import to_jsonable_python
@@ -31,7 +36,7 @@ class SpeedOnly:
     """Field marker, ``Annotated[T, SpeedOnly()]``: the option changes how fast a trial runs, never
     its numbers (the plugin's tests compare both forms), so it is never in the dump nor the trial id.
     A user still sets it with ``-o``; its value travels in the compute settings
-    (:func:`speed_switches`, ``zsqbench.trial.speed.ComputeSettings.switches``) and is recorded
+    (:func:`speed_switches`, ``zsqbench.perf.compute.ComputeSettings.switches``) and is recorded
     with the result."""
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 from rich.table import Table
 
 from zsqbench.api.plugins import get_plugins
+from zsqbench.assets.data import resolve_cache_dir, resolve_data_root
 from zsqbench.bits import bits_label
 from zsqbench.cli.console import err, out
 from zsqbench.errors import UserError
-from zsqbench.trial.data import resolve_cache_dir, resolve_data_root
-from zsqbench.trial.environment import Environment, offline_from_env, resolve_device
-from zsqbench.trial.folder import TrialFolder
+from zsqbench.runs.environment import Environment, offline_from_env, resolve_device
+from zsqbench.runs.folder import TrialFolder
 
 
 def add_parser(sub) -> None:

@@ -1,4 +1,4 @@
-"""`zsqbench bench`: time one training iteration against its bare network passes (zsqbench.trial.bench)."""
+"""`zsqbench bench`: time one training iteration against its bare network passes (zsqbench.perf.bench)."""
 
 from __future__ import annotations
 
@@ -59,9 +59,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from zsqbench.trial.bench import BenchConfig, run_bench  # keeps `zsqbench --help` light
-    from zsqbench.cli.run_cmd import _parse_options  # the same PLUGIN.KEY=VALUE syntax as `run`
     from zsqbench.bits import MAX_BITS, MIN_BITS
+    from zsqbench.cli.run_cmd import _parse_options  # the same PLUGIN.KEY=VALUE syntax as `run`
+    from zsqbench.perf.bench import BenchConfig, run_bench  # keeps `zsqbench --help` light
 
     if not MIN_BITS <= args.bits <= MAX_BITS:
         raise UserError(f"--bits {args.bits}: bits must be between {MIN_BITS} and {MAX_BITS}")
@@ -102,7 +102,7 @@ def execute(args: argparse.Namespace) -> int:
 
 def _explain(config, as_json: bool) -> int:
     from zsqbench.cli.console import out
-    from zsqbench.trial.bench import explain_bench
+    from zsqbench.perf.bench import explain_bench
 
     report = explain_bench(config)
     if as_json:

@@ -11,7 +11,8 @@ import math
 from zsqbench.bits import bits_label
 from zsqbench.cli.tables import TextTable, show_table
 from zsqbench.errors import UserError
-from zsqbench.leaderboard.compare import BY_FIELDS, Comparison, CompareRow, compare, compare_within
+from zsqbench.leaderboard.compare import BY_FIELDS, compare, compare_within
+from zsqbench.leaderboard.compare_rows import CompareRow, Comparison
 from zsqbench.leaderboard.labels import PUBLISHED
 from zsqbench.leaderboard.stats import MAX_SEEDS
 

@@ -1,10 +1,10 @@
-"""The compute flags shared by `zsqbench run` and `zsqbench bench` (see zsqbench.trial.speed)."""
+"""The compute flags shared by `zsqbench run` and `zsqbench bench` (see zsqbench.perf.compute)."""
 
 from __future__ import annotations
 
 import argparse
 
-from zsqbench.trial.speed import PRECISIONS, ComputeSettings
+from zsqbench.perf.compute import PRECISIONS, ComputeSettings
 
 
 def add_compute_flags(p: argparse.ArgumentParser) -> None:

@@ -56,10 +56,10 @@ def execute(args: argparse.Namespace) -> int:
     _check_numbers(args)
     require_export_extra()
     from zsqbench.api.plugins import get_plugins
+    from zsqbench.assets.data import resolve_cache_dir, resolve_data_root
     from zsqbench.export.runtime import MIN_AGREEMENT
     from zsqbench.export.trial_export import ExportMismatch, ExportSettings, export_trial, resolve_trial
-    from zsqbench.trial.data import resolve_cache_dir, resolve_data_root
-    from zsqbench.trial.environment import Environment, offline_from_env, resolve_device
+    from zsqbench.runs.environment import Environment, offline_from_env, resolve_device
 
     folder = resolve_trial(args.trial, args.results)
     env = Environment(data_root=resolve_data_root(args.data_root), device=resolve_device("cpu"),

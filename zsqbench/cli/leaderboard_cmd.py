@@ -28,11 +28,25 @@ from zsqbench.leaderboard.references import resolve_source
 from zsqbench.leaderboard.results_folder import LEADERBOARD_NAME, rebuild_leaderboard, trial_rows
 from zsqbench.leaderboard.table import read_table, to_csv_text, to_json_text, to_markdown
 from zsqbench.leaderboard.views import (
-    CI_NOTE, COMPACT_NOTE, METHOD_PIVOT_NOTE, ORACLE_NOTE, PER_TRIAL_SHOWN, PIVOT_NOTE, display_aggregated,
-    display_compact, display_trials, notes_for, pivot, pivot_by_method, pivot_names, trial_names, TRIAL_NAMED,
-    wide_names, with_chance,
+    CI_NOTE,
+    COMPACT_NOTE,
+    METHOD_PIVOT_NOTE,
+    ORACLE_NOTE,
+    PER_TRIAL_SHOWN,
+    PIVOT_NOTE,
+    TRIAL_NAMED,
+    display_aggregated,
+    display_compact,
+    display_trials,
+    notes_for,
+    pivot,
+    pivot_by_method,
+    pivot_names,
+    trial_names,
+    wide_names,
+    with_chance,
 )
-from zsqbench.trial.result_file import find_result_files
+from zsqbench.runs.result_file import find_result_files
 
 TRIAL_NOTE = ("oracle*: best epoch selected on the test set, not a result; report top-1 last. --wide shows every "
               "column, the full trial ids among them")

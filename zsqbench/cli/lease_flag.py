@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from zsqbench.trial.lease import DEFAULT_TIMEOUT_S, TIMEOUT_ENV, lease_timeout_from_env
+from zsqbench.runs.lease import DEFAULT_TIMEOUT_S, TIMEOUT_ENV, lease_timeout_from_env
 
 
 def _positive_seconds(text: str) -> float:

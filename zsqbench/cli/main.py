@@ -9,7 +9,15 @@ import warnings
 
 from zsqbench import __version__
 from zsqbench.cli import (
-    analyze_cmd, bench_cmd, compare_cmd, export_cmd, leaderboard_cmd, plot_cmd, plugins_cmd, run_cmd, status_cmd,
+    analyze_cmd,
+    bench_cmd,
+    compare_cmd,
+    export_cmd,
+    leaderboard_cmd,
+    plot_cmd,
+    plugins_cmd,
+    run_cmd,
+    status_cmd,
     teacher_eval_cmd,
 )
 from zsqbench.errors import UserError

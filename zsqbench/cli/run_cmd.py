@@ -14,18 +14,18 @@ from rich.table import Table
 
 from zsqbench.api.budgets import BudgetFields, PartialBudget
 from zsqbench.api.plugins import get_plugins
+from zsqbench.api.spec import Budget
+from zsqbench.assets.data import resolve_cache_dir, resolve_data_root
+from zsqbench.assets.datasets import CHANCE_FLAG_FACTOR, dataset_info, near_chance
 from zsqbench.bits import bits_label
 from zsqbench.cli.compute_flags import add_compute_flags, compute_settings
 from zsqbench.cli.console import RichProgress, out
 from zsqbench.cli.lease_flag import add_lease_timeout, lease_timeout
 from zsqbench.errors import UserError, first_validation_error
-from zsqbench.grid.estimate import CONFIRM_SECONDS, device_label, duration, estimate_compute
 from zsqbench.grid.request import check_option_tables, expand, load_grid_file, make_request, switch_tables
 from zsqbench.grid.runner import grid_states, run_grid, trial_folder
-from zsqbench.trial.data import resolve_cache_dir, resolve_data_root
-from zsqbench.trial.environment import Environment, offline_from_env, resolve_device
-from zsqbench.trial.datasets import CHANCE_FLAG_FACTOR, dataset_info, near_chance
-from zsqbench.trial.spec import Budget
+from zsqbench.perf.estimate import CONFIRM_SECONDS, device_label, duration, estimate_compute
+from zsqbench.runs.environment import Environment, offline_from_env, resolve_device
 
 
 def _csv(text: str) -> list[str]:
@@ -258,7 +258,7 @@ def _export(rows: list[dict[str, Any]], args: argparse.Namespace, env: Environme
     leaderboard so that it shows their onnx_top1."""
     from zsqbench.export.trial_export import ExportSettings, export_all
     from zsqbench.leaderboard.results_folder import rebuild_leaderboard
-    from zsqbench.trial.folder import TrialFolder
+    from zsqbench.runs.folder import TrialFolder
 
     folders = [TrialFolder.of(args.out, r["run"], r["trial_id"]) for r in rows]
     cpu_env = Environment(data_root=env.data_root, device=torch.device("cpu"), cache_dir=env.cache_dir,

@@ -8,9 +8,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from zsqbench.cli.lease_flag import add_lease_timeout, lease_timeout
 from zsqbench.cli.tables import TextTable, say, show_table
 from zsqbench.grid.runner import folder_summary
-from zsqbench.cli.lease_flag import add_lease_timeout, lease_timeout
 
 
 def add_parser(sub) -> None:

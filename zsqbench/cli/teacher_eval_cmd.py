@@ -21,7 +21,7 @@ from typing import Any
 from zsqbench.cli.console import RichProgress, out
 from zsqbench.errors import UserError
 
-DEFAULT_TOLERANCE = 0.15  # = zsqbench.trial.teachers.FP_TOLERANCE (not imported: `--help` stays free of torch)
+DEFAULT_TOLERANCE = 0.15  # = zsqbench.assets.teachers.FP_TOLERANCE (not imported: `--help` stays free of torch)
 
 
 def add_parser(sub) -> None:
@@ -53,12 +53,12 @@ def evaluate_teacher(args: argparse.Namespace, progress: Any) -> dict[str, Any]:
     import torch
 
     from zsqbench.api.plugins import get_plugins
+    from zsqbench.assets.data import load_test_set, resolve_cache_dir, resolve_data_root
+    from zsqbench.assets.teachers import fp_verdict, load_teacher, select_checkpoint
     from zsqbench.grid.request import resolve_teacher
-    from zsqbench.trial.data import load_test_set, resolve_cache_dir, resolve_data_root
-    from zsqbench.trial.environment import offline_from_env, resolve_device
+    from zsqbench.runs.environment import offline_from_env, resolve_device
+    from zsqbench.runs.provenance import device_name
     from zsqbench.trial.evaluate import top1
-    from zsqbench.trial.provenance import device_name
-    from zsqbench.trial.teachers import fp_verdict, load_teacher, select_checkpoint
 
     plugins = get_plugins()
     dataset = args.dataset

@@ -24,7 +24,7 @@ from onnx import numpy_helper
 
 from zsqbench.export.graph import ExportedLayer
 from zsqbench.files import write_bytes_atomic, write_json_atomic
-from zsqbench.trial.result_file import EXPORT_RECORD
+from zsqbench.runs.result_file import EXPORT_RECORD
 
 MODEL, QUANTIZATION, WEIGHTS = "model.onnx", "quantization.json", "weights.npz"
 

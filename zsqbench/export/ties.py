@@ -31,10 +31,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from zsqbench.assets.test_set import NormalizedImages
 from zsqbench.export.graph import INPUT, OUTPUT, ExportedLayer
 from zsqbench.export.mapping import OnnxQuant
 from zsqbench.export.runtime import session
-from zsqbench.trial.data import NormalizedImages
 
 TIE_RELATIVE = 2.0**-22
 PIXELS_PER_BATCH = 16 * 32 * 32  # 16 CIFAR images, 1 at 224 px: the probed outputs are every activation

@@ -1,7 +1,7 @@
 """A finished trial folder in, a verified ONNX model out (``zsqbench export``, ``run --export onnx``).
 
 The student is rebuilt the way every later user of a trial rebuilds it (the trial's teacher by
-:func:`~zsqbench.trial.teachers.trial_teacher`, the student by
+:func:`~zsqbench.assets.teachers.trial_teacher`, the student by
 :func:`~zsqbench.trial.build.build_student`) and given the final weights and frozen activation
 ranges from ``checkpoint.pt`` (the state after the last epoch; its last snapshot when the checkpoint
 is gone). Everything that can be wrong with the input is checked before anything is written.
@@ -24,6 +24,10 @@ from torch import nn
 import zsqbench
 from zsqbench.api.plugins import Plugins
 from zsqbench.api.quantizer import Quantizer
+from zsqbench.api.spec import TrialSpec
+from zsqbench.assets.data import load_test_set
+from zsqbench.assets.teachers import LoadedTeacher, trial_teacher
+from zsqbench.assets.test_set import NormalizedImages, TestSet
 from zsqbench.errors import UserError
 from zsqbench.export.artifacts import (
     MODEL,
@@ -53,12 +57,9 @@ from zsqbench.export.runtime import (
 )
 from zsqbench.export.ties import TIE_RELATIVE, code_tie_images
 from zsqbench.files import file_digest
+from zsqbench.runs.environment import Environment
+from zsqbench.runs.folder import TrialFolder
 from zsqbench.trial.build import build_student
-from zsqbench.trial.data import NormalizedImages, TestSet, load_test_set
-from zsqbench.trial.environment import Environment
-from zsqbench.trial.folder import TrialFolder
-from zsqbench.trial.spec import TrialSpec
-from zsqbench.trial.teachers import LoadedTeacher, trial_teacher
 
 CPU = torch.device("cpu")
 
@@ -301,7 +302,7 @@ def export_all(folders: list[TrialFolder], plugins: Plugins, env: Environment, s
     """``run --export onnx``: export each finished trial that has no verified export of its current
     result yet (``force``: all of them). A trial that cannot be exported or fails verification is
     reported and the others go on; returns (trial id, why) of those."""
-    from zsqbench.trial.result_file import read_export_record
+    from zsqbench.runs.result_file import read_export_record
 
     failed = []
     for folder in folders:

@@ -19,8 +19,8 @@ from pydantic import ValidationError
 from zsqbench.api.budgets import BudgetOverride, PartialBudget
 from zsqbench.api.plugins import Plugins
 from zsqbench.api.registry import Entry
+from zsqbench.api.spec import Budget, OptimSettings
 from zsqbench.errors import UserError, first_validation_error
-from zsqbench.trial.spec import Budget, OptimSettings
 
 
 @dataclass(frozen=True)

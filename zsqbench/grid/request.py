@@ -2,7 +2,7 @@
 
 A request is validated against the loaded plugins before anything runs: unknown names,
 bad bit-widths and malformed plugin options fail here, before a single epoch is spent. Each
-spec names the teacher checkpoint the trial will use (:func:`zsqbench.trial.teachers.select_checkpoint`)
+spec names the teacher checkpoint the trial will use (:func:`zsqbench.assets.teachers.select_checkpoint`)
 and the budget its methods resolve to (:func:`zsqbench.grid.budgets.resolve_budget`).
 """
 
@@ -19,14 +19,14 @@ from zsqbench.api.budgets import BudgetPreset, PartialBudget
 from zsqbench.api.models import TeacherModel
 from zsqbench.api.options import PluginOptions, close_match, fill_options, speed_switches
 from zsqbench.api.plugins import Plugins
+from zsqbench.api.spec import PluginChoice, TrialSpec
+from zsqbench.assets.datasets import dataset_info
+from zsqbench.assets.teachers import select_checkpoint
+from zsqbench.bits import parse_bits
 from zsqbench.errors import UnknownNameError, UserError, first_validation_error
 from zsqbench.grid.budgets import resolve_budget
-from zsqbench.trial.datasets import dataset_info
-from zsqbench.trial.environment import Environment
-from zsqbench.bits import parse_bits
+from zsqbench.runs.environment import Environment
 from zsqbench.trial.build import check_budget
-from zsqbench.trial.spec import PluginChoice, TrialSpec
-from zsqbench.trial.teachers import select_checkpoint
 
 
 class GridRequest(BaseModel):

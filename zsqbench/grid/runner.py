@@ -1,6 +1,6 @@
 """Running a grid of trials into a results folder, through an executor plugin (the coordinator).
 
-Layout: ``<out>/<run>/<trial_id>/`` is a :class:`~zsqbench.trial.folder.TrialFolder`;
+Layout: ``<out>/<run>/<trial_id>/`` is a :class:`~zsqbench.runs.folder.TrialFolder`;
 ``<out>/leaderboard.csv`` is rebuilt from the folder's result files whenever a trial finishes
 (:mod:`zsqbench.leaderboard.results_folder`).
 
@@ -21,15 +21,16 @@ from typing import Any
 
 from zsqbench.api.executor import JobOutcome, TrialJob
 from zsqbench.api.plugins import Plugins
+from zsqbench.api.spec import TrialSpec
+from zsqbench.assets.teachers import load_teacher
 from zsqbench.errors import UserError
 from zsqbench.grid.worker import RESOURCES, execute_job
 from zsqbench.leaderboard.results_folder import LEADERBOARD_NAME, rebuild_leaderboard
-from zsqbench.trial.environment import Environment
-from zsqbench.trial.folder import TrialFolder
-from zsqbench.trial.lease import DEFAULT_TIMEOUT_S, LeaseInfo, LeaseOwner
-from zsqbench.trial.progress import ProgressSink
-from zsqbench.trial.spec import TrialSpec
-from zsqbench.trial.teachers import load_teacher
+from zsqbench.progress import ProgressSink
+from zsqbench.runs.environment import Environment
+from zsqbench.runs.folder import TrialFolder
+from zsqbench.runs.lease import DEFAULT_TIMEOUT_S, LeaseInfo, LeaseOwner
+
 
 @dataclass
 class GridReport:

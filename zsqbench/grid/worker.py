@@ -1,7 +1,7 @@
 """Running one trial job wherever an executor puts it: claim the lease, train, record, release.
 
 Any number of workers, in any processes or on any machines that share the results folder, may be
-handed the same trial: the lease (:mod:`zsqbench.trial.lease`) lets exactly one train it, the
+handed the same trial: the lease (:mod:`zsqbench.runs.lease`) lets exactly one train it, the
 others report it as running (or finished) elsewhere. What the worker finds once it holds the lease
 decides what it does, since the coordinator's view may be minutes old:
 
@@ -23,12 +23,12 @@ from pathlib import Path
 
 from zsqbench.api.executor import JobOutcome, TrialJob
 from zsqbench.api.plugins import Plugins, get_plugins
-from zsqbench.trial.environment import Environment
-from zsqbench.trial.folder import TrialFolder
-from zsqbench.trial.lease import LeaseLost
+from zsqbench.progress import NullProgress, ProgressSink
+from zsqbench.runs.environment import Environment
+from zsqbench.runs.folder import TrialFolder
+from zsqbench.runs.lease import LeaseLost
+from zsqbench.runs.record import build_result
 from zsqbench.trial.monitor import TrialDiverged
-from zsqbench.trial.progress import NullProgress, ProgressSink
-from zsqbench.trial.record import build_result
 from zsqbench.trial.resources import TrialResources
 from zsqbench.trial.trainer import run_trial
 

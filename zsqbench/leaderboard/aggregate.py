@@ -14,11 +14,11 @@ from typing import Any
 
 import pandas as pd
 
+from zsqbench.bits import bits_label
 from zsqbench.errors import UserError
 from zsqbench.leaderboard.labels import trial_chance
 from zsqbench.leaderboard.schema import AGGREGATED, BUDGET_SETTINGS, KEY_COLUMNS, of_type
 from zsqbench.leaderboard.stats import mean_ci_halfwidth
-from zsqbench.bits import bits_label
 
 ROUND = 4  # decimals kept in aggregated numbers (per-trial accuracies have 2)
 

@@ -19,9 +19,9 @@ they are exempt from the budget/teacher check and every such row is labelled as 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 
@@ -29,11 +29,16 @@ from zsqbench.bits import bits_label
 from zsqbench.errors import UserError
 from zsqbench.leaderboard.aggregate import as_aggregated, done_trials
 from zsqbench.leaderboard.compare_notes import label_notes, method_notes
+from zsqbench.leaderboard.compare_rows import CompareRow, Comparison, Metric, Options
 from zsqbench.leaderboard.labels import chance_label, is_reference
 from zsqbench.leaderboard.references import resolve_source
 from zsqbench.leaderboard.schema import BUDGET_SETTINGS, KEY_COLUMNS, plain
 from zsqbench.leaderboard.stats import (
-    Difference, Interval, holm, paired_difference, welch_difference, welch_from_samples,
+    Difference,
+    holm,
+    paired_difference,
+    welch_difference,
+    welch_from_samples,
 )
 from zsqbench.leaderboard.table import read_table
 
@@ -41,88 +46,9 @@ JOIN_COLUMNS: tuple[str, ...] = ("dataset", "generator", "loss", "w_bits", "a_bi
 ALWAYS_CHECKED: tuple[str, ...] = ("model", "quantizer")
 #: The fields `compare_within` can set against a baseline value (the others define the cell).
 BY_FIELDS: tuple[str, ...] = ("loss", "generator", "quantizer")
-Metric = Literal["last", "oracle"]
 SIGNIFICANCE = ((0.01, "**"), (0.05, "*"))
 REFERENCE_NOTE = ("{side} ({path}) holds published reference numbers: the best epoch selected on the test set, "
                   "under the paper's own budget and FP teacher, so a delta mixes method, budget, teacher and selection")
-
-
-@dataclass
-class CompareRow:
-    """One joined configuration; the key fields hold B's values. ``status``: 'both', 'only A',
-    'only B' (or, within a folder, 'no baseline'). ``test``: 'paired', 'welch', or '' when no test
-    ran (no delta, or one seed or published value on a side: a delta without a p-value).
-    ``budget_a``: A's budget; ``a_chance``/``b_chance``: 'at chance' / 'k/n at chance' / ''."""
-
-    dataset: str
-    generator: str
-    loss: str
-    w_bits: int
-    a_bits: int
-    status: str
-    model: str = ""
-    quantizer: str = ""
-    budget: str = ""
-    budget_a: str = ""
-    baseline: str | None = None
-    a_mean: float | None = None
-    a_std: float | None = None
-    a_n: int | None = None
-    b_mean: float | None = None
-    b_std: float | None = None
-    b_n: int | None = None
-    delta: float | None = None
-    test: str = ""
-    n_pairs: int | None = None
-    se: float | None = None
-    df: float | None = None
-    t_stat: float | None = None
-    p_value: float | None = None
-    p_holm: float | None = None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    interval: str = ""
-    mde: float | None = None
-    seeds_needed: int | None = None
-    mark: str = ""
-    a_chance: str = ""
-    b_chance: str = ""
-    a_published: bool = False
-    b_published: bool = False
-    flags: list[str] = field(default_factory=list)
-
-    @property
-    def meaningful(self) -> bool:
-        """False when a side finished at chance: its delta measures a failed run, not the method."""
-        return not (self.a_chance or self.b_chance)
-
-
-@dataclass
-class Comparison:
-    a: str
-    b: str
-    metric: str
-    rows: list[CompareRow]
-    notes: list[str]
-    by: str | None = None
-    effect: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"a": self.a, "b": self.b, "metric": self.metric, "by": self.by, "effect": self.effect,
-                "rows": [{**asdict(r), "meaningful": r.meaningful} for r in self.rows], "notes": self.notes}
-
-
-@dataclass(frozen=True)
-class Options:
-    """How to test: ``unpaired`` forces Welch; ``interval`` 't' or 'bootstrap' (seeded);
-    ``effect``: the difference (points) whose seeds-needed is reported."""
-
-    metric: Metric = "last"
-    force: bool = False
-    unpaired: bool = False
-    interval: Interval = "t"
-    bootstrap_seed: int = 0
-    effect: float | None = None
 
 
 @dataclass

@@ -11,7 +11,7 @@ from zsqbench.leaderboard.labels import PUBLISHED_NOTE, chance_note, smoke_note
 from zsqbench.leaderboard.stats import ALPHA, BOOTSTRAP_RESAMPLES, CONFIDENCE, MAX_SEEDS, POWER
 
 if TYPE_CHECKING:
-    from zsqbench.leaderboard.compare import CompareRow, Options
+    from zsqbench.leaderboard.compare_rows import CompareRow, Options
 
 
 def label_notes(rows: list[CompareRow]) -> list[str]:

@@ -4,7 +4,7 @@ seeds).
 
 The leaderboard, compare and plot commands all label with these, so the same words follow a
 number wherever it is shown, and no view presents such a number bare. The chance rule is the
-trainer's (:func:`zsqbench.trial.datasets.near_chance`), with the class count of the row's dataset.
+trainer's (:func:`zsqbench.assets.datasets.near_chance`), with the class count of the row's dataset.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from zsqbench.assets.datasets import CHANCE_FLAG_FACTOR, DATASETS, near_chance
 from zsqbench.leaderboard.schema import is_missing
-from zsqbench.trial.datasets import CHANCE_FLAG_FACTOR, DATASETS, near_chance
 
 AT_CHANCE = "at chance"
 #: What a published reference row shows where a zsqbench row shows its number of seeds.

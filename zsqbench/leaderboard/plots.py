@@ -20,10 +20,11 @@ import pandas as pd
 from zsqbench.bits import bits_label
 from zsqbench.errors import UserError
 from zsqbench.files import write_bytes_atomic
-from zsqbench.leaderboard.compare import Options, Side, load_side, within
+from zsqbench.leaderboard.compare import Side, load_side, within
+from zsqbench.leaderboard.compare_rows import Options
 from zsqbench.leaderboard.curves import curvature, gradient_norms, palette, training_curves
 from zsqbench.leaderboard.labels import AT_CHANCE, chance_label, smoke_note
-from zsqbench.trial.folder import TrialFolder
+from zsqbench.runs.folder import TrialFolder
 
 FORMATS = ("png", "svg")
 VARIANT_COLUMNS = ("model", "quantizer", "budget")  # shown in labels only when they vary

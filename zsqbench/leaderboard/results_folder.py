@@ -24,7 +24,7 @@ from zsqbench.errors import UserError
 from zsqbench.files import write_text_atomic
 from zsqbench.leaderboard.rows import result_row
 from zsqbench.leaderboard.schema import PER_TRIAL
-from zsqbench.trial.result_file import find_result_files, read_export_record, validate_result
+from zsqbench.runs.result_file import find_result_files, read_export_record, validate_result
 
 LEADERBOARD_NAME = "leaderboard.csv"
 LOCK_NAME = ".leaderboard.lock"

@@ -21,8 +21,9 @@ import pandas as pd
 
 from zsqbench.errors import UserError
 from zsqbench.leaderboard.results_folder import LEADERBOARD_NAME, leaderboard_text
-from zsqbench.trial.result_file import find_result_files
 from zsqbench.leaderboard.schema import REQUIRED, Kind, is_missing, of_type, plain
+from zsqbench.runs.result_file import find_result_files
+
 
 def _fail(path: Path, problem: str, fix: str = "regenerate it") -> UserError:
     """One-line error: CSV problems are user-fixable, and tracebacks would hide the file name."""

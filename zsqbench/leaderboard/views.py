@@ -14,7 +14,13 @@ import pandas as pd
 from zsqbench.bits import bits_label
 from zsqbench.errors import UserError
 from zsqbench.leaderboard.labels import (
-    PUBLISHED, PUBLISHED_NOTE, chance_label, chance_note, is_reference, smoke_note, trial_chance,
+    PUBLISHED,
+    PUBLISHED_NOTE,
+    chance_label,
+    chance_note,
+    is_reference,
+    smoke_note,
+    trial_chance,
 )
 from zsqbench.leaderboard.schema import is_missing, plain
 

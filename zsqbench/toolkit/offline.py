@@ -20,20 +20,20 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from pydantic import Field
-
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from zsqbench.api.budgets import BudgetOverride
-from zsqbench.api.generator import Batch, Generator, PassCounts, Phase, TrainContext
+from zsqbench.api.generator import Batch, Generator, PassCounts, TrainContext
 from zsqbench.api.models import TeacherModel
 from zsqbench.api.options import PluginOptions
+from zsqbench.api.spec import Phase
 from zsqbench.toolkit.augment import random_resized_crop_flip
 from zsqbench.toolkit.online import TrainedGenerator, network_macs
 
 if TYPE_CHECKING:  # pragma: no cover
-    from zsqbench.trial.spec import TrialSpec
+    from zsqbench.api.spec import TrialSpec
 
 
 class OfflineSetOptions(PluginOptions):

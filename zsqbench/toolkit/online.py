@@ -15,11 +15,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from zsqbench.api.generator import Batch, Generator, PassCounts, Phase, TrainContext
+from zsqbench.api.generator import Batch, Generator, PassCounts, TrainContext
 from zsqbench.api.models import TeacherModel
 from zsqbench.api.options import PluginOptions
-from zsqbench.toolkit.bn_stats import BNStatsLoss
+from zsqbench.api.spec import Phase
 from zsqbench.errors import UserError
+from zsqbench.toolkit.bn_stats import BNStatsLoss
 from zsqbench.toolkit.imagenet_generator import generator_macs, generator_network
 
 

@@ -1,1 +1,1 @@
-"""One trial: its spec, its data and teacher, building its parts, the training loop, its folder."""
+"""One trial: building its parts, the step, the training loop, evaluation and monitoring."""

@@ -16,15 +16,15 @@ import torch
 from torch import Tensor, nn
 
 from zsqbench.api.features import FeatureTaps
-from zsqbench.api.generator import Generator, Phase, StudentUpdate, TrainContext
+from zsqbench.api.generator import Generator, StudentUpdate, TrainContext
 from zsqbench.api.losses import DistillationLoss
 from zsqbench.api.models import TeacherModel
 from zsqbench.api.options import PluginOptions
 from zsqbench.api.plugins import Plugins
 from zsqbench.api.quantizer import Quantizer
+from zsqbench.api.spec import OptimSettings, Phase, PluginChoice, TrialSpec
 from zsqbench.errors import UserError
-from zsqbench.trial.progress import NullProgress, ProgressSink
-from zsqbench.trial.spec import OptimSettings, PluginChoice, TrialSpec
+from zsqbench.progress import NullProgress, ProgressSink
 
 #: The plugins' speed-only options by plugin name (``ComputeSettings.switches``): not in the spec.
 Switches = Mapping[str, Mapping[str, Any]]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from zsqbench.trial.data import NormalizedImages
-from zsqbench.trial.progress import ProgressSink
+from zsqbench.assets.test_set import NormalizedImages
+from zsqbench.progress import ProgressSink
 
 
 def _batch(inputs: Tensor | NormalizedImages, start: int, stop: int, device: torch.device) -> Tensor:

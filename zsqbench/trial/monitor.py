@@ -8,7 +8,6 @@ import torch
 from torch import Tensor
 
 
-
 class TrialDiverged(RuntimeError):
     """The student loss became NaN/Inf, or accuracy collapsed: the trial's numbers are not a result."""
 

@@ -9,11 +9,12 @@ from pathlib import Path
 
 from torch import nn
 
-from zsqbench.trial.data import NormalizedImages, TestSet, load_test_set
-from zsqbench.trial.environment import Environment
+from zsqbench.assets.data import load_test_set
+from zsqbench.assets.teachers import LoadedTeacher
+from zsqbench.assets.test_set import NormalizedImages, TestSet
+from zsqbench.progress import ProgressSink
+from zsqbench.runs.environment import Environment
 from zsqbench.trial.evaluate import top1
-from zsqbench.trial.progress import ProgressSink
-from zsqbench.trial.teachers import LoadedTeacher
 
 
 class TrialResources:

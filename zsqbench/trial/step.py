@@ -3,7 +3,7 @@
 The trainer, ``zsqbench bench``, the analyses and the tests all train through
 :func:`epoch_context` and :func:`iterate`, so a benchmark times what a trial runs and a test
 checks what a trial computes. The phase comes from the budget
-(:meth:`zsqbench.trial.spec.Budget.phase`) and is handed to the plugins.
+(:meth:`zsqbench.api.spec.Budget.phase`) and is handed to the plugins.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor
 
-from zsqbench.api.generator import Phase, PhaseViolation
+from zsqbench.api.generator import PhaseViolation
 from zsqbench.api.optimizers import EpochAwareOptimizer
+from zsqbench.api.spec import Phase
+from zsqbench.perf.compute import allow_compiled_backward_twice
 from zsqbench.trial.build import TrialParts
 from zsqbench.trial.monitor import EpochStats
-from zsqbench.trial.speed import allow_compiled_backward_twice
 
 
 @contextmanager

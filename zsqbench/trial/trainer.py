@@ -16,23 +16,22 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from zsqbench.api.generator import Phase
 from zsqbench.api.models import TeacherModel
 from zsqbench.api.plugins import Plugins
+from zsqbench.api.spec import Phase, TrialSpec
+from zsqbench.assets.teachers import FP_TOLERANCE, LoadedTeacher, fp_verdict, load_teacher, select_checkpoint
+from zsqbench.assets.test_set import NormalizedImages, TestSet
+from zsqbench.perf.compute import ComputeSettings, apply_compute_settings, tune_cpu_allocator
+from zsqbench.progress import NullProgress, ProgressSink
+from zsqbench.runs.checkpoint import rng_state, set_rng_state
+from zsqbench.runs.environment import Environment
+from zsqbench.runs.folder import TrialFolder
+from zsqbench.runs.record import EpochRecord, TrialOutcome
 from zsqbench.trial.build import TrialParts, build_trial_parts
-from zsqbench.trial.checkpoint import rng_state, set_rng_state
-from zsqbench.trial.data import NormalizedImages, TestSet
-from zsqbench.trial.environment import Environment
 from zsqbench.trial.evaluate import top1
-from zsqbench.trial.folder import TrialFolder
 from zsqbench.trial.monitor import EpochStats, TrialDiverged, collapsed, divergence
-from zsqbench.trial.progress import NullProgress, ProgressSink
-from zsqbench.trial.record import EpochRecord, TrialOutcome
 from zsqbench.trial.resources import TrialResources
-from zsqbench.trial.spec import TrialSpec
-from zsqbench.trial.speed import ComputeSettings, apply_compute_settings, tune_cpu_allocator
 from zsqbench.trial.step import compile_iteration, epoch_context, iterate, optimizer_summary
-from zsqbench.trial.teachers import FP_TOLERANCE, LoadedTeacher, fp_verdict, load_teacher, select_checkpoint
 
 #: The running loss shown in the progress display is refreshed this often (iterations).
 LOSS_DISPLAY_EVERY = 50
@@ -175,7 +174,7 @@ def evaluated_images(setup: TrialSetup) -> int:
 
 def evaluate(setup: TrialSetup, phase: Phase) -> float | None:
     """Student top-1 on the test set (or its first ``eval_images``) in the epochs the budget
-    evaluates (:meth:`~zsqbench.trial.spec.Budget.evaluates`: from the last calibration epoch on,
+    evaluates (:meth:`~zsqbench.api.spec.Budget.evaluates`: from the last calibration epoch on,
     at the budget's cadence); None in the others."""
     budget = setup.spec.budget
     if not budget.evaluates(phase.epoch):

@@ -2,7 +2,7 @@
 pins, and the one near-chance rule every view flags finished trials with.
 
 Torch-free, so the leaderboard, compare and plot commands (which must not import torch) read the
-same class counts the trainer evaluates with (:mod:`zsqbench.trial.data` re-exports all of it).
+same class counts the trainer evaluates with (:mod:`zsqbench.assets.data` re-exports all of it).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ DATASETS = {
     "cifar100": DatasetInfo("cifar100", 100, "cifar-100-python", "test", "fine_labels", "meta",
                             "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
                             "eb9058c3a382ffc7106e4002c42a8d85", 10_000),
-    # Not downloadable (no url): read from the user's copy by zsqbench.trial.imagenet.
+    # Not downloadable (no url): read from the user's copy by zsqbench.assets.imagenet.
     IMAGENET: DatasetInfo(IMAGENET, 1000, "imagenet", "val", "", "", "", "", 50_000),
 }
 

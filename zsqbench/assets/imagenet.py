@@ -1,5 +1,5 @@
 """The ImageNet-1K validation set from the user's copy (IMAGENET.md §5.3): where it is, which
-images it holds, and their labels; decoded once into a cache by :mod:`zsqbench.trial.imagenet_cache`.
+images it holds, and their labels; decoded once into a cache by :mod:`zsqbench.assets.imagenet_cache`.
 
 ImageNet cannot be downloaded by zsqbench (its licence requires registration at image-net.org).
 The data root (or its ``imagenet/`` subfolder, so one root can hold CIFAR, ImageNet and
@@ -29,17 +29,17 @@ import shutil
 import tarfile
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from zsqbench.assets.datasets import IMAGENET
+from zsqbench.assets.imagenet_source import ImageNetSource
+from zsqbench.assets.test_set import TestSet
 from zsqbench.errors import ChecksumError, DataNotFoundError, UserError
 from zsqbench.files import write_json_atomic
-from zsqbench.trial.data import TestSet
-from zsqbench.trial.datasets import IMAGENET
-from zsqbench.trial.progress import NullProgress, ProgressSink
+from zsqbench.progress import NullProgress, ProgressSink
 
 DEVKIT = "ILSVRC2012_devkit_t12.tar.gz"
 VAL_ARCHIVE = "ILSVRC2012_img_val.tar"
@@ -59,23 +59,6 @@ WHERE_TO_GET = (
     "ZSQBENCH_DATA at a folder holding, directly or in imagenet/, both archives, or val/<wnid>/*.JPEG "
     "(an ImageFolder), or torchvision's parsed meta.bin + val/"
 )
-
-
-@dataclass(frozen=True)
-class ImageNetSource:
-    """The validation images found: where, in which layout, the class list and each image's
-    path (relative to ``val_dir``), size in bytes and label."""
-
-    root: Path  # what the user pointed at (the archives' folder for layout (b))
-    val_dir: Path  # the folder of wnid folders actually read (in the cache for layout (b))
-    layout: str  # "imagefolder", "torchvision-parsed", "torchvision-archives"
-    classes: tuple[str, ...]
-    files: tuple[str, ...]
-    sizes: tuple[int, ...]
-    labels: np.ndarray
-
-    def paths(self) -> list[Path]:
-        return [self.val_dir / f for f in self.files]
 
 
 def _wnid_dirs(folder: Path) -> list[str]:
@@ -181,7 +164,7 @@ def find_imagenet(root: Path, cache_dir: Path, progress: ProgressSink | None = N
 
 def load_imagenet(root: Path, cache_dir: Path, progress: ProgressSink | None = None) -> TestSet:
     """The validation set as a :class:`TestSet` over its memory-mapped uint8 cache (built on first use)."""
-    from zsqbench.trial.imagenet_cache import load_or_build
+    from zsqbench.assets.imagenet_cache import load_or_build
 
     progress = progress or NullProgress()
     source = find_imagenet(root, cache_dir, progress)

@@ -2,7 +2,7 @@
 
 Written atomically at the end of every epoch (student, generator, optimizer, quantizer ranges
 as student buffers, RNG states, the epoch records so far; see
-:meth:`zsqbench.trial.folder.TrialFolder.save_checkpoint`). A trial that was killed resumes from
+:meth:`zsqbench.runs.folder.TrialFolder.save_checkpoint`). A trial that was killed resumes from
 its last checkpoint and produces the same numbers as an uninterrupted run on the same device.
 
 A results folder may come from someone else (a shared file system, a downloaded archive), so a

@@ -3,8 +3,8 @@ no torch).
 
 result.json files are the truth of a results folder: the leaderboard is rebuilt from them, and a
 results folder may be shared or downloaded, so every reader brings one to the current format
-(:mod:`zsqbench.trial.migrations`) and validates it against :class:`ResultFile` before using it. The
-trainer builds the same model (:func:`zsqbench.trial.record.build_result`), so what is written is
+(:mod:`zsqbench.runs.migrations`) and validates it against :class:`ResultFile` before using it. The
+trainer builds the same model (:func:`zsqbench.runs.record.build_result`), so what is written is
 what readers check. Readers rely on the required fields; the rest (epoch records, provenance
 details) is kept as written, and results of earlier versions validate (fields added since have
 defaults).
@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from zsqbench.errors import UserError, first_validation_error
 from zsqbench.files import file_digest
-from zsqbench.trial.migrations import RESULT_VERSION, upgrade
+from zsqbench.runs.migrations import RESULT_VERSION, upgrade
 
 RESULT_NAME = "result.json"
 #: Where result files sit in a results folder: ``<results>/<run>/<trial_id>/result.json``.
@@ -85,7 +85,7 @@ ORACLE_NOTE = "top1_oracle is the best epoch chosen on the test set; report top1
 
 
 class ResultFile(_Open):
-    """A finished trial. Written by :func:`zsqbench.trial.record.build_result` with every field
+    """A finished trial. Written by :func:`zsqbench.runs.record.build_result` with every field
     declared here (tests check that none is left undeclared); read back through :func:`validate_result`."""
 
     schema_version: int = RESULT_VERSION

@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.request import urlopen
 
 from zsqbench.errors import ChecksumError, DataNotFoundError
-from zsqbench.trial.progress import NullProgress, ProgressSink
+from zsqbench.progress import NullProgress, ProgressSink
 
 CHUNK = 1 << 20
 

@@ -23,8 +23,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from zsqbench.api.plugins import Plugins
-from zsqbench.trial.datasets import DATASETS
-from zsqbench.trial.spec import Budget, TrialSpec
+from zsqbench.api.spec import Budget, TrialSpec
+from zsqbench.assets.datasets import DATASETS
 
 #: ResNet-20's forward (Conv2d + Linear, hooks): the teacher cost when a model declares none.
 RESNET20_MACS = 40_813_184

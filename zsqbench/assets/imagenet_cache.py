@@ -37,19 +37,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import PIL
 import torch
 from PIL import Image
 
+from zsqbench.assets.imagenet_source import ImageNetSource
 from zsqbench.errors import UserError
 from zsqbench.files import write_json_atomic
-from zsqbench.trial.progress import ProgressSink
-
-if TYPE_CHECKING:
-    from zsqbench.trial.imagenet import ImageNetSource
+from zsqbench.progress import ProgressSink
 
 FORMAT = 1
 RESIZE = 256
@@ -96,14 +93,14 @@ class CachedSet:
     pillow: str
 
 
-def files_digest(source: "ImageNetSource") -> str:
+def files_digest(source: ImageNetSource) -> str:
     h = hashlib.sha256()
     for name, size in zip(source.files, source.sizes):
         h.update(f"{name}\t{size}\n".encode())
     return h.hexdigest()
 
 
-def cache_key(source: "ImageNetSource") -> tuple[str, str]:
+def cache_key(source: ImageNetSource) -> tuple[str, str]:
     """(key, file-list digest): what the decoded pixels and labels depend on, and nothing else."""
     files = files_digest(source)
     classes = hashlib.sha256("\n".join(source.classes).encode()).hexdigest()
@@ -134,7 +131,7 @@ def _open(folder: Path, key: str, files: str, labels: np.ndarray) -> tuple[Cache
                      meta["transform"], meta["pillow"]), ""
 
 
-def load_or_build(source: "ImageNetSource", cache_dir: Path, progress: ProgressSink) -> CachedSet:
+def load_or_build(source: ImageNetSource, cache_dir: Path, progress: ProgressSink) -> CachedSet:
     key, files = cache_key(source)
     folder = cache_dir / "imagenet" / key[:24]
     if folder.exists():
@@ -166,7 +163,7 @@ def _remove_stale_builds(parent: Path) -> None:
             pass
 
 
-def _build(source: "ImageNetSource", folder: Path, key: str, files: str, progress: ProgressSink) -> None:
+def _build(source: ImageNetSource, folder: Path, key: str, files: str, progress: ProgressSink) -> None:
     parent = folder.parent
     parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(parent)

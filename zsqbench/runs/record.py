@@ -1,5 +1,5 @@
 """What a trial records: one record per epoch, and its result.json with full provenance (built as
-the :class:`~zsqbench.trial.result_file.ResultFile` that readers validate it with)."""
+the :class:`~zsqbench.runs.result_file.ResultFile` that readers validate it with)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import datetime as dt
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from zsqbench.trial.data import TestSet
-from zsqbench.trial.environment import Environment
-from zsqbench.trial.provenance import device_name, git_hash, versions
-from zsqbench.trial.result_file import ResultFile
-from zsqbench.trial.spec import TrialSpec
-from zsqbench.trial.teachers import LoadedTeacher
+from zsqbench.api.spec import TrialSpec
+from zsqbench.assets.teachers import LoadedTeacher
+from zsqbench.assets.test_set import TestSet
+from zsqbench.runs.environment import Environment
+from zsqbench.runs.provenance import device_name, git_hash, versions
+from zsqbench.runs.result_file import ResultFile
 
 
 @dataclass

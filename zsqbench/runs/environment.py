@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from zsqbench.errors import UserError
-from zsqbench.trial.lease import DEFAULT_TIMEOUT_S
-from zsqbench.trial.speed import ComputeSettings
+from zsqbench.perf.compute import ComputeSettings
+from zsqbench.runs.lease import DEFAULT_TIMEOUT_S
 
 OFFLINE_ENV = "ZSQBENCH_OFFLINE"
 
@@ -36,7 +36,7 @@ class Environment:
     # Missing test sets and pinned teacher weights are downloaded (checksums verified) unless offline.
     offline: bool = False
     eval_batch_size: int = 500
-    # Compute settings (zsqbench.trial.speed). Only the memory format has a measured default
+    # Compute settings (zsqbench.perf.compute). Only the memory format has a measured default
     # (None: channels-last on CPU, NCHW on CUDA).
     precision: str = "fp32"  # "bf16": convolutions in bfloat16, everything else float32
     channels_last: bool | None = None
@@ -44,7 +44,7 @@ class Environment:
     tf32: bool | None = None  # None: PyTorch's defaults
     # The plugins' speed-only options by plugin name (ComputeSettings.switches; not in trial ids).
     switches: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # A trial lease whose heartbeat is older than this is stale (zsqbench.trial.lease).
+    # A trial lease whose heartbeat is older than this is stale (zsqbench.runs.lease).
     lease_timeout_s: float = DEFAULT_TIMEOUT_S
 
     @property

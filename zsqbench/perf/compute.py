@@ -3,7 +3,7 @@
 Each changes the floating-point results (at the rounding level for channels-last and
 compile, more for TF32 and bf16). Only the memory format has a measured default: the
 others are opt-in, and a trial records the settings it ran with. They are shared by the
-trainer (:class:`zsqbench.trial.environment.Environment`) and ``zsqbench bench`` so that a benchmark
+trainer (:class:`zsqbench.runs.environment.Environment`) and ``zsqbench bench`` so that a benchmark
 measures exactly what a trial would run.
 
 * ``channels_last``: NHWC convolutions. ``None`` (the default) resolves by device, from

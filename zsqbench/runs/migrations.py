@@ -23,7 +23,7 @@ History (a file without ``schema_version`` is version 1):
 ``result.json``
     1. Up to f49c149.
     2. ``schema_version`` written; written and read through one model
-       (:class:`zsqbench.trial.result_file.ResultFile`), with the same fields as version 1.
+       (:class:`zsqbench.runs.result_file.ResultFile`), with the same fields as version 1.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 line per finished epoch), ``checkpoint.pt`` (every epoch, for resuming), ``snapshots/`` (the
 student after some epochs, for analysis), ``analysis/`` (diagnostics computed later) and finally
 ``result.json`` (the done marker) or ``error.json`` (failed or diverged), and while a worker trains
-it, ``lease.json`` (:mod:`zsqbench.trial.lease`). Every file is written atomically, so a reader
+it, ``lease.json`` (:mod:`zsqbench.runs.lease`). Every file is written atomically, so a reader
 never sees half of one and a killed process (or a full disk) leaves the previous version; a folder
 claimed through :meth:`TrialFolder.claim` refuses every write once its lease is lost.
 """
@@ -20,13 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from zsqbench.api.spec import TrialSpec
 from zsqbench.errors import UserError, first_validation_error
 from zsqbench.files import write_bytes_atomic, write_json_atomic, write_text_atomic
-from zsqbench.trial import checkpoint
-from zsqbench.trial.lease import LeaseInfo, TrialLease, read_lease
-from zsqbench.trial.migrations import SCHEMA_FIELD, SPEC_VERSION, upgrade
-from zsqbench.trial.result_file import RESULT_NAME, ResultFile, validate_result
-from zsqbench.trial.spec import TrialSpec
+from zsqbench.runs import checkpoint
+from zsqbench.runs.lease import LeaseInfo, TrialLease, read_lease
+from zsqbench.runs.migrations import SCHEMA_FIELD, SPEC_VERSION, upgrade
+from zsqbench.runs.result_file import RESULT_NAME, ResultFile, validate_result
 
 STATES = ("done", "failed", "incomplete", "pending")
 _SNAPSHOT = re.compile(r"epoch_(\d+)\.pt$")
@@ -123,7 +123,7 @@ class TrialFolder:
         write_json_atomic(self.file(self.SPEC), {SCHEMA_FIELD: SPEC_VERSION, **spec.model_dump(mode="json")})
 
     def read_spec(self) -> TrialSpec:
-        """The spec, its file brought to the current format first (:mod:`zsqbench.trial.migrations`)."""
+        """The spec, its file brought to the current format first (:mod:`zsqbench.runs.migrations`)."""
         data = upgrade("spec", self._read_json(self.SPEC, "spec file", "delete its trial folder"), self.file(self.SPEC))
         del data[SCHEMA_FIELD]
         try:
@@ -139,7 +139,7 @@ class TrialFolder:
 
     def read_result(self) -> dict[str, Any]:
         """The result as written, brought to the current format and validated by the model it was
-        written through (:class:`~zsqbench.trial.result_file.ResultFile`)."""
+        written through (:class:`~zsqbench.runs.result_file.ResultFile`)."""
         data = self._read_json(self.RESULT, "result file", "delete its trial folder and re-run")
         return validate_result(data, self.file(self.RESULT))
 

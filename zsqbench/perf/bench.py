@@ -24,7 +24,7 @@ dominate. This module measures it directly, in one process and interleaved:
   training on a fixed set drop the teacher's input-gradient backward. What is left above 1 is the
   harness's own cost.
 * ``ops_per_step``, ``kernels_per_step`` (CUDA), ``outside_conv_share``: one more training step,
-  profiled (:mod:`zsqbench.trial.op_profile`): where the overhead comes from at small batches.
+  profiled (:mod:`zsqbench.perf.op_profile`): where the overhead comes from at small batches.
 * ``eval_s`` / ``fp_eval_s``: one evaluation pass (``zsqbench.trial.evaluate.top1``, inference
   mode) over ``eval_images`` random test-sized images for the quantized student and the FP
   teacher; ``eval_ratio = eval_s / fp_eval_s``.
@@ -55,14 +55,14 @@ from zsqbench.api.generator import PassCounts
 from zsqbench.api.models import TeacherModel
 from zsqbench.api.options import fill_options, speed_switches
 from zsqbench.api.plugins import Plugins, get_plugins
+from zsqbench.api.spec import Budget, PluginChoice, TrialSpec
 from zsqbench.errors import UserError
+from zsqbench.perf.compute import ComputeSettings, apply_compute_settings, tune_cpu_allocator
+from zsqbench.perf.op_profile import profile_step
+from zsqbench.runs.environment import resolve_device
 from zsqbench.trial.build import build_trial_parts
-from zsqbench.trial.environment import resolve_device
 from zsqbench.trial.evaluate import top1
 from zsqbench.trial.monitor import EpochStats
-from zsqbench.trial.op_profile import profile_step
-from zsqbench.trial.spec import Budget, PluginChoice, TrialSpec
-from zsqbench.trial.speed import ComputeSettings, apply_compute_settings, tune_cpu_allocator
 from zsqbench.trial.step import compile_iteration, epoch_context, explain_iteration, iterate
 from zsqbench.trial.trainer import seed_everything
 
@@ -279,7 +279,7 @@ def explain_bench(config: BenchConfig, plugins: Plugins | None = None) -> dict[s
 
 def run_bench(config: BenchConfig, plugins: Plugins | None = None) -> dict[str, Any]:
     """Build, warm up, and measure; returns the ``--json`` object (keys :data:`JSON_KEYS`)."""
-    from zsqbench.trial.provenance import device_name
+    from zsqbench.runs.provenance import device_name
 
     if config.iters < 1 or config.eval_images < 1 or config.batch_size < 1:
         raise ValueError("iters, eval_images and batch_size must be at least 1")

@@ -1,7 +1,7 @@
 """Teacher checkpoints: which one a trial uses, and loading it verified.
 
 :func:`select_checkpoint` decides, before anything runs, which checkpoint a trial will use (its
-:class:`~zsqbench.trial.spec.TeacherRef` goes into the trial id): an explicit file (matched
+:class:`~zsqbench.api.spec.TeacherRef` goes into the trial id): an explicit file (matched
 against the pinned list by sha256, or by sha1 for checkpoints pinned by sha1 only, as
 pytorchcv's are; else "unpinned"), else the first pinned checkpoint found under
 ``<data root>/weights/``, else the first downloadable one when downloads are allowed.
@@ -29,15 +29,15 @@ import torch
 from torch import nn
 
 from zsqbench.api.models import Normalization, PretrainedWeights, RefusedFile, TeacherModel
+from zsqbench.api.spec import TeacherRef, TrialSpec
+from zsqbench.assets.download import download
 from zsqbench.errors import ChecksumError, DataNotFoundError, UserError
 from zsqbench.files import file_digest, write_bytes_atomic
-from zsqbench.trial.download import download
-from zsqbench.trial.progress import ProgressSink
-from zsqbench.trial.spec import TeacherRef, TrialSpec
+from zsqbench.progress import ProgressSink
 
 if TYPE_CHECKING:
-    from zsqbench.trial.environment import Environment
-    from zsqbench.trial.folder import TrialFolder
+    from zsqbench.runs.environment import Environment
+    from zsqbench.runs.folder import TrialFolder
 
 UNPINNED = "unpinned"
 #: points by which a measured FP top-1 may differ from its pin (IMAGENET.md §5.1: PIL/torchvision

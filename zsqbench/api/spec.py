@@ -9,14 +9,51 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from zsqbench.api.budgets import BudgetFields
-from zsqbench.api.generator import Phase
 from zsqbench.api.options import IdFields
 from zsqbench.bits import MAX_BITS, MIN_BITS, bits_label
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Where an iteration stands: its epoch, and what the epoch does to the student. Made by
+    :meth:`zsqbench.api.spec.Budget.phase`, the one place that knows the warm-up length.
+
+    * ``calibrating``: the student's activation ranges are tracked, the student is not updated;
+    * ``frozen``: the warm-up after calibration (GDFQ's ImageNet epochs 4-49, IMAGENET.md §4): the
+      ranges are frozen and the student is still not updated, while a generator keeps training;
+    * neither (``training``): the student is updated with frozen ranges.
+
+    ``frozen`` is never set by a budget whose calibration lasts the whole warm-up (every CIFAR budget).
+    """
+
+    epoch: int
+    calibrating: bool
+    frozen: bool = False
+
+    def __post_init__(self) -> None:
+        if self.calibrating and self.frozen:
+            raise ValueError("a phase cannot both calibrate and be frozen")
+
+    @property
+    def training(self) -> bool:
+        """Whether the student is updated in this epoch."""
+        return not (self.calibrating or self.frozen)
+
+    @property
+    def name(self) -> str:
+        """"warmup" or "train", as recorded per epoch in metrics.jsonl and result.json."""
+        return "train" if self.training else "warmup"
+
+    @property
+    def kind(self) -> str:
+        """"calibrating", "frozen" or "training", as messages name the phase."""
+        return "calibrating" if self.calibrating else "frozen" if self.frozen else "training"
 
 
 class StrictModel(BaseModel):

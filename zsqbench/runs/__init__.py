@@ -1,0 +1,1 @@
+"""A trial's storage: its folder and lease, checkpoint, result file and record, provenance and environment."""
