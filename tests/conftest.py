@@ -50,7 +50,7 @@ def one_thread():
 @pytest.fixture
 def tiny(tmp_path, plugins) -> tuple[Path, Path]:
     """A 24-image CIFAR-10 test set and a random-init ResNet-20 checkpoint: (data root, weights)."""
-    from fixtures_data import write_random_weights, write_test_set
+    from support.data import write_random_weights, write_test_set
 
     root = tmp_path / "data"
     write_test_set(root, "cifar10", n=24)

@@ -27,21 +27,12 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 from torch.nn import functional as F
-from zsqbench_plugins.generators.cards import ADADFQ_CARD
 
-from zsqbench.api import (
-    Batch,
-    BudgetOverride,
-    NativeLosses,
-    PassCounts,
-    Phase,
-    PluginOptions,
-    TeacherModel,
-    hookimpl,
-)
+from zsqbench.api import Batch, BudgetOverride, NativeLosses, PassCounts, Phase, PluginOptions, TeacherModel, hookimpl
 from zsqbench.api.options import SpeedOnly
 from zsqbench.toolkit.logits import LogitObjective
 from zsqbench.toolkit.online import OnlineGenerator
+from zsqbench_plugins.generators.cards import ADADFQ_CARD
 
 
 class AdaDFQOptions(PluginOptions):

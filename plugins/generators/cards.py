@@ -48,8 +48,8 @@ GDFQ_CARD = MethodCard(
         (C100, "W3A3"): 47.59, (C100, "W4A4"): 63.39, (C100, "W5A5"): 66.12}),
     verified=(
         "BNS loss and KD on hand-computed values; generator shape, conditioning and parameter count "
-        "(tests/test_gdfq.py); folded upsampling = upsample-then-conv to 1e-9 in float64",
-        "bit-identical per-epoch numbers recorded in tests/test_regression.py (fixture always, real CIFAR-10 "
+        "(tests/plugins/test_gdfq.py); folded upsampling = upsample-then-conv to 1e-9 in float64",
+        "bit-identical per-epoch numbers recorded in tests/trial/test_regression.py (fixture always, real CIFAR-10 "
         "where the data is present)",
     ),
 )
@@ -73,8 +73,8 @@ ADADFQ_CARD = MethodCard(
         (C100, "W3A3"): 52.74, (C100, "W4A4"): 66.81, (C100, "W5A5"): 69.93}),
     verified=(
         "margin, disagreement/agreement and entropy-of-difference losses on hand values incl. the minimum "
-        "−T²·log C (tests/test_adadfq.py); shared forward = reference order bit for bit on CPU",
-        "bit-identical per-epoch numbers recorded in tests/test_regression.py",
+        "−T²·log C (tests/plugins/test_adadfq.py); shared forward = reference order bit for bit on CPU",
+        "bit-identical per-epoch numbers recorded in tests/trial/test_regression.py",
     ),
 )
 
@@ -102,8 +102,8 @@ HAST_CARD = MethodCard(
         (C100, "W3A3"): 45.21, (C100, "W4A4"): 64.40, (C100, "W5A5"): 68.82}),
     verified=(
         "hardness weight, one-step perturbation and feature-alignment loss on hand values; the cache is reused "
-        "on a second run and rebuilt when truncated; interrupted synthesis resumes (tests/test_hast.py)",
-        "bit-identical per-epoch numbers recorded in tests/test_regression.py",
+        "on a second run and rebuilt when truncated; interrupted synthesis resumes (tests/plugins/test_hast.py)",
+        "bit-identical per-epoch numbers recorded in tests/trial/test_regression.py",
     ),
 )
 
@@ -129,7 +129,7 @@ QIMERA_CARD = MethodCard(
     verified=(
         "soft-label entropies and max λ against exact values (C10/K2: 0.4856 / 0.7252; C100/K10 ≈ 1.88 / 0.32), "
         "superposition share ≈ 0.4, standardization statistics, parameter counts 756,867 / 1,058,279 "
-        "(tests/test_qimera.py)",
+        "(tests/plugins/test_qimera.py)",
         "with one-hot labels the generator and student losses equal GDFQ's formulas (golden test)",
         "CIFAR-10 W3A3, cpu budget (8 epochs × 100 iterations × batch 64, warm-up 2), seeds 0 and 1, 2-core CPU: top1_last 32.46 ± 0.87 % (PTQ 32.03) vs GDFQ 51.39 ± 1.22 % (PTQ 43.23): below GDFQ at this "
         "budget, unlike the paper (results/methods-cpu-w3a3.csv)",
@@ -157,7 +157,7 @@ ZEROQ_CARD = MethodCard(
         (C10, "W4A4"): 79.30, (C10, "W5A5"): 91.34, (C100, "W4A4"): 47.45, (C100, "W5A5"): 65.61}),
     verified=(
         "the zeroq BN-statistics loss (per-image moments, std form, input term) and the init on hand-computed "
-        "values; PTQ-only trials leave the student's weights unchanged and are labelled (tests/test_zeroq.py)",
+        "values; PTQ-only trials leave the student's weights unchanged and are labelled (tests/plugins/test_zeroq.py)",
         "--budget ptq on real CIFAR-10 (chenyaofo teacher, FP 92.60 %), one distilled batch of 32, seed 0: "
         "W8A8 92.57 %, W4A4 89.25 %, W3A3 59.58 %; seeds 0 and 1 at W3A3: 59.28 ± 0.42 %; variant ft at the cpu "
         "budget: 54.56 ± 2.98 % (results/methods-cpu-w3a3.csv)",
@@ -184,8 +184,8 @@ INTRAQ_CARD = MethodCard(
         (C10, "W3A3"): 77.07, (C10, "W4A4"): 91.49, (C100, "W3A3"): 48.25, (C100, "W4A4"): 64.98}),
     verified=(
         "local object reinforcement, marginal distance constraint and soft inception loss on hand-computed "
-        "values; class-centre bookkeeping; the cached set is reused (tests/test_intraq.py)",
-        "the shared synthesis engine reproduces HAST's recorded numbers bit for bit (tests/test_regression.py)",
+        "values; class-centre bookkeeping; the cached set is reused (tests/plugins/test_intraq.py)",
+        "the shared synthesis engine reproduces HAST's recorded numbers bit for bit (tests/trial/test_regression.py)",
         "CIFAR-10 W3A3, cpu budget (8 epochs × 100 iterations × batch 64, warm-up 2), seeds 0 and 1, 2-core CPU: top1_last 60.61 ± 2.04 % vs GDFQ 51.39 ± 1.22 % (paired +9.2, SE 2.3; results/methods-cpu-w3a3.csv)",
     ),
 )

@@ -13,11 +13,11 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field
-from zsqbench_plugins.generators.cards import GDFQ_CARD
 
 from zsqbench.api import KD_CE, Batch, NativeLosses, Phase, PluginOptions, hookimpl
 from zsqbench.toolkit.logits import GDFQLogitLoss, LogitObjective
 from zsqbench.toolkit.online import OnlineGenerator
+from zsqbench_plugins.generators.cards import GDFQ_CARD
 
 
 class GDFQOptions(PluginOptions):

@@ -31,8 +31,6 @@ import torch
 from pydantic import Field
 from torch import Tensor
 from torch.nn import functional as F
-from zsqbench_plugins.generators.cards import HAST_CARD
-from zsqbench_plugins.generators.hast_synthesis import SyntheticSet
 
 from zsqbench.api import (
     Batch,
@@ -50,7 +48,6 @@ from zsqbench.api import (
 )
 from zsqbench.api.options import OmitAtDefault, Retired
 from zsqbench.errors import UserError
-from zsqbench.toolkit.augment import random_resized_crop_flip  # noqa: F401  (HAST's augmentation, imported from here by older code)
 from zsqbench.toolkit.energy import square_means
 from zsqbench.toolkit.logits import kd_kl
 from zsqbench.toolkit.offline import (
@@ -60,6 +57,8 @@ from zsqbench.toolkit.offline import (
     short_synthesis_overrides,
 )
 from zsqbench.toolkit.reference import use_reference
+from zsqbench_plugins.generators.cards import HAST_CARD
+from zsqbench_plugins.generators.hast_synthesis import SyntheticSet
 
 # (λ_FA, ε) per dataset in the hocon files; the code hard-codes the CIFAR-10 pair for both (H1).
 HOCON_HPARAMS: dict[str, tuple[float, float]] = {"cifar10": (1000.0, 0.01), "cifar100": (2000.0, 0.02)}

@@ -23,18 +23,8 @@ from dataclasses import replace
 
 from pydantic import Field
 from torch import Tensor
-from zsqbench_plugins.generators.cards import INTRAQ_CARD
-from zsqbench_plugins.generators.intraq_synthesis import IntraQSet
 
-from zsqbench.api import (
-    BudgetOverride,
-    NativeLosses,
-    PassCounts,
-    PluginOptions,
-    TeacherModel,
-    TrainContext,
-    hookimpl,
-)
+from zsqbench.api import BudgetOverride, NativeLosses, PassCounts, PluginOptions, TeacherModel, TrainContext, hookimpl
 from zsqbench.errors import UserError
 from zsqbench.toolkit.augment import crop_flip
 from zsqbench.toolkit.logits import LogitObjective, ScaledKD
@@ -44,6 +34,8 @@ from zsqbench.toolkit.offline import (
     imagenet_overrides,
     short_synthesis_overrides,
 )
+from zsqbench_plugins.generators.cards import INTRAQ_CARD
+from zsqbench_plugins.generators.intraq_synthesis import IntraQSet
 
 #: (ε_SIL, λ_l, λ_u) of run_generate_cifar{10,100}.sh.
 DATASET_CONSTANTS: dict[str, tuple[float, float, float]] = {"cifar10": (0.95, 0.05, 0.8),

@@ -28,14 +28,14 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
-from zsqbench_plugins.generators.cards import QIMERA_CARD
-from zsqbench_plugins.generators.gdfq import GDFQOptions
 
 from zsqbench.api import KD_CE, Batch, NativeLosses, Phase, PluginOptions, TrainContext, hookimpl
 from zsqbench.errors import UserError
 from zsqbench.toolkit.imagenet_generator import generator_network
 from zsqbench.toolkit.logits import GDFQLogitLoss, LogitObjective, soft_cross_entropy
 from zsqbench.toolkit.online import OnlineGenerator
+from zsqbench_plugins.generators.cards import QIMERA_CARD
+from zsqbench_plugins.generators.gdfq import GDFQOptions
 
 _V = TypeVar("_V")
 

@@ -34,7 +34,6 @@ import torch
 from pydantic import Field
 from torch import Tensor
 from torch.nn import functional as F
-from zsqbench_plugins.generators.cards import ZEROQ_CARD
 
 from zsqbench.api import (
     Batch,
@@ -52,6 +51,7 @@ from zsqbench.toolkit.bn_stats import ZEROQ, BNStatsLoss
 from zsqbench.toolkit.logits import LogitObjective, ScaledKD
 from zsqbench.toolkit.offline import OfflineSetGenerator, OfflineSetOptions, short_synthesis_overrides
 from zsqbench.toolkit.synthesis import PixelSchedule, PixelSet, bn_term, diagnostics_tensor, optimize_pixels
+from zsqbench_plugins.generators.cards import ZEROQ_CARD
 
 #: ZeroQ's init: integers U{0..254} minus 127.5, divided by 5418.75 (the variance, not the std: ZQ1).
 CODE_INIT_CENTER, CODE_INIT_SCALE = 127.5, 5418.75

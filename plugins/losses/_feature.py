@@ -43,14 +43,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 from torch.nn import functional as F
 
-from zsqbench.api import (
-    BudgetOverride,
-    DistillationLoss,
-    LossInputs,
-    NativeLosses,
-    PluginOptions,
-    TeacherModel,
-)
+from zsqbench.api import BudgetOverride, DistillationLoss, LossInputs, NativeLosses, PluginOptions, TeacherModel
 from zsqbench.errors import UserError
 from zsqbench.toolkit.energy import square_means
 from zsqbench.toolkit.logits import kd_kl
@@ -247,7 +240,7 @@ class AttentionDistillationLoss(DistillationLoss):
         concatenated along the batch and each later operation (normalization or softmax, the two
         log-softmaxes, the KL) runs once per shape instead of once per map: a third of the loss's
         operations. Every operation works row by row, so each map's KL is the same per sample; only
-        the batch reduction may sum in another order (tests/test_fused_ops.py bounds it).
+        the batch reduction may sum in another order (tests/trial/test_fused_ops.py bounds it).
         """
         opts: AttentionLossOptions = self.options  # type: ignore[assignment]
         groups: dict[tuple[int, ...], list[str]] = {}

@@ -34,8 +34,6 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
-from zsqbench_plugins.losses._gi_sgd import GISGD, GISettings
-from zsqbench_plugins.losses.cards import AIT_CARD
 
 from zsqbench.api import (
     KD_CE,
@@ -49,6 +47,8 @@ from zsqbench.api import (
 )
 from zsqbench.errors import UserError
 from zsqbench.toolkit.logits import cross_entropy, kd_kl
+from zsqbench_plugins.losses._gi_sgd import GISGD, GISettings
+from zsqbench_plugins.losses.cards import AIT_CARD
 
 if TYPE_CHECKING:  # pragma: no cover
     from zsqbench.api.spec import TrialSpec

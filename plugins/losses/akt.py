@@ -10,10 +10,9 @@ sum) so diagnostics show each branch. Code defaults, paper switches (``mode="pap
 
 from __future__ import annotations
 
+from zsqbench.api import hookimpl
 from zsqbench_plugins.losses._feature import AttentionDistillationLoss, akt_paper_schedule
 from zsqbench_plugins.losses.cards import AKT_CARD
-
-from zsqbench.api import hookimpl
 
 
 class AKTLoss(AttentionDistillationLoss):

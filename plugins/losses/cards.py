@@ -43,7 +43,7 @@ AKT_CARD = MethodCard(
         (C100, "W3A3"): 54.68, (C100, "W4A4"): 66.94, (C100, "W5A5"): 69.75}),
     verified=(
         "spatial and channel attentions, their KL and the double softmax of the channel branch on hand-computed "
-        "values (tests/test_feature_losses.py); the feature term is > 0 and its gradient reaches every unit conv",
+        "values (tests/plugins/test_feature_losses.py); the feature term is > 0 and its gradient reaches every unit conv",
         "AdaDFQ+AKT W4A4, CIFAR-10, cpu budget (8 epochs × 100 iterations × batch 64, warm-up 2), 2-core CPU: "
         "top1_last 87.77 % (seed 0) and 88.57 % (seed 1), PTQ 84.52 / 86.02 %",
     ),
@@ -67,10 +67,10 @@ def _ablation_card(branch: str, numbers: tuple[float, float, float], verified: s
 
 
 SPATIAL_CARD = _ablation_card("spatial", (86.10, 92.49, 93.75),
-                              "spatial attention and its KL on hand-computed values (tests/test_feature_losses.py)")
+                              "spatial attention and its KL on hand-computed values (tests/plugins/test_feature_losses.py)")
 CHANNEL_CARD = _ablation_card("channel", (86.09, 92.36, 93.62),
                               "channel attention (double softmax) and its KL on hand-computed values "
-                              "(tests/test_feature_losses.py)")
+                              "(tests/plugins/test_feature_losses.py)")
 
 KD_CARD = MethodCard(
     method="logit KD (each generator's native student loss)",
@@ -81,7 +81,7 @@ KD_CARD = MethodCard(
     spec="METHODS.md §4.2, §5.2, §6.3",
     differences=("form=kl is plain T²·KL with the batchmean reduction, for comparisons across generators",),
     verified=("GDFQ's KD-mean·T² + CE, AdaDFQ's entropy of the logit difference and HAST's KD + FA on hand "
-              "values (tests/test_gdfq.py, tests/test_adadfq.py, tests/test_hast.py)",),
+              "values (tests/plugins/test_gdfq.py, tests/plugins/test_adadfq.py, tests/plugins/test_hast.py)",),
 )
 
 AIT_CARD = MethodCard(
@@ -109,7 +109,7 @@ AIT_CARD = MethodCard(
     verified=(
         "the search on hand-computed tensors (a = 66, bracket [66, 68] = a_d/64 after 5 rounds), momentum buffers "
         "equal torch SGD's, non-GI parameters bit-identical to SGD, realized code changes on all 22 tensors, "
-        "zero-gradient tensors, resume, weight codes = the forward quantizer's integer stage (tests/test_ait.py)",
+        "zero-gradient tensors, resume, weight codes = the forward quantizer's integer stage (tests/plugins/test_ait.py)",
         "GDFQ+AIT, CIFAR-10 W3A3, cpu budget (8 epochs × 100 iterations × batch 64, warm-up 2), seeds 0 and 1, 2-core CPU: top1_last 50.50 ± 3.05 % vs GDFQ+kd 51.39 ± 1.22 % (paired −0.89, SE 3.02: no "
         "difference two seeds can show; results/methods-cpu-w3a3.csv)",
     ),

@@ -7,10 +7,9 @@ paper/code modes: see :mod:`zsqbench_plugins.losses._feature`.
 
 from __future__ import annotations
 
+from zsqbench.api import hookimpl
 from zsqbench_plugins.losses._feature import AttentionDistillationLoss, akt_paper_schedule
 from zsqbench_plugins.losses.cards import CHANNEL_CARD
-
-from zsqbench.api import hookimpl
 
 
 class ChannelLoss(AttentionDistillationLoss):

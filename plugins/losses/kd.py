@@ -10,10 +10,10 @@ from typing import Literal
 
 from pydantic import Field
 from torch import Tensor
-from zsqbench_plugins.losses.cards import KD_CARD
 
 from zsqbench.api import DistillationLoss, LossInputs, PluginOptions, hookimpl
 from zsqbench.toolkit.logits import kd_kl
+from zsqbench_plugins.losses.cards import KD_CARD
 
 
 class KDOptions(PluginOptions):

@@ -7,10 +7,9 @@ L = L_logit + λ·Σ_maps Σ_b KL( softmax(Sp(F_T)/τ) ‖ softmax(Sp(F_Q)/τ) )
 
 from __future__ import annotations
 
+from zsqbench.api import hookimpl
 from zsqbench_plugins.losses._feature import AttentionDistillationLoss, akt_paper_schedule
 from zsqbench_plugins.losses.cards import SPATIAL_CARD
-
-from zsqbench.api import hookimpl
 
 
 class SpatialLoss(AttentionDistillationLoss):

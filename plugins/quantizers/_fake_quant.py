@@ -168,7 +168,7 @@ def quantize_weights_together(weights: list[Tensor], bits: int) -> list[Tensor]:
     one multi-tensor operation per stage instead of about thirteen operations per weight: the same
     operations on the same values (``n / d`` is ``reciprocal(d)·n``, as Python's reflected division
     of a tensor computes it; ``clamp`` is ``clamp_min`` then ``clamp_max``), so each result equals
-    ``quantize_weight(w, bits)`` bit for bit (tests/test_fused_ops.py), with the same identity STE."""
+    ``quantize_weight(w, bits)`` bit for bit (tests/trial/test_fused_ops.py), with the same identity STE."""
     if not weights:
         return []
     half = 2 ** (bits - 1)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
 from zsqbench_plugins.quantizers import _fake_quant
 from zsqbench_plugins.quantizers._fake_quant import (
     fake_quantize_ste,

@@ -20,5 +20,5 @@ UNIFORM_CARD = MethodCard(
     ),
     verified=("grid, clamping and half-to-even ties on hand values; the range recurrence 1, 5.263, 17.85, "
               "≈ 3945 at the 21st update, 1.000 after 200; 19 activation and 22 weight quantizers in ResNet-20 "
-              "(tests/test_quantizer.py)",),
+              "(tests/plugins/test_quantizer.py)",),
 )

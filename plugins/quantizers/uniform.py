@@ -14,25 +14,6 @@ from typing import Annotated, Literal
 import torch
 from pydantic import Field
 from torch import Tensor, nn
-from zsqbench_plugins.quantizers._fake_quant import (  # noqa: F401  (the quantizer's arithmetic, re-exported)
-    FakeQuantSTE,
-    _codes_into,
-    fake_quantize,
-    fake_quantize_ste,
-    grid_of,
-    quantize_weight,
-    reference_ste,
-    ste,
-    weight_grid,
-)
-from zsqbench_plugins.quantizers._modules import (  # noqa: F401  (the quantizer's modules, re-exported)
-    QuantAct,
-    QuantConv2d,
-    QuantizedActivation,
-    QuantLinear,
-    _WeightCodesOncePerStep,
-)
-from zsqbench_plugins.quantizers.cards import UNIFORM_CARD
 
 from zsqbench.api import (
     IntegerActivation,
@@ -47,6 +28,15 @@ from zsqbench.api import (
     hookimpl,
 )
 from zsqbench.errors import UserError
+from zsqbench_plugins.quantizers._fake_quant import _codes_into, grid_of, weight_grid
+from zsqbench_plugins.quantizers._modules import (
+    QuantAct,
+    QuantConv2d,
+    QuantizedActivation,
+    QuantLinear,
+    _WeightCodesOncePerStep,
+)
+from zsqbench_plugins.quantizers.cards import UNIFORM_CARD
 
 
 def _quantize_output(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
@@ -63,7 +53,7 @@ class UniformOptions(PluginOptions):
     momentum: float = Field(0.9, gt=0, lt=1)
     ste: Annotated[Literal["fused", "reference"], SpeedOnly()] = Field(
         "fused", description="'fused' one-node fake quantization (default) or the straightforward "
-        "x + (q - x).detach(), for comparisons (forward bit-identical, tests/test_speed_equivalence.py); "
+        "x + (q - x).detach(), for comparisons (forward bit-identical, tests/trial/test_speed_equivalence.py); "
         "speed only, not part of the trial id",
     )
     # came after the first trials: at its default it stays out of the id, which stays as it was

@@ -60,7 +60,7 @@ PLUGIN_KINDS: tuple[PluginKind, ...] = (
 
 # The hooks, one plain function per plugin kind (the shape llm and datasette use), so that a
 # plugin author reads here exactly what to implement. Each receives a ``register`` callback and
-# calls it once per thing the plugin provides. tests/test_plugins.py checks that this list and
+# calls it once per thing the plugin provides. tests/api/test_plugins.py checks that this list and
 # PLUGIN_KINDS name the same hooks.
 
 

@@ -33,13 +33,7 @@ from zsqbench.leaderboard.compare_rows import CompareRow, Comparison, Metric, Op
 from zsqbench.leaderboard.labels import chance_label, is_reference
 from zsqbench.leaderboard.references import resolve_source
 from zsqbench.leaderboard.schema import BUDGET_SETTINGS, KEY_COLUMNS, plain
-from zsqbench.leaderboard.stats import (
-    Difference,
-    holm,
-    paired_difference,
-    welch_difference,
-    welch_from_samples,
-)
+from zsqbench.leaderboard.stats import Difference, holm, paired_difference, welch_difference, welch_from_samples
 from zsqbench.leaderboard.table import read_table
 
 JOIN_COLUMNS: tuple[str, ...] = ("dataset", "generator", "loss", "w_bits", "a_bits")

@@ -62,7 +62,7 @@ def batched_random_resized_crop_flip(
     order from the global RNG) but one gather-based bilinear resize for the whole batch instead of
     a resize per image: a handful of kernels per batch, which matters on a GPU inside IntraQ's
     1000-step synthesis (METHODS-ZEROQ-DSG-INTRAQ §8). Equal to the loop up to float rounding
-    (tests/test_synthesis.py), differentiable with respect to ``x``.
+    (tests/plugins/test_synthesis.py), differentiable with respect to ``x``.
     """
     params = []
     for img in x:

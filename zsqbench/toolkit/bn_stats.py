@@ -24,7 +24,7 @@ class _BatchMoments(torch.autograd.Function):
     same textbook estimator), and its backward takes several passes over the tensor; this
     backward is one fused multiply-add, x·a + b with per-channel a = 2·g_var/M and
     b = (g_mean − a·M·mean)/M. The teacher's 21 BN inputs go through it on every generator
-    step (tests/test_gdfq.py checks values and gradients against ``torch.var_mean``).
+    step (tests/plugins/test_gdfq.py checks values and gradients against ``torch.var_mean``).
     """
 
     @staticmethod
@@ -142,7 +142,7 @@ class BNStatsLoss:
 
         The per-layer means become one weighted sum, 1/C_l per channel, over the channels of all
         layers concatenated: 8 operations instead of 8 per layer (21 layers in ResNet-20, 53 in
-        ResNet-50); the same value up to summation order (tests/test_fused_ops.py bounds it in
+        ResNet-50); the same value up to summation order (tests/trial/test_fused_ops.py bounds it in
         float64 against the per-layer form).
         """
         vars_, means, layers = zip(*self._moments)

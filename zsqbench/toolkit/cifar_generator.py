@@ -30,7 +30,7 @@ class UpsampleConv2d(nn.Conv2d):
     the folded 4x4 kernel gives the same outputs and gradients up to float rounding, with 16
     instead of 36 multiply-adds per output pixel and no 4x larger upsampled tensor to store:
     the generator's two upsampling blocks were more than half of an AdaDFQ iteration's
-    network time on CPU (benchmarks/README.md). ``tests/test_gdfq.py`` checks it against the
+    network time on CPU (benchmarks/README.md). ``tests/plugins/test_gdfq.py`` checks it against the
     explicit upsample-then-convolve path.
     """
 

@@ -20,7 +20,7 @@ class _SquareMeans(torch.autograd.Function):
     Autograd of ``F.pow(2).mean(…)`` per branch costs, per map and branch, a copy, two
     multiplications and a division over the whole map in backward; this node's backward is
     one broadcast sum and one multiplication, 2F·(g_sp/C + g_ch/HW), for both branches at
-    once (the same gradient up to float rounding; tests/test_feature_losses.py). The
+    once (the same gradient up to float rounding; tests/plugins/test_feature_losses.py). The
     backward is written in differentiable ops, so double backward (Hessian-vector products
     of the student's loss, ``zsqbench analyze hessian``) works as before.
     """

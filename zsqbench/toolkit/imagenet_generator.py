@@ -73,7 +73,7 @@ class ImageNetGenerator(nn.Module):
 
     #: Multiply-accumulates per image of the class-conditional network (Conv2d and Linear, as
     #: upsample-then-convolve, the papers' form; IMAGENET.md §7.1), for latent 100: the compute
-    #: estimate's G. tests/test_imagenet_generator.py measures it with forward hooks.
+    #: estimate's G. tests/plugins/test_imagenet_generator.py measures it with forward hooks.
     MACS: ClassVar[int] = 5_675_909_120
 
     def __init__(self, num_classes: int | None, latent_dim: int = 100, channels: int = 3) -> None:

@@ -71,7 +71,7 @@ class TrainedGenerator:
         self.net.train()
         optim = ctx.spec.optim
         # foreach: one multi-tensor update instead of a loop over the parameters; bit-identical
-        # to the loop (tests/test_fused_ops.py) and ~4x faster on CPU for this network
+        # to the loop (tests/trial/test_fused_ops.py) and ~4x faster on CPU for this network
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=optim.generator_lr, betas=optim.generator_betas,
                                           foreach=True)
         self.bns = BNStatsLoss(ctx.teacher)

@@ -85,7 +85,7 @@ def student_sgd(params: Iterable[nn.Parameter], o: OptimSettings, foreach: bool 
     """The core's student optimizer (METHODS §3.3: SGD, Nesterov momentum, weight decay).
 
     ``foreach=True``: one multi-tensor update per step instead of a Python loop over the
-    parameters; bit-identical to the loop (tests/test_fused_ops.py) and half its CPU time for
+    parameters; bit-identical to the loop (tests/trial/test_fused_ops.py) and half its CPU time for
     ResNet-20's 65 tensors. (``fused=True`` is not used: it differs in the last bit.)
     """
     return torch.optim.SGD(params, lr=o.student_lr, momentum=o.momentum, nesterov=o.nesterov,

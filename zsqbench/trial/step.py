@@ -87,7 +87,7 @@ def compile_iteration(parts: TrialParts, device: torch.device) -> None:
     Backward calls and a few Python-side decisions split it into several graphs
     (``zsqbench bench --explain`` lists them); on CUDA the graphs are captured as CUDA graphs
     (``mode="reduce-overhead"``), which removes the launch cost of a static-shape step. Results
-    match eager to float rounding, not bit for bit (fused multiply-adds; tests/test_compile.py)."""
+    match eager to float rounding, not bit for bit (fused multiply-adds; tests/trial/test_compile.py)."""
     allow_compiled_backward_twice()
     import torch._inductor.config as inductor_config
 

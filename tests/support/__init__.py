@@ -1,0 +1,1 @@
+"""What the tests share: writers of fixture data sets, weights and results folders, and committed fixtures."""
