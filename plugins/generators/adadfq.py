@@ -125,6 +125,28 @@ class EntropyDiffLoss:
         return -(t * t) * entropy((teacher_logits - student_logits) / t).mean()
 
 
+#: AdaDFQ's ImageNet code hard-codes T = 5 in its student loss (IMAGENET.md §4); the presets set the option.
+IMAGENET_TEMPERATURE = 5.0
+
+# ImageNet (IMAGENET.md §4): the ResNet-18 / MobileNetV2 hocons. ResNet-50's differ (lr 1e-4 x0.1 at
+# 150/300, warm-up 100; 50 at 4/5 bits) and the hocon comments give per-bit constants (R18: α_ds 0.3
+# at 5 bits, λ_l 0.3 at 4/5 bits): overrides cannot select a model or bit-width, so set those with
+# --warmup-epochs/-o adadfq.alpha_ds=... (README "Budgets").
+BUDGET_OVERRIDES = (
+    BudgetOverride(preset="paper", generator="adadfq", batch_size=16,
+                   note="AdaDFQ's CIFAR schedule: 400 x 200 iterations at batch 16 (METHODS §11.1)"),
+    BudgetOverride(preset="in1k-paper", generator="adadfq", lr_milestones=(350,), optim={"student_lr": 1e-5},
+                   generator_options={"temperature": IMAGENET_TEMPERATURE},
+                   note="AdaDFQ's ImageNet R18/MV2 hocon: lr 1e-5 x0.1 at 350, warm-up 50, T = 5 (R50: lr 1e-4 "
+                        "x0.1 at 150/300, warm-up 100, by flags)"),
+    BudgetOverride(preset="in1k-short", generator="adadfq", lr_milestones=(35,), optim={"student_lr": 1e-5},
+                   generator_options={"temperature": IMAGENET_TEMPERATURE},
+                   note="the in1k-paper settings scaled to 40 epochs (milestone 350/400 -> 35), T = 5"),
+    BudgetOverride(preset="in1k-smoke", generator="adadfq", generator_options={"temperature": IMAGENET_TEMPERATURE},
+                   note="T = 5 as on ImageNet"),
+)
+
+
 class AdaDFQ(OnlineGenerator):
     name = "adadfq"
     description = (
@@ -133,6 +155,7 @@ class AdaDFQ(OnlineGenerator):
     )
     Options = AdaDFQOptions
     card = ADADFQ_CARD
+    budget_overrides = BUDGET_OVERRIDES
 
     @classmethod
     def pass_counts(cls, options: PluginOptions, teacher: TeacherModel) -> PassCounts:
@@ -177,31 +200,3 @@ class AdaDFQ(OnlineGenerator):
 @hookimpl
 def register_generators(register) -> None:
     register(AdaDFQ)
-
-
-#: AdaDFQ's ImageNet code hard-codes T = 5 in its student loss (IMAGENET.md §4); the presets set the option.
-IMAGENET_TEMPERATURE = 5.0
-
-# ImageNet (IMAGENET.md §4): the ResNet-18 / MobileNetV2 hocons. ResNet-50's differ (lr 1e-4 x0.1 at
-# 150/300, warm-up 100; 50 at 4/5 bits) and the hocon comments give per-bit constants (R18: α_ds 0.3
-# at 5 bits, λ_l 0.3 at 4/5 bits): overrides cannot select a model or bit-width, so set those with
-# --warmup-epochs/-o adadfq.alpha_ds=... (README "Budgets").
-BUDGET_OVERRIDES = (
-    BudgetOverride(preset="paper", generator="adadfq", batch_size=16,
-                   note="AdaDFQ's CIFAR schedule: 400 x 200 iterations at batch 16 (METHODS §11.1)"),
-    BudgetOverride(preset="in1k-paper", generator="adadfq", lr_milestones=(350,), optim={"student_lr": 1e-5},
-                   generator_options={"temperature": IMAGENET_TEMPERATURE},
-                   note="AdaDFQ's ImageNet R18/MV2 hocon: lr 1e-5 x0.1 at 350, warm-up 50, T = 5 (R50: lr 1e-4 "
-                        "x0.1 at 150/300, warm-up 100, by flags)"),
-    BudgetOverride(preset="in1k-short", generator="adadfq", lr_milestones=(35,), optim={"student_lr": 1e-5},
-                   generator_options={"temperature": IMAGENET_TEMPERATURE},
-                   note="the in1k-paper settings scaled to 40 epochs (milestone 350/400 -> 35), T = 5"),
-    BudgetOverride(preset="in1k-smoke", generator="adadfq", generator_options={"temperature": IMAGENET_TEMPERATURE},
-                   note="T = 5 as on ImageNet"),
-)
-
-
-@hookimpl
-def register_budget_overrides(register) -> None:
-    for override in BUDGET_OVERRIDES:
-        register(override)

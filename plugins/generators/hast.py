@@ -154,6 +154,23 @@ class HASTObjective(StudentObjective):
 # ---------------------------------------------------------------------------- plugin
 
 
+# HAST synthesizes a handful of images with a few steps under ``smoke`` and 512 under ``cpu``
+# (paper: 5,120 in 20 x 1000), so those trials stay short; the set is cached and shared by every
+# trial with the same teacher and seed. Its KD weight is α·T² = 8000: with these short syntheses
+# (images far from the BN statistics) its official student lr 1e-5 diverged to NaN within 12
+# steps at W4A4 (measured on the CPU preset), while 1e-6 trained stably; the paper preset keeps 1e-5.
+BUDGET_OVERRIDES = (
+    *short_synthesis_overrides("hast", "hard samples", "1e-5 diverged"),
+    # ImageNet (IMAGENET.md §4.2): focal β 0.1, γ 0.5, and the synthesis augments with probability 0.5
+    # (per-image RRC(224, scale (0.4, 1)) + flip); λ_FA 1000 / ε 0.01 are the code's defaults (§8.5)
+    *imagenet_overrides("hast", {"hardness_beta": 0.1, "hardness_gamma": 0.5, "synthesis_augment_p": 0.5,
+                                 "synthesis_crop_min": 0.4}),
+    BudgetOverride(preset="paper", generator="hast", epochs=151, batch_size=64, lr_milestones=(20, 40, 60),
+                   optim={"student_lr": 1e-5},
+                   note="HAST's schedule: 4 calibration + 147 QAT epochs at batch 64, lr 1e-5 (METHODS §6.4)"),
+)
+
+
 class HAST(OfflineSetGenerator):
     name = "hast"
     description = (
@@ -162,6 +179,7 @@ class HAST(OfflineSetGenerator):
     )
     Options = HASTOptions
     card = HAST_CARD
+    budget_overrides = BUDGET_OVERRIDES
 
     @classmethod
     def pass_counts(cls, options: PluginOptions, teacher: TeacherModel) -> PassCounts:
@@ -241,29 +259,7 @@ class HAST(OfflineSetGenerator):
         return NativeLosses(logit=logit, objective=HASTObjective(logit, self.lambda_fa, self.fa_taps))
 
 
-# HAST synthesizes a handful of images with a few steps under ``smoke`` and 512 under ``cpu``
-# (paper: 5,120 in 20 x 1000), so those trials stay short; the set is cached and shared by every
-# trial with the same teacher and seed. Its KD weight is α·T² = 8000: with these short syntheses
-# (images far from the BN statistics) its official student lr 1e-5 diverged to NaN within 12
-# steps at W4A4 (measured on the CPU preset), while 1e-6 trained stably; the paper preset keeps 1e-5.
-BUDGET_OVERRIDES = (
-    *short_synthesis_overrides("hast", "hard samples", "1e-5 diverged"),
-    # ImageNet (IMAGENET.md §4.2): focal β 0.1, γ 0.5, and the synthesis augments with probability 0.5
-    # (per-image RRC(224, scale (0.4, 1)) + flip); λ_FA 1000 / ε 0.01 are the code's defaults (§8.5)
-    *imagenet_overrides("hast", {"hardness_beta": 0.1, "hardness_gamma": 0.5, "synthesis_augment_p": 0.5,
-                                 "synthesis_crop_min": 0.4}),
-    BudgetOverride(preset="paper", generator="hast", epochs=151, batch_size=64, lr_milestones=(20, 40, 60),
-                   optim={"student_lr": 1e-5},
-                   note="HAST's schedule: 4 calibration + 147 QAT epochs at batch 64, lr 1e-5 (METHODS §6.4)"),
-)
-
-
 @hookimpl
 def register_generators(register) -> None:
     register(HAST)
 
-
-@hookimpl
-def register_budget_overrides(register) -> None:
-    for override in BUDGET_OVERRIDES:
-        register(override)

@@ -79,12 +79,25 @@ def resolve_constants(options: IntraQOptions, dataset: str) -> tuple[float, floa
     return eps_sil, lower, upper
 
 
+# IntraQ's fine-tuning (§4.4): 151 epochs (4 calibration) at batch 256, lr 1e-4 x0.1 at 20/40/60.
+# Smoke and cpu shrink the synthesis as HAST's presets do and train at lr 1e-6: with the KD weight
+# 8000 on short syntheses the paper lr trips the divergence guard (§8, IQ8), as it did for HAST.
+BUDGET_OVERRIDES = (
+    *short_synthesis_overrides("intraq", "images", "KD weight 8000"),
+    *imagenet_overrides("intraq"),  # ImageNet constants: DATASET_CONSTANTS; LOR crops (0.5, 1) are the default
+    BudgetOverride(preset="paper", generator="intraq", epochs=151, batch_size=256, lr_milestones=(20, 40, 60),
+                   optim={"student_lr": 1e-4},
+                   note="IntraQ's schedule: 4 calibration + 147 epochs at batch 256, lr 1e-4 (§4.4)"),
+)
+
+
 class IntraQ(OfflineSetGenerator):
     name = "intraq"
     description = ("IntraQ: pixel synthesis with local object reinforcement, soft inception loss and marginal "
                    "distance constraint; GDFQ-generator calibration, then KD (8000) + CE fine-tuning")
     Options = IntraQOptions
     card = INTRAQ_CARD
+    budget_overrides = BUDGET_OVERRIDES
     augment = staticmethod(crop_flip)  # batched on an accelerator
 
     def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:
@@ -119,24 +132,7 @@ class IntraQ(OfflineSetGenerator):
         return NativeLosses(logit=logit, objective=LogitObjective(logit))
 
 
-# IntraQ's fine-tuning (§4.4): 151 epochs (4 calibration) at batch 256, lr 1e-4 x0.1 at 20/40/60.
-# Smoke and cpu shrink the synthesis as HAST's presets do and train at lr 1e-6: with the KD weight
-# 8000 on short syntheses the paper lr trips the divergence guard (§8, IQ8), as it did for HAST.
-BUDGET_OVERRIDES = (
-    *short_synthesis_overrides("intraq", "images", "KD weight 8000"),
-    *imagenet_overrides("intraq"),  # ImageNet constants: DATASET_CONSTANTS; LOR crops (0.5, 1) are the default
-    BudgetOverride(preset="paper", generator="intraq", epochs=151, batch_size=256, lr_milestones=(20, 40, 60),
-                   optim={"student_lr": 1e-4},
-                   note="IntraQ's schedule: 4 calibration + 147 epochs at batch 256, lr 1e-4 (§4.4)"),
-)
-
-
 @hookimpl
 def register_generators(register) -> None:
     register(IntraQ)
 
-
-@hookimpl
-def register_budget_overrides(register) -> None:
-    for override in BUDGET_OVERRIDES:
-        register(override)

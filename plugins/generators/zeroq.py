@@ -135,12 +135,26 @@ def class_histogram(labels: Tensor, num_classes: int) -> list[int]:
     return torch.bincount(labels.cpu(), minlength=num_classes).tolist()
 
 
+# The fine-tuning variants share IntraQ's pipeline (§2.6, §4.4): 151 epochs at batch 256, lr 1e-4
+# x0.1 at 20/40/60, after a 5,120-image synthesis. Its KD weight is 8000, like HAST's; on the short
+# syntheses of smoke and cpu the student lr is 1e-6, the value that kept HAST stable there (§8).
+BUDGET_OVERRIDES = (
+    BudgetOverride(preset="ptq", generator="zeroq", generator_options={"variant": "ptq"},
+                   note="ZeroQ as published: one distilled batch of 32, fed once for calibration (§2.5)"),
+    *short_synthesis_overrides("zeroq", "distilled images", "KD weight 8000"),
+    BudgetOverride(preset="paper", generator="zeroq", epochs=151, batch_size=256, lr_milestones=(20, 40, 60),
+                   optim={"student_lr": 1e-4},
+                   note="ZeroQ + FT on IntraQ's pipeline: 4 calibration + 147 epochs at batch 256, lr 1e-4 (§2.6)"),
+)
+
+
 class ZeroQ(OfflineSetGenerator):
     name = "zeroq"
     description = ("ZeroQ: distilled data from per-image BN statistics; variant ptq (calibration only, "
                    "--budget ptq), ft (+ IntraQ-style fine-tuning, KD) or il_ft (+ inception loss, KD + CE)")
     Options = ZeroQOptions
     card = ZEROQ_CARD
+    budget_overrides = BUDGET_OVERRIDES
     augment = staticmethod(crop_flip)  # batched on an accelerator
 
     @classmethod
@@ -215,25 +229,7 @@ class ZeroQ(OfflineSetGenerator):
         return NativeLosses(logit=logit, objective=LogitObjective(logit))
 
 
-# The fine-tuning variants share IntraQ's pipeline (§2.6, §4.4): 151 epochs at batch 256, lr 1e-4
-# x0.1 at 20/40/60, after a 5,120-image synthesis. Its KD weight is 8000, like HAST's; on the short
-# syntheses of smoke and cpu the student lr is 1e-6, the value that kept HAST stable there (§8).
-BUDGET_OVERRIDES = (
-    BudgetOverride(preset="ptq", generator="zeroq", generator_options={"variant": "ptq"},
-                   note="ZeroQ as published: one distilled batch of 32, fed once for calibration (§2.5)"),
-    *short_synthesis_overrides("zeroq", "distilled images", "KD weight 8000"),
-    BudgetOverride(preset="paper", generator="zeroq", epochs=151, batch_size=256, lr_milestones=(20, 40, 60),
-                   optim={"student_lr": 1e-4},
-                   note="ZeroQ + FT on IntraQ's pipeline: 4 calibration + 147 epochs at batch 256, lr 1e-4 (§2.6)"),
-)
-
-
 @hookimpl
 def register_generators(register) -> None:
     register(ZeroQ)
 
-
-@hookimpl
-def register_budget_overrides(register) -> None:
-    for override in BUDGET_OVERRIDES:
-        register(override)

@@ -88,12 +88,19 @@ class AITOptions(PluginOptions):
         return self
 
 
+#: AIT trains without weight decay under each bundled preset (METHODS-AIT-QIMERA §1.4, §5).
+BUDGET_OVERRIDES = tuple(BudgetOverride(preset=preset, loss="ait", optim={"weight_decay": 0.0},
+                                        note="AIT trains without weight decay (every AIT hocon: wd 0.0)")
+                         for preset in ("smoke", "cpu", "paper"))
+
+
 class AIT(DistillationLoss):
     name = "ait"
     description = ("AIT: KL-only student loss (T²·KL_mean) + gradient inundation, an SGD whose steps on quantized "
                    "weights are enlarged until a share p of their codes changes")
     Options = AITOptions
     card = AIT_CARD
+    budget_overrides = BUDGET_OVERRIDES
 
     def __init__(self, options, native, teacher) -> None:
         super().__init__(options, native, teacher)
@@ -138,17 +145,6 @@ class AIT(DistillationLoss):
                      weight_decay=optim.weight_decay)
 
 
-#: The bundled presets; AIT trains without weight decay under each (METHODS-AIT-QIMERA §1.4, §5).
-PRESETS = ("smoke", "cpu", "paper")
-
-
 @hookimpl
 def register_losses(register) -> None:
     register(AIT)
-
-
-@hookimpl
-def register_budget_overrides(register) -> None:
-    for preset in PRESETS:
-        register(BudgetOverride(preset=preset, loss="ait", optim={"weight_decay": 0.0},
-                                note="AIT trains without weight decay (every AIT hocon: wd 0.0)"))

@@ -20,13 +20,9 @@ class AKTLoss(AttentionDistillationLoss):
     description = "AKT: logit loss + λ·(spatial + channel attention KL) on residual-unit features (RFD)"
     branches = ("spatial", "channel")
     card = AKT_CARD
+    budget_overrides = (akt_paper_schedule("akt"),)
 
 
 @hookimpl
 def register_losses(register) -> None:
     register(AKTLoss)
-
-
-@hookimpl
-def register_budget_overrides(register) -> None:
-    register(akt_paper_schedule(AKTLoss.name))

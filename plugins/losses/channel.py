@@ -17,13 +17,9 @@ class ChannelLoss(AttentionDistillationLoss):
     description = "logit loss + λ·KL of channel attentions of the tapped feature maps (AKT ablation)"
     branches = ("channel",)
     card = CHANNEL_CARD
+    budget_overrides = (akt_paper_schedule("channel"),)
 
 
 @hookimpl
 def register_losses(register) -> None:
     register(ChannelLoss)
-
-
-@hookimpl
-def register_budget_overrides(register) -> None:
-    register(akt_paper_schedule(ChannelLoss.name))

@@ -17,13 +17,9 @@ class SpatialLoss(AttentionDistillationLoss):
     description = "logit loss + λ·KL of spatial attentions of the tapped feature maps (AKT ablation)"
     branches = ("spatial",)
     card = SPATIAL_CARD
+    budget_overrides = (akt_paper_schedule("spatial"),)
 
 
 @hookimpl
 def register_losses(register) -> None:
     register(SpatialLoss)
-
-
-@hookimpl
-def register_budget_overrides(register) -> None:
-    register(akt_paper_schedule(SpatialLoss.name))

@@ -142,6 +142,33 @@ def test_budget_overrides_must_name_a_known_preset_and_a_method():
                                               BudgetOverride(preset="paper", generator="adadfq", batch_size=8))})
 
 
+def test_a_class_registers_the_budget_overrides_it_declares_and_only_its_own(plugins):
+    gdfq = plugins.generators.get("gdfq")
+    own = BudgetOverride(preset="smoke", generator="mine", batch_size=4, note="declared on the class")
+
+    class Mine(gdfq):
+        name = "mine"
+        description = "GDFQ with its own smoke budget"
+        budget_overrides = (own,)
+
+    loaded = build_plugins(extra={"mine": _plugin("register_generators", Mine)})
+    entry = loaded.budget_overrides.entry("smoke:mine+*")
+    assert entry.obj is own and entry.source == "mine"
+    # the bundled methods' budgets arrive the same way, from their classes
+    hast = plugins.generators.get("hast")
+    assert {o.name for o in hast.budget_overrides} <= set(plugins.budget_overrides.names())
+
+    class Meddler(gdfq):
+        name = "meddler"
+        description = "declares a budget for another generator"
+        budget_overrides = (BudgetOverride(preset="smoke", generator="gdfq", batch_size=4),)
+
+    with pytest.raises(UserError, match="declares the budget override smoke:gdfq\\+\\*, which is not for generator "
+                                        "'meddler'") as err:
+        build_plugins(extra={"meddler": _plugin("register_generators", Meddler)})
+    assert "\n" not in str(err.value)
+
+
 def test_duplicate_name_names_both_sources():
     reg: Registry[int] = Registry("generator")
     reg.add("x", 1, "bundled", "")

@@ -22,6 +22,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import Tensor, nn
 
+from zsqbench.api.budgets import BudgetOverride
 from zsqbench.api.cards import MethodCard
 from zsqbench.api.features import FeatureTaps
 from zsqbench.api.losses import LossInputs, NativeLosses, StudentObjective
@@ -215,6 +216,11 @@ class Generator(ABC):
     Options: ClassVar[type[PluginOptions]] = NoOptions
     #: Where the method comes from and what was verified here (``zsqbench plugins NAME``).
     card: ClassVar[MethodCard | None] = None
+    #: The method's own budgets: :class:`BudgetOverride`\ s of the presets (its paper schedule, a short
+    #: synthesis under ``smoke``), each naming this generator. The plugin manager registers them with the
+    #: class, so a method carries its budgets without a second hook; ``register_budget_overrides``
+    #: stays for overrides that belong to no one class (e.g. a pairing of a generator and a loss).
+    budget_overrides: ClassVar[tuple[BudgetOverride, ...]] = ()
 
     @classmethod
     def pass_counts(cls, options: PluginOptions, teacher: TeacherModel) -> PassCounts:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
+from zsqbench.api.budgets import BudgetOverride
 from zsqbench.api.cards import MethodCard
 from zsqbench.api.models import TeacherModel
 from zsqbench.api.options import NoOptions, PluginOptions
@@ -105,6 +106,11 @@ class DistillationLoss(StudentObjective):
     Options: ClassVar[type[PluginOptions]] = NoOptions
     #: Where the method comes from and what was verified here (``zsqbench plugins NAME``).
     card: ClassVar[MethodCard | None] = None
+    #: The method's own budgets: :class:`BudgetOverride`\ s of the presets (its paper schedule, a short
+    #: synthesis under ``smoke``), each naming this loss. The plugin manager registers them with the
+    #: class, so a method carries its budgets without a second hook; ``register_budget_overrides``
+    #: stays for overrides that belong to no one class (e.g. a pairing of a generator and a loss).
+    budget_overrides: ClassVar[tuple[BudgetOverride, ...]] = ()
 
     def __init__(self, options: PluginOptions, native: NativeLosses, teacher: TeacherModel) -> None:
         self.options = options

@@ -113,6 +113,8 @@ def build_plugins(config: RegistryConfig | None = None, extra: dict[str, object]
         for impl in getattr(pm.hook, kind.hook_name).get_hookimpls():
             source = sources.get(impl.plugin_name, impl.plugin_name)
             impl.function(register=_registrar(registry, kind, source))
+        if kind.plural == "budget_overrides":
+            _register_declared_overrides(registries, registry, kind)
         registry.freeze()
     _check_budget_overrides(registries["budget_overrides"], config)
     return Plugins(manager=pm, config=config, registries=registries, sources=sources)
@@ -149,6 +151,20 @@ def _registrar(registry: Registry[Any], kind: PluginKind, source: str) -> Callab
         registry.add(name, obj, source, _describe(obj))
 
     return register
+
+
+def _register_declared_overrides(registries: dict[str, Registry[Any]], overrides: Registry[Any],
+                                 kind: PluginKind) -> None:
+    """Registers the ``budget_overrides`` each generator and loss class declares, under the class's
+    source; an override that selects another method is refused (it would silently change that one)."""
+    for plural, field in (("generators", "generator"), ("losses", "loss")):
+        for entry in registries[plural]:
+            for override in entry.obj.budget_overrides:
+                if getattr(override, field) != entry.name:
+                    raise UserError(f"{field} '{entry.name}' from {entry.source} declares the budget override "
+                                    f"{override.name}, which is not for {field} '{entry.name}'; set "
+                                    f"{field}=\"{entry.name}\" in it or register it through register_budget_overrides")
+                _registrar(overrides, kind, entry.source)(override)
 
 
 def _check_budget_overrides(overrides: Registry[Any], config: RegistryConfig) -> None:

@@ -8,6 +8,13 @@ import json
 from zsqbench.cli.compute_flags import add_compute_flags, compute_settings
 from zsqbench.errors import UserError
 
+DESCRIPTION = """\
+Time one training iteration after warm-up (step_s) against the bare FP network passes of the same
+iteration (bare_s), interleaved in one process, medians over --iters repetitions; plus one
+evaluation pass of the quantized student and of the FP teacher. See benchmarks/README.md for how to
+read the numbers.
+"""
+
 
 def _int_at_least(minimum: int, wording: str):
     """An argparse type for integers >= ``minimum``."""
@@ -31,10 +38,7 @@ _non_negative = _int_at_least(0, "an integer >= 0")
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench", help="time a training iteration and an evaluation pass (random teacher, no data needed)",
-        description="Time one training iteration after warm-up (step_s) against the bare FP network passes of "
-                    "the same iteration (bare_s), interleaved in one process, medians over --iters repetitions; "
-                    "plus one evaluation pass of the quantized student and of the FP teacher. "
-                    "See benchmarks/README.md for how to read the numbers.")
+        description=DESCRIPTION)
     p.add_argument("--generator", default="adadfq", help="generator plugin (default adadfq)")
     p.add_argument("--loss", default="akt", help="loss plugin (default akt)")
     p.add_argument("--bits", type=int, default=4, help="weight and activation bits (default 4)")

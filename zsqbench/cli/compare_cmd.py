@@ -16,6 +16,16 @@ from zsqbench.leaderboard.compare_rows import CompareRow, Comparison
 from zsqbench.leaderboard.labels import PUBLISHED
 from zsqbench.leaderboard.stats import MAX_SEEDS
 
+DESCRIPTION = """\
+B − A per configuration. Two sources (results folders, per-trial or aggregated CSVs, or paper:NAME
+for a published table) are joined on dataset, generator, loss and bits; with --by, one source is
+compared with itself: every other value of that field against --baseline, cell by cell. Arms known
+trial by trial that ran the same seeds are paired by seed (paired t-test); others use Welch's test.
+Each row gets a 95 % confidence interval, a Holm-adjusted p-value and the minimum effect its seeds
+can detect. Rows with different budgets or teachers are refused unless --force; published reference
+rows are exempt and labelled.
+"""
+
 
 def _effect(text: str) -> float:
     try:
@@ -30,13 +40,7 @@ def _effect(text: str) -> float:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare", help="compare two leaderboards, or values of one field inside a results folder",
-        description="B − A per configuration. Two sources (results folders, per-trial or aggregated CSVs, or "
-                    "paper:NAME for a published table) are joined on dataset, generator, loss and bits; with --by, "
-                    "one source is compared with itself: every other value of that field against --baseline, cell "
-                    "by cell. Arms known trial by trial that ran the same seeds are paired by seed (paired t-test); "
-                    "others use Welch's test. Each row gets a 95 % confidence interval, a Holm-adjusted p-value "
-                    "and the minimum effect its seeds can detect. Rows with different budgets or teachers are "
-                    "refused unless --force; published reference rows are exempt and labelled.")
+        description=DESCRIPTION)
     p.add_argument("a", metavar="A", help="baseline: a results folder, a leaderboard CSV or paper:NAME (paper:akt); "
                                           "with --by, the one source")
     p.add_argument("b", metavar="B", nargs="?", help="compared with A (delta = B − A), same forms; not with --by")

@@ -11,14 +11,18 @@ from typing import Any
 from zsqbench.cli.console import err, out
 from zsqbench.errors import UserError
 
+DESCRIPTION = """\
+Write a finished trial's student as model.onnx (integer weights, QuantizeLinear -> Clip ->
+DequantizeLinear activations) with quantization.json, check it on the full test set in ONNX Runtime
+against the student in PyTorch, and measure its size and latency against the FP32 teacher. Needs the
+export extra: pip install 'zsqbench[export]'.
+"""
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "export", help="export a finished trial's student to ONNX, verified in ONNX Runtime",
-        description="Write a finished trial's student as model.onnx (integer weights, QuantizeLinear -> Clip -> "
-        "DequantizeLinear activations) with quantization.json, check it on the full test set in ONNX Runtime "
-        "against the student in PyTorch, and measure its size and latency against the FP32 teacher. "
-        "Needs the export extra: pip install 'zsqbench[export]'.",
+        description=DESCRIPTION,
     )
     p.add_argument("trial", help="a trial folder, or a trial id (or a unique prefix) under --results")
     p.add_argument("--format", default="onnx", help="export format (only 'onnx')")

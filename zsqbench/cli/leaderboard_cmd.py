@@ -48,6 +48,11 @@ from zsqbench.leaderboard.views import (
 )
 from zsqbench.runs.result_file import find_result_files
 
+DESCRIPTION = """\
+Aggregate a per-trial leaderboard over seeds (one row per configuration: mean ± sample std of
+top1_last) and show it; or show it per trial, or in the paper's table layout.
+"""
+
 TRIAL_NOTE = ("oracle*: best epoch selected on the test set, not a result; report top-1 last. --wide shows every "
               "column, the full trial ids among them")
 
@@ -70,8 +75,7 @@ class View:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "leaderboard", help="show a leaderboard (mean ± std over seeds)",
-        description="Aggregate a per-trial leaderboard over seeds (one row per configuration: mean ± sample std "
-                    "of top1_last) and show it; or show it per trial, or in the paper's table layout.")
+        description=DESCRIPTION)
     p.add_argument("source", nargs="?", default="results", metavar="FILE_OR_RESULTS_DIR",
                    help="a results folder (its leaderboard.csv), a per-trial or aggregated leaderboard CSV, or "
                         "paper:NAME for a published reference table (default: results)")

@@ -8,15 +8,18 @@ from pathlib import Path
 
 from zsqbench.errors import UserError
 
+DESCRIPTION = """\
+Write figures from a results folder (leaderboard.csv and <run>/<trial_id>/result.json):
+accuracy_vs_bits (top1_last mean ± std per generator+loss), gain_over_kd (each loss minus kd per
+generator and bit-width) and training_curves (per-epoch top-1 and loss terms). A figure with nothing
+to show is not written (a line on stderr says why); trials at chance are drawn hollow or hatched.
+"""
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plot", help='plot a results folder (needs pip install "zsqbench[plot]")',
-        description="Write figures from a results folder (leaderboard.csv and <run>/<trial_id>/result.json): "
-                    "accuracy_vs_bits (top1_last mean ± std per generator+loss), gain_over_kd (each loss minus kd "
-                    "per generator and bit-width) and training_curves (per-epoch top-1 and loss terms). A figure "
-                    "with nothing to show is not written (a line on stderr says why); trials at chance are "
-                    "drawn hollow or hatched.")
+        description=DESCRIPTION)
     p.add_argument("folder", nargs="?", type=Path, default=Path("results"),
                    help="results folder (default results)")
     p.add_argument("--out", type=Path, metavar="DIR", help="where to write the figures (default FOLDER/plots)")

@@ -27,6 +27,11 @@ from zsqbench.grid.runner import grid_states, run_grid, trial_folder
 from zsqbench.perf.estimate import CONFIRM_SECONDS, device_label, duration, estimate_compute
 from zsqbench.runs.environment import Environment, offline_from_env, resolve_device
 
+DESCRIPTION = """\
+Run generators x losses x bit-widths x seeds. With no grid flags, runs the default from
+registry.toml (GDFQ + KD, ResNet-20 CIFAR-10, W3A3, CPU budget).
+"""
+
 
 def _csv(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
@@ -78,8 +83,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "run",
         help="run a grid of trials",
-        description="Run generators x losses x bit-widths x seeds. With no grid flags, runs the default "
-        "from registry.toml (GDFQ + KD, ResNet-20 CIFAR-10, W3A3, CPU budget).",
+        description=DESCRIPTION,
     )
     p.add_argument("--generators", type=_csv, help="comma-separated generator plugins, e.g. gdfq,adadfq,hast")
     p.add_argument("--loss", "--losses", dest="losses", type=_csv, help="comma-separated loss plugins, e.g. kd,akt")

@@ -1,5 +1,5 @@
-"""Per-sample RandomResizedCrop + horizontal flip on image tensors (METHODS §6.3,
-METHODS-ZEROQ-DSG-INTRAQ §1.4, §4.2).
+"""Per-sample RandomResizedCrop + horizontal flip on image tensors
+(docs/methods/common.md#per-sample-crop-and-flip).
 
 One function for both uses: the offline fine-tuning scaffold augments every batch drawn from a
 synthetic set with it (HAST, IntraQ, ZeroQ + FT), and IntraQ's local object reinforcement applies
@@ -17,13 +17,8 @@ from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
 
-def random_resized_crop_flip(
-    x: Tensor,
-    size: int = 32,
-    scale: tuple[float, float] = (0.5, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    flip_p: float = 0.5,
-) -> Tensor:
+def random_resized_crop_flip(x: Tensor, size: int = 32, scale: tuple[float, float] = (0.5, 1.0),
+                             ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5) -> Tensor:
     """Per-sample RandomResizedCrop (bilinear) then horizontal flip, on tensors of any device.
 
     Parameters are drawn from torch's global RNG, so the trial seed fixes them. Crops are
@@ -51,17 +46,12 @@ def _axis(start: Tensor, length: Tensor, size: int, dtype: torch.dtype) -> tuple
     return start[:, None] + lo, start[:, None] + hi, frac
 
 
-def batched_random_resized_crop_flip(
-    x: Tensor,
-    size: int = 32,
-    scale: tuple[float, float] = (0.5, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    flip_p: float = 0.5,
-) -> Tensor:
+def batched_random_resized_crop_flip(x: Tensor, size: int = 32, scale: tuple[float, float] = (0.5, 1.0),
+                                     ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5) -> Tensor:
     """:func:`random_resized_crop_flip` with the same random parameters (drawn per image in the same
     order from the global RNG) but one gather-based bilinear resize for the whole batch instead of
     a resize per image: a handful of kernels per batch, which matters on a GPU inside IntraQ's
-    1000-step synthesis (METHODS-ZEROQ-DSG-INTRAQ §8). Equal to the loop up to float rounding
+    1000-step synthesis (docs/methods/common.md#per-sample-crop-and-flip). Equal to the loop up to float rounding
     (tests/plugins/test_synthesis.py), differentiable with respect to ``x``.
     """
     params = []
