@@ -38,7 +38,7 @@ def test_akt_runs_its_own_schedule_under_paper_and_kd_keeps_adadfqs(plugins):
     assert (kd.budget.epochs, kd.budget.iters_per_epoch, kd.budget.batch_size) == (400, 200, 16)
     for loss in ("spatial", "channel"):  # Table 4 ran AKT's setup
         assert resolve_budget(plugins, "paper", "adadfq", loss).budget == akt.budget
-    # GDFQ and HAST keep their own schedules with AKT's loss (METHODS §7.7)
+    # GDFQ and HAST keep their own schedules with AKT's loss (docs/methods/akt.md#feature-losses-on-gdfq-and-hast)
     assert resolve_budget(plugins, "paper", "gdfq", "akt").budget == resolve_budget(plugins, "paper", "gdfq", "kd").budget
     hast = resolve_budget(plugins, "paper", "hast", "akt")
     assert (hast.budget.epochs, hast.budget.batch_size, hast.optim.student_lr) == (151, 64, 1e-5)

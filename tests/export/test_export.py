@@ -1,4 +1,5 @@
-"""`zsqbench export` (issue 17): METHODS §1.2 grids as an integer ONNX model, verified in ONNX Runtime.
+"""`zsqbench export` (issue 17): the grids of docs/methods/uniform.md#the-quantization-function as an
+integer ONNX model, verified in ONNX Runtime.
 
 What is checked, and the tolerances (zsqbench/export/runtime.py explains them):
 

@@ -243,7 +243,7 @@ def test_compare_function_refuses_without_force(sides, tmp_path):
 
 # --- the published reference CSV ------------------------------------------------------------
 
-TABLE2 = {  # METHODS.md §10, Table 2: gdfq, gdfq+akt, hast, hast+akt, adadfq, adadfq+akt
+TABLE2 = {  # docs/methods/akt.md#published-numbers, Table 2: gdfq, gdfq+akt, hast, hast+akt, adadfq, adadfq+akt
     ("cifar10", 3): [72.23, 72.80, 84.11, 84.84, 84.89, 86.76],
     ("cifar10", 4): [90.25, 90.33, 92.00, 92.25, 92.31, 92.64],
     ("cifar10", 5): [93.38, 93.36, 93.48, 93.57, 93.81, 93.83],

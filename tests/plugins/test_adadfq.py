@@ -1,4 +1,4 @@
-"""AdaDFQ's generator loss terms and its entropy-of-difference student loss (METHODS §5).
+"""AdaDFQ's generator loss terms and its entropy-of-difference student loss (docs/methods/adadfq.md).
 
 Expected values are computed by hand from two-class softmaxes: a logit difference
 d = (ln(p/(1−p)), 0) gives softmax (p, 1−p) and entropy h(p) = −p ln p − (1−p) ln(1−p).

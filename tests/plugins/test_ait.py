@@ -1,9 +1,9 @@
-"""AIT (METHODS-AIT-QIMERA §1): the KL-only loss, gradient inundation (GI-SGD), the integer weight
+"""AIT (docs/methods/ait.md): the KL-only loss, gradient inundation (GI-SGD), the integer weight
 codes it counts, its schedule and its errors.
 
-Expected values come from the spec: the codes formula of §1.3.2, the search of §1.3.4 (written
-again below as a plain loop, independent of the plugin's two implementations), and a case whose
-flip fractions follow by hand from where each weight crosses a rounding boundary.
+Expected values come from docs/methods/ait.md#gradient-inundation: the codes of its step 2, the search
+of its step 3 (written again below as a plain loop, independent of the plugin's two implementations),
+and a case whose flip fractions follow by hand from where each weight crosses a rounding boundary.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ref_codes(w: torch.Tensor, bits: int) -> torch.Tensor:
-    """§1.3.2: per output channel o, S = (2^k − 1)/max(M − m, 1e-8), Z = round(S·m) + 2^(k−1),
-    code = clamp(round(S·x − Z), −2^(k−1), 2^(k−1) − 1)."""
+    """ait.md step 2's codes: per output channel o, S = (2^k − 1)/max(M − m, 1e-8),
+    Z = round(S·m) + 2^(k−1), code = clamp(round(S·x − Z), −2^(k−1), 2^(k−1) − 1)."""
     rows = w.reshape(w.shape[0], -1)
     m, big_m = rows.min(dim=1, keepdim=True).values, rows.max(dim=1, keepdim=True).values
     s = (2**bits - 1) / torch.clamp(big_m - m, min=1e-8)
@@ -51,7 +51,7 @@ def ref_flips(w: torch.Tensor, d: torch.Tensor, lr: float, a: float, bits: int) 
 
 
 def ref_search(f, p: float, doublings: int, rounds: int = 5, tol: float = 0.01, final: str = "midpoint"):
-    """§1.3.4 as a loop: (a, lo, hi, a_d)."""
+    """ait.md step 3's search as a loop: (a, lo, hi, a_d)."""
     a = 1.0
     if f(a) >= p:
         return 1.0, 1.0, 1.0, 1.0
@@ -262,8 +262,8 @@ def test_realized_code_changes_on_resnet20_hit_the_target(plugins, final):
             assert realized >= 1e-3
         near += abs(realized - 1e-3) * w0.numel() <= 3
     # Most tensors change within 3 codes of p·n. Not all: f jumps where a step moves a channel's
-    # min or max, since the candidate is quantized on its own range (§1.3.3), and that channel's
-    # codes all shift at once (e.g. 577 of 36,864 where p·n = 37).
+    # min or max, since the candidate is quantized on its own range (ait.md step 2), and that
+    # channel's codes all shift at once (e.g. 577 of 36,864 where p·n = 37).
     assert near >= 11
     assert (r.natural < 1e-3).sum().item() >= 20 and (r.scale > 1).sum().item() >= 20  # GI enlarged most steps
 

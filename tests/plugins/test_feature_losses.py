@@ -1,4 +1,5 @@
-"""Attention feature-distillation losses `spatial`, `channel` and `akt` (METHODS §7–§8).
+"""Attention feature-distillation losses `spatial`, `channel` and `akt` (docs/methods/akt.md, spatial.md,
+channel.md).
 
 Golden values are worked out by hand below (math.exp / math.log on written-out numbers),
 never by calling the implementation. The toy maps, (C = 2, H = W = 2):

@@ -1,4 +1,4 @@
-"""The CIFAR generator, the BN-statistics loss and GDFQ's student loss (METHODS §3, §4)."""
+"""The CIFAR generator, the BN-statistics loss and GDFQ's student loss (docs/methods/gdfq.md)."""
 
 from __future__ import annotations
 

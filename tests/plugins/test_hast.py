@@ -1,5 +1,5 @@
 """HAST: hardness loss, KD + feature alignment, the difficulty-promotion step, the synthetic-set
-cache and the batch pipeline (METHODS §6). Hand-computed values use two-class softmaxes."""
+cache and the batch pipeline (docs/methods/hast.md). Hand-computed values use two-class softmaxes."""
 
 from __future__ import annotations
 

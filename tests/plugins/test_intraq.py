@@ -1,4 +1,4 @@
-"""IntraQ (METHODS-ZEROQ-DSG-INTRAQ §4): SIL and MDC on hand values, the class-centre store, the
+"""IntraQ (docs/methods/intraq.md): SIL and MDC on hand values, the class-centre store, the
 synthesis (first batch without centres, centres rebuilt on resume, LOR seeded), the fine-tuning
 batches and the native student loss."""
 

@@ -1,4 +1,4 @@
-"""Qimera (METHODS-AIT-QIMERA §2): superposed labels, latent standardization, embedding
+"""Qimera (docs/methods/qimera.md): superposed labels, latent standardization, embedding
 initialization, parameter counts, and the one-hot golden test against GDFQ's loss formulas.
 
 Expected values are derived here by hand (closed forms, quadrature, the spec's tables), never
@@ -42,7 +42,7 @@ def _entropy(rows: torch.Tensor) -> torch.Tensor:
 
 
 def _gdfq_kd(s: torch.Tensor, t: torch.Tensor, temperature: float = 20.0) -> torch.Tensor:
-    """GDFQ's KD term by hand (METHODS §4.2): T²·Σ_{b,c} p_t·(log p_t − log p_s) / (B·C) at T."""
+    """GDFQ's KD term by hand (docs/methods/gdfq.md#losses): T²·Σ_{b,c} p_t·(log p_t − log p_s) / (B·C) at T."""
     log_pt, log_ps = F.log_softmax(t / temperature, dim=1), F.log_softmax(s / temperature, dim=1)
     return temperature**2 * (log_pt.exp() * (log_pt - log_ps)).sum() / s.numel()
 
@@ -77,7 +77,7 @@ def test_superposed_labels_c10_k2_entropy_and_max_weight(qimera):
     assert torch.allclose(soft.sum(dim=1), torch.ones(len(soft)), atol=1e-6) and (soft >= 0).all()
     assert torch.allclose(lam.sum(dim=1), torch.ones(len(lam)), atol=1e-6)
     h_exact, max_exact = _k2_expectations(10)
-    assert round(h_exact, 2) == 0.49 and round(max_exact, 2) == 0.73  # the spec's table (§2.7)
+    assert round(h_exact, 2) == 0.49 and round(max_exact, 2) == 0.73  # qimera.md#soft-label-statistics
     # per-sample sd of H is ≈ 0.22 and of max λ ≈ 0.13: 4 standard errors over 20,000 samples
     assert _entropy(soft).mean().item() == pytest.approx(h_exact, abs=4 * 0.22 / math.sqrt(20_000))
     assert lam.max(dim=1).values.mean().item() == pytest.approx(max_exact, abs=4 * 0.13 / math.sqrt(20_000))
@@ -216,7 +216,7 @@ def test_one_hot_golden_losses_equal_gdfq_formulas(qimera, monkeypatch):
     s = torch.randn(6, 10)
     inputs = LossInputs(s, t, y, soft_labels=batch.y_soft)
     qimera_s = parts.objective(inputs)["total"]
-    # GDFQ (METHODS §4.2): 20²·KL with the element mean (÷ B·C) + CE(s, y)
+    # GDFQ (docs/methods/gdfq.md#losses): 20²·KL with the element mean (÷ B·C) + CE(s, y)
     gdfq_s = _gdfq_kd(s, t) \
         + F.cross_entropy(s, y)
     assert qimera_s.item() == pytest.approx(gdfq_s.item(), rel=1e-6, abs=0)

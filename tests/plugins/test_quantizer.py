@@ -1,4 +1,4 @@
-"""The uniform quantizer against hand-computed values (METHODS §1)."""
+"""The uniform quantizer against hand-computed values (docs/methods/uniform.md)."""
 
 from __future__ import annotations
 

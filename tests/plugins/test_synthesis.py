@@ -1,7 +1,7 @@
-"""The shared synthesis parts (METHODS-ZEROQ-DSG-INTRAQ §1): the BN-statistics loss family on
-hand-computed values, the pixel-synthesis engine, and the range estimators of the uniform
-quantizer (§1.5). Expected values are plain torch formulas written out here, never the
-implementation's helpers."""
+"""The shared synthesis parts (docs/methods/common.md#shared-parts-of-the-offline-methods): the
+BN-statistics loss family on hand-computed values, the pixel-synthesis engine, and the range
+estimators of the uniform quantizer (uniform.md#range-estimators-for-post-training-quantization).
+Expected values are plain torch formulas written out here, never the implementation's helpers."""
 
 from __future__ import annotations
 
@@ -228,7 +228,7 @@ def test_one_calibration_forward_gives_the_same_range_with_exact_and_minmax():
     assert ranges["exact"] == pytest.approx(ranges["minmax"], rel=1e-6)
     act = quant_act("exact")
     act(x)
-    act(x)  # a second forward already inflates the exact range (METHODS §1.3, S1)
+    act(x)  # a second forward already inflates the exact range (uniform.md#activation-range-tracking, S1)
     assert act.x_max.item() > 1.5 * x.max().item()
 
 

@@ -1,6 +1,7 @@
-"""ZeroQ (METHODS-ZEROQ-DSG-INTRAQ §2) and PTQ-only trials (§5): its loss and init on hand values,
-the distilled set's cache, the variants' student losses, the PTQ path (no optimizer step, each
-image fed once in order, the row labelled PTQ) and the one-line errors for budgets it cannot run."""
+"""ZeroQ (docs/methods/zeroq.md) and PTQ-only trials (zeroq.md#post-training-only-trials): its loss and
+init on hand values, the distilled set's cache, the variants' student losses, the PTQ path (no
+optimizer step, each image fed once in order, the row labelled PTQ) and the one-line errors for
+budgets it cannot run."""
 
 from __future__ import annotations
 
@@ -117,7 +118,8 @@ def test_the_bn_loss_falls_during_synthesis(tiny_parts):
 
 @pytest.mark.realdata
 def test_the_bn_loss_falls_substantially_on_the_real_teacher(tiny_parts, data_root):
-    """§7's diagnostic with the real (chenyaofo) CIFAR-10 teacher at ZeroQ's own lr 0.5."""
+    """The diagnostic of docs/methods/common.md#synthesis-diagnostics with the real (chenyaofo)
+    CIFAR-10 teacher at ZeroQ's own lr 0.5."""
     gen = tiny_parts(ft_spec(synthesis_iters=60, num_images=8, synthesis_batch=8)).generator
     state = torch.load(data_root / "weights" / "resnet20_cifar10.pth", map_location="cpu", weights_only=True)
     gen.ctx.teacher.load_state_dict(state)

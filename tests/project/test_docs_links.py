@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 #: The pages written for users. Not docs/methods/README.md, which maps the specification sections the
-#: code cites and so names those files on purpose, nor docs/ARCHITECTURE.md, the map of the code, whose
+#: code cited to its pages and so names those files on purpose, nor docs/ARCHITECTURE.md, the map of the code, whose
 #: citations follow the code's (both change when the code's citations do).
 USER_PAGES = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "ARCHITECTURE.md")]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")

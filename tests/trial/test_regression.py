@@ -174,5 +174,5 @@ def test_the_coarse_check_accepts_another_cpu_and_refuses_a_lost_loss_term():
     for key in amd:
         assert _close(intel[key], amd[key]), key
     broken = json.loads(json.dumps(amd["real/custom/adadfq+akt"]))
-    broken["epochs"][-1]["losses"]["feature"] = 0.0  # the feature term lost (METHODS §9, defect D3)
+    broken["epochs"][-1]["losses"]["feature"] = 0.0  # the feature term lost (D3, akt.md#defects-of-the-official-code)
     assert not _close(broken, amd["real/custom/adadfq+akt"])

@@ -1,6 +1,7 @@
 """Student optimizers with a schedule of their own: what the trainer tells them at each epoch.
 
-The core builds the student optimizer (plain SGD, METHODS §3.3) unless the trial's loss plugin
+The core builds the student optimizer (plain SGD,
+docs/methods/common.md#optimizers-and-learning-rate-schedule) unless the trial's loss plugin
 supplies one (:meth:`zsqbench.api.losses.DistillationLoss.build_optimizer`). The core sets every
 param group's ``lr`` from the budget at the start of each epoch; an optimizer whose own state
 also follows the epochs (AIT's gradient inundation: a threshold that decays at milestones, a

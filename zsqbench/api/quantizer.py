@@ -22,8 +22,8 @@ from zsqbench.api.options import NoOptions, PluginOptions
 
 @dataclass(frozen=True)
 class IntegerGrid:
-    """A uniform k-bit grid in the form of METHODS §1.2: ``x̂ = (q + Z) / S`` with integer
-    ``q ∈ [−2^(k−1), 2^(k−1) − 1]``.
+    """A uniform k-bit grid in the form of docs/methods/uniform.md#the-quantization-function:
+    ``x̂ = (q + Z) / S`` with integer ``q ∈ [−2^(k−1), 2^(k−1) − 1]``.
 
     ``scale`` is S (a multiplier: real × S = integer) and ``zero`` is Z (float32 holding integers),
     both float32, either 0-d (per tensor) or of shape (C,) (per output channel, axis 0). They are

@@ -168,7 +168,7 @@ class Budget(BudgetFields, IdFields):
 
 
 class OptimSettings(StrictModel):
-    """Student SGD and generator Adam settings (METHODS §3.3, §4.1)."""
+    """Student SGD and generator Adam settings (docs/methods/common.md#optimizers-and-learning-rate-schedule)."""
 
     student_lr: float = Field(1e-4, gt=0)
     momentum: float = Field(0.9, ge=0)

@@ -1,9 +1,10 @@
 """Deployable integer models: a finished trial's student as ONNX, verified in ONNX Runtime.
 
-:mod:`~zsqbench.export.mapping` (METHODS §1.2 grids -> ONNX quantization parameters, the
-derivation), :mod:`~zsqbench.export.graph` (the exported graph), :mod:`~zsqbench.export.runtime`
-(ONNX Runtime: accuracy, agreement, latency) and :mod:`~zsqbench.export.trial_export` (a trial
-folder in, verified files out). Needs the ``export`` extra (onnx, onnxruntime).
+:mod:`~zsqbench.export.mapping` (the grids of docs/methods/uniform.md#the-quantization-function
+-> ONNX quantization parameters, the derivation), :mod:`~zsqbench.export.graph` (the exported
+graph), :mod:`~zsqbench.export.runtime` (ONNX Runtime: accuracy, agreement, latency) and
+:mod:`~zsqbench.export.trial_export` (a trial folder in, verified files out). Needs the ``export``
+extra (onnx, onnxruntime).
 """
 
 from zsqbench.errors import UserError

@@ -58,7 +58,8 @@ def fp_sizes(model_bytes: bytes) -> dict[str, int]:
 
 def layer_entries(layers: list[ExportedLayer]) -> list[dict[str, Any]]:
     """Per quantizer: kind, bits, container, ONNX scale(s) and zero point(s), the code range, S and Z
-    of METHODS §1.2, and for weights the storage at the true bit-width and as stored."""
+    of docs/methods/uniform.md#the-quantization-function, and for weights the storage at the true
+    bit-width and as stored."""
     entries = []
     for layer in layers:
         entry: dict[str, Any] = {"name": layer.path, "kind": layer.kind, **layer.quant.describe()}

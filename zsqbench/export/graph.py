@@ -15,9 +15,10 @@ in one place (:func:`torch_export`) with its warning silenced, and tests fail if
 
 Graph edits with ``onnx.helper``/``numpy_helper`` follow. The Identity nodes the exporter leaves
 after initializers it deduplicated are removed. BatchNormalization stays a node of its own by default,
-as the student computes it (METHODS §1.1: BN is not folded): ONNX Runtime then reproduces the student
-to float rounding, but it runs every convolution in float (a DequantizeLinear'd weight, BN between the
-convolution and the next quantizer), and the quantize/dequantize work comes on top: slower than FP32. ``fold_bn=True`` folds each BN
+as the student computes it (BN is not folded, docs/methods/uniform.md#what-is-quantized): ONNX Runtime
+then reproduces the student to float rounding, but it runs every convolution in float (a
+DequantizeLinear'd weight, BN between the convolution and the next quantizer), and the
+quantize/dequantize work comes on top: slower than FP32. ``fold_bn=True`` folds each BN
 that alone reads a convolution with a per-channel DequantizeLinear weight into that weight's scale
 and the convolution's bias (scale·a and bias·a + β − μ·a with a = γ/√(σ²+ε)): the integer codes are
 untouched, and a convolution whose output then goes straight to an activation quantizer has the

@@ -1,4 +1,5 @@
-"""From the grids of METHODS §1.2 to ONNX's quantization parameters: the derivation, and containers.
+"""From the grids of docs/methods/uniform.md#the-quantization-function to ONNX's quantization
+parameters: the derivation, and containers.
 
 **Ours** (the fake quantizer, float32): for bit-width k, S = (2^k − 1)/(hi − lo), Z = round(S·lo) + 2^(k−1),
 
@@ -65,7 +66,7 @@ class OnnxQuant:
     zero_point: np.ndarray
     #: c = q + offset (a scalar for int8/uint8, Z per channel for int32).
     offset: np.ndarray
-    #: S and Z of METHODS §1.2, as the fake quantizer computed them.
+    #: S and Z of docs/methods/uniform.md#the-quantization-function, as the fake quantizer computed them.
     S: np.ndarray
     Z: np.ndarray
 

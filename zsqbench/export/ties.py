@@ -10,8 +10,9 @@ rounded differently, and 7 of 200 predictions changed.
 So a disagreement on a clear margin is put down to rounding only when ONNX Runtime's own run shows it:
 the model is run again on that image with every activation quantizer's input x and output y as extra
 outputs, and each code ONNX Runtime chose, q = rint(y·S − Z), must be the student's quantizer applied
-to that very input (METHODS §1.2: clamp(round(S·x − Z))), except at a tie. Then every activation of
-that image is the student's function of its input, and what moved its logits is float rounding
+to that very input (clamp(round(S·x − Z)), docs/methods/uniform.md#the-quantization-function),
+except at a tie. Then every activation of that image is the student's function of its input, and
+what moved its logits is float rounding
 amplified through codes rounded at ties (in either runtime's run: the tie where the two runs parted
 may be one the student rounded away from half-to-even). A wrong scale, zero point or range moves
 codes away from ties, which this catches image by image; a wrong weight or float layer moves every

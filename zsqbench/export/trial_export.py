@@ -244,7 +244,8 @@ def _document(spec: TrialSpec, result: dict[str, Any], folder: TrialFolder, test
             "batchnorm": (f"{folded} BN layers folded into their convolution's DequantizeLinear scale (times "
                           "gamma/sqrt(var+eps); the codes are unchanged) and bias" if settings.fold_bn
                           else "kept as separate BatchNormalization nodes, as the student computes them"),
-            "mapping": "x_hat = (q + Z)/S (METHODS 1.2) = (c - zero_point)*scale with scale = 1/S, c = q + offset, "
+            "mapping": "x_hat = (q + Z)/S (docs/methods/uniform.md#the-quantization-function) "
+                       "= (c - zero_point)*scale with scale = 1/S, c = q + offset, "
                        "zero_point = offset - Z (zsqbench/export/mapping.py)",
         },
         "trial": {

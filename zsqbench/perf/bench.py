@@ -1,8 +1,8 @@
 """`zsqbench bench`: how fast is one training iteration, and how far from the bare minimum?
 
-A trial's wall time is ~all training iterations, and these networks are small (METHODS
-§11.3), so the harness's own overhead (fake quantization, hooks, losses, Python) can
-dominate. This module measures it directly, in one process and interleaved:
+A trial's wall time is ~all training iterations, and these networks are small
+(docs/methods/common.md#compute-per-iteration), so the harness's own overhead (fake quantization,
+hooks, losses, Python) can dominate. This module measures it directly, in one process and interleaved:
 
 * ``step_s``: one full training iteration after warm-up, exactly as the trainer runs it:
   :func:`zsqbench.trial.step.iterate` (the generator's step, with the student update) inside the
@@ -57,6 +57,7 @@ from zsqbench.api.options import fill_options, speed_switches
 from zsqbench.api.plugins import Plugins, get_plugins
 from zsqbench.api.spec import Budget, PluginChoice, TrialSpec
 from zsqbench.errors import UserError
+from zsqbench.grid.budgets import smoke_generator_options
 from zsqbench.perf.compute import ComputeSettings, apply_compute_settings, tune_cpu_allocator
 from zsqbench.perf.op_profile import profile_step
 from zsqbench.runs.environment import resolve_device
@@ -65,13 +66,6 @@ from zsqbench.trial.evaluate import top1
 from zsqbench.trial.monitor import EpochStats
 from zsqbench.trial.step import compile_iteration, epoch_context, explain_iteration, iterate
 from zsqbench.trial.trainer import seed_everything
-
-#: Generator options that keep a benchmark's setup short without changing the timed step
-#: (HAST's and IntraQ's synthetic sets: their content does not affect the speed of a training step).
-SETUP_OPTIONS: dict[str, Callable[[int], dict[str, Any]]] = {
-    "hast": lambda batch: {"num_images": batch, "synthesis_batch": batch, "synthesis_iters": 1},
-    "intraq": lambda batch: {"num_images": batch, "synthesis_batch": batch, "synthesis_iters": 1},
-}
 
 #: The keys of the ``--json`` object, in order.
 JSON_KEYS = (
@@ -103,6 +97,20 @@ class BenchConfig:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+def setup_options(plugins: Plugins, config: BenchConfig) -> dict[str, Any]:
+    """The benchmarked generator's options: its own smoke ones, which keep the setup short (an
+    offline method's synthesis: the set's content does not change the speed of a training step),
+    and the user's ``-o`` on top."""
+    options = smoke_generator_options(plugins, config.generator, config.loss)
+    if isinstance(options.get("num_images"), int):
+        # A synthetic set (zsqbench.toolkit.offline) of at least one batch: each timed step then
+        # draws its batch from one shuffled pass, as a trial's steps do. Smoke's 16 images against
+        # the bench's batch 200 would be cycled inside every step (a dozen reshuffles stitched
+        # together), work no trial's step does.
+        options["num_images"] = max(options["num_images"], config.batch_size)
+    return {**options, **config.options.get(config.generator, {})}
+
+
 class BenchSession:
     """The objects of one benchmark, ready to time: :meth:`step`, :meth:`bare`,
     :meth:`eval_student`, :meth:`eval_teacher`. Call :meth:`close` when done (or use it as
@@ -125,8 +133,7 @@ class BenchSession:
         if unknown:
             raise UserError(f"options given for {unknown}, which this benchmark does not use "
                             f"(generator '{c.generator}', loss '{c.loss}', quantizer '{c.quantizer}')")
-        gen_options = SETUP_OPTIONS[c.generator](c.batch_size) if c.generator in SETUP_OPTIONS else {}
-        gen_options.update(c.options.get(c.generator, {}))
+        gen_options = setup_options(plugins, c)
         self.spec = TrialSpec(
             model=c.model, dataset=entry.dataset, w_bits=c.bits, a_bits=c.bits, seed=c.seed,
             generator=PluginChoice(name=c.generator,
@@ -173,7 +180,8 @@ class BenchSession:
         self._bare_params = [p for n in (*bare_gen_nets, self.bare_student) for p in n.parameters()]
         apply_compute_settings(parts.networks(), compute)
 
-        # Prepare and calibrate as in the warm-up epochs, then freeze the ranges (METHODS §1.3).
+        # Prepare and calibrate as in the warm-up epochs, then freeze the ranges
+        # (docs/methods/uniform.md#calibration-and-freezing).
         gen.prepare()
         if compute.compile:
             compile_iteration(parts, self.device)

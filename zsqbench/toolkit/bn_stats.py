@@ -1,4 +1,4 @@
-"""The teacher BN-statistics loss family (METHODS §4.2, METHODS-ZEROQ-DSG-INTRAQ §1.3): generated
+"""The teacher BN-statistics loss family (docs/methods/common.md#bn-statistics-loss-family): generated
 images should have the statistics the teacher's BN layers saw in training. Shared by GDFQ, AdaDFQ,
 HAST, IntraQ (``batch_mse``: batch moments, means over channels and layers) and ZeroQ (``zeroq``:
 per-image moments with a std target, sums over channels and layers, plus an input term); one
@@ -51,7 +51,7 @@ def batch_moments(x: Tensor) -> tuple[Tensor, Tensor]:
 
 @dataclass(frozen=True)
 class BNLossConfig:
-    """One member of the BN-statistics loss family (METHODS-ZEROQ-DSG-INTRAQ §1.3).
+    """One member of the BN-statistics loss family (docs/methods/common.md#bn-statistics-loss-family).
 
     ``granularity``: "batch" matches each channel's mean and **biased** variance over (batch,
     positions); "sample" matches each image's per-channel mean and std, sqrt(unbiased variance

@@ -1,4 +1,5 @@
-"""GDFQ's label-conditioned CIFAR generator network (METHODS §3.1), with folded upsampling convolutions."""
+"""GDFQ's label-conditioned CIFAR generator network (docs/methods/gdfq.md#generator-network), with folded
+upsampling convolutions."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def fold_upsample_into_kernel(weight: Tensor) -> Tensor:
 
 class UpsampleConv2d(nn.Conv2d):
     """Nearest ×2 upsampling then a 3x3, stride-1, padding-1 convolution, as one transposed
-    convolution (METHODS §3.1's ``Upsample`` + ``Conv2d``; same parameters and state_dict).
+    convolution (the ``Upsample`` + ``Conv2d`` of docs/methods/gdfq.md#generator-network; same parameters and
+    state_dict).
 
     The composite is one linear map, so computing it as a stride-2 transposed convolution with
     the folded 4x4 kernel gives the same outputs and gradients up to float rounding, with 16
@@ -48,7 +50,8 @@ class UpsampleConv2d(nn.Conv2d):
 class CifarGenerator(nn.Module):
     """Label-conditioned generator: E[y] ⊙ z -> 8x8x128 -> two upsampling conv blocks -> 3x32x32.
 
-    The 0.8 eps of the two inner BNs and the final non-affine BN are deliberate (METHODS §3.1).
+    The 0.8 eps of the two inner BNs and the final non-affine BN are deliberate
+    (docs/methods/gdfq.md#generator-network).
     Each block's upsampling and convolution are one :class:`UpsampleConv2d`.
 
     ``num_classes=None`` builds the trunk alone (no embedding): :meth:`decode` maps a latent

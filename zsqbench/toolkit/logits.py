@@ -25,8 +25,8 @@ def kd_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float, re
 
 def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """(1/B)·Σ_b H(ℓ_b, softmax(logits_b)) = mean_b −Σ_c ℓ_bc·log_softmax(logits_b)_c, for a
-    (B, C) label distribution ℓ (Qimera's superposed labels, METHODS-AIT-QIMERA §2.4). Its
-    minimum over the logits is the mean entropy of ℓ, not 0 (a mixed label cannot be fit exactly)."""
+    (B, C) label distribution ℓ (Qimera's superposed labels, docs/methods/qimera.md#losses). Its minimum
+    over the logits is the mean entropy of ℓ, not 0 (a mixed label cannot be fit exactly)."""
     return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
@@ -53,8 +53,8 @@ class KDCESettings(Protocol):
 
 class GDFQLogitLoss:
     """GDFQ's student logit loss α·T²·KL (``kd_reduction``: 'mean' ÷B·C as coded, or 'batchmean')
-    + κ_ce·CE (METHODS §4.2), shared by the GDFQ family: with soft labels (Qimera) the CE is
-    the soft CE against them (METHODS-AIT-QIMERA §2.4), the same value for one-hot labels."""
+    + κ_ce·CE (docs/methods/gdfq.md#losses), shared by the GDFQ family: with soft labels (Qimera) the CE
+    is the soft CE against them (docs/methods/qimera.md#losses), the same value for one-hot labels."""
 
     def __init__(self, opts: KDCESettings) -> None:
         self.opts = opts

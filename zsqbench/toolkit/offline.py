@@ -1,4 +1,4 @@
-"""The offline fine-tuning scaffold (METHODS §6.2, METHODS-ZEROQ-DSG-INTRAQ §1.4): a generator
+"""The offline fine-tuning scaffold (docs/methods/common.md#offline-fine-tuning-scaffold): a generator
 plugin that serves a synthetic set made once in :meth:`~zsqbench.api.generator.Generator.prepare`.
 
 Shared by HAST, IntraQ and ZeroQ + FT, whose stage 2 is the same skeleton:
@@ -53,7 +53,7 @@ class OfflineSetOptions(PluginOptions):
 
 
 class OfflineSetGenerator(Generator):
-    """A synthetic set served per §1.4. ``calibration_batch`` None: no calibration generator (the
+    """A synthetic set served as the scaffold says. ``calibration_batch`` None: no calibration generator (the
     subclass serves the calibration epochs itself)."""
 
     #: The per-sample crop + flip of training batches. HAST keeps the per-image loop everywhere

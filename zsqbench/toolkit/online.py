@@ -1,4 +1,4 @@
-"""A generator network trained online, with Adam, alongside the student (METHODS §3–4).
+"""A generator network trained online, with Adam, alongside the student (docs/methods/gdfq.md).
 
 :class:`TrainedGenerator` is the network with its optimizer and the teacher's BN-statistics
 loss; :meth:`TrainedGenerator.gdfq_step` is GDFQ's generator update (CE + weighted BNS), which
@@ -77,7 +77,8 @@ class TrainedGenerator:
         self.bns = BNStatsLoss(ctx.teacher)
 
     def set_epoch(self, phase: Phase) -> None:
-        """The generator LR follows the trial's multi-step schedule (METHODS §3.3)."""
+        """The generator LR follows the trial's multi-step schedule
+        (docs/methods/common.md#optimizers-and-learning-rate-schedule)."""
         lr = self.ctx.spec.optim.generator_lr * self.ctx.spec.budget.lr_factor(phase.epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -100,14 +101,15 @@ class TrainedGenerator:
 
         The gradient is taken with respect to the generator's parameters only, so a loss that
         also passes through the student (AdaDFQ's zero-sum terms) computes no student weight
-        gradients and leaves none behind (METHODS §9 S2). ``retain_graph`` keeps the forward's
-        graph for a later backward (AdaDFQ's shared student forward).
+        gradients and leaves none behind (S2 of
+        docs/methods/common.md#defects-shared-by-the-official-codes). ``retain_graph`` keeps the
+        forward's graph for a later backward (AdaDFQ's shared student forward).
         """
         step_on(self.optimizer, loss, self.net, retain_graph=retain_graph)
 
     def gdfq_step(self, bns_weight: float) -> Batch:
-        """GDFQ's generator update (METHODS §4.2): CE(T(x), y) + w·L_BNS, one Adam step; the
-        batch carries the detached images and the teacher's outputs on them."""
+        """GDFQ's generator update (docs/methods/gdfq.md#losses): CE(T(x), y) + w·L_BNS, one Adam step;
+        the batch carries the detached images and the teacher's outputs on them."""
         _, y, x = self.draw()
         with self.bns.recording():
             t, feats = self.ctx.teacher_forward(x)

@@ -1,5 +1,5 @@
-"""The pixel-synthesis engine (METHODS-ZEROQ-DSG-INTRAQ §1.2): images optimized against the frozen
-teacher, the first stage of HAST, ZeroQ and IntraQ, written once.
+"""The pixel-synthesis engine (docs/methods/common.md#pixel-synthesis-engine): images optimized against
+the frozen teacher, the first stage of HAST, ZeroQ and IntraQ, written once.
 
 A method supplies the starting pixels, a :class:`PixelSchedule` (iterations, Adam lr, plateau,
 an optional augmentation and its probability), a BN-statistics loss of the family
@@ -77,7 +77,7 @@ def bn_term(view: SynthesisView) -> Tensor:
 @dataclass
 class SynthesizedBatch:
     """The final pixels and each term's value at the first and the last iteration (the
-    diagnostics of METHODS-ZEROQ-DSG-INTRAQ §7: the BN loss should fall substantially)."""
+    diagnostics of docs/methods/common.md#synthesis-diagnostics: the BN loss should fall substantially)."""
 
     x: Tensor
     first: dict[str, float]
@@ -98,7 +98,7 @@ def optimize_pixels(
     augment_seed: int | None = None,
     on_step: Callable[[int], None] = lambda it: None,
 ) -> SynthesizedBatch:
-    """Optimize one batch of pixels (the loop of METHODS-ZEROQ-DSG-INTRAQ §1.2).
+    """Optimize one batch of pixels (the loop of docs/methods/common.md#pixel-synthesis-engine).
 
     Each iteration: augment (when a coin with probability ``schedule.augment_p`` lands), teacher
     forward with the BN hooks (and ``taps``) recording, the terms added in their given order,

@@ -82,7 +82,8 @@ def build_student(spec: TrialSpec, plugins: Plugins, teacher: nn.Module, device:
 
 
 def student_sgd(params: Iterable[nn.Parameter], o: OptimSettings, foreach: bool = True) -> torch.optim.SGD:
-    """The core's student optimizer (METHODS §3.3: SGD, Nesterov momentum, weight decay).
+    """The core's student optimizer (SGD, Nesterov momentum, weight decay;
+    docs/methods/common.md#optimizers-and-learning-rate-schedule).
 
     ``foreach=True``: one multi-tensor update per step instead of a Python loop over the
     parameters; bit-identical to the loop (tests/trial/test_fused_ops.py) and half its CPU time for

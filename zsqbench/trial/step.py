@@ -26,7 +26,8 @@ from zsqbench.trial.monitor import EpochStats
 def epoch_context(parts: TrialParts, phase: Phase) -> Iterator[float]:
     """An epoch's setting: the student LR of the schedule (yielded; then an epoch-aware optimizer
     hears the phase), activation ranges tracked in calibration epochs and frozen otherwise, the
-    generator's own schedule, the student in eval mode (METHODS §1.6), the feature taps installed.
+    generator's own schedule, the student in eval mode (docs/methods/common.md#student-in-eval-mode), the
+    feature taps installed.
     Ranges are frozen again on exit."""
     spec, student = parts.ctx.spec, parts.ctx.student
     lr = spec.optim.student_lr * spec.budget.lr_factor(phase.epoch)

@@ -1,10 +1,12 @@
-"""Running one trial (METHODS §4.3): set up, resume, epochs, checkpoints, outcome.
+"""Running one trial (docs/methods/common.md#one-trial-epoch-by-epoch): set up, resume, epochs, checkpoints,
+outcome.
 
 Per epoch: the epoch setting (LRs, activation ranges tracked in calibration epochs and frozen
 otherwise, the generator's schedule; :func:`zsqbench.trial.step.epoch_context`), then
 ``iters_per_epoch`` iterations of the generator's step (:func:`zsqbench.trial.step.iterate`),
 then the epoch's checks, the evaluation (from the last calibration epoch on, which gives the PTQ
-accuracy, at the budget's cadence) and, in a trial folder, the checkpoint. The student stays in eval mode (METHODS §1.6).
+accuracy, at the budget's cadence) and, in a trial folder, the checkpoint. The student stays in eval
+mode (docs/methods/common.md#student-in-eval-mode).
 """
 
 from __future__ import annotations
@@ -87,7 +89,9 @@ def set_up(spec: TrialSpec, plugins: Plugins, env: Environment, progress: Progre
     loaded = load_teacher(entry, ref, env.data_root, env.teacher_weights, env.offline, progress)
     teacher = loaded.module.to(device).eval()
     for p in teacher.parameters():
-        p.requires_grad_(False)  # METHODS §4.3 [REC]: identical results, no wasted weight gradients
+        # S2 of docs/methods/common.md#defects-shared-by-the-official-codes: identical results,
+        # no wasted weight gradients
+        p.requires_grad_(False)
     inputs = resources.inputs(test, loaded)
     fp = resources.fp_top1(test, loaded, teacher, env)
     if loaded.expected_top1 is not None and fp_verdict(fp, loaded.expected_top1, test.complete)[0] == "outside":
@@ -153,7 +157,8 @@ def train_epoch(setup: TrialSetup, phase: Phase, progress: ProgressSink) -> tupl
 def epoch_warnings(setup: TrialSetup, phase: Phase, losses: dict[str, float], grads: dict,
                    progress: ProgressSink) -> list[str]:
     """Raise on a diverged epoch; warn when a weighted feature term is exactly 0 for the whole epoch,
-    the signature of broken taps or teacher/student pairing (METHODS §7.8, defect D3)."""
+    the signature of broken taps or teacher/student pairing
+    (docs/methods/akt.md#sanity-checks, defect D3 of akt.md#defects-of-the-official-code)."""
     spec = setup.spec
     problem = divergence(phase.epoch, losses, grads.get("nonfinite_steps", 0), spec.budget.iters_per_epoch)
     if problem is not None:
