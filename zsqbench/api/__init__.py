@@ -14,28 +14,73 @@ several methods (logit KD, the online generator, BN statistics, a content-addres
 :mod:`zsqbench.toolkit`.
 """
 
-from zsqbench.api.budgets import BudgetOverride, BudgetPreset
-from zsqbench.api.cards import MethodCard, PublishedNumber
-from zsqbench.api.executor import ExecuteJob, Executor, JobOutcome, TrialJob
-from zsqbench.api.features import FeatureTaps
-from zsqbench.api.generator import Batch, Generator, PassCounts, PhaseViolation, StudentUpdate, TrainContext
-from zsqbench.api.hookspecs import PLUGIN_KINDS, hookimpl
-from zsqbench.api.losses import KD_CE, DistillationLoss, LogitLoss, LossInputs, NativeLosses, StudentObjective
-from zsqbench.api.models import Normalization, PretrainedWeights, RefusedFile, TeacherModel
-from zsqbench.api.optimizers import EpochAwareOptimizer
-from zsqbench.api.options import NoOptions, OmitAtDefault, PluginOptions, Retired, SpeedOnly
-from zsqbench.api.quantizer import (
-    IntegerActivation,
-    IntegerGrid,
-    IntegerLayer,
-    IntegerWeight,
-    QuantizedWeight,
-    Quantizer,
-    WeightCodeQuantizer,
-)
-from zsqbench.api.spec import Phase
+from __future__ import annotations
 
-__all__ = [
+import importlib
+from typing import Any
+
+#: Where each name of the API lives. Imported when first used (PEP 562), so that a light module such as
+#: :mod:`~zsqbench.api.budgets` can be imported (by the torch-free result reader) without the
+#: generator and quantizer contracts pulling in torch.
+_HOMES: dict[str, str] = {
+    "BudgetOverride": "zsqbench.api.budgets",
+    "BudgetPreset": "zsqbench.api.budgets",
+    "MethodCard": "zsqbench.api.cards",
+    "PublishedNumber": "zsqbench.api.cards",
+    "ExecuteJob": "zsqbench.api.executor",
+    "Executor": "zsqbench.api.executor",
+    "JobOutcome": "zsqbench.api.executor",
+    "TrialJob": "zsqbench.api.executor",
+    "FeatureTaps": "zsqbench.api.features",
+    "Batch": "zsqbench.api.generator",
+    "Generator": "zsqbench.api.generator",
+    "PassCounts": "zsqbench.api.generator",
+    "PhaseViolation": "zsqbench.api.generator",
+    "StudentUpdate": "zsqbench.api.generator",
+    "TrainContext": "zsqbench.api.generator",
+    "PLUGIN_KINDS": "zsqbench.api.hookspecs",
+    "hookimpl": "zsqbench.api.hookspecs",
+    "DistillationLoss": "zsqbench.api.losses",
+    "KD_CE": "zsqbench.api.losses",
+    "LogitLoss": "zsqbench.api.losses",
+    "LossInputs": "zsqbench.api.losses",
+    "NativeLosses": "zsqbench.api.losses",
+    "StudentObjective": "zsqbench.api.losses",
+    "Normalization": "zsqbench.api.models",
+    "PretrainedWeights": "zsqbench.api.models",
+    "RefusedFile": "zsqbench.api.models",
+    "TeacherModel": "zsqbench.api.models",
+    "EpochAwareOptimizer": "zsqbench.api.optimizers",
+    "NoOptions": "zsqbench.api.options",
+    "OmitAtDefault": "zsqbench.api.options",
+    "PluginOptions": "zsqbench.api.options",
+    "Retired": "zsqbench.api.options",
+    "SpeedOnly": "zsqbench.api.options",
+    "IntegerActivation": "zsqbench.api.quantizer",
+    "IntegerGrid": "zsqbench.api.quantizer",
+    "IntegerLayer": "zsqbench.api.quantizer",
+    "IntegerWeight": "zsqbench.api.quantizer",
+    "QuantizedWeight": "zsqbench.api.quantizer",
+    "Quantizer": "zsqbench.api.quantizer",
+    "WeightCodeQuantizer": "zsqbench.api.quantizer",
+    "Phase": "zsqbench.api.spec",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'zsqbench.api' has no attribute '{name}'")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))
+
+
+__all__ = [  # noqa: F822 (the names resolve through __getattr__)
     "KD_CE", "PLUGIN_KINDS", "Batch", "BudgetOverride", "BudgetPreset", "DistillationLoss",
     "EpochAwareOptimizer", "ExecuteJob", "Executor", "FeatureTaps", "Generator", "IntegerActivation",
     "IntegerGrid", "IntegerLayer", "IntegerWeight", "JobOutcome", "LogitLoss", "LossInputs", "MethodCard",

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from zsqbench.api.budgets import BudgetFields
 from zsqbench.errors import UserError, first_validation_error
 from zsqbench.files import file_digest
 from zsqbench.runs.migrations import RESULT_VERSION, upgrade
@@ -37,11 +38,11 @@ class _Named(_Open):
     name: str
 
 
-class _BudgetFields(_Open):
-    epochs: int
-    iters_per_epoch: int
-    batch_size: int
-    warmup_epochs: int
+class _BudgetFields(BudgetFields):
+    """The budget as recorded: the one model of a budget's fields (:class:`~zsqbench.api.budgets.BudgetFields`),
+    open to fields a later version adds, as every part of a result file is."""
+
+    model_config = ConfigDict(extra="allow")
 
 
 class _SpecFields(_Open):
