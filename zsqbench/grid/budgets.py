@@ -50,6 +50,19 @@ def _refuse_conflicts(preset: str, generator: str, loss: str, singles: list[Entr
                 )
 
 
+def _applied_overrides(plugins: Plugins, preset_name: str, generator: str,
+                       loss: str | None) -> list[Entry[BudgetOverride]]:
+    """The methods' overrides of a preset for a (generator, loss) trial, in the order they stack:
+    the generator's and the loss's alone (refused where they disagree), then the pair's. Without a
+    loss, the generator's alone."""
+    matching = [e for e in plugins.budget_overrides if e.obj.preset == preset_name
+                and e.obj.generator in (None, generator) and e.obj.loss in (None, loss)]
+    singles = [e for e in matching if (e.obj.generator is None) != (e.obj.loss is None)]
+    pairs = [e for e in matching if e.obj.generator is not None and e.obj.loss is not None]
+    _refuse_conflicts(preset_name, generator, loss or "*", singles)
+    return [*singles, *pairs]
+
+
 def resolve_budget(plugins: Plugins, preset_name: str, generator: str, loss: str,
                    config: PartialBudget | None = None, flags: PartialBudget | None = None) -> ResolvedBudget:
     """The budget of a (generator, loss) trial under a preset, with the user's grid file
@@ -59,13 +72,8 @@ def resolve_budget(plugins: Plugins, preset_name: str, generator: str, loss: str
     fields: dict[str, Any] = preset.fields()
     optim: dict[str, Any] = dict(preset.optim)
     generator_options: dict[str, Any] = {}
-    matching = [e for e in plugins.budget_overrides if e.obj.preset == preset_name
-                and e.obj.generator in (None, generator) and e.obj.loss in (None, loss)]
-    singles = [e for e in matching if (e.obj.generator is None) != (e.obj.loss is None)]
-    pairs = [e for e in matching if e.obj.generator is not None and e.obj.loss is not None]
-    _refuse_conflicts(preset_name, generator, loss, singles)
     sources = [f"registry.toml [budgets.{preset_name}]"]
-    for entry in (*singles, *pairs):
+    for entry in _applied_overrides(plugins, preset_name, generator, loss):
         fields.update(entry.obj.fields())
         optim.update(entry.obj.optim)
         generator_options.update(entry.obj.generator_options)
@@ -86,3 +94,19 @@ def resolve_budget(plugins: Plugins, preset_name: str, generator: str, loss: str
         except ValidationError as exc:
             raise UserError(f"bad budget override: {first_validation_error(exc)}") from None
     return ResolvedBudget(budget, optim_settings, generator_options, tuple(sources), custom=bool(user))
+
+
+def smoke_generator_options(plugins: Plugins, generator: str, loss: str | None = None) -> dict[str, Any]:
+    """The generator options ``generator`` gets under the ``smoke`` preset, from its methods' smoke
+    overrides stacked as :func:`resolve_budget` stacks them (with ``loss``: a trial with that loss,
+    a pair override on top); {} for a generator without one.
+
+    Whatever must set a generator up small and fast, and does not care what it learns, takes its
+    options from here: the contract suite and ``zsqbench bench``'s setup (an offline method's
+    synthesis). A method says once, in its smoke override, how it runs small, and a generator
+    installed from another package gets the same treatment as the bundled ones, named in no table
+    of the core's or the tests'."""
+    options: dict[str, Any] = {}
+    for entry in _applied_overrides(plugins, "smoke", generator, loss):
+        options.update(entry.obj.generator_options)
+    return options
