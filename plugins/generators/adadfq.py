@@ -1,20 +1,20 @@
-"""AdaDFQ (CVPR 2023): GDFQ's generator, trained zero-sum against the student (METHODS §5).
+"""AdaDFQ (CVPR 2023): GDFQ's generator, trained zero-sum against the student (docs/methods/adadfq.md).
 
 Generator loss L_G = L_m + β·(α_ds·CE(t − s, y) + α_as·CE(t + s, y)) + γ·L_BNS, where s is the
 student on the *non-detached* images, so G also learns through the student's STE. The margin
 loss L_m keeps each sample's normalized disagreement entropy inside [λ_l, λ_u].
 
 Native student loss: the entropy of the softmaxed logit difference, −T²·mean_b H(softmax((t−s)/T)),
-with no label CE (§5.2). Its minimum is −T²·log C, reached at s = t + c·1.
+with no label CE (docs/methods/adadfq.md#student-loss). Its minimum is −T²·log C, reached at s = t + c·1.
 
 Departures from the reference code, none of which changes a number: the margin loss's zero
 vector follows the batch (defects A4/D4), and the generator's backward computes no student
 weight gradients (S2). The method's batch (``next_batch``) comes from a generator update that
 needs the student's forward, and in the training phase it carries that forward on to the
-core's student update (``share_student_forward``, METHODS §7.6): with frozen ranges and not yet
+core's student update (``share_student_forward``, docs/methods/adadfq.md#one-iteration): with frozen ranges and not yet
 updated weights the reference's second forward Q(x.detach()) recomputes the very same values.
 
-Budget: the paper preset trains at batch 16 (METHODS §11.1), contributed below.
+Budget: the paper preset trains at batch 16 (docs/methods/common.md#official-schedules), contributed below.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from zsqbench_plugins.generators.cards import ADADFQ_CARD
 
 
 class AdaDFQOptions(PluginOptions):
-    """Defaults are the CIFAR hocon values (METHODS §5.3), used for every bit-width."""
+    """Defaults are the CIFAR hocon values (docs/methods/adadfq.md#options), used for every bit-width."""
 
     alpha_ds: float = Field(0.2, ge=0, description="weight of the disagreement loss CE(t − s, y)")
     alpha_as: float = Field(0.1, ge=0, description="weight of the agreement loss CE(t + s, y)")
@@ -66,7 +66,7 @@ def entropy(logits: Tensor) -> Tensor:
 
 
 def margin_loss(teacher_logits: Tensor, student_logits: Tensor, lambda_l: float, lambda_u: float) -> Tensor:
-    """L_m (METHODS §5.1): hinge penalties keeping h'_b inside [λ_l, λ_u].
+    """L_m (docs/methods/adadfq.md#generator-loss): hinge penalties keeping h'_b inside [λ_l, λ_u].
 
     h_b = H(softmax(t_b − s_b)) at T = 1, normalized by the batch minimum:
     h'_b = (h_b − min_j h_j) / (log C − min_j h_j). Gradients flow through the minimum, as in
@@ -112,7 +112,7 @@ def generator_loss(t: Tensor, s: Tensor, y: Tensor, bns: Tensor, o: AdaDFQOption
 
 
 class EntropyDiffLoss:
-    """AdaDFQ's student loss −T²·mean_b H(softmax((t − s)/T)) (METHODS §5.2). No label CE.
+    """AdaDFQ's student loss −T²·mean_b H(softmax((t − s)/T)) (docs/methods/adadfq.md#student-loss). No label CE.
 
     ``labels`` is accepted for the logit-loss protocol and ignored.
     """
@@ -134,7 +134,8 @@ IMAGENET_TEMPERATURE = 5.0
 # --warmup-epochs/-o adadfq.alpha_ds=... (README "Budgets").
 BUDGET_OVERRIDES = (
     BudgetOverride(preset="paper", generator="adadfq", batch_size=16,
-                   note="AdaDFQ's CIFAR schedule: 400 x 200 iterations at batch 16 (METHODS §11.1)"),
+                   note="AdaDFQ's CIFAR schedule: 400 x 200 iterations at batch 16 "
+                        "(docs/methods/common.md#official-schedules)"),
     BudgetOverride(preset="in1k-paper", generator="adadfq", lr_milestones=(350,), optim={"student_lr": 1e-5},
                    generator_options={"temperature": IMAGENET_TEMPERATURE},
                    note="AdaDFQ's ImageNet R18/MV2 hocon: lr 1e-5 x0.1 at 350, warm-up 50, T = 5 (R50: lr 1e-4 "
@@ -168,7 +169,7 @@ class AdaDFQ(OnlineGenerator):
                        student_input_backwards=1, extra_student_forwards=0 if o.share_student_forward else 1)
 
     def next_batch(self, phase: Phase) -> Batch:
-        """METHODS §5.4: a generator update through teacher *and* student; the batch of the
+        """docs/methods/adadfq.md#one-iteration: a generator update through teacher *and* student; the batch of the
         student's update (the core's step then calibrates on it, waits or updates the student).
 
         The student forward here is the first of the iteration's two in the reference; while

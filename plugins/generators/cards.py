@@ -11,7 +11,8 @@ from __future__ import annotations
 from zsqbench.api import MethodCard, PublishedNumber
 
 C10, C100 = "resnet20_cifar10", "resnet20_cifar100"
-#: The defects every official ZSQ code of this family shares (METHODS §9 S1–S5), in our words.
+#: The defects every official ZSQ code of this family shares (S1–S5 of
+#: docs/methods/common.md#defects-shared-by-the-official-codes), in our words.
 SHARED_DIFFERENCES = (
     "the reported number is top1_last (last epoch) with mean ± std over seeds; the official code reports the "
     "best test-set epoch of one run, which we show only as the labelled oracle column (S4)",
@@ -36,7 +37,7 @@ GDFQ_CARD = MethodCard(
     code="xushoukai/GDFQ",
     commit="a93210e",
     code_license=NO_LICENCE,
-    spec="METHODS.md §3–§4",
+    spec="docs/methods/gdfq.md",
     differences=SHARED_DIFFERENCES + (
         "CIFAR-10 supported (the code has CIFAR-100 and ImageNet only, G2); the run script's argument bug (G1) "
         "does not exist here",
@@ -61,7 +62,7 @@ ADADFQ_CARD = MethodCard(
     code="hfutqian/AdaDFQ",
     commit="84100f3",
     code_license=NO_LICENCE,
-    spec="METHODS.md §5",
+    spec="docs/methods/adadfq.md",
     differences=SHARED_DIFFERENCES + (
         "the margin loss's zero vector follows the batch (the code hard-codes 16, A4)",
         "CIFAR-10 supported (the code accepts only CIFAR-100, A3); options the code fails to read (A2) are read",
@@ -85,7 +86,7 @@ HAST_CARD = MethodCard(
     code="lihuantong/HAST",
     commit="83dfc16",
     code_license=NO_LICENCE,
-    spec="METHODS.md §6",
+    spec="docs/methods/hast.md",
     differences=SHARED_DIFFERENCES + (
         "one process, no DDP/SyncBN or torch.distributed.launch requirement (H2); no sys.exit in synthesis (H7)",
         "λ_FA and ε: the code's hard-coded 1000/0.01 by default (H1); hparams=hocon uses the CIFAR-100 "
@@ -114,7 +115,7 @@ QIMERA_CARD = MethodCard(
     code="iamkanghyunchoi/qimera",
     commit="2f48cba",
     code_license="GPL-3.0; never copied",
-    spec="METHODS-AIT-QIMERA.md §2",
+    spec="docs/methods/qimera.md",
     differences=SHARED_DIFFERENCES + (
         "bits are always passed explicitly: the released CIFAR-100 '4-bit' recipe trains W5A5 (Q2)",
         "the disentanglement mapping is an explicit option dm (default off, as every released script runs it: "
@@ -143,7 +144,7 @@ ZEROQ_CARD = MethodCard(
     code="amirgholami/ZeroQ",
     commit="9715739",
     code_license="GPL-3.0; never copied",
-    spec="METHODS-ZEROQ-DSG-INTRAQ.md §2",
+    spec="docs/methods/zeroq.md",
     differences=(
         "bits are an option (the code hard-codes 8, ZQ2); CIFAR-10 and CIFAR-100 both supported, no hard-coded "
         "paths (ZQ3)",
@@ -171,7 +172,7 @@ INTRAQ_CARD = MethodCard(
     code="zysxmu/IntraQ",
     commit="5228f76",
     code_license=NO_LICENCE,
-    spec="METHODS-ZEROQ-DSG-INTRAQ.md §4",
+    spec="docs/methods/intraq.md",
     differences=SHARED_DIFFERENCES + (
         "class centres are kept with the cached set and rebuilt on resume, so run order and parallel groups do "
         "not change MDC (IQ2); the synthesis is seeded (IQ9) and never calls sys.exit (IQ3)",

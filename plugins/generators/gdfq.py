@@ -1,6 +1,6 @@
-"""GDFQ (ECCV 2020): a label-conditioned generator trained on CE + BN statistics (METHODS §3–4).
+"""GDFQ (ECCV 2020): a label-conditioned generator trained on CE + BN statistics (docs/methods/gdfq.md).
 
-Native student loss: α·T²·KL with PyTorch's element-mean reduction (÷B·C, METHODS §4.2 and
+Native student loss: α·T²·KL with PyTorch's element-mean reduction (÷B·C, docs/methods/gdfq.md#losses and
 defect G3, reproduced deliberately) plus label CE, declared as family ``KD_CE`` (a loss such as
 AIT may re-weight its two terms). The step is the default one: a generator
 update (:meth:`~zsqbench.toolkit.online.TrainedGenerator.gdfq_step`), then the student update

@@ -1,18 +1,19 @@
-"""HAST (CVPR 2023): offline hard-sample synthesis, then QAT with difficulty promotion (METHODS §6).
+"""HAST (CVPR 2023): offline hard-sample synthesis, then QAT with difficulty promotion (docs/methods/hast.md).
 
 Three phases:
 
 1. :meth:`HAST.prepare` synthesizes a fixed set of images by optimizing pixels against the
-   teacher (focal "hardness" CE + BN statistics, §6.1). The set is cached on disk
-   (:class:`zsqbench.toolkit.cache.TensorCache`), keyed by the teacher's weights and every
-   synthesis setting, verified before use and resumable batch by batch (synthesis is the most
-   expensive part of a HAST trial).
+   teacher (focal "hardness" CE + BN statistics, docs/methods/hast.md#hard-sample-synthesis). The
+   set is cached on disk (:class:`zsqbench.toolkit.cache.TensorCache`), keyed by the teacher's
+   weights and every synthesis setting, verified before use and resumable batch by batch
+   (synthesis is the most expensive part of a HAST trial).
 2. Calibration epochs calibrate the activation ranges on the output of GDFQ's generator
-   trained at its own small batch (§6.2; :class:`zsqbench.toolkit.online.TrainedGenerator`),
-   *not* on the hard samples.
+   trained at its own small batch (docs/methods/hast.md#range-calibration;
+   :class:`zsqbench.toolkit.online.TrainedGenerator`), *not* on the hard samples.
 3. Afterwards batches come from the synthetic set with per-sample random-resized-crop and
-   flip, and each student step adds a one-step FGSM copy of the batch (§6.3): the
-   :meth:`HAST.student_step` override.
+   flip, and each student step adds a one-step FGSM copy of the batch
+   (docs/methods/hast.md#training-with-difficulty-promotion): the :meth:`HAST.student_step`
+   override.
 
 Native student loss: α·T²·KL_batchmean (α = T = 20, weight 8000) plus feature alignment (FA)
 on the 9 residual-unit body outputs. The ``hparams`` switch picks between what the code ran
@@ -66,7 +67,7 @@ CODE_HPARAMS: tuple[float, float] = (1000.0, 0.01)
 
 
 class HASTOptions(OfflineSetOptions):
-    """Defaults are the reference code's (METHODS §6.4). The synthesis size is an option, not a
+    """Defaults are the reference code's (docs/methods/hast.md#options). The synthesis size is an option, not a
     budget field; the smoke and cpu presets shrink it through their ``generator_options``."""
 
     retired = {"groups": Retired(
@@ -85,7 +86,7 @@ class HASTOptions(OfflineSetOptions):
     perturb_through_teacher: bool = Field(
         True, description="the input gradient of the perturbation also flows through the teacher (code)"
     )
-    # offline synthesis (METHODS §6.1)
+    # offline synthesis (docs/methods/hast.md#hard-sample-synthesis)
     num_images: int = Field(5120, ge=1, description="size of the synthetic set (paper: 4 groups x 1280)")
     synthesis_batch: int = Field(256, ge=1, description="images optimized jointly (their BN statistics are matched)")
     synthesis_iters: int = Field(1000, ge=1, description="Adam steps per synthesis batch")
@@ -167,7 +168,8 @@ BUDGET_OVERRIDES = (
                                  "synthesis_crop_min": 0.4}),
     BudgetOverride(preset="paper", generator="hast", epochs=151, batch_size=64, lr_milestones=(20, 40, 60),
                    optim={"student_lr": 1e-5},
-                   note="HAST's schedule: 4 calibration + 147 QAT epochs at batch 64, lr 1e-5 (METHODS §6.4)"),
+                   note="HAST's schedule: 4 calibration + 147 QAT epochs at batch 64, lr 1e-5 "
+                        "(docs/methods/hast.md#budgets)"),
 )
 
 
@@ -193,7 +195,8 @@ class HAST(OfflineSetGenerator):
 
     def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:
         opts: HASTOptions = options  # type: ignore[assignment]
-        # the offline scaffold (METHODS §6.2): GDFQ's generator at its own batch calibrates the ranges
+        # the offline scaffold (docs/methods/hast.md#range-calibration): GDFQ's generator at its own
+        # batch calibrates the ranges
         super().__init__(options, ctx, calibration_batch=opts.calibration_batch,
                          calibration_bns_weight=opts.calibration_bns_weight)
         if opts.hparams == "code":
@@ -220,7 +223,8 @@ class HAST(OfflineSetGenerator):
 
     # -- stage 2b: the student step with difficulty promotion
     def student_step(self, batch: Batch, phase: Phase, student: StudentUpdate) -> dict[str, Tensor]:
-        """Clean pass, one FGSM step on the input, perturbed pass, one SGD step on their sum (§6.3).
+        """Clean pass, one FGSM step on the input, perturbed pass, one SGD step on their sum
+        (docs/methods/hast.md#training-with-difficulty-promotion).
 
         The input gradient g = dL/dx and the student weight gradients of the clean loss come
         from a single backward (the reference backpropagates the clean loss twice, once

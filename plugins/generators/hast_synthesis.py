@@ -1,4 +1,5 @@
-"""HAST stage 1: hard-sample synthesis (METHODS §6.1) on the shared pixel-synthesis engine.
+"""HAST stage 1: hard-sample synthesis (docs/methods/hast.md#hard-sample-synthesis) on the shared
+pixel-synthesis engine.
 
 Pixels are optimized against the teacher (focal "hardness" CE + the ``batch_mse`` BN statistics;
 :func:`zsqbench.toolkit.synthesis.optimize_pixels`). The set is cached
@@ -35,7 +36,7 @@ from zsqbench.toolkit.synthesis import (
 if TYPE_CHECKING:  # pragma: no cover
     from zsqbench_plugins.generators.hast import HASTOptions
 
-# Synthesis-optimizer constants of the reference (METHODS §6.1); part of the cache key.
+# Synthesis-optimizer constants of the reference (docs/methods/hast.md#hard-sample-synthesis); part of the cache key.
 PLATEAU = {"mode": "min", "factor": 0.1, "patience": 50, "min_lr": 1e-4}
 CACHE_FORMAT = 2  # 2: zsqbench.toolkit.cache layout
 #: The loss terms, in the order they are added (and recorded as diagnostics).
@@ -43,7 +44,8 @@ TERMS = ["hardness", "bn", "total"]
 
 
 def hardness_loss(logits: Tensor, labels: Tensor, beta: float, gamma: float) -> Tensor:
-    """β·mean_b[(1 − p_b)^γ · CE_b] with p_b = softmax(logits_b)_{y_b} (METHODS §6.1).
+    """β·mean_b[(1 − p_b)^γ · CE_b] with p_b = softmax(logits_b)_{y_b}
+    (docs/methods/hast.md#hard-sample-synthesis).
 
     Focal weighting: samples the teacher already finds easy count less, so the pixels move
     towards hard (low-confidence) images. The gradient also flows through the weight.
@@ -67,7 +69,8 @@ def synthesize_batch(
     diagnostics: list[Tensor] | None = None,
     augment_seed: int = 0,
 ) -> Tensor:
-    """Optimize the pixels ``x0`` so the teacher finds them hard yet BN-plausible (METHODS §6.1).
+    """Optimize the pixels ``x0`` so the teacher finds them hard yet BN-plausible
+    (docs/methods/hast.md#hard-sample-synthesis).
 
     Adam(lr 0.5) on the pixels alone, ReduceLROnPlateau stepped on the total loss every
     iteration, no clipping; no augmentation unless ``opts.synthesis_augment_p`` > 0 (the ImageNet
@@ -79,7 +82,7 @@ def synthesize_batch(
         return hardness_loss(view.logits, labels, opts.hardness_beta, opts.hardness_gamma)
 
     augment, seed = None, None
-    if opts.synthesis_augment_p > 0:  # ImageNet: per-image RRC(size, scale (crop_min, 1)) + flip (§4.2)
+    if opts.synthesis_augment_p > 0:  # ImageNet: per-image RRC(size, scale (crop_min, 1)) + flip (IMAGENET.md §4.2)
         def augment(x: Tensor) -> Tensor:
             return crop_flip(x, size=x.shape[-1], scale=(opts.synthesis_crop_min, 1.0))
         seed = augment_seed

@@ -1,5 +1,5 @@
 """IntraQ (Zhong et al., CVPR 2022): synthetic images with intra-class heterogeneity, then
-fine-tuning (METHODS-ZEROQ-DSG-INTRAQ §4).
+fine-tuning (docs/methods/intraq.md).
 
 Stage 1 (:meth:`IntraQ.prepare`; :mod:`zsqbench_plugins.generators.intraq_synthesis`): HAST's
 skeleton on the shared pixel-synthesis engine (N(0, 1) init, Adam 0.5, plateau 50, 1000
@@ -13,7 +13,7 @@ at batch 16 calibrates the ranges in the warm-up epochs, then batches of the set
 resized crop + flip and one plain student step each. Native student loss: 8000·KL_batchmean
 (α = T = 20) + CE(s, y), with the stored hard labels (IQ10, as the code).
 
-Per-dataset constants of the code (§4.4): ε_SIL 0.95 / 0.6, λ_l 0.05 / 0.02, λ_u 0.8 / 1.0 for
+Per-dataset constants of the code (docs/methods/intraq.md#options): ε_SIL 0.95 / 0.6, λ_l 0.05 / 0.02, λ_u 0.8 / 1.0 for
 CIFAR-10 / CIFAR-100; other datasets must set them.
 """
 
@@ -46,7 +46,7 @@ DATASET_CONSTANTS: dict[str, tuple[float, float, float]] = {"cifar10": (0.95, 0.
 
 
 class IntraQOptions(OfflineSetOptions):
-    """Defaults are IntraQ's code for CIFAR (§4.4); None takes the dataset's value."""
+    """Defaults are IntraQ's code for CIFAR (docs/methods/intraq.md#options); None takes the dataset's value."""
 
     num_images: int = Field(5120, ge=1, description="size of the synthetic set (code: 4 groups x 5 batches x 256)")
     synthesis_batch: int = Field(256, ge=1, description="images optimized jointly (their BN statistics are matched)")
@@ -79,15 +79,17 @@ def resolve_constants(options: IntraQOptions, dataset: str) -> tuple[float, floa
     return eps_sil, lower, upper
 
 
-# IntraQ's fine-tuning (§4.4): 151 epochs (4 calibration) at batch 256, lr 1e-4 x0.1 at 20/40/60.
-# Smoke and cpu shrink the synthesis as HAST's presets do and train at lr 1e-6: with the KD weight
-# 8000 on short syntheses the paper lr trips the divergence guard (§8, IQ8), as it did for HAST.
+# IntraQ's fine-tuning (docs/methods/intraq.md#budgets): 151 epochs (4 calibration) at batch 256,
+# lr 1e-4 x0.1 at 20/40/60. Smoke and cpu shrink the synthesis as HAST's presets do and train at
+# lr 1e-6: with the KD weight 8000 on short syntheses the paper lr trips the divergence guard (IQ8),
+# as it did for HAST.
 BUDGET_OVERRIDES = (
     *short_synthesis_overrides("intraq", "images", "KD weight 8000"),
     *imagenet_overrides("intraq"),  # ImageNet constants: DATASET_CONSTANTS; LOR crops (0.5, 1) are the default
     BudgetOverride(preset="paper", generator="intraq", epochs=151, batch_size=256, lr_milestones=(20, 40, 60),
                    optim={"student_lr": 1e-4},
-                   note="IntraQ's schedule: 4 calibration + 147 epochs at batch 256, lr 1e-4 (§4.4)"),
+                   note="IntraQ's schedule: 4 calibration + 147 epochs at batch 256, lr 1e-4 "
+                        "(docs/methods/intraq.md#budgets)"),
 )
 
 

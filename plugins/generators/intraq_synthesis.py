@@ -1,5 +1,5 @@
-"""IntraQ stage 1: synthesis with its three terms and its class-centre bookkeeping
-(METHODS-ZEROQ-DSG-INTRAQ §4.2, §4.3), on the shared pixel-synthesis engine.
+"""IntraQ stage 1: synthesis with its three terms (docs/methods/intraq.md#synthesis-terms) and its
+class-centre bookkeeping (docs/methods/intraq.md#class-centres), on the shared pixel-synthesis engine.
 
 Per batch: labels U{0..C−1}; soft targets τ (1 for a random half, else U(ε_SIL, 1)); pixels from
 N(0, 1); then the engine with local object reinforcement (one coin per iteration with p = 0.5:
@@ -86,7 +86,7 @@ class ClassCentres:
 
 
 class IntraQSet(PixelSet):
-    """IntraQ's synthetic set (§4.5): 20 batches of 256 at the paper's sizes."""
+    """IntraQ's synthetic set (docs/methods/intraq.md#synthesis): 20 batches of 256 at the paper's sizes."""
 
     label = "IntraQ"
     folder = "intraq"
@@ -151,8 +151,9 @@ class IntraQSet(PixelSet):
                 "checks": self._checks(done.x, y_dev, tau_dev, centres, present)}
 
     def _checks(self, x: Tensor, y: Tensor, tau: Tensor, centres: Tensor, present: Tensor) -> Tensor:
-        """§7's synthesis diagnostics on the final images: teacher accuracy on the τ = 1 images,
-        mean |p_y − τ| on the soft ones, the fraction of active MDC hinges (NaN where undefined)."""
+        """The synthesis diagnostics (docs/methods/intraq.md#synthesis-diagnostics) on the final
+        images: teacher accuracy on the τ = 1 images, mean |p_y − τ| on the soft ones, the fraction
+        of active MDC hinges (NaN where undefined)."""
         logits, features = self._features(x)
         p_y = F.softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1)
         hard = tau == 1

@@ -1,7 +1,8 @@
 """Qimera (NeurIPS 2021): superposed class embeddings make boundary samples with soft labels
-(METHODS-AIT-QIMERA §2; a clean-room implementation of the behaviour described there).
+(docs/methods/qimera.md; a clean-room implementation of the behaviour described there).
 
-GDFQ's generator with four changes to its input and one to its labels (§2.1–2.2):
+GDFQ's generator with four changes to its input and one to its labels
+(docs/methods/qimera.md#what-changes-relative-to-gdfq):
 
 * the latent size d is the teacher classifier's in-features (64 for ResNet-20), because the
   class embedding E (C × d) starts as a copy of the classifier's weight (``emb_init``);
@@ -43,13 +44,14 @@ _V = TypeVar("_V")
 DM_WIDTH = 100
 #: eps of the parameter-free standardization (the code's 1-D BN default).
 NORM_EPS = 1e-5
-#: The released run scripts' embedding initialization per dataset (§2.5).
+#: The released run scripts' embedding initialization per dataset (docs/methods/qimera.md#options).
 SCRIPT_EMB_INIT: dict[str, Literal["teacher_fc", "random"]] = {
     "cifar10": "random", "cifar100": "teacher_fc",
     # run_imgnet_{r18,mv2}: random; the ResNet-50 script copies the classifier (-o qimera.emb_init=teacher_fc)
     "imagenet": "random"}
-#: K of the released scripts per dataset at 3–4 bits, and at 5 bits and more (§2.5 [REC]; W3A3 and
-#: widths above 5 have no script: [AMBIG], the nearest script's K).
+#: K of the released scripts per dataset at 3–4 bits, and at 5 bits and more
+#: (docs/methods/qimera.md#options [REC]; W3A3 and widths above 5 have no script: [AMBIG], the
+#: nearest script's K).
 SCRIPT_K: dict[str, tuple[int, int]] = {
     "cifar10": (2, 2), "cifar100": (10, 50),
     # IMAGENET.md §3.2: K = 500 (R18, R50) / 100 (MV2) at 4 bits, 100 at 5 bits; p_mix 0.7 for R50
@@ -58,7 +60,7 @@ SCRIPT_K: dict[str, tuple[int, int]] = {
 
 
 class QimeraOptions(GDFQOptions):
-    """Defaults are the released scripts' (METHODS-AIT-QIMERA §2.5), per dataset where they differ; GDFQ's
+    """Defaults are the released scripts' (docs/methods/qimera.md#options), per dataset where they differ; GDFQ's
     loss options (BNS weight, KD, CE — the CE taken against the soft labels) as GDFQ has them."""
 
     p_mix: float = Field(0.4, ge=0, le=1, description="probability that a batch is superposed (all scripts: 0.4)")
@@ -93,7 +95,7 @@ def superposed_labels(y: Tensor, lam: Tensor, num_classes: int) -> Tensor:
 
 
 class QimeraNet(nn.Module):
-    """E, the optional DM and GDFQ's trunk: (z, y[, λ]) -> images (§2.2).
+    """E, the optional DM and GDFQ's trunk: (z, y[, λ]) -> images (docs/methods/qimera.md#generator-input).
 
     Single-label: y (B,), z (B, d). Superposed: y (B, K), z (B, K, d), λ (B, K); each slot is
     standardized, mapped, then the slots are summed with weights λ (DM is affine and Σλ = 1,
@@ -182,8 +184,9 @@ class Qimera(OnlineGenerator):
     # -- sampling
     def draw_inputs(self, batch_size: int, rng: torch.Generator | None = None
                     ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-        """(z, y, λ, ℓ) of one batch (§2.3): one coin decides whether the whole batch is
-        superposed (y (B, K), z (B, K, d), λ (B, K)) or not (y (B), z (B, d), λ None).
+        """(z, y, λ, ℓ) of one batch (docs/methods/qimera.md#generator-input): one coin decides
+        whether the whole batch is superposed (y (B, K), z (B, K, d), λ (B, K)) or not (y (B),
+        z (B, d), λ None).
 
         The coin is drawn on the CPU (no device sync); the rest on the device from the global
         RNG, or all on the CPU from ``rng`` (the same batch on any device).
@@ -233,7 +236,7 @@ class Qimera(OnlineGenerator):
 
 
 def generator_loss(teacher_logits: Tensor, soft_labels: Tensor, bns: Tensor, bns_weight: float) -> Tensor:
-    """L_G = (1/B)·Σ_b H(ℓ_b, softmax(t_b)) + w·L_BNS (§2.4); GDFQ's CE + w·BNS for one-hot ℓ.
+    """L_G = (1/B)·Σ_b H(ℓ_b, softmax(t_b)) + w·L_BNS (docs/methods/qimera.md#losses); GDFQ's CE + w·BNS for one-hot ℓ.
     On a superposed batch its CE part cannot fall below the mean entropy of ℓ."""
     return soft_cross_entropy(teacher_logits, soft_labels) + bns_weight * bns
 

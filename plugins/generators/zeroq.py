@@ -1,6 +1,6 @@
 """ZeroQ (Cai et al., CVPR 2020): "distilled data" from the teacher's BN statistics
-(METHODS-ZEROQ-DSG-INTRAQ §2), as post-training quantization or as a data generator for
-fine-tuning (§2.6).
+(docs/methods/zeroq.md), as post-training quantization or as a data generator for
+fine-tuning (docs/methods/zeroq.md#variants).
 
 Synthesis (:meth:`ZeroQ.prepare`, the shared engine of :mod:`zsqbench.toolkit.synthesis`): pixels
 start from the code's tiny uniform noise (``init=code``; the paper's N(0,1) with ``init=paper``)
@@ -8,15 +8,17 @@ and Adam (lr 0.5, plateau patience 100) minimizes the ``zeroq`` member of the BN
 per-image means and stds (unbiased + 1e-6) of every BN input against the running statistics,
 summed over channels and layers, plus the input term (each image towards mean 0, std 1), for 500
 iterations. No labels, no classification term, no clipping. Every term involves one image, so
-the batch size barely matters (§2.2). The set is seeded per batch and cached like HAST's.
+the batch size barely matters (docs/methods/zeroq.md#distilled-data). The set is seeded per
+batch and cached like HAST's.
 
 Variants (``variant``):
 
 * ``ptq``: ZeroQ as published. One distilled batch of 32; the trial's only epoch is a calibration
   epoch that feeds it to the student once, in order, no augmentation (``--budget ptq``: the
   generator is post-training only, so a budget with training epochs is refused). With one batch the
-  ``exact`` range tracking equals ZeroQ's running min/max (§1.5); over several batches use
-  ``-o uniform.range_tracking=minmax`` (required).
+  ``exact`` range tracking equals ZeroQ's running min/max
+  (docs/methods/uniform.md#range-estimators-for-post-training-quantization); over several batches
+  use ``-o uniform.range_tracking=minmax`` (required).
 * ``ft`` (default): "ZeroQ + FT" of the later papers: 5,120 images in batches of 256, then the
   offline fine-tuning scaffold (:mod:`zsqbench.toolkit.offline`) at IntraQ's settings; student loss
   KD only (α·T²·KL_batchmean, 8000).
@@ -55,12 +57,13 @@ from zsqbench_plugins.generators.cards import ZEROQ_CARD
 
 #: ZeroQ's init: integers U{0..254} minus 127.5, divided by 5418.75 (the variance, not the std: ZQ1).
 CODE_INIT_CENTER, CODE_INIT_SCALE = 127.5, 5418.75
-#: Images and batch of the published PTQ (one batch of 32) and of the fine-tuning variants (§2.6).
+#: Images and batch of the published PTQ (one batch of 32) and of the fine-tuning variants
+#: (docs/methods/zeroq.md#variants).
 PTQ_SET, FT_SET = (32, 32), (5120, 256)
 
 
 class ZeroQOptions(OfflineSetOptions):
-    """Defaults are ZeroQ's code (§2.3) and, for fine-tuning, IntraQ's pipeline (§2.6, §4.4)."""
+    """Defaults are ZeroQ's code and, for fine-tuning, IntraQ's pipeline (docs/methods/zeroq.md#options)."""
 
     variant: Literal["ptq", "ft", "il_ft"] = Field(
         "ft", description="'ptq' = calibrate on the distilled batch only (use --budget ptq); 'ft' = ZeroQ + "
@@ -135,16 +138,19 @@ def class_histogram(labels: Tensor, num_classes: int) -> list[int]:
     return torch.bincount(labels.cpu(), minlength=num_classes).tolist()
 
 
-# The fine-tuning variants share IntraQ's pipeline (§2.6, §4.4): 151 epochs at batch 256, lr 1e-4
-# x0.1 at 20/40/60, after a 5,120-image synthesis. Its KD weight is 8000, like HAST's; on the short
-# syntheses of smoke and cpu the student lr is 1e-6, the value that kept HAST stable there (§8).
+# The fine-tuning variants share IntraQ's pipeline (docs/methods/zeroq.md#budgets): 151 epochs at
+# batch 256, lr 1e-4 x0.1 at 20/40/60, after a 5,120-image synthesis. Its KD weight is 8000, like
+# HAST's; on the short syntheses of smoke and cpu the student lr is 1e-6, the value that kept HAST
+# stable there.
 BUDGET_OVERRIDES = (
     BudgetOverride(preset="ptq", generator="zeroq", generator_options={"variant": "ptq"},
-                   note="ZeroQ as published: one distilled batch of 32, fed once for calibration (§2.5)"),
+                   note="ZeroQ as published: one distilled batch of 32, fed once for calibration "
+                        "(docs/methods/zeroq.md#post-training-only-trials)"),
     *short_synthesis_overrides("zeroq", "distilled images", "KD weight 8000"),
     BudgetOverride(preset="paper", generator="zeroq", epochs=151, batch_size=256, lr_milestones=(20, 40, 60),
                    optim={"student_lr": 1e-4},
-                   note="ZeroQ + FT on IntraQ's pipeline: 4 calibration + 147 epochs at batch 256, lr 1e-4 (§2.6)"),
+                   note="ZeroQ + FT on IntraQ's pipeline: 4 calibration + 147 epochs at batch 256, lr 1e-4 "
+                        "(docs/methods/zeroq.md#budgets)"),
 )
 
 
@@ -185,7 +191,8 @@ class ZeroQ(OfflineSetGenerator):
 
     def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:
         o: ZeroQOptions = options  # type: ignore[assignment]
-        # PTQ calibrates on the distilled batch itself; the fine-tuning variants on GDFQ's generator (§1.4)
+        # PTQ calibrates on the distilled batch itself; the fine-tuning variants on GDFQ's generator
+        # (docs/methods/common.md#offline-fine-tuning-scaffold)
         super().__init__(options, ctx, calibration_batch=None if o.variant == "ptq" else o.calibration_batch,
                          calibration_bns_weight=o.calibration_bns_weight)
         self.distilled = DistilledSet(ctx, o)

@@ -1,4 +1,5 @@
-"""Shared code of the attention-based feature-distillation losses (METHODS §7–§8).
+"""Shared code of the attention-based feature-distillation losses (docs/methods/akt.md; the
+ablations: docs/methods/spatial.md, docs/methods/channel.md).
 
 AKT's refined feature distillation (RFD) compares, for every tapped feature map, the
 teacher's and the student's *spatial* and *channel* attentions through a temperature
@@ -7,7 +8,7 @@ ablations (one branch each), ``akt`` uses both. All three are one class here,
 :class:`AttentionDistillationLoss`, parametrized by the branches it sums; the plugin
 modules only name and register a subclass, so the three cannot drift apart.
 
-Paper vs code (METHODS §7.2, §7.4, §12). Every difference is an option whose default is
+Paper vs code (docs/methods/akt.md#paper-and-code). Every difference is an option whose default is
 the released code; ``mode="paper"`` switches all of them at once (explicit keys still win):
 
 =================  ==========================  =====================================
@@ -23,14 +24,15 @@ batch_reduction    ``sum``                     unstated; kept at ``sum``
 =================  ==========================  =====================================
 
 Not an option: the channel attention is softmaxed twice (once inside Ch, once after the
-division by τ). METHODS §7.1 marks the attentions [PAPER = CODE], so a single-softmax
-variant would be neither the paper nor the code, only a new method.
+division by τ). docs/methods/akt.md#attentions marks the attentions [PAPER = CODE], so a
+single-softmax variant would be neither the paper nor the code, only a new method.
 
 Numerics: both attention distributions are almost uniform, so the KL is a tiny difference
-of large logs (≈ ‖Δ‖²/(2Nτ²), METHODS §7.2). The softmax/KL part is computed in float64:
-in float32 the cancellation error exceeds the value itself for close maps (measured: 8× for
-spatial and 360× for channel KLs of 16×32×32 maps with 10% noise, where the KL is 1e-8 and
-1e-10 per sample). It is O(B·(HW + C)) elements per map, negligible next to the network.
+of large logs (≈ ‖Δ‖²/(2Nτ²), docs/methods/akt.md#refined-feature-distillation). The
+softmax/KL part is computed in float64: in float32 the cancellation error exceeds the value
+itself for close maps (measured: 8× for spatial and 360× for channel KLs of 16×32×32 maps with
+10% noise, where the KL is 1e-8 and 1e-10 per sample). It is O(B·(HW + C)) elements per map,
+negligible next to the network.
 The attentions themselves (means of F²) stay in the maps' dtype.
 """
 
@@ -63,14 +65,15 @@ def channel_attention_of(energy: Tensor) -> Tensor:
 
 
 def spatial_attention(feature: Tensor, eps: float = 1e-12) -> Tensor:
-    """Sp(F) (METHODS §7.1): mean over channels of F², flattened to (B, H·W), L2-normalized
+    """Sp(F) (docs/methods/akt.md#attentions): mean over channels of F², flattened to (B, H·W), L2-normalized
     per sample, so the attention says *where* the map is active regardless of its scale."""
     return spatial_attention_of(square_means(feature, channel=False)[0], eps)
 
 
 def channel_attention(feature: Tensor) -> Tensor:
-    """Ch(F) (METHODS §7.1): softmax over channels of the per-channel mean of F², shape (B, C),
-    i.e. *which* channels carry the energy. The KL softmaxes it a second time (§7.2)."""
+    """Ch(F) (docs/methods/akt.md#attentions): softmax over channels of the per-channel mean of F²,
+    shape (B, C), i.e. *which* channels carry the energy. The KL softmaxes it a second time
+    (docs/methods/akt.md#refined-feature-distillation)."""
     return channel_attention_of(square_means(feature, spatial=False)[1])
 
 
@@ -104,7 +107,7 @@ def attention_kl(teacher_attention: Tensor, student_attention: Tensor, tau: floa
 
 # --------------------------------------------------------------------------- options
 
-#: What ``mode="paper"`` sets (METHODS §7.2, §7.3, §7.4, §12) unless a key is given explicitly.
+#: What ``mode="paper"`` sets (docs/methods/akt.md#paper-and-code) unless a key is given explicitly.
 PAPER_SETTINGS: dict[str, Any] = {
     "logit": "kl",
     "akt_alpha": 0.5,
@@ -162,7 +165,7 @@ class AttentionDistillationLoss(DistillationLoss):
 
     Subclasses set :attr:`branches`. Teacher and student maps are paired by module path,
     never by order, and a missing map is an error: an empty pairing is exactly how the
-    released code's RFD became identically 0 (METHODS §9, D3).
+    released code's RFD became identically 0 (D3 of docs/methods/akt.md#defects-of-the-official-code).
     """
 
     branches: ClassVar[tuple[str, ...]] = ()
@@ -191,7 +194,7 @@ class AttentionDistillationLoss(DistillationLoss):
         """Effective weight of the feature term in ``total`` (λ, times 1 − α in the paper form).
 
         The trainer warns when the epoch's feature term is exactly 0 although this is > 0:
-        that is the signature of broken taps or pairing (METHODS §7.8, defect D3).
+        that is the signature of broken taps or pairing (docs/methods/akt.md#sanity-checks, defect D3).
         """
         opts: AttentionLossOptions = self.options  # type: ignore[assignment]
         return opts.lam * (1.0 if opts.akt_alpha is None else 1.0 - opts.akt_alpha)
@@ -199,10 +202,10 @@ class AttentionDistillationLoss(DistillationLoss):
     def logit_term(self, inputs: LossInputs) -> Tensor:
         opts: AttentionLossOptions = self.options  # type: ignore[assignment]
         if opts.logit == "native":
-            # Code: for AdaDFQ the entropy-of-difference loss (§5.2); GDFQ+AKT / HAST+AKT keep
-            # their own logit loss (§7.7).
+            # Code: for AdaDFQ the entropy-of-difference loss (docs/methods/adadfq.md#student-loss);
+            # GDFQ+AKT / HAST+AKT keep their own logit loss (docs/methods/akt.md#feature-losses-on-gdfq-and-hast).
             return self.native.logit(inputs.student_logits, inputs.teacher_logits, inputs.targets)
-        # Paper: "standard KL" logit distillation at T = 20 (§7.4).
+        # Paper: "standard KL" logit distillation at T = 20 (docs/methods/akt.md#total-student-loss).
         return kd_kl(inputs.student_logits, inputs.teacher_logits, opts.temperature, "batchmean")
 
     def map_terms(self, inputs: LossInputs) -> dict[str, dict[str, Tensor]]:
@@ -217,9 +220,11 @@ class AttentionDistillationLoss(DistillationLoss):
                 f"{sorted(inputs.teacher_features)} / student {sorted(inputs.student_features)}; "
                 "run both forwards inside FeatureTaps.active()"
             )
-        # Not detached here: the trainer's teacher taps already detach (the D3 fix, §7.6);
-        # HAST's difficulty promotion deliberately keeps the teacher graph so its input
-        # gradient also flows through the teacher's features (§6.3, §7.7).
+        # Not detached here: the trainer's teacher taps already detach (the D3 fix,
+        # docs/methods/akt.md#one-iteration); HAST's difficulty promotion deliberately keeps the
+        # teacher graph so its input gradient also flows through the teacher's features
+        # (docs/methods/hast.md#training-with-difficulty-promotion,
+        # docs/methods/akt.md#feature-losses-on-gdfq-and-hast).
         if self.fused:
             return self._grouped_map_terms(inputs)
         out: dict[str, dict[str, Tensor]] = {b: {} for b in self.branches}
@@ -286,10 +291,12 @@ class AttentionDistillationLoss(DistillationLoss):
 def akt_paper_schedule(loss: str) -> BudgetOverride:
     """AKT's own schedule for AdaDFQ + ``loss`` under the paper preset (the Table 2 AdaDFQ cells and
     the Table 4 ablations): 200 epochs x 200 iterations at batch 200, LRs x0.1 at epoch 100
-    (METHODS §7.5, §11.1). GDFQ and HAST with these losses keep their own schedules (§7.7)."""
+    (docs/methods/akt.md#budgets). GDFQ and HAST with these losses keep their own schedules
+    (docs/methods/akt.md#feature-losses-on-gdfq-and-hast)."""
     return BudgetOverride(preset="paper", generator="adadfq", loss=loss, epochs=200, iters_per_epoch=200,
                           batch_size=200, lr_milestones=(100,),
-                          note="AKT's code: 200 x 200 iterations at batch 200, milestones {100} (METHODS §7.5)")
+                          note="AKT's code: 200 x 200 iterations at batch 200, milestones {100} "
+                               "(docs/methods/akt.md#budgets)")
 
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Gradient inundation (GI): AIT's student optimizer (CVPR 2022; METHODS-AIT-QIMERA §1.3).
+"""Gradient inundation (GI): AIT's student optimizer (CVPR 2022; docs/methods/ait.md#gradient-inundation).
 
 Plain SGD (momentum, Nesterov), except that the step on every weight tensor the quantizer
 quantizes is enlarged by a per-tensor factor a ≥ 1, searched at every step, until a target
@@ -107,8 +107,9 @@ def tree_scales(doubled: Tensor, rounds: int) -> Tensor:
 
 def search_one(flips: Callable[[float], float], p: float, settings: GISettings,
                doublings: int) -> tuple[float, float, float, float, float, bool]:
-    """The search of §1.3.4 for one tensor, one candidate at a time, as the code states it:
-    (a, lo, hi, a_d, f(1), whether the doubling stopped at its limit short of p)."""
+    """The search (docs/methods/ait.md#gradient-inundation) for one tensor, one candidate at a
+    time, as the code states it: (a, lo, hi, a_d, f(1), whether the doubling stopped at its limit
+    short of p)."""
     natural = value = flips(1.0)
     j = 0
     while value < p and j < doublings:
@@ -132,7 +133,7 @@ def search_one(flips: Callable[[float], float], p: float, settings: GISettings,
 
 
 def search(flips_doubling: Tensor, flips_tree_fn: Any, p: float, settings: GISettings, doublings: int) -> SearchResult:
-    """The search of §1.3.4 for every tensor at once, from flip fractions alone (no host
+    """The search (docs/methods/ait.md#gradient-inundation) for every tensor at once, from flip fractions alone (no host
     synchronization); the same results as :func:`search_one`.
 
     ``flips_doubling``: (tensors, doublings + 1), f at 1, 2, ..., 2^doublings.

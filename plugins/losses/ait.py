@@ -1,19 +1,19 @@
 """AIT, "It's All In the Teacher" (CVPR 2022): a KL-only student loss plus gradient inundation
-(METHODS-AIT-QIMERA §1, §5).
+(docs/methods/ait.md).
 
 * **Loss.** For a generator whose native logit loss is GDFQ's KD + CE form (``NativeLosses.family
   == KD_CE``: GDFQ and its family): κ_kd·T²·KL_mean + κ_ce·CE(student, labels), with the element
   mean (÷B·C) of GDFQ's code, T = 20, κ_kd = 1, κ_ce = 0, i.e. KL only. The CE is not computed
   when κ_ce = 0 (the code computes and discards it). For any other generator (AdaDFQ's entropy
   of the logit difference, HAST's KD with feature alignment) AIT reduces to GI on the generator's
-  native objective (§5 [REC]); there are no official numbers for those combinations. The loss
-  reads the declared family, never generator names.
+  native objective (docs/methods/ait.md#combining-with-generators [REC]); there are no official
+  numbers for those combinations. The loss reads the declared family, never generator names.
 * **Optimizer.** :class:`~zsqbench_plugins.losses._gi_sgd.GISGD` replaces the core's SGD
   (:meth:`build_optimizer`) with the trial's LR, momentum, Nesterov and weight decay. The
   threshold decays at ``threshold_milestones``, by default the budget's LR milestones (the code
-  decays both at {100, 200, 300}, and short budgets scale both alike, §7); the first
+  decays both at {100, 200, 300}, and short budgets scale both alike, docs/methods/ait.md#budgets); the first
   ``capped_epochs`` training epochs cap a at 2^``capped_doublings``.
-* **Weight decay 0.** Every AIT configuration trains without weight decay (§1.4): the plugin
+* **Weight decay 0.** Every AIT configuration trains without weight decay (docs/methods/ait.md#budgets): the plugin
   contributes budget overrides ``optim.weight_decay = 0`` under the bundled presets (``smoke``,
   ``cpu``, ``paper``); ``paper`` is otherwise AIT's own schedule already (400 x 200 at batch 200,
   warm-up 4, lr 1e-4, milestones {100, 200, 300}). A preset of one's own, or a grid file's
@@ -88,7 +88,7 @@ class AITOptions(PluginOptions):
         return self
 
 
-#: AIT trains without weight decay under each bundled preset (METHODS-AIT-QIMERA §1.4, §5).
+#: AIT trains without weight decay under each bundled preset (docs/methods/ait.md#budgets).
 BUDGET_OVERRIDES = tuple(BudgetOverride(preset=preset, loss="ait", optim={"weight_decay": 0.0},
                                         note="AIT trains without weight decay (every AIT hocon: wd 0.0)")
                          for preset in ("smoke", "cpu", "paper"))

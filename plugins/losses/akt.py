@@ -1,4 +1,4 @@
-"""AKT's student loss: logit loss + refined feature distillation (RFD), METHODS §7.
+"""AKT's student loss: logit loss + refined feature distillation (RFD), docs/methods/akt.md.
 
 RFD = λ·Σ_maps Σ_b [KL_sp + KL_ch] over the outputs of every residual-unit body (9 maps in
 ResNet-20), with teacher maps detached so the loss is non-zero (the released code's RFD is

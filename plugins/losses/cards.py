@@ -36,7 +36,7 @@ AKT_CARD = MethodCard(
     code=AKT_CODE,
     commit="9f49af0",
     code_license=AKT_LICENSE,
-    spec="METHODS.md §7",
+    spec="docs/methods/akt.md",
     differences=AKT_DIFFERENCES,
     published=_table("AKT paper, Tables 2 and 3 (AdaDFQ+AKT)", {
         (C10, "W3A3"): 86.76, (C10, "W4A4"): 92.64, (C10, "W5A5"): 93.83,
@@ -58,7 +58,7 @@ def _ablation_card(branch: str, numbers: tuple[float, float, float], verified: s
         code=AKT_CODE,
         commit="9f49af0",
         code_license=AKT_LICENSE,
-        spec="METHODS.md §8",
+        spec=f"docs/methods/{branch}.md",
         differences=AKT_DIFFERENCES,
         published=_table("AKT paper, Table 4 (AdaDFQ; header lost, per the paper text)",
                          {(C10, f"W{b}A{b}"): v for b, v in zip((3, 4, 5), numbers)}),
@@ -78,7 +78,7 @@ KD_CARD = MethodCard(
     venue="NeurIPS 2014 workshop; the native forms are those of the generators' papers",
     code="none of its own: form=native runs the generator's published loss (see that generator's card)",
     code_license="n/a",
-    spec="METHODS.md §4.2, §5.2, §6.3",
+    spec="docs/methods/kd.md",
     differences=("form=kl is plain T²·KL with the batchmean reduction, for comparisons across generators",),
     verified=("GDFQ's KD-mean·T² + CE, AdaDFQ's entropy of the logit difference and HAST's KD + FA on hand "
               "values (tests/plugins/test_gdfq.py, tests/plugins/test_adadfq.py, tests/plugins/test_hast.py)",),
@@ -91,7 +91,7 @@ AIT_CARD = MethodCard(
     code="iamkanghyunchoi/ait",
     commit="13a6c8c",
     code_license="GPL-3.0; never copied",
-    spec="METHODS-AIT-QIMERA.md §1",
+    spec="docs/methods/ait.md",
     differences=(
         "the quantized weights come from the quantizer (22 tensors in ResNet-20), not from name substrings (T8)",
         "the step-size search is bounded (a ≤ 2^24) and skips all-zero directions: the official search hangs "

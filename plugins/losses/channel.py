@@ -1,4 +1,4 @@
-"""Channel-attention-only feature distillation (AKT paper Table 4 ablation, METHODS §8).
+"""Channel-attention-only feature distillation (AKT paper Table 4 ablation, docs/methods/channel.md#the-loss).
 
 L = L_logit + λ·Σ_maps Σ_b KL( softmax(Ch(F_T)/τ) ‖ softmax(Ch(F_Q)/τ) ); Ch already ends in
 a softmax, so the channel attention is softmaxed twice, as in paper and code. Options and

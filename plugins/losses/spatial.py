@@ -1,4 +1,4 @@
-"""Spatial-attention-only feature distillation (AKT paper Table 4 ablation, METHODS §8).
+"""Spatial-attention-only feature distillation (AKT paper Table 4 ablation, docs/methods/spatial.md#the-loss).
 
 L = L_logit + λ·Σ_maps Σ_b KL( softmax(Sp(F_T)/τ) ‖ softmax(Sp(F_Q)/τ) ), same λ = 1000 and
 τ = 8 as RFD (the paper does not say λ was retuned). Options and paper/code modes: see

@@ -1,4 +1,4 @@
-"""ResNet-20 teachers for CIFAR-10/100 in pytorchcv's layout (METHODS §2).
+"""ResNet-20 teachers for CIFAR-10/100 in pytorchcv's layout (docs/methods/common.md#resnet-20-teacher).
 
 Two checkpoints are pinned per dataset: pytorchcv's release files (what the papers used;
 downloaded by users with internet) and chenyaofo's weights re-keyed to pytorchcv's names
@@ -11,7 +11,7 @@ from torch import nn
 
 from zsqbench.api import Normalization, PretrainedWeights, TeacherModel, hookimpl
 
-# DFQ normalization used by the ZSQ papers (METHODS §2.3).
+# DFQ normalization used by the ZSQ papers (docs/methods/common.md#test-time-normalization).
 DFQ_CIFAR10 = Normalization((0.49139968, 0.48215827, 0.44653124), (0.24703233, 0.24348505, 0.26158768))
 DFQ_CIFAR100 = Normalization((0.50705882, 0.48666667, 0.44078431), (0.26745098, 0.25568627, 0.27607843))
 # Normalizations the chenyaofo checkpoints were trained with.
@@ -20,7 +20,7 @@ CHENYAOFO_CIFAR100 = Normalization((0.5070, 0.4865, 0.4409), (0.2673, 0.2564, 0.
 
 _RELEASE = "https://github.com/osmr/imgclsmob/releases/download"
 
-# The 9 residual-unit body outputs (before the residual addition), METHODS §7.3.
+# The 9 residual-unit body outputs (before the residual addition), docs/methods/akt.md#tapped-feature-maps.
 ALL_UNITS = tuple(f"features.stage{s}.unit{u}.body" for s in (1, 2, 3) for u in (1, 2, 3))
 LAST_UNIT_PER_STAGE = tuple(f"features.stage{s}.unit3.body" for s in (1, 2, 3))
 # The pooled 64-d feature before the classifier (post-ReLU, so >= 0): IntraQ's class centres (MDC).

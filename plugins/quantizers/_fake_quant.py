@@ -1,6 +1,7 @@
-"""The fake-quantization arithmetic of the ``uniform`` quantizer (METHODS §1.2): grids, the
-quantize-dequantize in the signed order, its one-node STE, and the per-output-channel weight form.
-Kept apart from the modules that use them (uniform.py) so each file has one job."""
+"""The fake-quantization arithmetic of the ``uniform`` quantizer
+(docs/methods/uniform.md#the-quantization-function): grids, the quantize-dequantize in the signed
+order, its one-node STE, and the per-output-channel weight form. Kept apart from the modules that
+use them (uniform.py) so each file has one job."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from torch import Tensor
 
 
 def grid_of(lo: Tensor, hi: Tensor, bits: int) -> tuple[Tensor, Tensor]:
-    """S and Z of the k-bit grid of [lo, hi] (METHODS §1.2), by the ops :func:`fake_quantize` uses."""
+    """S and Z of the k-bit grid of [lo, hi] (docs/methods/uniform.md#the-quantization-function), by
+    the ops :func:`fake_quantize` uses."""
     n = 2**bits - 1
     half = 2 ** (bits - 1)
     scale = n / torch.clamp(hi - lo, min=1e-8)
@@ -21,7 +23,8 @@ def grid_of(lo: Tensor, hi: Tensor, bits: int) -> tuple[Tensor, Tensor]:
 
 
 def fake_quantize(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
-    """Quantize-dequantize ``x`` onto the k-bit grid of [lo, hi] (signed order of METHODS §1.2).
+    """Quantize-dequantize ``x`` onto the k-bit grid of [lo, hi], in the signed order of
+    docs/methods/uniform.md#the-quantization-function.
 
     ``lo``/``hi`` broadcast against ``x``. No gradient: callers wrap it in the STE.
     """
@@ -76,17 +79,19 @@ def _codes_on_grid(x: Tensor, scale: Tensor, zero: Tensor, bits: int) -> Tensor:
 
 
 class FakeQuantSTE(torch.autograd.Function):
-    """Fake quantization with the reference identity STE in one autograd node (METHODS §1.2).
+    """Fake quantization with the reference identity STE in one autograd node
+    (docs/methods/uniform.md#straight-through-estimator).
 
-    Forward: exactly :func:`fake_quantize` (signed order of §1.2), computed in float32 for
-    reduced-precision inputs so ``precision="bf16"`` never quantizes in bf16 (the result is
-    then float32); float32 and float64 inputs keep their dtype. Backward: the incoming
+    Forward: exactly :func:`fake_quantize` (the signed order of
+    docs/methods/uniform.md#the-quantization-function), computed in float32 for reduced-precision
+    inputs so ``precision="bf16"`` never quantizes in bf16 (the result is then float32); float32
+    and float64 inputs keep their dtype. Backward: the incoming
     gradient unchanged (cast back to the input's dtype), with **no** clipping mask, as the
     reference does; it is differentiable again (zero second derivative, like the reference),
     so Hessian-vector products through the student are unchanged. This replaces
     ``x + (q − x).detach()``, which costs a subtraction, an addition and two autograd
     nodes per quantizer. PyTorch's own ``fake_quantize_per_*_affine`` kernels are not used:
-    they were not bit-identical to the §1.2 order in 140 of 200 random cases (they multiply
+    they were not bit-identical to that signed order in 140 of 200 random cases (they multiply
     by 1/scale and round before subtracting the zero point), their backward masks clipped
     values, and on CPU they were slower than this function.
 

@@ -1,4 +1,4 @@
-"""The modules of the ``uniform`` quantizer (METHODS §1): quantized convolution and linear layers
+"""The modules of the ``uniform`` quantizer (docs/methods/uniform.md): quantized convolution and linear layers
 (per-output-channel weights, quantized once per weight update) and the per-tensor activation
 quantizer (tracked, then frozen range). The arithmetic is in :mod:`._fake_quant`, the plugin
 (placement, options, integer grids) in :mod:`.uniform`."""
@@ -121,12 +121,13 @@ class QuantAct(nn.Module):
     """Per-tensor activation quantizer with a tracked [x_min, x_max] range.
 
     ``tracking="exact"`` reproduces the reference recurrence, whose bias correction divides
-    the stored value again at every step (METHODS §1.3, S1); ``"ema"`` is a plain EMA whose
-    first batch initializes the range. The two PTQ estimators of METHODS-ZEROQ-DSG-INTRAQ §1.5
-    start from the stored 0 and only ever widen the range, so a few calibration batches cannot
-    inflate it the way ``exact`` does: ``"minmax"`` (ZeroQ) takes the running min/max of the
-    batch extremes, ``"sample_mean_max"`` (DSG's "ema") the running min/max of the batch's mean
-    over samples of each sample's min/max.
+    the stored value again at every step (S1; docs/methods/uniform.md#activation-range-tracking);
+    ``"ema"`` is a plain EMA whose first batch initializes the range. The two PTQ estimators
+    (docs/methods/uniform.md#range-estimators-for-post-training-quantization) start from the
+    stored 0 and only ever widen the range, so a few calibration batches cannot inflate it the
+    way ``exact`` does: ``"minmax"`` (ZeroQ) takes the running min/max of the batch extremes,
+    ``"sample_mean_max"`` (DSG's "ema") the running min/max of the batch's mean over samples of
+    each sample's min/max.
     """
 
     reference_ste: bool = False

@@ -11,7 +11,7 @@ UNIFORM_CARD = MethodCard(
     code="amirgholami/ZeroQ (the common ancestor; vendored by GDFQ, AdaDFQ, HAST, AKT)",
     commit="9715739",
     code_license="GPL-3.0; never copied",
-    spec="METHODS.md §1",
+    spec="docs/methods/uniform.md",
     differences=(
         "the doubly bias-corrected range EMA (S1) is reproduced as the code runs it; range tracking and "
         "freezing go through the quantizer's calibration state, not the epoch number",

@@ -1,4 +1,4 @@
-"""Asymmetric uniform fake quantization, as shared by GDFQ, AdaDFQ, HAST and AKT (METHODS §1).
+"""Asymmetric uniform fake quantization, as shared by GDFQ, AdaDFQ, HAST and AKT (docs/methods/uniform.md).
 
 Weights: per output channel (conv) / per row (FC), range = current min/max, every forward.
 Activations: per tensor, one quantizer after every ReLU, range tracked during calibration and
@@ -163,9 +163,10 @@ class UniformQuantizer(WeightCodeQuantizer):
                 for name, module in student.named_modules() if isinstance(module, (QuantConv2d, QuantLinear))]
 
     def weight_codes(self, weight: Tensor, bits: int, *, stacked: bool = False) -> Tensor:
-        """The forward's integer codes (METHODS §1.2): per output channel (row), the range is the
-        row's own min/max, then ``clamp(round(x·S − Z), −2^(k−1), 2^(k−1) − 1)`` by the same
-        function and in the same dtype as :class:`FakeQuantSTE`, hence bit-identical to it."""
+        """The forward's integer codes (docs/methods/uniform.md#the-quantization-function): per
+        output channel (row), the range is the row's own min/max, then
+        ``clamp(round(x·S − Z), −2^(k−1), 2^(k−1) − 1)`` by the same function and in the same dtype
+        as :class:`FakeQuantSTE`, hence bit-identical to it."""
         x = weight.detach()
         if x.dtype not in (torch.float32, torch.float64):
             x = x.to(torch.float32)

@@ -36,7 +36,7 @@ class MethodCard(BaseModel):
     code: str = Field(description="the official repository (owner/name), or 'none published'")
     commit: str = Field("", description="the commit of that repository our specification was written from")
     code_license: str = Field(description="licence of the official code; we re-implement, never copy")
-    spec: str = Field(description="the section of our specification that the implementation follows")
+    spec: str = Field(description="the page that documents the implementation, e.g. 'docs/methods/gdfq.md'")
     differences: tuple[str, ...] = Field(
         (), description="what our implementation deliberately does differently from the official code")
     published: tuple[PublishedNumber, ...] = ()
