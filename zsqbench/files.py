@@ -11,7 +11,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+#: A test seam (fault injection): called with the destination after its temporary file is written and
+#: synced, before the fence is checked — where a real writer is most likely suspended (the long write
+#: of a checkpoint), so a test can take the trial over there and check that nothing is replaced.
+before_fence: Callable[[Path], None] | None = None
 
 
 def file_digest(path: Path, algorithm: str = "sha256") -> str:
@@ -36,9 +41,13 @@ def _fill(tmp: str, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+def write_bytes_atomic(path: Path, data: bytes, fence: Callable[[], None] | None = None) -> None:
     """Replace ``path`` by ``data`` all at once: on any error (``ENOSPC`` included) the previous file
-    is left as it was and the temporary one is removed."""
+    is left as it was and the temporary one is removed.
+
+    ``fence`` (a trial's lease check) runs after the data is on disk and immediately before the
+    rename, so a writer that was suspended during the write and lost its lease meanwhile raises
+    there and replaces nothing. Checking before the write would leave the whole write as a window."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -46,6 +55,10 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
         _fill(tmp, data)
+        if fence is not None:
+            if before_fence is not None:
+                before_fence(path)
+            fence()
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -53,9 +66,9 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode())
+def write_text_atomic(path: Path, text: str, fence: Callable[[], None] | None = None) -> None:
+    write_bytes_atomic(path, text.encode(), fence)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def write_json_atomic(path: Path, obj: Any, fence: Callable[[], None] | None = None) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n", fence)

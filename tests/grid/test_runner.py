@@ -222,34 +222,34 @@ def test_corrupt_checkpoint_stops_before_changing_anything(tiny, tmp_path, capsy
 
 def test_status_summarizes_a_results_folder(tiny, tmp_path, capsys):
     out = tmp_path / "status"
-    (out / "default" / "abc").mkdir(parents=True)
-    spec = make_spec(bits=3).model_dump(mode="json")
-    (out / "default" / "abc" / "spec.json").write_text(json.dumps(spec))
-    (out / "default" / "def").mkdir()
-    (out / "default" / "def" / "spec.json").write_text(json.dumps(spec))
-    (out / "default" / "def" / "error.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
+    specs = {name: make_spec(bits=bits) for name, bits in (("abc", 3), ("def", 4))}
+    ids = {name: spec.trial_id for name, spec in specs.items()}  # trial folders are named by their spec's hash
+    for name, spec in specs.items():
+        (out / "default" / ids[name]).mkdir(parents=True)
+        (out / "default" / ids[name] / "spec.json").write_text(json.dumps(spec.model_dump(mode="json")))
+    (out / "default" / ids["def"] / "error.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
     assert main(["status", str(out), "--json"]) == 0
     states = {r["trial_id"]: r["state"] for r in json.loads(capsys.readouterr().out)}
-    assert states == {"abc": "incomplete", "def": "failed"}
+    assert states == {ids["abc"]: "incomplete", ids["def"]: "failed"}
 
-    lease = TrialLease(out / "default" / "abc", timeout_s=600)  # a live worker: this process
+    lease = TrialLease(out / "default" / ids["abc"], timeout_s=600)  # a live worker: this process
     assert lease.acquire()
     try:
         assert main(["status", str(out), "--json"]) == 0
-        (row,) = [r for r in json.loads(capsys.readouterr().out) if r["trial_id"] == "abc"]
+        (row,) = [r for r in json.loads(capsys.readouterr().out) if r["trial_id"] == ids["abc"]]
         assert row["state"] == "running" and row["owner"] == lease.me.describe() and row["stale_reason"] == ""
         assert row["heartbeat_age_s"] < 60
-        dead = dict(json.loads((out / "default" / "abc" / LEASE).read_text()))
+        dead = dict(json.loads((out / "default" / ids["abc"] / LEASE).read_text()))
         dead["owner"] = {**dead["owner"], "pid": 2**22 + 1}  # above Linux's pid_max: never a live process
-        (out / "default" / "abc" / LEASE).write_text(json.dumps(dead))
+        (out / "default" / ids["abc"] / LEASE).write_text(json.dumps(dead))
         assert main(["status", str(out), "--json"]) == 0
-        (row,) = [r for r in json.loads(capsys.readouterr().out) if r["trial_id"] == "abc"]
+        (row,) = [r for r in json.loads(capsys.readouterr().out) if r["trial_id"] == ids["abc"]]
         assert row["state"] == "stale" and "is gone" in row["stale_reason"]
     finally:
-        (out / "default" / "abc" / LEASE).unlink()
+        (out / "default" / ids["abc"] / LEASE).unlink()
     assert main(["status", str(tmp_path / "missing")]) == 2
     capsys.readouterr()
-    (out / "default" / "abc" / "spec.json").write_text("{}")
+    (out / "default" / ids["abc"] / "spec.json").write_text("{}")
     assert "corrupt spec file" in one_line_error(capsys, ["status", str(out)])
 
 

@@ -46,7 +46,7 @@ class MethodCard(BaseModel):
         """The card as plain text lines (what `zsqbench plugins NAME` prints)."""
         out = [f"{self.method}: {self.paper} ({self.venue})",
                f"official code: {self.code}" + (f" @ {self.commit}" if self.commit else ""),
-               f"licence of that code: {self.code_license} (zsqbench re-implements it from {self.spec})"]
+               f"licence of that code: {self.code_license} (zsqbench re-implements it; see {self.spec})"]
         if self.differences:
             out.append("deliberately different from the official code:")
             out.extend(f"  - {d}" for d in self.differences)

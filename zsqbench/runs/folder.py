@@ -15,7 +15,7 @@ import io
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -116,26 +116,38 @@ class TrialFolder:
         if self.lease is not None:
             self.lease.ensure_held()
 
+    def _fence(self) -> Callable[[], None] | None:
+        """The check every write runs again immediately before its rename (:func:`zsqbench.files.write_bytes_atomic`):
+        the lease is still this worker's, in the generation it claimed. (Each write also checks before
+        it starts, so a lost lease costs no serialization.) None for a folder written without a lease."""
+        return self._check_writer if self.lease is not None else None
+
     # -- spec
     def write_spec(self, spec: TrialSpec) -> None:
         """The spec in the current file format (its ``schema_version`` first; not part of the id)."""
         self._check_writer()
-        write_json_atomic(self.file(self.SPEC), {SCHEMA_FIELD: SPEC_VERSION, **spec.model_dump(mode="json")})
+        write_json_atomic(self.file(self.SPEC), {SCHEMA_FIELD: SPEC_VERSION, **spec.model_dump(mode="json")},
+                          self._fence())
 
     def read_spec(self) -> TrialSpec:
         """The spec, its file brought to the current format first (:mod:`zsqbench.runs.migrations`)."""
         data = upgrade("spec", self._read_json(self.SPEC, "spec file", "delete its trial folder"), self.file(self.SPEC))
         del data[SCHEMA_FIELD]
         try:
-            return TrialSpec.model_validate(data)
+            spec = TrialSpec.model_validate(data)
         except ValueError as exc:
             raise UserError(f"corrupt spec file {self.file(self.SPEC)} ({first_validation_error(exc)}); "
                             "delete its trial folder") from None
+        if spec.trial_id != self.trial_id:  # the folder's name is the hash of the spec it was planned for
+            raise UserError(f"spec file {self.file(self.SPEC)} describes trial {spec.trial_id}, not this folder's "
+                            f"{self.trial_id} (edited after planning?); restore it, or delete the trial folder "
+                            "and re-run the grid")
+        return spec
 
     # -- results
     def write_result(self, result: ResultFile) -> None:
         self._check_writer()
-        write_json_atomic(self.file(self.RESULT), result.model_dump(mode="python"))
+        write_json_atomic(self.file(self.RESULT), result.model_dump(mode="python"), self._fence())
 
     def read_result(self) -> dict[str, Any]:
         """The result as written, brought to the current format and validated by the model it was
@@ -150,7 +162,7 @@ class TrialFolder:
         if traceback is not None:
             payload["traceback"] = traceback
         self._check_writer()
-        write_json_atomic(self.file(self.ERROR), payload)
+        write_json_atomic(self.file(self.ERROR), payload, self._fence())
 
     def read_error(self) -> dict[str, Any]:
         return self._read_json(self.ERROR, "error file", "delete it to retry the trial")
@@ -179,7 +191,7 @@ class TrialFolder:
         """The log holds exactly these epochs, one line each: rewritten whole (atomically) every epoch
         from the records the checkpoint holds, so it can neither repeat an epoch nor lose one."""
         self._check_writer()
-        write_text_atomic(self.file(self.METRICS), "".join(json.dumps(r) + "\n" for r in records))
+        write_text_atomic(self.file(self.METRICS), "".join(json.dumps(r) + "\n" for r in records), self._fence())
 
     def metrics_count(self) -> int:
         path = self.file(self.METRICS)
@@ -188,7 +200,7 @@ class TrialFolder:
     # -- checkpoint
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         self._check_writer()
-        write_bytes_atomic(self.file(self.CHECKPOINT), checkpoint.encode(state))
+        write_bytes_atomic(self.file(self.CHECKPOINT), checkpoint.encode(state), self._fence())
 
     def load_checkpoint(self, trial_id: str | None = None) -> dict[str, Any] | None:
         """The last checkpoint, None if there is none; a corrupt one is a user error."""
@@ -204,7 +216,7 @@ class TrialFolder:
         buf = io.BytesIO()
         torch.save(student.state_dict(), buf)
         self._check_writer()
-        write_bytes_atomic(self.snapshot_path(epoch), buf.getvalue())
+        write_bytes_atomic(self.snapshot_path(epoch), buf.getvalue(), self._fence())
 
     def snapshot_epochs(self) -> list[int]:
         found = (self.path / self.SNAPSHOTS).glob("epoch_*.pt")

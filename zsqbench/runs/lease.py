@@ -10,23 +10,34 @@ far better than that), when its owner process is gone from this same host (or th
 or when it belongs to this same SLURM task (a requeued task re-claims its own trial at once). A
 stale lease is taken over under a short-lived takeover lock, so two workers never both take it.
 
-Before every write into the trial folder the holder checks that the lease is still its own; a
+Each claim or takeover starts a new *generation* of the trial's lease, one more than any the folder
+has seen (its ``lease.log`` and the lease it replaces). Every write into the trial folder is fenced:
+immediately before the rename that publishes a file, the holder checks that the lease on disk is
+still its own, in its own generation (:func:`zsqbench.files.write_bytes_atomic`'s ``fence``); a
 worker whose lease was taken over (it was suspended longer than the timeout) stops with
-:class:`LeaseLost` instead of writing beside the new owner. Every claim, takeover and release is
-appended to ``lease.log``, one JSON line each, by the holder only.
+:class:`LeaseLost` and replaces nothing, however long it was suspended in the middle of a write.
+What remains is the instant between that check and the rename itself (a system call): no lock
+a plain file system offers closes it, so two writers need a suspension of exactly that instant
+*and* a takeover within it to collide. Every claim, takeover and release is appended to
+``lease.log``, one JSON line each, by the holder only (opened without following a symbolic link).
+
+A holder on the same host is judged by its pid only when it runs in the same PID namespace (the
+lease records it): containers that share a host name (``--net=host``) see each other's processes as
+absent, so a holder in another namespace is judged by its heartbeat alone.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from zsqbench.runs.lease_owner import LeaseOwner, pid_alive
 
 LEASE = "lease.json"
 LOG = "lease.log"
@@ -61,58 +72,6 @@ def heartbeat_interval(timeout_s: float) -> float:
     return max(0.05, min(30.0, timeout_s / 10))
 
 
-def _boot_id() -> str | None:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-
-
-def _process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc), which tells a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _slurm_task() -> str | None:
-    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
-    if not job:
-        return None
-    task = os.environ.get("SLURM_ARRAY_TASK_ID")
-    return f"{job}_{task}" if task else job
-
-
-def _slurm_restart() -> int:
-    """How often SLURM requeued this task (preemption, timeout): 0 on the first start."""
-    try:
-        return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-    except ValueError:
-        return 0
-
-
-@dataclass(frozen=True)
-class LeaseOwner:
-    host: str
-    pid: int
-    process_start: str | None
-    boot_id: str | None
-    slurm_task: str | None
-    slurm_restart: int
-    token: str
-
-    @classmethod
-    def me(cls) -> "LeaseOwner":
-        pid = os.getpid()
-        return cls(socket.gethostname(), pid, _process_start(pid), _boot_id(), _slurm_task(), _slurm_restart(),
-                   uuid.uuid4().hex)
-
-    def describe(self) -> str:
-        return f"{self.host} pid {self.pid}" + (f" (SLURM {self.slurm_task})" if self.slurm_task else "")
-
-
 @dataclass(frozen=True)
 class LeaseInfo:
     """A lease as read from disk."""
@@ -120,6 +79,7 @@ class LeaseInfo:
     owner: LeaseOwner
     claimed_at: float
     heartbeat_at: float
+    generation: int = 0  # 0: a lease written before generations were recorded
 
     def age(self, now: float | None = None) -> float:
         return max(0.0, (time.time() if now is None else now) - self.heartbeat_at)
@@ -129,10 +89,10 @@ class LeaseInfo:
         me = me or LeaseOwner.me()
         if self.age(now) > timeout_s:
             return f"no heartbeat for {self.age(now):.0f} s (timeout {timeout_s:.0f} s)"
-        if self.owner.host == me.host:
+        if self.owner.host == me.host and self.owner.same_pid_namespace(me):
             if self.owner.boot_id and me.boot_id and self.owner.boot_id != me.boot_id:
                 return "its host rebooted since"
-            if not _pid_alive(self.owner.pid, self.owner.process_start):
+            if not pid_alive(self.owner.pid, self.owner.process_start):
                 return f"process {self.owner.pid} is gone"
         if self.owner.slurm_task and self.owner.slurm_task == me.slurm_task \
                 and me.slurm_restart > self.owner.slurm_restart:
@@ -140,24 +100,15 @@ class LeaseInfo:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"owner": asdict(self.owner), "claimed_at": self.claimed_at, "heartbeat_at": self.heartbeat_at}
+        return {"owner": asdict(self.owner), "claimed_at": self.claimed_at, "heartbeat_at": self.heartbeat_at,
+                "generation": self.generation}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LeaseInfo":
-        return cls(LeaseOwner(**data["owner"]), float(data["claimed_at"]), float(data["heartbeat_at"]))
-
-
-def _pid_alive(pid: int, process_start: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process: alive
-    if process_start is not None:
-        now = _process_start(pid)
-        return now is None or now == process_start
-    return True
+        generation = data.get("generation", 0)
+        if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+            raise ValueError("the lease generation is not a non-negative integer")
+        return cls(LeaseOwner(**data["owner"]), float(data["claimed_at"]), float(data["heartbeat_at"]), generation)
 
 
 def read_lease(trial_dir: Path) -> LeaseInfo | None:
@@ -205,6 +156,7 @@ class TrialLease:
         self.held = False
         self.lost: str | None = None
         self.holder: LeaseInfo | None = None  # the live lease that kept us out, after a failed acquire
+        self.generation = 0  # this claim's generation, once held
         self._claimed_at = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -217,6 +169,7 @@ class TrialLease:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._claimed_at = time.time()
         for _ in range(3):  # a lease released between our attempt and our read: try again
+            self.generation = last_generation(self.dir) + 1
             if _link_exclusive(self.dir, LEASE, self._text()):
                 self._start("claim")
                 return True
@@ -248,6 +201,7 @@ class TrialLease:
             current = read_lease(self.dir)
             if current is not None and current.owner.token != stale.owner.token:
                 return False  # someone took it over (or it was released and re-claimed) meanwhile
+            self.generation = max(last_generation(self.dir), stale.generation) + 1
             if current is None:  # released meanwhile: an ordinary claim
                 if not _link_exclusive(self.dir, LEASE, self._text()):
                     return False
@@ -260,7 +214,7 @@ class TrialLease:
 
     def _text(self) -> str:
         now = time.time()
-        return json.dumps(LeaseInfo(self.me, self._claimed_at, now).to_dict())
+        return json.dumps(LeaseInfo(self.me, self._claimed_at, now, self.generation).to_dict())
 
     def _start(self, event: str, **details: Any) -> None:
         self.held = True
@@ -287,9 +241,7 @@ class TrialLease:
                 self.ensure_held()
             tmp = _write_temp(self.dir, self._text())
             try:
-                current = read_lease(self.dir)
-                if current is None or current.owner.token != self.me.token:
-                    self._mark_lost(current)
+                self._check(read_lease(self.dir))  # compare, then swap at once
                 os.replace(tmp, self.dir / LEASE)
             finally:
                 tmp.unlink(missing_ok=True)
@@ -300,13 +252,17 @@ class TrialLease:
             raise LeaseLost(self.lost)
         if not self.held:
             raise LeaseLost(f"trial {self.dir.name} is not claimed by this worker")
-        current = read_lease(self.dir)
-        if current is None or current.owner.token != self.me.token:
+        self._check(read_lease(self.dir))
+
+    def _check(self, current: LeaseInfo | None) -> None:
+        """Raise :class:`LeaseLost` unless ``current`` (the lease on disk) is this claim, generation included."""
+        if current is None or current.owner.token != self.me.token or current.generation != self.generation:
             self._mark_lost(current)
 
     def _mark_lost(self, current: LeaseInfo | None) -> None:
         who = current.owner.describe() if current else "nobody (the lease file was removed)"
-        self.lost = f"the lease on trial {self.dir.name} was taken over by {who}; this worker stopped writing"
+        self.lost = (f"lost the lease of trial {self.dir.name}: it was taken over by {who}; this worker "
+                     "stopped writing and changed nothing further")
         self.held = False
         raise LeaseLost(self.lost)
 
@@ -328,9 +284,10 @@ class TrialLease:
 
     def _log(self, event: str, **details: Any) -> None:
         record = {"event": event, "time": time.time(), "host": self.me.host, "pid": self.me.pid,
-                  "token": self.me.token, **details}
+                  "token": self.me.token, "generation": self.generation, **details}
         try:
-            with open(self.dir / LOG, "a") as fh:
+            fd = os.open(self.dir / LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            with os.fdopen(fd, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
         except OSError:
             pass  # the log is for people; a full disk must not fail the trial here
@@ -342,13 +299,25 @@ class TrialLease:
         self.release()
 
 
+def last_generation(trial_dir: Path) -> int:
+    """The highest lease generation this folder has seen: in its log and its current lease (0: none)."""
+    seen = [e["generation"] for e in read_log(trial_dir)
+            if isinstance(e.get("generation"), int) and not isinstance(e.get("generation"), bool)]
+    current = read_lease(trial_dir)
+    return max([0, *seen, current.generation if current else 0])
+
+
 def read_log(trial_dir: Path) -> list[dict[str, Any]]:
-    """The trial's lease events (claim, takeover, release), oldest first."""
-    path = Path(trial_dir) / LOG
-    if not path.is_file():
+    """The trial's lease events (claim, takeover, release), oldest first. A log that is a symbolic
+    link is not followed (nothing outside the folder is read as its log)."""
+    try:
+        fd = os.open(Path(trial_dir) / LOG, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
         return []
+    with os.fdopen(fd) as fh:
+        lines = fh.read().splitlines()
     events = []
-    for line in path.read_text().splitlines():
+    for line in lines:
         try:
             events.append(json.loads(line))
         except ValueError:
