@@ -35,7 +35,6 @@ from torch.nn import functional as F
 
 from zsqbench.api import (
     Batch,
-    BudgetOverride,
     LossInputs,
     NativeLosses,
     PassCounts,
@@ -55,6 +54,7 @@ from zsqbench.toolkit.offline import (
     OfflineSetGenerator,
     OfflineSetOptions,
     imagenet_overrides,
+    paper_fine_tuning_override,
     short_synthesis_overrides,
 )
 from zsqbench.toolkit.reference import use_reference
@@ -166,10 +166,9 @@ BUDGET_OVERRIDES = (
     # (per-image RRC(224, scale (0.4, 1)) + flip); λ_FA 1000 / ε 0.01 are the code's defaults (§8.5)
     *imagenet_overrides("hast", {"hardness_beta": 0.1, "hardness_gamma": 0.5, "synthesis_augment_p": 0.5,
                                  "synthesis_crop_min": 0.4}),
-    BudgetOverride(preset="paper", generator="hast", epochs=151, batch_size=64, lr_milestones=(20, 40, 60),
-                   optim={"student_lr": 1e-5},
-                   note="HAST's schedule: 4 calibration + 147 QAT epochs at batch 64, lr 1e-5 "
-                        "(docs/methods/hast.md#budgets)"),
+    paper_fine_tuning_override("hast", 64, 1e-5,
+                               "HAST's schedule: 4 calibration + 147 QAT epochs at batch 64, lr 1e-5 "
+                               "(docs/methods/hast.md#budgets)"),
 )
 
 

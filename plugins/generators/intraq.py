@@ -24,7 +24,7 @@ from dataclasses import replace
 from pydantic import Field
 from torch import Tensor
 
-from zsqbench.api import BudgetOverride, NativeLosses, PassCounts, PluginOptions, TeacherModel, TrainContext, hookimpl
+from zsqbench.api import NativeLosses, PassCounts, PluginOptions, TeacherModel, TrainContext, hookimpl
 from zsqbench.errors import UserError
 from zsqbench.toolkit.augment import crop_flip
 from zsqbench.toolkit.logits import LogitObjective, ScaledKD
@@ -32,6 +32,7 @@ from zsqbench.toolkit.offline import (
     OfflineSetGenerator,
     OfflineSetOptions,
     imagenet_overrides,
+    paper_fine_tuning_override,
     short_synthesis_overrides,
 )
 from zsqbench_plugins.generators.cards import INTRAQ_CARD
@@ -86,10 +87,9 @@ def resolve_constants(options: IntraQOptions, dataset: str) -> tuple[float, floa
 BUDGET_OVERRIDES = (
     *short_synthesis_overrides("intraq", "images", "KD weight 8000"),
     *imagenet_overrides("intraq"),  # ImageNet constants: DATASET_CONSTANTS; LOR crops (0.5, 1) are the default
-    BudgetOverride(preset="paper", generator="intraq", epochs=151, batch_size=256, lr_milestones=(20, 40, 60),
-                   optim={"student_lr": 1e-4},
-                   note="IntraQ's schedule: 4 calibration + 147 epochs at batch 256, lr 1e-4 "
-                        "(docs/methods/intraq.md#budgets)"),
+    paper_fine_tuning_override("intraq", 256, 1e-4,
+                               "IntraQ's schedule: 4 calibration + 147 epochs at batch 256, lr 1e-4 "
+                               "(docs/methods/intraq.md#budgets)"),
 )
 
 

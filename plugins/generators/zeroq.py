@@ -51,7 +51,12 @@ from zsqbench.api import (
 from zsqbench.toolkit.augment import crop_flip
 from zsqbench.toolkit.bn_stats import ZEROQ, BNStatsLoss
 from zsqbench.toolkit.logits import LogitObjective, ScaledKD
-from zsqbench.toolkit.offline import OfflineSetGenerator, OfflineSetOptions, short_synthesis_overrides
+from zsqbench.toolkit.offline import (
+    OfflineSetGenerator,
+    OfflineSetOptions,
+    paper_fine_tuning_override,
+    short_synthesis_overrides,
+)
 from zsqbench.toolkit.synthesis import PixelSchedule, PixelSet, bn_term, diagnostics_tensor, optimize_pixels
 from zsqbench_plugins.generators.cards import ZEROQ_CARD
 
@@ -147,10 +152,9 @@ BUDGET_OVERRIDES = (
                    note="ZeroQ as published: one distilled batch of 32, fed once for calibration "
                         "(docs/methods/zeroq.md#post-training-only-trials)"),
     *short_synthesis_overrides("zeroq", "distilled images", "KD weight 8000"),
-    BudgetOverride(preset="paper", generator="zeroq", epochs=151, batch_size=256, lr_milestones=(20, 40, 60),
-                   optim={"student_lr": 1e-4},
-                   note="ZeroQ + FT on IntraQ's pipeline: 4 calibration + 147 epochs at batch 256, lr 1e-4 "
-                        "(docs/methods/zeroq.md#budgets)"),
+    paper_fine_tuning_override("zeroq", 256, 1e-4,
+                               "ZeroQ + FT on IntraQ's pipeline: 4 calibration + 147 epochs at batch 256, lr 1e-4 "
+                               "(docs/methods/zeroq.md#budgets)"),
 )
 
 

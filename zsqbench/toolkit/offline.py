@@ -178,6 +178,14 @@ def short_synthesis_overrides(generator: str, images: str, why: str) -> tuple[Bu
     )
 
 
+def paper_fine_tuning_override(generator: str, batch_size: int, student_lr: float, note: str) -> BudgetOverride:
+    """The ``paper`` schedule the offline-set codes share: 151 epochs (the preset's 4 calibrate the
+    ranges), learning rates x0.1 at epochs 20, 40 and 60; the batch and the student lr are each
+    method's (HAST 64 and 1e-5, IntraQ and ZeroQ + FT 256 and 1e-4)."""
+    return BudgetOverride(preset="paper", generator=generator, epochs=151, batch_size=batch_size,
+                          lr_milestones=(20, 40, 60), optim={"student_lr": student_lr}, note=note)
+
+
 def imagenet_overrides(generator: str, options: dict[str, Any] | None = None) -> tuple[BudgetOverride, ...]:
     """The ImageNet presets of HAST and IntraQ (IMAGENET.md §4, §4.2, §8.3): 4 calibration epochs then
     QAT at batch 16 (HAST's hocon: 4 per DDP rank, 16 in effect; ``--batch-size 4`` for the hocon's),
