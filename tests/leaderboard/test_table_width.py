@@ -109,9 +109,10 @@ def grid(tmp_path) -> Path:
                         rows.append(trial_row(g, loss, bits, seed, top1, budget=budget, run=f"run-{budget}", **extra))
     for row in rows:
         write_trial_folder(folder, row)
-    failed = folder / "run-cpu" / ("f" * 16)
+    spec = make_spec("hast", "akt", bits=3)
+    failed = folder / "run-cpu" / spec.trial_id  # a trial folder is named by its spec's hash
     failed.mkdir()
-    (failed / "spec.json").write_text(json.dumps(make_spec("hast", "akt", bits=3).model_dump(mode="json")))
+    (failed / "spec.json").write_text(json.dumps(spec.model_dump(mode="json")))
     (failed / "error.json").write_text(json.dumps({
         "status": "failed", "resumable": False,
         "error": "TrialDiverged: the student loss became NaN at epoch 3 (iteration 57 of 100); lower the learning "

@@ -29,6 +29,7 @@ from zsqbench.runs.migrations import SCHEMA_FIELD, SPEC_VERSION, upgrade
 from zsqbench.runs.result_file import RESULT_NAME, ResultFile, validate_result
 
 STATES = ("done", "failed", "incomplete", "pending")
+_TRIAL_ID = re.compile(r"[0-9a-f]{16}")  # TrialSpec.trial_id: 16 hex digits of a sha256
 _SNAPSHOT = re.compile(r"epoch_(\d+)\.pt$")
 
 
@@ -138,7 +139,9 @@ class TrialFolder:
         except ValueError as exc:
             raise UserError(f"corrupt spec file {self.file(self.SPEC)} ({first_validation_error(exc)}); "
                             "delete its trial folder") from None
-        if spec.trial_id != self.trial_id:  # the folder's name is the hash of the spec it was planned for
+        # a planned trial's folder is named by its spec's hash: an edited spec no longer matches it (a
+        # folder under another name, e.g. a copy made to inspect a trial, is read as it is)
+        if _TRIAL_ID.fullmatch(self.trial_id) and spec.trial_id != self.trial_id:
             raise UserError(f"spec file {self.file(self.SPEC)} describes trial {spec.trial_id}, not this folder's "
                             f"{self.trial_id} (edited after planning?); restore it, or delete the trial folder "
                             "and re-run the grid")
