@@ -5,21 +5,34 @@ result.json files are the truth of a results folder: the leaderboard is rebuilt 
 results folder may be shared or downloaded, so every reader brings one to the current format
 (:mod:`zsqbench.runs.migrations`) and validates it against :class:`ResultFile` before using it. The
 trainer builds the same model (:func:`zsqbench.runs.record.build_result`), so what is written is
-what readers check. Readers rely on the required fields; the rest (epoch records, provenance
-details) is kept as written, and results of earlier versions validate (fields added since have
-defaults).
+what readers check. Results of earlier versions validate (fields added since have defaults), and
+fields a later version adds are kept as written.
+
+The model is strict where readers compute with a value: a number is a JSON number (never a string
+or a boolean; an integer stands for a float, as ``85`` for 85 %), accuracies are finite and within
+0-100, times finite and not negative. Loss terms and gradient norms must be numbers but may be
+non-finite: they are diagnostics, only plotted (the plots skip non-finite points), and a done trial
+never holds one anyway (the trainer stops a trial whose losses or gradients go non-finite,
+:func:`zsqbench.trial.monitor.divergence`). A file that breaks the model is refused in one line
+naming the field and left as it is. A trial folder is named by its trial's id, so a result whose
+``trial_id`` is not its folder's name (moved or edited by hand) is refused too
+(:func:`check_trial_id`; readers that can hash a spec check the spec's id with it as well). A
+folder copied under another name (one trial exported on its own) cannot be checked by its name
+and reads as it is.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from zsqbench.api.budgets import BudgetFields
-from zsqbench.errors import UserError, first_validation_error
+from zsqbench.errors import UserError
 from zsqbench.files import file_digest
 from zsqbench.runs.migrations import RESULT_VERSION, upgrade
 
@@ -28,6 +41,20 @@ RESULT_NAME = "result.json"
 RESULT_GLOB = f"*/*/{RESULT_NAME}"
 #: The summary a verified ``zsqbench export`` leaves in the trial folder (:mod:`zsqbench.export`).
 EXPORT_RECORD = "export/onnx.json"
+#: A trial folder's name: its trial id, 16 hex digits of a sha256 (:attr:`zsqbench.api.spec.TrialSpec.trial_id`).
+TRIAL_ID = re.compile(r"[0-9a-f]{16}")
+#: What a one-line error quotes of a bad value at most (a tampered file may hold megabytes).
+QUOTE_CHARS = 60
+
+#: A top-1 accuracy in percent: a finite number within 0-100.
+Percent = Annotated[StrictFloat, Field(ge=0, le=100, allow_inf_nan=False)]
+#: A finite number (a learning rate).
+Finite = Annotated[StrictFloat, Field(allow_inf_nan=False)]
+#: Seconds: finite, not negative.
+Seconds = Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)]
+#: A diagnostic number (loss term, gradient norm): any JSON number, NaN and infinities included.
+Diagnostic = StrictFloat
+Count = Annotated[StrictInt, Field(ge=0)]
 
 
 class _Open(BaseModel):
@@ -35,51 +62,81 @@ class _Open(BaseModel):
 
 
 class _Named(_Open):
-    name: str
+    name: StrictStr
 
 
 class _BudgetFields(BudgetFields):
     """The budget as recorded: the one model of a budget's fields (:class:`~zsqbench.api.budgets.BudgetFields`),
-    open to fields a later version adds, as every part of a result file is."""
+    open to fields a later version adds, as every part of a result file is, and strict (whole
+    numbers as JSON integers)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class _SpecFields(_Open):
-    model: str
-    dataset: str
+    model: StrictStr
+    dataset: StrictStr
     generator: _Named
     loss: _Named
     quantizer: _Named
-    w_bits: int
-    a_bits: int
-    seed: int
-    budget_name: str
+    w_bits: StrictInt
+    a_bits: StrictInt
+    seed: Count
+    budget_name: StrictStr
     budget: _BudgetFields
 
 
+class _EpochFields(_Open):
+    """One epoch's record (:class:`zsqbench.runs.record.EpochRecord`). The trainer writes every
+    field; each is optional here because readers use those present (hand-made results of tests
+    and tools hold a few)."""
+
+    epoch: Count | None = None
+    phase: StrictStr | None = None
+    lr: Finite | None = None
+    top1: Percent | None = None
+    losses: dict[str, Diagnostic] | None = None
+    seconds: Seconds | None = None
+    warnings: list[StrictStr] | None = None
+    grad_norm_mean: Diagnostic | None = None
+    grad_norm_max: Diagnostic | None = None
+    layer_grad_norms: dict[str, Diagnostic] | None = None
+    nonfinite_steps: Count | None = None
+    optimizer: dict[str, Any] | None = None
+
+
 class _TeacherFields(_Open):
-    name: str | None = None
-    weights: str
-    path: str | None = None
-    sha256: str
-    normalization: dict[str, list[float]] | None = None
-    expected_top1: float | None = None
+    name: StrictStr | None = None
+    weights: StrictStr
+    path: StrictStr | None = None
+    sha256: StrictStr
+    normalization: dict[str, list[Finite]] | None = None
+    expected_top1: Percent | None = None
 
 
 class _DataFields(_Open):
     """The test set; the dataset's own details (an ImageNet layout, its cache) are extra fields."""
 
-    path: str | None = None
-    sha256: str
-    num_images: int | None = None
+    path: StrictStr | None = None
+    sha256: StrictStr
+    num_images: Count | None = None
 
 
 class _Versions(_Open):
     """zsqbench's and torch's versions; the other packages' are extra fields."""
 
-    zsqbench: str
-    torch: str
+    zsqbench: StrictStr
+    torch: StrictStr
+
+
+class _ComputeFields(_Open):
+    """The compute settings (:meth:`zsqbench.perf.compute.ComputeSettings.describe`); results
+    recorded before them have none (fp32, NCHW: :func:`zsqbench.leaderboard.rows.compute_fields`)."""
+
+    precision: StrictStr | None = None
+    channels_last: StrictBool | None = None
+    compile: StrictBool | None = None
+    tf32: StrictBool | None = None
 
 
 ORACLE_NOTE = "top1_oracle is the best epoch chosen on the test set; report top1_last"
@@ -89,39 +146,87 @@ class ResultFile(_Open):
     """A finished trial. Written by :func:`zsqbench.runs.record.build_result` with every field
     declared here (tests check that none is left undeclared); read back through :func:`validate_result`."""
 
-    schema_version: int = RESULT_VERSION
-    trial_id: str
-    run: str
+    schema_version: StrictInt = RESULT_VERSION
+    trial_id: StrictStr
+    run: StrictStr
     status: Literal["done"]
     spec: _SpecFields
-    fp_top1: float
-    ptq_top1: float
-    top1_last: float
-    top1_oracle: float
-    oracle_note: str = ORACLE_NOTE
-    epochs: list[dict[str, Any]]
-    flags: list[str] = []
-    wall_s: float
-    device: str
+    fp_top1: Percent
+    ptq_top1: Percent
+    top1_last: Percent
+    top1_oracle: Percent
+    oracle_note: StrictStr = ORACLE_NOTE
+    epochs: list[_EpochFields]
+    flags: list[StrictStr] = []
+    wall_s: Seconds
+    device: StrictStr
     teacher: _TeacherFields
     data: _DataFields
     versions: _Versions
-    git_hash: str
-    finished_at: str
-    compute: dict[str, Any] | None = None
+    git_hash: StrictStr
+    finished_at: StrictStr
+    compute: _ComputeFields | None = None
 
 
-def validate_result(data: Any, path: Path) -> dict[str, Any]:
-    """The result as written, in the current format, once :class:`ResultFile` accepts it; otherwise
-    a one-line error."""
+def quote(value: Any) -> str:
+    """``value`` as a short repr for a one-line error."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS - 3] + "..."
+
+
+def _problem(exc: ValidationError) -> str:
+    """The first problem as "field: what is wrong, got <value>"."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "value"
+    got = "" if err["type"] == "missing" else f", got {quote(err.get('input'))}"
+    return f"{where}: {err['msg']}{got}"
+
+
+def _corrupt(path: Path, problem: str) -> UserError:
+    return UserError(f"corrupt result file {path} ({problem}); delete its trial folder and re-run")
+
+
+def check_trial_id(path: Path, trial_id: str, what: str) -> None:
+    """A one-line error unless ``trial_id`` (what the file at ``path`` says, or its spec hashes to)
+    is the name of the folder the file sits in: a trial folder is named by its id, so a mismatch
+    is a file edited or moved by hand, and trusting either the name or the file would mislabel the
+    trial. A folder not named like a trial id (:data:`TRIAL_ID`: a copy under another name) is not
+    checked. ``what`` names the file in the message ("spec file", "result file")."""
+    folder = Path(path).parent.name
+    if TRIAL_ID.fullmatch(folder) and trial_id != folder:
+        raise UserError(f"{what} {path} belongs to trial {quote(trial_id)}, not to its folder {folder} (edited or "
+                        "moved by hand?); restore it, or delete the trial folder and re-run the grid")
+
+
+def _check_run(path: Path, run: str) -> None:
+    """A run is one folder of the results folder: a name, never a path (readers may build paths from it)."""
+    if not run or run in (".", "..") or any(c in run for c in "/\\\0"):
+        raise _corrupt(path, f"run: not a run folder name, got {quote(run)}")
+
+
+def validate_result(data: Any, path: Path,
+                    spec_trial_id: Callable[[dict[str, Any]], str] | None = None) -> dict[str, Any]:
+    """The result as :class:`ResultFile` reads it, in the current format (the fields it was written
+    with, numbers as floats where the model says so), once the model accepts it and its
+    ``trial_id`` is its folder's name (:func:`check_trial_id`); otherwise a one-line error. ``path`` is the file in its
+    trial folder. ``spec_trial_id``, when given, hashes the recorded spec (a torch-free
+    ``TrialSpec.model_validate(spec).trial_id``): the spec must be the folder's trial too."""
+    path = Path(path)
     if isinstance(data, dict):
         data = upgrade("result", data, path)
     try:
-        ResultFile.model_validate(data)
+        result = ResultFile.model_validate(data)
     except ValidationError as exc:
-        raise UserError(f"corrupt result file {path} ({first_validation_error(exc)}); delete its trial folder and "
-                        "re-run") from None
-    return data
+        raise _corrupt(path, _problem(exc)) from None
+    _check_run(path, result.run)
+    check_trial_id(path, result.trial_id, "result file")
+    if spec_trial_id is not None:
+        try:
+            hashed = spec_trial_id(result.spec.model_dump(exclude_unset=True))
+        except ValidationError as exc:
+            raise _corrupt(path, "spec." + _problem(exc)) from None
+        check_trial_id(path, hashed, "the spec recorded in result file")
+    return result.model_dump(exclude_unset=True)
 
 
 def find_result_files(results: Path) -> list[Path]:
@@ -130,8 +235,9 @@ def find_result_files(results: Path) -> list[Path]:
 
 def read_export_record(trial_dir: Path) -> dict[str, Any] | None:
     """The trial's verified ONNX export record, or None: when there is none, when it is unreadable
-    (an export is optional; the leaderboard shows an empty cell), or when it was made from an
-    earlier result of the trial (re-run since: its ``result_sha256`` no longer matches)."""
+    (an export is optional; the leaderboard shows an empty cell), when its accuracy is not a
+    percentage, or when it was made from an earlier result of the trial (re-run since: its
+    ``result_sha256`` no longer matches)."""
     path = Path(trial_dir) / EXPORT_RECORD
     result = Path(trial_dir) / RESULT_NAME
     if not path.is_file() or not result.is_file():
@@ -142,4 +248,7 @@ def read_export_record(trial_dir: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(record, dict) or record.get("result_sha256") != file_digest(result):
         return None
-    return record if isinstance(record.get("onnx_top1"), (int, float)) else None
+    top1 = record.get("onnx_top1")
+    if isinstance(top1, bool) or not isinstance(top1, (int, float)) or not (math.isfinite(top1) and 0 <= top1 <= 100):
+        return None
+    return record
