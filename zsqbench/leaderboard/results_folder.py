@@ -23,7 +23,7 @@ from filelock import FileLock, Timeout
 from zsqbench.errors import UserError
 from zsqbench.files import write_text_atomic
 from zsqbench.leaderboard.rows import result_row
-from zsqbench.leaderboard.schema import PER_TRIAL
+from zsqbench.leaderboard.schema import PER_TRIAL, to_csv_text
 from zsqbench.runs.result_file import find_result_files, read_export_record, validate_result
 
 LEADERBOARD_NAME = "leaderboard.csv"
@@ -55,7 +55,7 @@ def leaderboard_text(results: Path) -> str:
     if not rows:
         raise UserError(f"results folder {results} has no finished trial yet (no */*/result.json); pass the "
                         "--out folder of a `zsqbench run` or a leaderboard CSV")
-    return pd.DataFrame(rows).reindex(columns=list(PER_TRIAL)).to_csv(index=False)
+    return to_csv_text(pd.DataFrame(rows).reindex(columns=list(PER_TRIAL)))
 
 
 def _locked(results: Path) -> FileLock:

@@ -150,6 +150,54 @@ def is_missing(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
+#: What a spreadsheet reads as the start of a formula (``=HYPERLINK(...)``, ``+``, ``-``, ``@``; a tab
+#: or carriage return first makes some read the rest as one). Result fields a user may have edited
+#: (a run name, a device, flags) reach text cells, so a CSV must not open them as formulas.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+#: The prefix that makes a spreadsheet show a cell as text (and hide the prefix).
+TEXT_MARK = "'"
+
+
+def escape_text(value: Any) -> Any:
+    """A text cell as a CSV holds it: one ``'`` before a formula start, or before a ``'`` that
+    starts the text (so that :func:`unescape_text` can tell the two apart); anything else unchanged."""
+    if isinstance(value, str) and value.startswith((*FORMULA_STARTS, TEXT_MARK)):
+        return TEXT_MARK + value
+    return value
+
+
+def unescape_text(value: Any) -> Any:
+    """The text :func:`escape_text` was given. A ``'`` followed by anything else was not written by
+    it (a CSV from before escaping, or hand-made) and is kept."""
+    if isinstance(value, str) and value.startswith(TEXT_MARK) and value[1:].startswith((*FORMULA_STARTS, TEXT_MARK)):
+        return value[1:]
+    return value
+
+
+def _text_columns(frame: pd.DataFrame) -> list[Any]:
+    """Columns that may hold text: all but the numeric and boolean ones of the schema, and only
+    those pandas keeps as strings (numbers, negative ones included, stay numbers)."""
+    typed = set(of_type("int")) | set(of_type("float")) | set(of_type("bool"))
+    return [c for c in frame.columns if c not in typed
+            and (pd.api.types.is_object_dtype(frame[c]) or pd.api.types.is_string_dtype(frame[c]))]
+
+
+def to_csv_text(frame: pd.DataFrame) -> str:
+    """The one CSV rendering of a table (a results folder's leaderboard.csv, ``leaderboard --csv``):
+    text cells escaped against formulas (:func:`escape_text`); the strict reader undoes it."""
+    frame = frame.copy()
+    for col in _text_columns(frame):
+        frame[col] = frame[col].map(escape_text)
+    return frame.to_csv(index=False)
+
+
+def unescape_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """A table read from a CSV with its text cells as they were before :func:`to_csv_text`."""
+    for col in _text_columns(frame):
+        frame[col] = frame[col].map(unescape_text)
+    return frame
+
+
 def plain(value: Any) -> Any:
     """A cell as a JSON-friendly Python value (numpy/pandas scalars unwrapped; missing -> None)."""
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):

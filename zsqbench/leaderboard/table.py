@@ -7,6 +7,11 @@ against :mod:`zsqbench.leaderboard.schema`. Every command (leaderboard, compare,
 through :func:`read_table`, which takes a CSV file or a results folder; a results folder is read
 from its trials' result files (:mod:`zsqbench.leaderboard.results_folder`), so it always agrees
 with them, whatever its ``leaderboard.csv`` holds.
+
+Reading is bounded: a file over :data:`MAX_CSV_BYTES` is refused before pandas sees it, and every
+error stays one short line (cell values are quoted truncated). Text cells are written escaped
+against spreadsheet formulas (:func:`zsqbench.leaderboard.schema.to_csv_text`) and read back as
+they were.
 """
 
 from __future__ import annotations
@@ -21,14 +26,27 @@ import pandas as pd
 
 from zsqbench.errors import UserError
 from zsqbench.leaderboard.results_folder import LEADERBOARD_NAME, leaderboard_text
-from zsqbench.leaderboard.schema import REQUIRED, Kind, is_missing, of_type, plain
-from zsqbench.runs.result_file import find_result_files
+from zsqbench.leaderboard.schema import REQUIRED, Kind, is_missing, of_type, plain, unescape_frame
+from zsqbench.leaderboard.schema import to_csv_text as to_csv_text
+from zsqbench.runs.result_file import find_result_files, quote
+
+#: The largest CSV read. A per-trial row takes about 400 bytes (350-450: the device name varies), so
+#: a 10,000-trial leaderboard, far more than a paper's grids (hundreds to a few thousand trials),
+#: is about 4 MB; this is over ten times that (some 170,000 trials). Measured: a 63 MiB leaderboard
+#: is read in 2.5 s with about 0.4 GB of memory (pandas takes some 7 bytes per byte of CSV; the
+#: 124 MB of issue 27 took 1.4 GB), a bigger file is refused after reading 64 MiB.
+MAX_CSV_BYTES = 64 * 2**20
+#: Longest problem text of an error line (the path comes on top): long enough for any message of
+#: this module, short enough that no cell or header of a malformed file floods the terminal.
+MAX_PROBLEM_CHARS = 300
 
 
 def _fail(path: Path, problem: str, fix: str = "regenerate it") -> UserError:
     """One-line error: CSV problems are user-fixable, and tracebacks would hide the file name."""
-    text = " ".join(f"malformed leaderboard CSV {path}: {problem}; {fix}".split())
-    return UserError(text)
+    problem = " ".join(problem.split())
+    if len(problem) > MAX_PROBLEM_CHARS:
+        problem = problem[:MAX_PROBLEM_CHARS - 3] + "..."
+    return UserError(" ".join(f"malformed leaderboard CSV {path}: {problem}; {fix}".split()))
 
 
 def _check_shape(path: Path, text: str) -> None:
@@ -45,7 +63,8 @@ def _check_shape(path: Path, text: str) -> None:
     except csv.Error as exc:
         raise _fail(path, f"line {rows.line_num}: {exc}") from None
     if len(set(header)) != len(header):
-        raise _fail(path, f"duplicate column names in the header {header}")
+        duplicates = sorted({c for c in header if header.count(c) > 1})
+        raise _fail(path, f"duplicate column names in the header: {', '.join(quote(c) for c in duplicates[:5])}")
     if not text.endswith(("\n", "\r")):
         raise _fail(path, "it does not end with a newline, so its last row may be cut off",
                     "regenerate it (if it is complete, add the final newline)")
@@ -82,7 +101,7 @@ def _check_cells(path: Path, frame: pd.DataFrame, kind: Kind) -> pd.DataFrame:
         numbers = pd.to_numeric(frame[col], errors="coerce")
         bad = frame.index[numbers.isna() & frame[col].notna()].tolist()
         if bad:
-            raise _fail(path, f"data row {bad[0] + 1}: column '{col}' holds {frame[col][bad[0]]!r}, not a number")
+            raise _fail(path, f"data row {bad[0] + 1}: column '{col}' holds {quote(frame[col][bad[0]])}, not a number")
         if col in of_type("int"):
             if ((numbers.dropna() % 1) != 0).any():
                 raise _fail(path, f"column '{col}' must hold whole numbers")
@@ -101,15 +120,26 @@ def read_table(path: Path) -> tuple[pd.DataFrame, Kind]:
             # A table shared without its trial folders: the CSV is all there is to read.
             return read_table(path / LEADERBOARD_NAME)
         return parse_table(path, leaderboard_text(path))
+    return parse_table(path, _read_text(path))
+
+
+def _read_text(path: Path) -> str:
+    """The file's text, read no further than :data:`MAX_CSV_BYTES` (a FIFO or a device file never
+    ends: its size says nothing, so the read itself is bounded)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_CSV_BYTES + 1)
     except FileNotFoundError:
         raise UserError(f"leaderboard not found: {path}; run `zsqbench run` first or pass the right path") from None
-    except UnicodeDecodeError:
-        raise _fail(path, "it is not UTF-8 text") from None
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}; pass a readable CSV file") from None
-    return parse_table(path, text)
+    if len(data) > MAX_CSV_BYTES:
+        raise _fail(path, f"it is larger than {MAX_CSV_BYTES // 2**20} MiB, far larger than a leaderboard can be "
+                          "(about 400 bytes per trial)", "pass the leaderboard.csv of a results folder")
+    try:  # line ends as written: the csv module and pandas read \r\n, and quoted cells keep theirs
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _fail(path, "it is not UTF-8 text") from None
 
 
 def parse_table(path: Path, text: str) -> tuple[pd.DataFrame, Kind]:
@@ -122,6 +152,7 @@ def parse_table(path: Path, text: str) -> tuple[pd.DataFrame, Kind]:
                             index_col=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         raise _fail(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    frame = unescape_frame(frame)
     if kind == "per-trial" and "compute" in frame.columns and "precision" not in frame.columns:
         frame = _upgrade_compute_label(frame)
     return _check_cells(path, frame, kind), kind
@@ -145,7 +176,7 @@ def _booleans(path: Path, frame: pd.DataFrame, col: str) -> pd.Series:
             return True
         if text in _FALSE:
             return False
-        raise _fail(path, f"column '{col}' holds {value!r}, not True/False")
+        raise _fail(path, f"column '{col}' holds {quote(value)}, not True/False")
 
     return frame[col].map(convert).astype("boolean")
 
@@ -165,12 +196,6 @@ def _upgrade_compute_label(frame: pd.DataFrame) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------------------------
 # Text renderings.
-
-
-def to_csv_text(frame: pd.DataFrame) -> str:
-    buf = io.StringIO()
-    frame.to_csv(buf, index=False)
-    return buf.getvalue()
 
 
 def to_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
