@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from zsqbench.cli.console import RichProgress, out
-from zsqbench.errors import UserError
+from zsqbench.errors import UnknownNameError, UserError
 
 DEFAULT_TOLERANCE = 0.15  # = zsqbench.assets.teachers.FP_TOLERANCE (not imported: `--help` stays free of torch)
 
@@ -64,7 +64,11 @@ def evaluate_teacher(args: argparse.Namespace, progress: Any) -> dict[str, Any]:
     dataset = args.dataset
     if dataset is None:
         if args.model not in plugins.models:
-            raise UserError(f"'{args.model}' is an architecture, not a teacher name: give --dataset too")
+            datasets = sorted(e.obj.dataset for e in plugins.models if e.obj.arch == args.model)
+            if not datasets:
+                raise UnknownNameError(plugins.models.unknown_message(args.model))
+            raise UserError(f"'{args.model}' is an architecture, not a teacher name: give --dataset too "
+                            f"(one of {', '.join(datasets)})")
         dataset = plugins.models.get(args.model).dataset
     entry = resolve_teacher(plugins, args.model, dataset)
     root, device = resolve_data_root(args.data_root), resolve_device(args.device)

@@ -77,10 +77,15 @@ def resolve_teacher(plugins: Plugins, model: str, dataset: str) -> TeacherModel:
                 f"model '{model}' is trained on {entry.dataset}, not {dataset}; pass --dataset {entry.dataset}"
             )
         return entry
-    matches = [e.obj for e in plugins.models if e.obj.arch == model and e.obj.dataset == dataset]
+    of_arch = [e.obj for e in plugins.models if e.obj.arch == model]
+    matches = [t for t in of_arch if t.dataset == dataset]
     if matches:
         return matches[0]
-    raise UnknownNameError(plugins.models.unknown_message(model if "_" in model else f"{model}_{dataset}"))
+    if of_arch:
+        trained_on = sorted({t.dataset for t in of_arch})
+        raise UnknownNameError(f"architecture '{model}' has no teacher for {dataset}, only for {', '.join(trained_on)}; "
+                               f"pass --dataset {trained_on[0]} or another --model (`zsqbench plugins` lists them)")
+    raise UnknownNameError(plugins.models.unknown_message(model))
 
 
 def _option_owners(plugins: Plugins) -> dict[str, list[tuple[str, type]]]:
