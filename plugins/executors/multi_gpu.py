@@ -8,7 +8,7 @@ import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from zsqbench.api import Executor, JobOutcome, PluginOptions, TrialJob, hookimpl
 from zsqbench.errors import UserError
@@ -34,6 +34,20 @@ class MultiGPUOptions(PluginOptions):
         None, description="devices, one worker each (default: every visible GPU; e.g. ['cuda:0','cuda:2'])"
     )
 
+    @field_validator("devices")
+    @classmethod
+    def _known_devices(cls, devices: list[str] | None) -> list[str] | None:
+        """A device a worker cannot use is refused while planning, not as a crash of every worker."""
+        for name in devices or []:
+            try:
+                kind = torch.device(name).type
+            except RuntimeError:
+                kind = None
+            if kind not in ("cuda", "cpu"):
+                raise ValueError(f"'{name}' is not a device a worker can use; write 'cuda:N' (or 'cpu'), "
+                                 "e.g. devices=['cuda:0','cuda:1']")
+        return devices
+
 
 class MultiGPUExecutor(Executor):
     name = "multi-gpu"
@@ -41,9 +55,14 @@ class MultiGPUExecutor(Executor):
     Options = MultiGPUOptions
 
     def devices(self) -> list[str]:
-        devices = self.options.devices or [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        visible = torch.cuda.device_count()
+        devices = self.options.devices or [f"cuda:{i}" for i in range(visible)]
         if not devices:
             raise UserError("the multi-gpu executor found no CUDA GPU; use --executor local")
+        missing = [d for d in devices if torch.device(d).type == "cuda" and (torch.device(d).index or 0) >= visible]
+        if missing:
+            raise UserError(f"multi-gpu.devices: {', '.join(missing)} not visible here ({visible} CUDA GPU(s)); "
+                            "list visible GPUs (cuda:0 ...) or leave the option out for all of them")
         if self.max_parallel:
             devices = devices[: self.max_parallel]
         return devices

@@ -23,9 +23,10 @@ from zsqbench.cli.console import RichProgress, out
 from zsqbench.cli.lease_flag import add_lease_timeout, lease_timeout
 from zsqbench.errors import UserError, first_validation_error
 from zsqbench.grid.request import check_option_tables, expand, load_grid_file, make_request, switch_tables
-from zsqbench.grid.runner import grid_states, run_grid, trial_folder
+from zsqbench.grid.runner import check_run_name, grid_states, run_grid, trial_folder
 from zsqbench.perf.estimate import CONFIRM_SECONDS, device_label, duration, estimate_compute
 from zsqbench.runs.environment import Environment, offline_from_env, resolve_device
+from zsqbench.runs.folder import TrialFolder
 
 DESCRIPTION = """\
 Run generators x losses x bit-widths x seeds. With no grid flags, runs the default from
@@ -173,6 +174,7 @@ def _split_executor_options(values: dict[str, Any], executors: list[str]) -> dic
 
 
 def execute(args: argparse.Namespace) -> int:
+    check_run_name(args.run_name)  # a run is one folder under --out: nothing is written outside it
     plugins = get_plugins()
     values, source = build_request(args, plugins)
     budget_layer = budget_flags(args)
@@ -212,7 +214,9 @@ def execute(args: argparse.Namespace) -> int:
             max_parallel=args.max_parallel, force=args.force, retry_failed=args.retry_failed,
         )
     rows = report.done + report.skipped
-    export_failed = _export(rows, args, env, plugins, progress_quiet=args.quiet or args.json) if args.export else []
+    finished = {r["trial_id"] for r in rows}  # the folders come from the grid's own specs, never from result fields
+    folders = [trial_folder(args.out, args.run_name, s) for s in specs if s.trial_id in finished]
+    export_failed = _export(folders, args, env, plugins, progress_quiet=args.quiet or args.json) if args.export else []
     if args.json:
         print(json.dumps({
             "results": [{k: r[k] for k in ("trial_id", "fp_top1", "ptq_top1", "top1_last", "top1_oracle", "wall_s")}
@@ -256,20 +260,19 @@ def confirmed(seconds: float, device_type: str) -> bool:
     return False
 
 
-def _export(rows: list[dict[str, Any]], args: argparse.Namespace, env: Environment, plugins,
+def _export(folders: list[TrialFolder], args: argparse.Namespace, env: Environment, plugins,
             progress_quiet: bool) -> list[tuple[str, str]]:
     """Export the finished trials (on the CPU, where ONNX Runtime verifies them), then rebuild the
-    leaderboard so that it shows their onnx_top1."""
+    leaderboard so that it shows their onnx_top1. ``folders``: where the grid put its trials under
+    --out (a trial's result file names its run and id too, but a file never decides a path)."""
     from zsqbench.export.trial_export import ExportSettings, export_all
     from zsqbench.leaderboard.results_folder import rebuild_leaderboard
-    from zsqbench.runs.folder import TrialFolder
 
-    folders = [TrialFolder.of(args.out, r["run"], r["trial_id"]) for r in rows]
     cpu_env = Environment(data_root=env.data_root, device=torch.device("cpu"), cache_dir=env.cache_dir,
                           teacher_weights=env.teacher_weights, offline=env.offline)
     failed = export_all(folders, plugins, cpu_env, ExportSettings(), force=args.force,
                         report=(lambda text: None) if progress_quiet else (lambda t: out.print(t, highlight=False)))
-    if rows:
+    if folders:
         rebuild_leaderboard(args.out)
     return failed
 

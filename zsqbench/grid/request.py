@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zsqbench.api.budgets import BudgetPreset, PartialBudget
@@ -22,7 +23,7 @@ from zsqbench.api.plugins import Plugins
 from zsqbench.api.spec import PluginChoice, TrialSpec
 from zsqbench.assets.datasets import dataset_info
 from zsqbench.assets.teachers import select_checkpoint
-from zsqbench.bits import parse_bits
+from zsqbench.bits import bits_label, parse_bits
 from zsqbench.errors import UnknownNameError, UserError, first_validation_error
 from zsqbench.grid.budgets import resolve_budget
 from zsqbench.runs.environment import Environment
@@ -135,6 +136,30 @@ def check_preset_fits(preset: BudgetPreset, name: str, teacher: TeacherModel) ->
                         f"{size}-px inputs; use {fitting} (or smoke/cpu with overrides)")
 
 
+def check_quantizer_fits(quant_cls: type, options: dict[str, Any], teacher: TeacherModel,
+                         bits: list[tuple[int, int]]) -> None:
+    """Quantize the teacher's architecture once per bit-width on the meta device (no memory, no
+    weights, no random draws), so that what a quantizer refuses for this model (an option naming no
+    module of it, say) is refused while planning rather than when each trial starts. Only the
+    quantizer's own one-line refusals count: a quantizer or model that cannot be built on the meta
+    device is left to the trial."""
+    for w_bits, a_bits in sorted(set(bits)):
+        try:
+            with torch.device("meta"):
+                network = teacher.build()
+            quantizer = quant_cls(quant_cls.Options(**options))
+        except Exception:
+            return
+        try:
+            with torch.device("meta"):
+                quantizer.quantize(network, w_bits, a_bits)
+        except UserError as exc:
+            raise UserError(f"quantizer '{quant_cls.name}' refuses model {teacher.name} ({bits_label(w_bits, a_bits)}): "
+                            f"{exc}") from None
+        except Exception:
+            return
+
+
 def expand(request: GridRequest, plugins: Plugins, env: Environment,
            budget_flags: PartialBudget | None = None) -> list[TrialSpec]:
     """Cross product generators × losses × bits × seeds, in that nesting order. ``budget_flags``:
@@ -153,6 +178,7 @@ def expand(request: GridRequest, plugins: Plugins, env: Environment,
     checkpoint = select_checkpoint(teacher, env.data_root, env.teacher_weights, env.offline)
     quant = PluginChoice(name=request.quantizer, options=fill_options(
         quant_cls, request.options.get(request.quantizer, {}), "quantizer", request.quantizer))
+    check_quantizer_fits(quant_cls, quant.options, teacher, bits)
     specs: list[TrialSpec] = []
     for gen_name, loss_name, (w, a), seed in itertools.product(request.generators, request.losses, bits, request.seeds):
         gen_cls = plugins.generators.get(gen_name)

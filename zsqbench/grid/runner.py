@@ -2,7 +2,9 @@
 
 Layout: ``<out>/<run>/<trial_id>/`` is a :class:`~zsqbench.runs.folder.TrialFolder`;
 ``<out>/leaderboard.csv`` is rebuilt from the folder's result files whenever a trial finishes
-(:mod:`zsqbench.leaderboard.results_folder`).
+(:mod:`zsqbench.leaderboard.results_folder`), and by a run that finds it behind them (a run killed
+between a trial's result file and the rebuild). A run name is one plain folder name
+(:func:`check_run_name`): every path comes from ``out``, the run name and a trial id, never from a file.
 
 Re-running the same command skips done trials, resumes incomplete ones from their last
 checkpoint, and leaves failed ones alone unless ``retry_failed`` (a trial failed by a machine
@@ -15,16 +17,18 @@ that is another trial.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from zsqbench.api.executor import JobOutcome, TrialJob
+from zsqbench.api.options import fill_options
 from zsqbench.api.plugins import Plugins
 from zsqbench.api.spec import TrialSpec
 from zsqbench.assets.teachers import load_teacher
 from zsqbench.errors import UserError
-from zsqbench.grid.worker import RESOURCES, execute_job
+from zsqbench.grid.worker import RESOURCES, execute_job, write_problem
 from zsqbench.leaderboard.results_folder import LEADERBOARD_NAME, rebuild_leaderboard
 from zsqbench.progress import ProgressSink
 from zsqbench.runs.environment import Environment
@@ -41,8 +45,21 @@ class GridReport:
     elsewhere: list[tuple[str, str]] = field(default_factory=list)  # (trial id, why): another worker has it
 
 
+#: A run name is one folder under the results folder: no separators, no '..', no leading dot or dash.
+_RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=@-]{0,99}")
+
+
+def check_run_name(run: str) -> str:
+    """The run name, if it names one folder right under the results folder (nothing that leads
+    elsewhere, nothing hidden); else a one-line error with the fix."""
+    if not _RUN_NAME.fullmatch(run) or ".." in run:
+        raise UserError(f"run name {run!r} is not a plain folder name; use letters, digits and . _ - + = @ (no "
+                        "'/', no '..', not starting with '.' or '-'), e.g. --run w4-sweep")
+    return run
+
+
 def trial_folder(out: Path, run: str, spec: TrialSpec) -> TrialFolder:
-    return TrialFolder.of(out, run, spec.trial_id)
+    return TrialFolder.of(out, check_run_name(run), spec.trial_id)
 
 
 # ------------------------------------------------------------------ the coordinator
@@ -72,26 +89,10 @@ def _refuse_other_precision(recorded: str, trial_id: str, env: Environment, fold
                         "--force to start it again")
 
 
-def run_grid(
-    specs: list[TrialSpec],
-    plugins: Plugins,
-    env: Environment,
-    device: str,
-    out: Path,
-    run: str,
-    progress: ProgressSink,
-    executor_name: str = "local",
-    executor_options: dict[str, Any] | None = None,
-    max_parallel: int | None = None,
-    force: bool = False,
-    retry_failed: bool = False,
-) -> GridReport:
-    executor_cls = plugins.executors.get(executor_name)
-    try:
-        executor = executor_cls(executor_cls.Options(**(executor_options or {})), max_parallel)
-    except Exception as exc:  # pydantic ValidationError and friends
-        raise UserError(f"bad option for executor '{executor_name}': {str(exc).splitlines()[0]}") from None
-    report = GridReport()
+def _plan(specs: list[TrialSpec], env: Environment, out: Path, run: str, force: bool, retry_failed: bool,
+          report: GridReport) -> list[tuple[TrialSpec, TrialFolder, str]]:
+    """What each trial's folder says to do with it: skipped (done), left (failed, or another
+    worker's), or planned with the state it starts from. Reads only."""
     me = LeaseOwner.me()
     plan: list[tuple[TrialSpec, TrialFolder, str]] = []
     for spec in specs:
@@ -116,13 +117,43 @@ def run_grid(
             if saved is not None:
                 _refuse_other_precision(saved.get("precision", "fp32"), spec.trial_id, env, folder)
         plan.append((spec, folder, state))
+    return plan
+
+
+def run_grid(
+    specs: list[TrialSpec],
+    plugins: Plugins,
+    env: Environment,
+    device: str,
+    out: Path,
+    run: str,
+    progress: ProgressSink,
+    executor_name: str = "local",
+    executor_options: dict[str, Any] | None = None,
+    max_parallel: int | None = None,
+    force: bool = False,
+    retry_failed: bool = False,
+) -> GridReport:
+    check_run_name(run)
+    executor_cls = plugins.executors.get(executor_name)
+    fill_options(executor_cls, executor_options or {}, "executor", executor_name)  # one line naming the problem
+    executor = executor_cls(executor_cls.Options(**(executor_options or {})), max_parallel)
+    report = GridReport()
+    try:
+        plan = _plan(specs, env, out, run, force, retry_failed, report)
+    except OSError as exc:  # a file where the results folder should be, a folder it may not read
+        where = Path(out) if Path(out).is_file() else Path(out) / run
+        raise UserError(write_problem(exc, where, "use")) from None
     if plan:
         _precheck([s for s, _, _ in plan], plugins, env, progress)
 
     jobs: list[TrialJob] = []
     for index, (spec, folder, state) in enumerate(plan, 1):
-        folder.path.mkdir(parents=True, exist_ok=True)
-        folder.write_spec(spec)
+        try:
+            folder.path.mkdir(parents=True, exist_ok=True)
+            folder.write_spec(spec)
+        except OSError as exc:  # a full or read-only disk, a file in the way: before any trial starts
+            raise UserError(write_problem(exc, folder.path)) from None
         # The reset itself happens in the worker, once it holds the lease (another run may be training it).
         reset = state if (force and state != "pending") or state == "failed" else None
         label = f"[{index}/{len(plan)}] {spec.generator.name}+{spec.loss.name} {spec.bits_label} seed {spec.seed}"
@@ -152,18 +183,23 @@ def run_grid(
 
     if jobs:
         executor.run(jobs, execute_job, on_done, progress)
+    if report.skipped and not report.done and _update_leaderboard(out, progress):
+        # A run killed between a result file and the rebuild (or a CSV deleted or edited) left the view
+        # behind its result files; no trial finished now to rebuild it, so this run repairs it.
+        progress.message(f"{out / LEADERBOARD_NAME} did not match the result files; rebuilt from them")
     return report
 
 
-def _update_leaderboard(out: Path, progress: ProgressSink) -> None:
-    """Rebuild the leaderboard view; a failure to write it loses nothing (the result files are the
-    truth), so it is a warning with the repair command, not a failed trial."""
+def _update_leaderboard(out: Path, progress: ProgressSink) -> bool:
+    """Rebuild the leaderboard view (True if it changed); a failure to write it loses nothing (the
+    result files are the truth), so it is a warning with the repair command, not a failed trial."""
     try:
-        rebuild_leaderboard(out)
+        return rebuild_leaderboard(out)
     except (OSError, UserError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         progress.message(f"warning: could not update {out / LEADERBOARD_NAME} ({reason}); the trial's result.json is "
                          f"kept: `zsqbench leaderboard {out} --rebuild` repairs the leaderboard")
+        return False
 
 
 def _lease_state(folder: TrialFolder, lease: LeaseInfo | None, timeout_s: float, me: LeaseOwner) -> str:

@@ -18,6 +18,7 @@ it from its last checkpoint. A worker that lost its lease writes nothing more.
 
 from __future__ import annotations
 
+import errno
 import traceback
 from pathlib import Path
 
@@ -34,13 +35,37 @@ from zsqbench.trial.trainer import run_trial
 
 RESOURCES = TrialResources()  # test sets and FP accuracies shared by the jobs of one process
 
+#: What to do about an OS error writing a results folder, by errno: the part of the one-line error
+#: a user acts on (anything else is named by its own message).
+_WRITE_FIXES = {
+    errno.ENOSPC: "the disk is full: free space there (the trial resumes) or pass another --out",
+    errno.EDQUOT: "the disk quota is exceeded: free space there (the trial resumes) or pass another --out",
+    errno.EROFS: "the file system is read-only: pass an --out on a writable disk",
+    errno.EACCES: "no permission to write there: fix its permissions or pass another --out",
+    errno.EPERM: "no permission to write there: fix its permissions or pass another --out",
+    errno.ENOTDIR: "a file is in the way of a folder: remove it or pass another --out",
+    errno.EEXIST: "a file is in the way of a folder: remove it or pass another --out",
+}
+
+
+def write_problem(exc: OSError, folder: Path, doing: str = "write to") -> str:
+    """One line for an OS error using ``folder``: the folder, the system's reason and the fix."""
+    reason = exc.strerror or type(exc).__name__
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(folder) else ""
+    fix = _WRITE_FIXES.get(exc.errno, "check that the folder is usable, or pass another --out")
+    return f"cannot {doing} {folder}: {reason}{where}; {fix}"
+
 
 def execute_job(job: TrialJob, progress: ProgressSink | None = None, plugins: Plugins | None = None) -> JobOutcome:
     """Run (or resume) one trial in its folder, if this worker can claim it. Safe to call in any
     process or on any machine that sees the folder; never touches the leaderboard."""
     folder = TrialFolder(Path(job.trial_dir))
     env = Environment.from_dict(job.env)
-    if not folder.claim(env.lease_timeout_s):
+    try:
+        claimed = folder.claim(env.lease_timeout_s)
+    except OSError as exc:  # no lease file can be made: nothing was written, the next run tries again
+        return JobOutcome(job.trial_id, "failed", write_problem(exc, folder.path))
+    if not claimed:
         holder = folder.holder
         who = f"{holder.owner.describe()}, heartbeat {holder.age():.0f} s ago" if holder else "another worker"
         return JobOutcome(job.trial_id, "elsewhere", f"running elsewhere ({who})")
