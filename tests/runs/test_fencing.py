@@ -161,6 +161,6 @@ def test_a_spec_edited_after_planning_is_named_in_one_line(tmp_path):
     data = json.loads(folder.file(folder.SPEC).read_text())
     data["w_bits"] = data["a_bits"] = 3
     folder.file(folder.SPEC).write_text(json.dumps(data))
-    with pytest.raises(UserError, match=f"describes trial .*, not this folder's {spec.trial_id}") as err:
+    with pytest.raises(UserError, match=f"belongs to trial .*, not to its folder {spec.trial_id}") as err:
         folder.read_spec()
     assert "\n" not in str(err.value)

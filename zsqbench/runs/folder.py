@@ -26,10 +26,9 @@ from zsqbench.files import write_bytes_atomic, write_json_atomic, write_text_ato
 from zsqbench.runs import checkpoint
 from zsqbench.runs.lease import LeaseInfo, TrialLease, read_lease
 from zsqbench.runs.migrations import SCHEMA_FIELD, SPEC_VERSION, upgrade
-from zsqbench.runs.result_file import RESULT_NAME, ResultFile, validate_result
+from zsqbench.runs.result_file import RESULT_NAME, ResultFile, check_trial_id, validate_result
 
 STATES = ("done", "failed", "incomplete", "pending")
-_TRIAL_ID = re.compile(r"[0-9a-f]{16}")  # TrialSpec.trial_id: 16 hex digits of a sha256
 _SNAPSHOT = re.compile(r"epoch_(\d+)\.pt$")
 
 
@@ -139,12 +138,7 @@ class TrialFolder:
         except ValueError as exc:
             raise UserError(f"corrupt spec file {self.file(self.SPEC)} ({first_validation_error(exc)}); "
                             "delete its trial folder") from None
-        # a planned trial's folder is named by its spec's hash: an edited spec no longer matches it (a
-        # folder under another name, e.g. a copy made to inspect a trial, is read as it is)
-        if _TRIAL_ID.fullmatch(self.trial_id) and spec.trial_id != self.trial_id:
-            raise UserError(f"spec file {self.file(self.SPEC)} describes trial {spec.trial_id}, not this folder's "
-                            f"{self.trial_id} (edited after planning?); restore it, or delete the trial folder "
-                            "and re-run the grid")
+        check_trial_id(self.file(self.SPEC), spec.trial_id, "spec file")  # an edited spec: not the folder's trial
         return spec
 
     # -- results
@@ -156,7 +150,7 @@ class TrialFolder:
         """The result as written, brought to the current format and validated by the model it was
         written through (:class:`~zsqbench.runs.result_file.ResultFile`)."""
         data = self._read_json(self.RESULT, "result file", "delete its trial folder and re-run")
-        return validate_result(data, self.file(self.RESULT))
+        return validate_result(data, self.file(self.RESULT), lambda spec: TrialSpec.model_validate(spec).trial_id)
 
     def write_error(self, status: str, error: str, traceback: str | None = None, resumable: bool = False) -> None:
         """``resumable``: the failure came from the machine (a full disk, an I/O error), not the trial;
