@@ -27,6 +27,22 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
     return h.hexdigest()
 
 
+#: The most a record zsqbench writes (spec.json, result.json, error.json) can hold: a result of a
+#: few hundred epochs is well under 1 MiB; a larger file was not written by zsqbench.
+MAX_RECORD_BYTES = 16 << 20
+
+
+def read_record_text(path: Path, limit: int = MAX_RECORD_BYTES) -> str:
+    """A small record file's text, read whole only when it is small enough to be one: a tampered
+    multi-gigabyte file raises ``ValueError`` (which the callers report as a corrupt file) instead
+    of being loaded into memory."""
+    with open(path, "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit >> 20} MiB, which no file zsqbench writes is")
+    return data.decode()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +25,7 @@ from zsqbench.grid.runner import check_run_name, run_grid
 from zsqbench.progress import NullProgress
 from zsqbench.runs.environment import Environment
 from zsqbench.runs.folder import TrialFolder
+from zsqbench.runs.lease import LEASE, LeaseInfo, LeaseOwner
 
 GRID = ["--generators", "gdfq", "--loss", "kd", "--bits", "3", "--budget", "smoke"]
 
@@ -135,6 +137,31 @@ def test_a_run_of_a_finished_grid_restores_a_missing_leaderboard_row(done_grid, 
     unchanged = board.stat().st_mtime_ns
     assert main(run_argv(root, weights, out, *GRID, "--seeds", "0,1")) == 0
     assert board.stat().st_mtime_ns == unchanged  # an agreeing leaderboard is not rewritten
+
+
+def test_a_run_of_a_finished_grid_removes_a_dead_workers_lease_and_keeps_a_live_one(done_grid, tmp_path):
+    root, weights, _ = done_grid
+    out = _copy(done_grid, tmp_path)
+    dead, live = sorted(p.parent for p in out.glob("default/*/result.json"))
+    now = time.time()
+    me = LeaseOwner.me()
+    ghost = LeaseOwner(me.host, 4_000_000, None, me.boot_id, None, 0, "ghost", me.pid_namespace)  # no such pid
+    (dead / LEASE).write_text(json.dumps(LeaseInfo(ghost, now, now, 3).to_dict()))  # killed before its release
+    elsewhere = LeaseOwner("elsewhere-node", 4242, None, None, None, 0, "elsewhere")
+    (live / LEASE).write_text(json.dumps(LeaseInfo(elsewhere, now, now, 2).to_dict()))  # fresh heartbeat
+    assert main(run_argv(root, weights, out, *GRID, "--seeds", "0,1")) == 0
+    assert not (dead / LEASE).exists()
+    assert json.loads((live / LEASE).read_text())["owner"]["token"] == "elsewhere"
+
+
+def test_a_result_file_far_larger_than_a_result_is_refused_in_one_line_without_reading_it(done_grid, tmp_path,
+                                                                                          capsys):
+    out = _copy(done_grid, tmp_path)
+    huge = next(out.glob("default/*/result.json"))
+    with open(huge, "r+b") as fh:
+        fh.truncate(64 << 20)  # sparse: 64 MiB of zeros on disk in no time
+    line = one_line_error(capsys, ["leaderboard", str(out)])
+    assert str(huge) in line and "larger than 16 MiB" in line
 
 
 # ------------------------------------------------------------------ an unusable results folder

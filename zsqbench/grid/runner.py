@@ -33,7 +33,7 @@ from zsqbench.leaderboard.results_folder import LEADERBOARD_NAME, rebuild_leader
 from zsqbench.progress import ProgressSink
 from zsqbench.runs.environment import Environment
 from zsqbench.runs.folder import TrialFolder
-from zsqbench.runs.lease import DEFAULT_TIMEOUT_S, LeaseInfo, LeaseOwner
+from zsqbench.runs.lease import DEFAULT_TIMEOUT_S, LeaseInfo, LeaseOwner, clear_stale_lease
 
 
 @dataclass
@@ -92,7 +92,8 @@ def _refuse_other_precision(recorded: str, trial_id: str, env: Environment, fold
 def _plan(specs: list[TrialSpec], env: Environment, out: Path, run: str, force: bool, retry_failed: bool,
           report: GridReport) -> list[tuple[TrialSpec, TrialFolder, str]]:
     """What each trial's folder says to do with it: skipped (done), left (failed, or another
-    worker's), or planned with the state it starts from. Reads only."""
+    worker's), or planned with the state it starts from. Reads only, but for a done trial's stale
+    lease (its worker was killed between the result and the release), which it removes."""
     me = LeaseOwner.me()
     plan: list[tuple[TrialSpec, TrialFolder, str]] = []
     for spec in specs:
@@ -102,6 +103,7 @@ def _plan(specs: list[TrialSpec], env: Environment, out: Path, run: str, force: 
             done = folder.read_result()
             _refuse_other_precision((done.get("compute") or {}).get("precision", "fp32"), spec.trial_id, env, folder)
             report.skipped.append(done)
+            clear_stale_lease(folder.path, env.lease_timeout_s)
             continue
         lease = folder.read_lease()
         if lease is not None and lease.stale_reason(env.lease_timeout_s, me) is None:

@@ -21,7 +21,7 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from zsqbench.errors import UserError
-from zsqbench.files import write_text_atomic
+from zsqbench.files import read_record_text, write_text_atomic
 from zsqbench.leaderboard.rows import result_row
 from zsqbench.leaderboard.schema import PER_TRIAL, to_csv_text
 from zsqbench.runs.result_file import find_result_files, read_export_record, validate_result
@@ -34,8 +34,8 @@ LOCK_TIMEOUT_S = 120.0
 
 def _read_result(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(read_record_text(path))
+    except (OSError, ValueError) as exc:  # a JSON or UTF-8 error, or too large
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"corrupt result file {path} ({msg}); delete its trial folder and re-run") from None
     return validate_result(data, path)

@@ -22,7 +22,7 @@ from torch import nn
 
 from zsqbench.api.spec import TrialSpec
 from zsqbench.errors import UserError, first_validation_error
-from zsqbench.files import write_bytes_atomic, write_json_atomic, write_text_atomic
+from zsqbench.files import read_record_text, write_bytes_atomic, write_json_atomic, write_text_atomic
 from zsqbench.runs import checkpoint
 from zsqbench.runs.lease import LeaseInfo, TrialLease, read_lease
 from zsqbench.runs.migrations import SCHEMA_FIELD, SPEC_VERSION, upgrade
@@ -175,8 +175,8 @@ class TrialFolder:
     def _read_json(self, name: str, what: str, fix: str) -> dict[str, Any]:
         path = self.file(name)
         try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            data = json.loads(read_record_text(path))
+        except (OSError, ValueError) as exc:  # a JSON or UTF-8 error, or too large
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise UserError(f"corrupt {what} {path} ({msg}); {fix}") from None
         if not isinstance(data, dict):

@@ -299,6 +299,26 @@ class TrialLease:
         self.release()
 
 
+def clear_stale_lease(trial_dir: Path, timeout_s: float) -> str | None:
+    """Remove a finished trial's stale lease (its worker was killed between writing the result and
+    releasing), under the takeover lock so no worker claiming the trial at the same moment loses
+    its own; returns why it was stale, or None when there was nothing to remove."""
+    trial_dir = Path(trial_dir)
+    stale = read_lease(trial_dir)
+    me = LeaseOwner.me()
+    reason = stale.stale_reason(timeout_s, me) if stale is not None else None
+    if reason is None or not _link_exclusive(trial_dir, TAKEOVER, me.token):
+        return None
+    try:
+        current = read_lease(trial_dir)
+        if current is None or current.owner.token != stale.owner.token:
+            return None  # taken over (or released) meanwhile: not ours to remove
+        (trial_dir / LEASE).unlink(missing_ok=True)
+    finally:
+        (trial_dir / TAKEOVER).unlink(missing_ok=True)
+    return reason
+
+
 def last_generation(trial_dir: Path) -> int:
     """The highest lease generation this folder has seen: in its log and its current lease (0: none)."""
     seen = [e["generation"] for e in read_log(trial_dir)
