@@ -150,7 +150,7 @@ class TrialFolder:
         """The result as written, brought to the current format and validated by the model it was
         written through (:class:`~zsqbench.runs.result_file.ResultFile`)."""
         data = self._read_json(self.RESULT, "result file", "delete its trial folder and re-run")
-        return validate_result(data, self.file(self.RESULT), lambda spec: TrialSpec.model_validate(spec).trial_id)
+        return validate_result(data, self.file(self.RESULT))
 
     def write_error(self, status: str, error: str, traceback: str | None = None, resumable: bool = False) -> None:
         """``resumable``: the failure came from the machine (a full disk, an I/O error), not the trial;
