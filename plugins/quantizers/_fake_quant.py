@@ -6,7 +6,7 @@ use them (uniform.py) so each file has one job."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -205,3 +205,46 @@ def quantize_weight(weight: Tensor, bits: int, reference: bool = False) -> Tenso
     lo, hi = torch.aminmax(flat, dim=1)
     shape = (-1,) + (1,) * (weight.dim() - 1)
     return fake_quantize_ste(weight, lo.view(shape), hi.view(shape), bits, reference)
+
+
+# ---------------------------------------------------------------- symmetric weights (profile sym-pc)
+
+
+def symmetric_grid(rows: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """S and Z of the symmetric narrow-range k-bit grid of each row of ``rows`` (reduced over the
+    last dimension, kept): S = (2^(k−1) − 1) / max|x|, Z = 0, so the codes run over
+    ±(2^(k−1) − 1) and 0 is a code (docs/methods/uniform.md#profiles). The same signed form
+    x̂ = (q + Z) / S as the asymmetric grid, so export and integer codes need nothing new."""
+    top = rows.abs().amax(dim=-1, keepdim=True)
+    scale = (2 ** (bits - 1) - 1) / torch.clamp(top, min=1e-8)
+    return scale, torch.zeros_like(scale)
+
+
+def _symmetric_weight_grid(weight: Tensor) -> Callable[[int], tuple[Tensor, Tensor]]:
+    flat = weight.detach().to(compute_dtype(weight.dtype)).flatten(1)
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+
+    def grid(bits: int) -> tuple[Tensor, Tensor]:
+        scale, zero = symmetric_grid(flat, bits)
+        return scale.view(shape), zero.view(shape)
+
+    return grid
+
+
+def quantize_weight_symmetric(weight: Tensor, bits: int, reference: bool = False) -> Tensor:
+    """:func:`quantize_weight` on the symmetric per-output-channel grid (:func:`symmetric_grid`),
+    with the same identity STE; ``reference`` takes the straightforward ``x + (q − x).detach()``."""
+    scale, zero = _symmetric_weight_grid(weight)(bits)
+    if reference or _USE_REFERENCE_STE:
+        half = 2 ** (bits - 1)
+        q = torch.clamp(torch.round(scale * weight.detach() - zero), -half, half - 1)
+        return ste(weight, (q + zero) / scale)
+    return FakeQuantSTE.apply(weight, zero, zero, bits, (scale, zero))
+
+
+def symmetric_weight_grid(weight: Tensor, bits: int) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`weight_grid` for the symmetric grid: codes q (int64) and the per-output-channel S and
+    Z = 0 (shape (C,)), so that ``(q + Z) / S`` is :func:`quantize_weight_symmetric`'s forward."""
+    scale, zero = _symmetric_weight_grid(weight)(bits)
+    q = _codes_on_grid(weight.detach().to(scale.dtype), scale, zero, bits)
+    return q.to(torch.int64), scale.flatten(), zero.flatten()

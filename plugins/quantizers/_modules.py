@@ -16,6 +16,7 @@ from zsqbench_plugins.quantizers._fake_quant import (
     fake_quantize_ste,
     frozen_grid,
     quantize_weight,
+    quantize_weight_symmetric,
     quantize_weights_together,
 )
 
@@ -36,6 +37,8 @@ class _WeightCodesOncePerStep:
     weight: nn.Parameter
     w_bits: int
     reference_ste: bool = False
+    #: symmetric narrow-range weights (profile sym-pc) instead of the asymmetric [min, max] grid
+    w_symmetric: bool = False
 
     def _take_float_state(self, module: nn.Module, bits: int) -> None:
         """``from_float``'s common tail: the FP layer's parameters, then the weight bit-width."""
@@ -43,22 +46,28 @@ class _WeightCodesOncePerStep:
         self.w_bits = bits
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", w_bits={self.w_bits}"  # type: ignore[misc]
+        symmetric = ", symmetric" if self.w_symmetric else ""
+        return super().extra_repr() + f", w_bits={self.w_bits}{symmetric}"  # type: ignore[misc]
 
     def _cache_key(self) -> tuple[Any, ...]:
         w = self.weight
         return (w._version, w.dtype, w.device, torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
-                self.reference_ste or _fake_quant._USE_REFERENCE_STE, self.w_bits)
+                self.reference_ste or _fake_quant._USE_REFERENCE_STE, self.w_bits, self.w_symmetric)
+
+    def _quantize(self, w: Tensor) -> Tensor:
+        if self.w_symmetric:
+            return quantize_weight_symmetric(w, self.w_bits, self.reference_ste)
+        return quantize_weight(w, self.w_bits, self.reference_ste)
 
     def quantized_weight(self) -> Tensor:
         w = self.weight
         if torch.compiler.is_compiling():  # a compiled step traces the quantization into its graph
-            return quantize_weight(w, self.w_bits, self.reference_ste)
+            return self._quantize(w)
         key = self._cache_key()
         cached = self.__dict__.get("_wq")
         if cached is not None and cached[0] == key and cached[2] is w:
             return cached[1]
-        q = quantize_weight(w, self.w_bits, self.reference_ste)
+        q = self._quantize(w)
         self.__dict__["_wq"] = (key, q, w)
         return q
 
@@ -66,11 +75,12 @@ class _WeightCodesOncePerStep:
     def requantize_together(modules: list["_WeightCodesOncePerStep"]) -> None:
         """Quantize the weights of ``modules`` now, all at once (:func:`quantize_weights_together`),
         into the caches their next forward reads; weights it cannot batch (reduced precision, the
-        reference STE) are left to their forward."""
+        reference STE, symmetric weights) are left to their forward."""
         groups: dict[tuple[Any, ...], list[_WeightCodesOncePerStep]] = {}
         for m in modules:
             w = m.weight
-            if m.reference_ste or _fake_quant._USE_REFERENCE_STE or w.dtype not in (torch.float32, torch.float64):
+            if (m.reference_ste or m.w_symmetric or _fake_quant._USE_REFERENCE_STE
+                    or w.dtype not in (torch.float32, torch.float64)):
                 continue
             groups.setdefault((m.w_bits, w.dtype, w.device), []).append(m)
         for (bits, _, _), group in groups.items():

@@ -4,12 +4,15 @@ Weights: per output channel (conv) / per row (FC), range = current min/max, ever
 Activations: per tensor, one quantizer after every ReLU, range tracked during calibration and
 frozen afterwards. Identity straight-through estimator, no clipping mask. Module names of the
 FP network are kept, so feature taps address teacher and student with the same path.
+
+That is the profile ``zsq-asym-pc``; ``profile`` picks another convention of the literature
+(first and last layer at 8 bits, symmetric weights: :mod:`.profiles`).
 """
 
 from __future__ import annotations
 
 import fnmatch
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
@@ -28,7 +31,14 @@ from zsqbench.api import (
     hookimpl,
 )
 from zsqbench.errors import UserError
-from zsqbench_plugins.quantizers._fake_quant import _codes_into, grid_of, weight_grid
+from zsqbench_plugins.quantizers._fake_quant import (
+    _codes_into,
+    _codes_on_grid,
+    grid_of,
+    symmetric_grid,
+    symmetric_weight_grid,
+    weight_grid,
+)
 from zsqbench_plugins.quantizers._modules import (
     QuantAct,
     QuantConv2d,
@@ -37,6 +47,7 @@ from zsqbench_plugins.quantizers._modules import (
     _WeightCodesOncePerStep,
 )
 from zsqbench_plugins.quantizers.cards import UNIFORM_CARD
+from zsqbench_plugins.quantizers.profiles import DEFAULT_PROFILE, PROFILES, Profile
 
 
 def _quantize_output(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
@@ -62,6 +73,12 @@ class UniformOptions(PluginOptions):
         "a per-tensor activation quantizer, e.g. 'features.stage*.unit*.conv3' for MobileNetV2's linear-bottleneck "
         "outputs, which the papers leave in FP (IMAGENET.md §2)",
     )
+    # came after the first trials too: the default is the quantizer as it always was, so its ids stay
+    profile: Annotated[Literal[tuple(PROFILES)], OmitAtDefault()] = Field(  # type: ignore[valid-type]
+        DEFAULT_PROFILE, description="the quantization convention (docs/methods/uniform.md#profiles): "
+        "'zsq-asym-pc' (default: asymmetric per-channel weights, every layer at the trial's bits, as GDFQ -> AKT), "
+        "'first-last-8bit' (the first and the last layer at 8 bits), 'sym-pc' (symmetric per-channel weights)",
+    )
 
 
 class UniformQuantizer(WeightCodeQuantizer):
@@ -70,9 +87,20 @@ class UniformQuantizer(WeightCodeQuantizer):
     card = UNIFORM_CARD
     Options = UniformOptions
 
+    @property
+    def profile(self) -> Profile:
+        return PROFILES[self.options.profile]  # type: ignore[attr-defined]
+
+    @classmethod
+    def describe_protocol(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The profile of a trial's options (as its spec holds them) as its result records it
+        (``certification.quantizer``: which layers are quantized, how, static ranges)."""
+        return PROFILES[options.get("profile", DEFAULT_PROFILE)].describe(options)
+
     def quantize(self, model: nn.Module, w_bits: int, a_bits: int) -> nn.Module:
         opts: UniformOptions = self.options  # type: ignore[assignment]
         reference = opts.ste == "reference"
+        symmetric = self.profile.weight_symmetric
         for parent_name, parent in list(model.named_modules()):
             for child_name, child in list(parent.named_children()):
                 if isinstance(child, (QuantConv2d, QuantLinear, QuantizedActivation)):
@@ -89,10 +117,27 @@ class UniformQuantizer(WeightCodeQuantizer):
                 else:
                     continue
                 new.reference_ste = reference
+                new.w_symmetric = symmetric
                 setattr(parent, child_name, new)
+        if self.profile.first_last_bits is not None:
+            self._first_and_last(model, self.profile.first_last_bits)
         if opts.quantize_outputs:
             self._quantize_outputs(model, a_bits, reference)
         return model
+
+    @staticmethod
+    def _first_and_last(model: nn.Module, bits: int) -> None:
+        """The first and the last weight layer, and the activation quantizer feeding the last one
+        (the last after a ReLU), at ``bits``. First and last in module registration order, which is
+        the forward order of every bundled teacher (tests/plugins/test_quantizer_profiles.py)."""
+        weights = [m for m in model.modules() if isinstance(m, (QuantConv2d, QuantLinear))]
+        acts = [m.quant for m in model.modules() if isinstance(m, QuantizedActivation)]
+        if not weights:
+            raise UserError("uniform.profile=first-last-8bit: the model has no Conv2d or Linear layer to keep at "
+                            f"{bits} bits")
+        weights[0].w_bits = weights[-1].w_bits = bits
+        if acts:
+            acts[-1].a_bits = bits
 
     def _quantize_outputs(self, model: nn.Module, a_bits: int, reference: bool) -> None:
         """A QuantAct on the output of every module matching ``quantize_outputs``, registered as the
@@ -148,7 +193,8 @@ class UniformQuantizer(WeightCodeQuantizer):
         layers: list[IntegerLayer] = []
         for path, module in student.named_modules():
             if isinstance(module, (QuantConv2d, QuantLinear)):
-                codes, scale, zero = weight_grid(module.weight, module.w_bits)
+                grid = symmetric_weight_grid if module.w_symmetric else weight_grid
+                codes, scale, zero = grid(module.weight, module.w_bits)
                 plain = _plain_copy(module)
                 layers.append(IntegerWeight(path, plain, IntegerGrid(module.w_bits, scale, zero), codes))
             elif isinstance(module, QuantAct):
@@ -166,11 +212,15 @@ class UniformQuantizer(WeightCodeQuantizer):
         """The forward's integer codes (docs/methods/uniform.md#the-quantization-function): per
         output channel (row), the range is the row's own min/max, then
         ``clamp(round(x·S − Z), −2^(k−1), 2^(k−1) − 1)`` by the same function and in the same dtype
-        as :class:`FakeQuantSTE`, hence bit-identical to it."""
+        as :class:`FakeQuantSTE`, hence bit-identical to it. Under the profile ``sym-pc``, on the
+        row's symmetric grid (:func:`symmetric_grid`), as its forward."""
         x = weight.detach()
         if x.dtype not in (torch.float32, torch.float64):
             x = x.to(torch.float32)
         rows = x.flatten(2 if stacked else 1)
+        if self.profile.weight_symmetric:
+            scale, zero = symmetric_grid(rows, bits)
+            return _codes_on_grid(rows, scale, zero, bits).view(x.shape)
         lo, hi = torch.aminmax(rows, dim=-1, keepdim=True)
         codes, _, _ = _codes_into(rows, lo, hi, bits)
         return codes.view(x.shape)

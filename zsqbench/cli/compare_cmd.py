@@ -22,8 +22,8 @@ for a published table) are joined on dataset, generator, loss and bits; with --b
 compared with itself: every other value of that field against --baseline, cell by cell. Arms known
 trial by trial that ran the same seeds are paired by seed (paired t-test); others use Welch's test.
 Each row gets a 95 % confidence interval, a Holm-adjusted p-value and the minimum effect its seeds
-can detect. Rows with different budgets or teachers are refused unless --force; published reference
-rows are exempt and labelled.
+can detect. Rows with different quantizer profiles, budgets or teachers are refused unless --force;
+published reference rows are exempt from the budget and teacher checks and labelled.
 """
 
 
@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bootstrap-seed", type=int, default=0, metavar="N", help="seed of the bootstrap (default 0)")
     p.add_argument("--effect", type=_effect, metavar="POINTS",
                    help="also report the seeds needed to detect this difference (top-1 points) with 80 %% power")
-    p.add_argument("--force", action="store_true", help="compare rows even when model, quantizer, budget or teacher "
+    p.add_argument("--force", action="store_true", help="compare rows even when model, quantizer, profile, budget or teacher "
                                                          "differ (they are flagged)")
     p.add_argument("--joined-only", action="store_true",
                    help="list only rows with a delta (the counts of the others are still given)")

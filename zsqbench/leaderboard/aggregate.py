@@ -17,7 +17,7 @@ import pandas as pd
 from zsqbench.bits import bits_label
 from zsqbench.errors import UserError
 from zsqbench.leaderboard.labels import trial_chance
-from zsqbench.leaderboard.schema import AGGREGATED, BUDGET_SETTINGS, KEY_COLUMNS, of_type
+from zsqbench.leaderboard.schema import AGGREGATED, BUDGET_SETTINGS, KEY_COLUMNS, of_type, with_profiles
 from zsqbench.leaderboard.stats import mean_ci_halfwidth
 
 ROUND = 4  # decimals kept in aggregated numbers (per-trial accuracies have 2)
@@ -146,7 +146,7 @@ def _row(key: dict[str, Any], group: pd.DataFrame) -> dict[str, Any]:
 
 def aggregate(trials: pd.DataFrame) -> pd.DataFrame:
     """Per-trial rows (as read by :func:`zsqbench.leaderboard.table.read_table`) -> one row per configuration."""
-    done = done_trials(trials)
+    done = with_profiles(done_trials(trials))
     rows = [_row(dict(zip(KEY_COLUMNS, key)), group)
             for key, group in done.groupby(list(KEY_COLUMNS), sort=True)]
     frame = pd.DataFrame(rows, columns=list(AGGREGATED))
@@ -155,7 +155,7 @@ def aggregate(trials: pd.DataFrame) -> pd.DataFrame:
 
 def normalize_aggregated(frame: pd.DataFrame) -> pd.DataFrame:
     """Every aggregated column present, in order, with nullable ints (so CSVs say 8, not 8.0)."""
-    frame = frame.copy()
+    frame = with_profiles(frame.copy())
     for col in AGGREGATED:
         if col not in frame.columns:
             frame[col] = pd.NA

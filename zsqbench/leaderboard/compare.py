@@ -10,10 +10,11 @@ seed (``ttest_rel``); otherwise — aggregated tables, different seeds, ``unpair
 on means and stds. Each row says which test it used and why. p-values are Holm-adjusted over the
 rows of one comparison, and significance marks use the adjusted values.
 
-The model and quantizer must agree, and so must the budget (epochs × iterations × batch) and teacher
-checkpoint, since otherwise the delta measures the budget or the teacher rather than the method.
-Published reference rows (``source == "reference"``) have no teacher hash and their own schedule:
-they are exempt from the budget/teacher check and every such row is labelled as such.
+The model, quantizer and quantizer profile must agree, and so must the budget (epochs × iterations ×
+batch) and teacher checkpoint, since otherwise the delta measures the convention, the budget or the
+teacher rather than the method. Published reference rows (``source == "reference"``) have no teacher
+hash and their own schedule: they are exempt from the budget/teacher check and every such row is
+labelled as such; a published number whose profile is not known ("unknown") is flagged, not refused.
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ from zsqbench.leaderboard.stats import Difference, holm, paired_difference, welc
 from zsqbench.leaderboard.table import read_table
 
 JOIN_COLUMNS: tuple[str, ...] = ("dataset", "generator", "loss", "w_bits", "a_bits")
-ALWAYS_CHECKED: tuple[str, ...] = ("model", "quantizer")
+ALWAYS_CHECKED: tuple[str, ...] = ("model", "quantizer", "profile")
+#: A published number's profile when its paper does not say (nor its code show) how it quantized.
+UNKNOWN_PROFILE = "unknown"
 #: The fields `compare_within` can set against a baseline value (the others define the cell).
-BY_FIELDS: tuple[str, ...] = ("loss", "generator", "quantizer")
+BY_FIELDS: tuple[str, ...] = ("loss", "generator", "quantizer", "profile")
 SIGNIFICANCE = ((0.01, "**"), (0.05, "*"))
 REFERENCE_NOTE = ("{side} ({path}) holds published reference numbers: the best epoch selected on the test set, "
                   "under the paper's own budget and FP teacher, so a delta mixes method, budget, teacher and selection")
@@ -83,7 +86,7 @@ def _index(frame: pd.DataFrame, side: str, path: str | Path) -> dict[tuple, dict
         key = tuple(plain(r[c]) for c in JOIN_COLUMNS)
         if key in rows:
             other = rows[key]
-            diff = [c for c in ("model", "quantizer", "budget", "source") if other[c] != r[c]]
+            diff = [c for c in ("model", "quantizer", "profile", "budget", "source") if other[c] != r[c]]
             what = ", ".join(f"{c} {other[c]} / {r[c]}" for c in diff) or "identical keys"
             raise UserError(f"{side} ({path}) has two rows for {_key_name(r)} ({what}); keep one per configuration "
                             "(zsqbench leaderboard --run NAME --csv FILE) and compare that")
@@ -111,7 +114,9 @@ def _budget(row: dict[str, Any]) -> str:
 def _mismatches(a: dict[str, Any], b: dict[str, Any], varied: str | None = None) -> list[str]:
     """What makes a joined pair not like-for-like (reference rows skip budget and teacher); the
     ``varied`` field is the one being compared and may differ."""
-    found = [f"{c} differs (A {a[c]}, B {b[c]})" for c in ALWAYS_CHECKED if c != varied and a[c] != b[c]]
+    unknown = UNKNOWN_PROFILE in (a["profile"], b["profile"]) and (is_reference(a) or is_reference(b))
+    found = [f"{c} differs (A {a[c]}, B {b[c]})" for c in ALWAYS_CHECKED
+             if c != varied and a[c] != b[c] and not (c == "profile" and unknown)]
     if is_reference(a) or is_reference(b):
         return found
     if _budget(a) != _budget(b):
@@ -163,7 +168,7 @@ def _joined(key: dict[str, Any], a: dict[str, Any] | None, b: dict[str, Any] | N
     shown = b or a or {}
     row = CompareRow(**key, status=status or ("both" if a and b else ("only A" if a else "only B")),
                      model=str(shown.get("model", "")), quantizer=str(shown.get("quantizer", "")),
-                     budget=str(shown.get("budget", "")))
+                     profile=str(shown.get("profile", "")), budget=str(shown.get("budget", "")))
     if a:
         row.a_mean, row.a_std, row.a_n = _stats(a, opts.metric)
         row.budget_a, row.a_chance, row.a_published = str(a.get("budget", "")), chance_label(a), is_reference(a)
@@ -201,8 +206,8 @@ def _refuse_mismatches(problems: list[tuple[str, list[str]]], what: str) -> None
     if problems:
         name, found = problems[0]
         raise UserError(f"cannot compare {what}: {len(problems)} joined row(s) are not like-for-like (first: {name}: "
-                        f"{'; '.join(found)}); compare runs with the same model, quantizer, budget and teacher, or "
-                        "pass --force to compare anyway")
+                        f"{'; '.join(found)}); compare runs with the same model, quantizer, profile, budget and "
+                        "teacher, or pass --force to compare anyway")
 
 
 def compare(path_a: str | Path, path_b: str | Path, metric: Metric = "last", force: bool = False,
@@ -225,6 +230,8 @@ def compare(path_a: str | Path, path_b: str | Path, metric: Metric = "last", for
             if found:
                 problems.append((_key_name(dict(zip(JOIN_COLUMNS, key))), found))
                 row.flags.extend(f"forced: {f}" for f in found)
+            if UNKNOWN_PROFILE in (a["profile"], b["profile"]) and a["profile"] != b["profile"]:
+                row.flags.append("published profile unknown")
         rows.append(row)
     if not force:
         _refuse_mismatches(problems, f"{path_a} with {path_b}")
@@ -237,8 +244,8 @@ def compare(path_a: str | Path, path_b: str | Path, metric: Metric = "last", for
             notes.append(f"{side} ({path}) is an aggregated table: its rows cannot be paired by seed, so they are "
                          "compared by Welch's test (pass the results folder or per-trial CSV to pair them)")
     if problems:
-        notes.append(f"--force: {len(problems)} row(s) compare different models, quantizers, budgets or teachers "
-                     "(see their flags)")
+        notes.append(f"--force: {len(problems)} row(s) compare different models, quantizers, profiles, budgets or "
+                     "teachers (see their flags)")
     only_a = sum(r.status == "only A" for r in rows)
     only_b = sum(r.status == "only B" for r in rows)
     if only_a or only_b:
@@ -299,8 +306,8 @@ def compare_within(source: str | Path, by: str, baseline: str, metric: Metric = 
     if missing:
         notes.append(f"{missing} row(s) have no {by} {baseline!r} row in their cell (no delta)")
     if problems:
-        notes.append(f"--force: {len(problems)} row(s) compare different models, quantizers, budgets or teachers "
-                     "(see their flags)")
+        notes.append(f"--force: {len(problems)} row(s) compare different models, quantizers, profiles, budgets or "
+                     "teachers (see their flags)")
     notes.extend(label_notes(rows))
     notes.extend(method_notes(rows, opts))
     return Comparison(f"{by}={baseline}", str(source), metric, rows, notes, by=by, effect=opts.effect)

@@ -27,6 +27,7 @@ class CompareRow:
     status: str
     model: str = ""
     quantizer: str = ""
+    profile: str = ""
     budget: str = ""
     budget_a: str = ""
     baseline: str | None = None

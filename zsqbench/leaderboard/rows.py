@@ -6,6 +6,7 @@ from typing import Any
 
 from zsqbench.leaderboard.labels import at_chance
 from zsqbench.leaderboard.schema import PER_TRIAL
+from zsqbench.runs.result_file import trial_profile
 
 
 def compute_fields(compute: dict[str, Any] | None) -> dict[str, Any]:
@@ -27,6 +28,7 @@ def result_row(result: dict[str, Any], export: dict[str, Any] | None = None) -> 
         "generator": spec["generator"]["name"],
         "loss": spec["loss"]["name"],
         "quantizer": spec["quantizer"]["name"],
+        "profile": trial_profile(spec["quantizer"]["name"], spec["quantizer"].get("options")),
         "w_bits": spec["w_bits"],
         "a_bits": spec["a_bits"],
         "seed": spec["seed"],

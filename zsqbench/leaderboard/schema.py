@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from zsqbench.runs.result_file import trial_profile
+
 Kind = Literal["per-trial", "aggregated"]
 CellType = Literal["text", "int", "float", "bool"]
 
@@ -33,6 +35,10 @@ _COLUMNS = (
     Column("generator", "text", "generator plugin"),
     Column("loss", "text", "loss plugin"),
     Column("quantizer", "text", "quantizer plugin"),
+    Column("profile", "text", "quantizer profile, the quantization convention (uniform: zsq-asym-pc, first-last-8bit, "
+           "sym-pc; docs/methods/uniform.md#profiles); results and tables from before profiles read zsq-asym-pc",
+           "quantizer profile, the quantization convention ('unknown' for a published number whose convention is not "
+           "known)"),
     Column("w_bits", "int", "weight bits"),
     Column("a_bits", "int", "activation bits"),
     Column("seed", "int", "trial seed"),
@@ -98,20 +104,21 @@ _COLUMNS = (
 COLUMNS: dict[str, Column] = {c.name: c for c in _COLUMNS}
 
 PER_TRIAL: tuple[str, ...] = (
-    "trial_id", "run", "model", "dataset", "generator", "loss", "quantizer", "w_bits", "a_bits", "seed", "budget",
-    "epochs", "iters_per_epoch", "batch_size", "warmup_epochs", "ptq_only", "fp_top1", "ptq_top1", "top1_last",
+    "trial_id", "run", "model", "dataset", "generator", "loss", "quantizer", "profile", "w_bits", "a_bits", "seed",
+    "budget", "epochs", "iters_per_epoch", "batch_size", "warmup_epochs", "ptq_only", "fp_top1", "ptq_top1", "top1_last",
     "top1_oracle", "at_chance", "onnx_top1", "wall_s", "flags", "device", "precision", "channels_last", "compile", "tf32",
     "teacher_weights", "teacher_sha256", "data_sha256", "zsqbench_version", "torch_version", "git_hash", "finished_at",
 )
 AGGREGATED: tuple[str, ...] = (
-    "model", "dataset", "generator", "loss", "quantizer", "w_bits", "a_bits", "budget", "n_seeds", "seeds",
+    "model", "dataset", "generator", "loss", "quantizer", "profile", "w_bits", "a_bits", "budget", "n_seeds", "seeds",
     "top1_last_mean", "top1_last_std", "top1_last_ci95", "top1_oracle_mean", "top1_oracle_std", "n_at_chance", "fp_top1",
     "ptq_top1_mean", "onnx_top1_mean", "epochs", "iters_per_epoch", "batch_size", "ptq_only", "precision",
     "teacher_sha256", "cpu_hours", "gpu_hours", "source", "note",
 )
 
 #: A configuration: everything that defines an aggregated row except the seed.
-KEY_COLUMNS: tuple[str, ...] = ("model", "dataset", "generator", "loss", "quantizer", "w_bits", "a_bits", "budget")
+KEY_COLUMNS: tuple[str, ...] = ("model", "dataset", "generator", "loss", "quantizer", "profile", "w_bits", "a_bits",
+                                 "budget")
 BUDGET_SETTINGS: tuple[str, ...] = ("epochs", "iters_per_epoch", "batch_size")
 
 #: What each kind needs present and non-empty in every counted row to be aggregated or compared.
@@ -203,3 +210,18 @@ def plain(value: Any) -> Any:
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         value = value.item()
     return None if is_missing(value) else value
+
+
+def with_profiles(frame: pd.DataFrame) -> pd.DataFrame:
+    """The table with a ``profile`` in every row: tables written before quantizer profiles (no
+    column, or empty cells) read each row's quantizer's default profile
+    (:func:`~zsqbench.runs.result_file.trial_profile`: ``zsq-asym-pc`` for ``uniform``)."""
+    if "quantizer" not in frame.columns or ("profile" in frame.columns and frame["profile"].notna().all()):
+        return frame
+    frame = frame.copy()
+    defaults = pd.Series([trial_profile(q) for q in frame["quantizer"]], index=frame.index, dtype="object")
+    if "profile" not in frame.columns:
+        frame["profile"] = defaults
+    else:
+        frame["profile"] = frame["profile"].astype("object").where(frame["profile"].notna(), defaults)
+    return frame

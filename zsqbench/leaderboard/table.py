@@ -26,7 +26,7 @@ import pandas as pd
 
 from zsqbench.errors import UserError
 from zsqbench.leaderboard.results_folder import LEADERBOARD_NAME, leaderboard_text
-from zsqbench.leaderboard.schema import REQUIRED, Kind, is_missing, of_type, plain, unescape_frame
+from zsqbench.leaderboard.schema import REQUIRED, Kind, is_missing, of_type, plain, unescape_frame, with_profiles
 from zsqbench.leaderboard.schema import to_csv_text as to_csv_text
 from zsqbench.runs.result_file import find_result_files, quote
 
@@ -155,7 +155,7 @@ def parse_table(path: Path, text: str) -> tuple[pd.DataFrame, Kind]:
     frame = unescape_frame(frame)
     if kind == "per-trial" and "compute" in frame.columns and "precision" not in frame.columns:
         frame = _upgrade_compute_label(frame)
-    return _check_cells(path, frame, kind), kind
+    return with_profiles(_check_cells(path, frame, kind)), kind
 
 
 # ----------------------------------------------------------------------------------------------

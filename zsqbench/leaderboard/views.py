@@ -78,10 +78,10 @@ def display_compact(frame: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
     """One short line per configuration: what it is, seeds, top-1 last, oracle, PTQ (fits 80 columns),
     and a flag (at chance) where a row has one.
 
-    The configuration names dataset, generator+loss and bits, plus model, quantizer and budget
-    only where they vary within the table; post-training-only configurations end in "(PTQ only)",
+    The configuration names dataset, generator+loss and bits, plus model, quantizer, profile and
+    budget only where they vary within the table; post-training-only configurations end in "(PTQ only)",
     so their top-1 is never read as a trained one."""
-    extra = _varying(frame, ("model", "quantizer", "budget"))
+    extra = _varying(frame, ("model", "quantizer", "profile", "budget"))
     records = frame.to_dict("records")
     rows = [{
         "configuration": " ".join([r["dataset"], f"{r['generator']}+{r['loss']}", bits_label(r["w_bits"], r["a_bits"]),
@@ -99,7 +99,8 @@ def display_aggregated(frame: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
     """The aggregated rows as strings for a wide terminal or Markdown table."""
     rows = [{
         "model": r["model"], "dataset": r["dataset"], "generator": r["generator"], "loss": r["loss"],
-        "quantizer": r["quantizer"], "bits": bits_label(r["w_bits"], r["a_bits"]), "budget": r["budget"],
+        "quantizer": r["quantizer"], "profile": r["profile"], "bits": bits_label(r["w_bits"], r["a_bits"]),
+        "budget": r["budget"],
         "n": _n(r),
         "top1_last": mean_std(r["top1_last_mean"], _spread(r, ci)),
         "top1_oracle (test-selected)": mean_std(r["top1_oracle_mean"], r["top1_oracle_std"]),
@@ -108,7 +109,7 @@ def display_aggregated(frame: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
         "precision": r["precision"], "cpu_h": _num(r["cpu_hours"], 2), "gpu_h": _num(r["gpu_hours"], 2),
         "source": r["source"],
     } for r in frame.to_dict("records")]
-    columns = ["model", "dataset", "generator", "loss", "quantizer", "bits", "budget", "n", "top1_last",
+    columns = ["model", "dataset", "generator", "loss", "quantizer", "profile", "bits", "budget", "n", "top1_last",
                "top1_oracle (test-selected)", "fp_top1", "ptq_top1", "ptq_only", "flag", "precision", "cpu_h", "gpu_h",
                "source"]
     return pd.DataFrame(rows, columns=columns)
@@ -121,7 +122,7 @@ def wide_names(frame: pd.DataFrame) -> list[str]:
 
 
 #: Per-trial columns shown with --wide (CSV and JSON hold every column).
-PER_TRIAL_SHOWN = ["trial_id", "model", "generator", "loss", "w_bits", "a_bits", "seed", "budget", "ptq_only",
+PER_TRIAL_SHOWN = ["trial_id", "model", "generator", "loss", "profile", "w_bits", "a_bits", "seed", "budget", "ptq_only",
                    "fp_top1", "ptq_top1", "top1_last", "top1_oracle", "at_chance", "onnx_top1", "wall_s"]
 
 
@@ -162,7 +163,8 @@ def display_trials(trials: pd.DataFrame, wide: bool = False) -> pd.DataFrame:
     if wide:
         shown = trials[[c for c in PER_TRIAL_SHOWN if c in trials.columns]]
         return pd.DataFrame({c: [_trial_cell(c, v) for v in shown[c]] for c in shown.columns}, columns=shown.columns)
-    extra = _varying(trials, tuple(c for c in ("model", "dataset", "quantizer", "budget") if c in trials.columns))
+    extra = _varying(trials, tuple(c for c in ("model", "dataset", "quantizer", "profile", "budget")
+                                   if c in trials.columns))
     records = trials.to_dict("records")
     rows = [{
         "trial": str(r["trial_id"])[:8],
@@ -199,12 +201,12 @@ def pivot(frame: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
     """Rows dataset × bits, columns generator+loss, cells "mean ± std (n)".
 
     The budget is always a row level (a smoke number must never sit unmarked beside a trained
-    one); model, quantizer or source become extra levels only where two rows would otherwise share
+    one); model, quantizer, profile or source become extra levels only where two rows would otherwise share
     a cell. Published values say "pub." instead of a number of seeds; a cell whose trials finished
     at chance says so.
     """
     cell_key = ["dataset", "w_bits", "a_bits", "generator", "loss"]
-    extras = [c for c in ("model", "quantizer", "budget", "source")
+    extras = [c for c in ("model", "quantizer", "profile", "budget", "source")
               if c == "budget" or (len(frame) and frame.groupby(cell_key)[c].nunique().max() > 1)]
     cells: dict[tuple, dict[str, str]] = {}
     methods: set[tuple[str, str]] = set()

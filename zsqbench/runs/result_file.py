@@ -46,6 +46,10 @@ TRIAL_ID = re.compile(r"[0-9a-f]{16}")
 #: What a one-line error quotes of a bad value at most (a tampered file may hold megabytes).
 QUOTE_CHARS = 60
 
+#: The quantizer profile (docs/methods/uniform.md#profiles) of every trial run before profiles existed,
+#: and of the ``uniform`` quantizer at its default, which its spec leaves out (so the trial ids stay).
+DEFAULT_PROFILE = "zsq-asym-pc"
+
 #: A top-1 accuracy in percent: a finite number within 0-100.
 Percent = Annotated[StrictFloat, Field(ge=0, le=100, allow_inf_nan=False)]
 #: A finite number (a learning rate).
@@ -166,6 +170,17 @@ class ResultFile(_Open):
     git_hash: StrictStr
     finished_at: StrictStr
     compute: _ComputeFields | None = None
+
+
+def trial_profile(quantizer: Any, options: Any = None) -> str:
+    """A trial's quantizer profile from its spec's quantizer name and options: the ``profile``
+    option where the spec holds one; else the default for ``uniform`` (its default profile is left
+    out of specs, and results from before profiles have none); a quantizer without profiles is its
+    own profile (its name)."""
+    value = options.get("profile") if isinstance(options, dict) else None
+    if isinstance(value, str) and value:
+        return value
+    return DEFAULT_PROFILE if str(quantizer) == "uniform" else str(quantizer)
 
 
 def quote(value: Any) -> str:
