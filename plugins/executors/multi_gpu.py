@@ -1,4 +1,8 @@
-"""One worker process per device (by default every visible GPU), trials queued across them."""
+"""Worker processes on devices (by default one on every visible GPU), trials queued across them.
+
+A CIFAR ResNet-20 trial uses a fraction of a modern GPU, so ``trials_per_gpu`` starts several
+workers on each device: each is pinned to its device for its whole life, and the trials' leases
+decide, as always, which worker trains which trial."""
 
 from __future__ import annotations
 
@@ -34,6 +38,11 @@ class MultiGPUOptions(PluginOptions):
         None, description="devices, one worker each (default: every visible GPU; e.g. ['cuda:0','cuda:2'])"
     )
 
+    trials_per_gpu: int = Field(
+        1, ge=1, description="worker processes per device, each training one trial at a time (small models leave "
+                             "a GPU mostly idle with one; `benchmarks/device_check.sh` measures 1, 2, 4 and 8)"
+    )
+
     @field_validator("devices")
     @classmethod
     def _known_devices(cls, devices: list[str] | None) -> list[str] | None:
@@ -49,9 +58,22 @@ class MultiGPUOptions(PluginOptions):
         return devices
 
 
+def worker_devices(devices: list[str], trials_per_gpu: int = 1, max_parallel: int | None = None) -> list[str]:
+    """The device of each worker: ``trials_per_gpu`` on each device, dealt round the devices (so that
+    ``max_parallel`` caps the workers while still spreading them), at most ``max_parallel`` in all."""
+    slots = [device for _ in range(trials_per_gpu) for device in devices]
+    return slots[:max_parallel] if max_parallel else slots
+
+
+def describe_workers(slots: list[str]) -> str:
+    """``cuda:0, cuda:1`` (one worker each), or ``cuda:0 x2, cuda:1 x2`` (several on a device)."""
+    counts = {device: slots.count(device) for device in slots}
+    return ", ".join(device if n == 1 else f"{device} x{n}" for device, n in counts.items())
+
+
 class MultiGPUExecutor(Executor):
     name = "multi-gpu"
-    description = "one worker process per visible GPU, trials queued across them"
+    description = "worker processes on the visible GPUs (trials_per_gpu each, default 1), trials queued across them"
     Options = MultiGPUOptions
 
     def devices(self) -> list[str]:
@@ -63,19 +85,21 @@ class MultiGPUExecutor(Executor):
         if missing:
             raise UserError(f"multi-gpu.devices: {', '.join(missing)} not visible here ({visible} CUDA GPU(s)); "
                             "list visible GPUs (cuda:0 ...) or leave the option out for all of them")
-        if self.max_parallel:
-            devices = devices[: self.max_parallel]
         return devices
 
+    def worker_devices(self) -> list[str]:
+        """One entry per worker process: its device (:func:`worker_devices`)."""
+        return worker_devices(self.devices(), self.options.trials_per_gpu, self.max_parallel)
+
     def run(self, jobs, execute, on_done, progress) -> None:
-        devices = self.devices()
+        slots = self.worker_devices()
         ctx = mp.get_context("spawn")  # CUDA cannot be re-initialized in forked children
         queue = ctx.Manager().Queue()
-        for d in devices:
+        for d in slots:  # each worker takes one slot when it starts and keeps that device
             queue.put(d)
-        threads = max(1, (os.cpu_count() or 1) // len(devices))
-        progress.message(f"multi-gpu: {len(jobs)} trial(s) on {len(devices)} worker(s): {', '.join(devices)}")
-        with ProcessPoolExecutor(len(devices), mp_context=ctx, initializer=_init_worker,
+        threads = max(1, (os.cpu_count() or 1) // len(slots))
+        progress.message(f"multi-gpu: {len(jobs)} trial(s) on {len(slots)} worker(s): {describe_workers(slots)}")
+        with ProcessPoolExecutor(len(slots), mp_context=ctx, initializer=_init_worker,
                                  initargs=(queue, threads)) as pool:
             pending = {pool.submit(_run_on_worker, execute, job): job for job in jobs}
             while pending:
