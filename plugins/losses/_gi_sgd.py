@@ -319,7 +319,10 @@ class GISGD(EpochAwareOptimizer):
                 self.state[t.weight]["momentum_buffer"] = t.buffer
             t.weight.sub_(t.applied * (result.scale[i] * lr).to(t.weight.dtype))
         self.last = result
-        self._observe(result, torch.tensor([i for i, _, _ in entries], device=result.scale.device))
+        index = torch.tensor([i for i, _, _ in entries])
+        if result.scale.is_cuda:  # through pinned memory: a plain copy to the GPU would make the host wait
+            index = index.pin_memory().to(result.scale.device, non_blocking=True)
+        self._observe(result, index.to(result.scale.device))
 
     def _search_batched(self, prepared: list["_Prepared"], lr: float, doublings: int) -> SearchResult:
         """Every doubling candidate, then every possible midpoint, each tensor in one pass; the

@@ -59,8 +59,13 @@ def batched_random_resized_crop_flip(x: Tensor, size: int = 32, scale: tuple[flo
         box = RandomResizedCrop.get_params(img, list(scale), list(ratio))
         params.append((*box, torch.rand(1).item() < flip_p))
     device = x.device
-    top, left, h, w = (torch.tensor([p[k] for p in params], device=device) for k in range(4))
-    flip = torch.tensor([p[4] for p in params], device=device)
+    # built on the CPU, copied through pinned memory: torch.tensor(..., device="cuda") makes the host wait
+    table = torch.tensor(params)  # (B, 5): top, left, h, w, flip
+    if device.type == "cuda":
+        table = table.pin_memory().to(device, non_blocking=True)
+    table = table.to(device)
+    top, left, h, w = table[:, :4].unbind(1)
+    flip = table[:, 4].bool()
     y0, y1, fy = _axis(top, h, size, x.dtype)
     x0, x1, fx = _axis(left, w, size, x.dtype)
     b = torch.arange(x.shape[0], device=device)[:, None, None]

@@ -120,7 +120,9 @@ class OfflineSetGenerator(Generator):
                 raise RuntimeError(f"{self.name}: calibration generator requested after the calibration epochs")
             return self.calibration.gdfq_step(self.calibration_bns_weight)
         images, labels = self._set()
-        idx = self._next_indices(self.ctx.spec.budget.batch_size).to(images.device)
+        idx = self._next_indices(self.ctx.spec.budget.batch_size)  # the CPU's RNG stream, as on every device
+        if images.is_cuda:  # through pinned memory: a plain copy to the GPU would make the host wait
+            idx = idx.pin_memory().to(images.device, non_blocking=True)
         return Batch(x=type(self).augment(images[idx], size=self.image_shape[-1]), y=labels[idx])
 
     def _set(self) -> tuple[Tensor, Tensor]:

@@ -81,21 +81,22 @@ def _whole_step(parts: TrialParts) -> Callable[[Phase], dict[str, Tensor]]:
     return step
 
 
-def compile_iteration(parts: TrialParts, device: torch.device) -> None:
+def compile_iteration(parts: TrialParts, device: torch.device, cuda_graphs: bool = True) -> None:
     """``--compile``: the whole iteration — generator step, teacher and student passes, losses, both
     optimizer steps — through ``torch.compile``, so that at small batches the per-operation costs
     (fake quantization, BN statistics, attention losses, optimizer updates) fuse into few kernels.
     Backward calls and a few Python-side decisions split it into several graphs
     (``zsqbench bench --explain`` lists them); on CUDA the graphs are captured as CUDA graphs
     (``mode="reduce-overhead"``), which removes the launch cost of a static-shape step. Results
-    match eager to float rounding, not bit for bit (fused multiply-adds; tests/trial/test_compile.py)."""
+    match eager to float rounding, not bit for bit (fused multiply-adds; tests/trial/test_compile.py).
+    ``cuda_graphs=False`` compiles on CUDA without capturing graphs (the device check times both)."""
     allow_compiled_backward_twice()
     import torch._inductor.config as inductor_config
 
     # Random draws inside the graph (noise, labels, crops) from the eager generator's stream, so a
     # compiled trial sees the same batches as the eager one with the same seed.
     inductor_config.fallback_random = True
-    mode = "reduce-overhead" if device.type == "cuda" else None
+    mode = "reduce-overhead" if device.type == "cuda" and cuda_graphs else None
     parts.compiled_step = torch.compile(_whole_step(parts), mode=mode)
 
 
