@@ -2,7 +2,10 @@
 
 They are aggregated leaderboards (``source`` = ``reference``) holding the numbers a paper reports,
 with where each comes from in ``note``; ``zsqbench compare paper:akt mine.csv`` compares with them
-from any folder, not only a source checkout.
+from any folder, not only a source checkout. Every number also carries its provenance in columns of
+its own (:data:`PROVENANCE`: which paper and table print it, whether the method's own authors, a
+re-implementation or a quotation, the metric, the spread and seeds where stated, the quantizer
+profile where known), which ``zsqbench ledger`` reads (:mod:`zsqbench.leaderboard.ledger`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,31 @@ REFERENCES: dict[str, tuple[str, str]] = {
     "imagenet": ("imagenet-published.csv", "published ImageNet top-1 (IMAGENET.md §6): AdaDFQ paper Table 2 "
                  "(ResNet-18/50, MobileNetV2; W3-W5) and the GDFQ, Qimera, IntraQ, ZeroQ and DSG READMEs, "
                  "each row with its FP baseline and source (best epoch on the test set)"),
+    "synq": ("synq-paper.csv", "SynQ paper (ICLR 2025) Table 1: its own rows (mean ± std over 5 seeds) and the "
+             "competitors as it reports them (GDFQ, ARC, Qimera, ARC+AIT, IntraQ, AdaSG, AdaDFQ, HAST, TexQ, PLF; "
+             "ResNet-20 CIFAR-10/100, ResNet-18/50, MobileNetV2; W3A3 and W4A4)"),
+    "hast": ("hast-paper.csv", "HAST paper (CVPR 2023), its own W3A3 results as issue 28 transcribes them "
+             "(ResNet-20 CIFAR-10, ResNet-18 ImageNet; not in the stored specifications: check against the paper)"),
 }
+
+#: The provenance of each published number: the columns every shipped table holds besides the
+#: aggregated leaderboard's (``profile`` is one of those too). docs/results-and-statistics.md lists them.
+PROVENANCE: dict[str, str] = {
+    "method": "the method as the source names it (e.g. 'HAST', 'AdaDFQ+AKT')",
+    "paper": "the paper or README that prints the number",
+    "table": "where in it (e.g. 'Table 2', 'Tables 2, 4', 'results figure')",
+    "origin": "'own' (the method's authors), 're-implementation' (the source re-ran the method, e.g. a † mark) or "
+              "'reported' (the source prints it without saying whether it re-ran or quoted it)",
+    "metric": "'best-epoch' (the best epoch selected on the test set: the official codes' report), 'last' or "
+              "'unknown'",
+    "spread": "the ± the source states (empty when none)",
+    "spread_seeds": "the number of runs the value and its ± are over, when stated",
+    "profile": "the quantizer profile of the code that produced the number where known (the ZeroQ-lineage codes: "
+               "zsq-asym-pc), else 'unknown'",
+    "fp_top1": "the FP teacher accuracy the source gives (empty when it states none)",
+}
+METRICS = ("best-epoch", "last", "unknown")
+ORIGINS = ("own", "re-implementation", "reported")
 
 
 def reference_path(name: str) -> Path:
