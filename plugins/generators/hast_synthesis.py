@@ -43,15 +43,29 @@ CACHE_FORMAT = 2  # 2: zsqbench.toolkit.cache layout
 TERMS = ["hardness", "bn", "total"]
 
 
-def hardness_loss(logits: Tensor, labels: Tensor, beta: float, gamma: float) -> Tensor:
+def hardness_loss(logits: Tensor, labels: Tensor, beta: float, gamma: float, clamp: float = 0.0) -> Tensor:
     """β·mean_b[(1 − p_b)^γ · CE_b] with p_b = softmax(logits_b)_{y_b}
     (docs/methods/hast.md#hard-sample-synthesis).
 
     Focal weighting: samples the teacher already finds easy count less, so the pixels move
     towards hard (low-confidence) images. The gradient also flows through the weight.
+    ``clamp`` > 0 (SynQ's ``focal_clamp``, docs/methods/synq.md#the-synthetic-set): the weight is
+    max(1 − p, clamp)^γ. For γ < 1 the derivative of (1 − p)^γ is infinite at p = 1, which a
+    saturated teacher reaches in float32; the clamp gives the right limit there and changes neither
+    value nor gradient wherever the unclamped form is finite.
     """
     log_p = F.log_softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)
-    return beta * ((1 - log_p.exp()).pow(gamma) * -log_p).mean()
+    weight = 1 - log_p.exp()
+    if clamp > 0:
+        weight = weight.clamp_min(clamp)
+    return beta * (weight.pow(gamma) * -log_p).mean()
+
+
+def focal_clamp(opts: HASTOptions) -> float:
+    """The clamp a set's synthesis uses: SynQ's option where it can act (γ < 1), else none (HAST has
+    no such option, so its sets and their cache keys stay as they were)."""
+    clamp = float(getattr(opts, "focal_clamp", 0.0))
+    return clamp if opts.hardness_gamma < 1 else 0.0
 
 
 def schedule(opts: HASTOptions) -> PixelSchedule:
@@ -79,7 +93,9 @@ def synthesize_batch(
     """
 
     def hardness(view: SynthesisView) -> Tensor:
-        return hardness_loss(view.logits, labels, opts.hardness_beta, opts.hardness_gamma)
+        return hardness_loss(view.logits, labels, opts.hardness_beta, opts.hardness_gamma, clamp)
+
+    clamp = focal_clamp(opts)
 
     augment, seed = None, None
     if opts.synthesis_augment_p > 0:  # ImageNet: per-image RRC(size, scale (crop_min, 1)) + flip (IMAGENET.md §4.2)
@@ -125,6 +141,8 @@ class SyntheticSet:
             "seed": o.seed_for(ctx.spec.seed),
             # only when augmenting, so the CIFAR sets keep their cache keys
             **({"augment": [o.synthesis_augment_p, o.synthesis_crop_min]} if o.synthesis_augment_p > 0 else {}),
+            # only where SynQ's clamp acts (γ < 1): a set without it is HAST's, shared by both
+            **({"focal_clamp": focal_clamp(o)} if focal_clamp(o) > 0 else {}),
         }
 
     def cache(self) -> TensorCache:

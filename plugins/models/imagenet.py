@@ -42,6 +42,11 @@ RESNET50_MACS = 3_857_973_248
 MOBILENETV2_MACS = 313_619_328
 MOBILENET_MACS = 568_740_352
 
+# Grad-CAM layers (SynQ, docs/methods/synq.md#grad-cam-alignment): the last conv with spatial extent,
+# before its BN. For MobileNetV2 that is the 320 -> 1280 conv of the final block, (B, 1280, 7, 7): the
+# last Conv2d, `output`, is the 1 x 1 classifier conv, whose maps are 1 x 1 and carry no spatial signal.
+MOBILENETV2_CAM_TARGET = "features.final_block.conv"
+
 # pytorchcv's later ResNet-18 files (IMAGENET.md §1.2): what `pretrained=True` fetches from
 # pytorchcv 0.0.59-0.0.60 and >= 0.0.61 (0.0.74 is installed here).
 RESNET18_LATER_FILES = (
@@ -106,7 +111,7 @@ def _builder(module: str, fn: str) -> Callable[[], nn.Module]:
 
 
 def _teacher(arch: str, description: str, build: Callable[[], nn.Module], weights: PretrainedWeights,
-             taps: dict[str, tuple[str, ...]], macs: int) -> TeacherModel:
+             taps: dict[str, tuple[str, ...]], macs: int, cam_target: str) -> TeacherModel:
     return TeacherModel(
         name=f"{arch}_imagenet",
         description=description,
@@ -119,6 +124,7 @@ def _teacher(arch: str, description: str, build: Callable[[], nn.Module], weight
         input_size=IMAGENET_INPUT,
         classifier="output",
         macs=macs,
+        cam_target=cam_target,
     )
 
 
@@ -128,7 +134,7 @@ RESNET18_IMAGENET = _teacher(
     pytorchcv_weights("resnet18-0982-0126861b.pth", "0126861b4cd7f7b14196b1e01827da688f8bab6d", "v0.0.153", 71.47,
                       "the papers' teacher (pytorchcv <= 0.0.58; every ZSQ repo vendors it); 71.47% top-1",
                       refused=RESNET18_LATER_FILES),
-    tap_sets(RESNET18_UNITS, "body"), RESNET18_MACS,
+    tap_sets(RESNET18_UNITS, "body"), RESNET18_MACS, "features.stage4.unit2.body.conv2.conv",
 )
 
 RESNET50_IMAGENET = _teacher(
@@ -136,7 +142,7 @@ RESNET50_IMAGENET = _teacher(
     _builder("resnet", "resnet50"),
     pytorchcv_weights("resnet50-0633-b00d1c8e.pth", "b00d1c8e52aa7a2badc705b1545aaf6ccece6ce9", "v0.0.329", 77.72,
                       "the papers' teacher; 77.72% top-1 (papers print 77.72-77.74)"),
-    tap_sets(RESNET50_UNITS, "body"), RESNET50_MACS,
+    tap_sets(RESNET50_UNITS, "body"), RESNET50_MACS, "features.stage4.unit3.body.conv3.conv",
 )
 
 MOBILENETV2_IMAGENET = _teacher(
@@ -144,7 +150,7 @@ MOBILENETV2_IMAGENET = _teacher(
     _builder("mobilenetv2", "mobilenetv2_w1"),
     pytorchcv_weights("mobilenetv2_w1-0887-13a021bc.pth", "13a021bca5b679b76156829743f7182da42e8bb6", "v0.0.213",
                       73.03, "the papers' teacher; 73.03% top-1"),
-    tap_sets(MOBILENETV2_UNITS, "conv3"), MOBILENETV2_MACS,
+    tap_sets(MOBILENETV2_UNITS, "conv3"), MOBILENETV2_MACS, MOBILENETV2_CAM_TARGET,
 )
 
 MOBILENET_IMAGENET = _teacher(
@@ -152,7 +158,7 @@ MOBILENET_IMAGENET = _teacher(
     _builder("mobilenet", "mobilenet_w1"),
     pytorchcv_weights("mobilenet_w1-0895-7e1d739f.pth", "7e1d739f0fd4b95c16eef077c5dc0a5bb1da8ad5", "v0.0.155", 73.39,
                       "IntraQ's README teacher; 73.39% top-1"),
-    tap_sets(MOBILENET_UNITS, "pw_conv"), MOBILENET_MACS,
+    tap_sets(MOBILENET_UNITS, "pw_conv"), MOBILENET_MACS, "features.stage5.unit2.pw_conv.conv",
 )
 
 IMAGENET_TEACHERS = (RESNET18_IMAGENET, RESNET50_IMAGENET, MOBILENETV2_IMAGENET, MOBILENET_IMAGENET)

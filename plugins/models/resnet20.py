@@ -27,6 +27,8 @@ LAST_UNIT_PER_STAGE = tuple(f"features.stage{s}.unit3.body" for s in (1, 2, 3))
 PENULTIMATE = ("features.final_pool",)
 # Conv2d + Linear multiply-accumulates per 32x32 image (forward hooks; IMAGENET.md §7.1: 40.8 MMAC)
 RESNET20_MACS = 40_813_184
+# The last conv (before its BN and the residual addition): SynQ's Grad-CAM layer, (B, 64, 8, 8).
+CAM_TARGET = "features.stage3.unit3.body.conv2.conv"
 TAP_SETS = {"default": ALL_UNITS, "all_units": ALL_UNITS, "last_per_stage": LAST_UNIT_PER_STAGE,
             "penultimate": PENULTIMATE}
 
@@ -71,6 +73,7 @@ RESNET20_CIFAR10 = TeacherModel(
     input_size=(3, 32, 32),
     classifier="output",
     macs=RESNET20_MACS,
+    cam_target=CAM_TARGET,
 )
 
 RESNET20_CIFAR100 = TeacherModel(
@@ -104,6 +107,7 @@ RESNET20_CIFAR100 = TeacherModel(
     input_size=(3, 32, 32),
     classifier="output",
     macs=RESNET20_MACS,
+    cam_target=CAM_TARGET,
 )
 
 

@@ -84,6 +84,7 @@ RESNET18_TV_IMAGENET = TeacherModel(
     input_size=IMAGENET_INPUT,
     classifier="fc",
     macs=RESNET18_TV_MACS,
+    cam_target="layer4.1.conv2",  # the last conv, before bn2 (SynQ's Grad-CAM layer)
 )
 
 

@@ -91,7 +91,10 @@ class TeacherModel:
     Everything the core and the methods need to know about the architecture is declared here
     rather than assumed: the input size (generators and benchmarks build images of it), the
     classifier's module path, and named sets of module paths whose outputs feature losses may
-    tap ("default" is required by losses that use the model's recommended maps).
+    tap ("default" is required by losses that use the model's recommended maps). ``cam_target`` is
+    the layer whose output class-activation maps are made from (SynQ's Grad-CAM term): the last
+    convolution with spatial extent; None = the last ``Conv2d`` in registration order. It is not
+    part of trial ids (nothing of the model declaration is; the id names the model).
     """
 
     name: str
@@ -107,6 +110,7 @@ class TeacherModel:
     # multiply-accumulates of one image's forward (Conv2d and Linear layers only, IMAGENET.md §7.1):
     # what compute estimates scale by; None = unknown (estimates then assume ResNet-20's cost)
     macs: int | None = None
+    cam_target: str | None = None
 
     def refused_file(self, name: str, sha1: str | None) -> tuple[PretrainedWeights, RefusedFile] | None:
         """The pinned checkpoint that refuses a file called ``name`` with this ``sha1``, and the
