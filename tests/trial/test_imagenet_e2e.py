@@ -45,3 +45,11 @@ def test_a_resnet18_imagenet_grid_runs_every_online_and_offline_method(tmp_path)
 def test_mobilenetv2_and_resnet50_run_gdfq_with_kd(tmp_path, arch):
     (row,) = _run(tmp_path, arch, "gdfq", "kd")
     assert row["model"] == f"{arch}_imagenet" and torch.isfinite(torch.tensor(float(row["top1_last"])))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenetv2_w1"])
+def test_synq_runs_on_resnet18_and_mobilenetv2(tmp_path, arch):
+    """SynQ's CAM layer on MobileNetV2 is its final-block conv (tests/plugins/test_synq_imagenet.py)."""
+    (row,) = _run(tmp_path, arch, "synq", "kd")
+    assert (row["generator"], row["model"]) == ("synq", f"{arch}_imagenet")
+    assert torch.isfinite(torch.tensor(float(row["top1_last"])))
