@@ -15,7 +15,7 @@ from rich.cells import cell_len
 from rich.console import Console
 from support.leaderboard import trial_row, write_trial_folder, write_trials
 
-from zsqbench.cli import compare_cmd, console, leaderboard_cmd, plugins_cmd, status_cmd
+from zsqbench.cli import compare_cmd, console, leaderboard_cmd, ledger_cmd, plugins_cmd, status_cmd
 from zsqbench.cli.main import main
 from zsqbench.cli.tables import TextTable
 
@@ -30,7 +30,7 @@ def screen(request, monkeypatch):
     monkeypatch.setattr(console, "out", Console(file=buf, width=WIDTH, force_terminal=request.param == "terminal",
                                                 color_system=None, legacy_windows=False))
     tables: list[TextTable] = []
-    for module in (leaderboard_cmd, compare_cmd, status_cmd, plugins_cmd):
+    for module in (leaderboard_cmd, compare_cmd, status_cmd, plugins_cmd, ledger_cmd):
         real = module.show_table
         monkeypatch.setattr(module, "show_table", lambda table, c=None, real=real: (tables.append(table), real(table)))
     return request.param, buf, tables
@@ -159,6 +159,16 @@ def test_compare_of_two_tables_and_with_a_paper_is_readable_at_80_columns(screen
         for g, values in (("adadfq", (10.0, 10.0, 10.0)), ("hast", (9.93, 12.94, 37.37)))
         for b, v in zip((3, 4, 5), values)])
     _render(screen, ["compare", "paper:akt", str(smoke)])
+
+
+@pytest.mark.parametrize("flags", [[], ["--conflicts"]], ids=lambda f: " ".join(f) or "default")
+def test_the_ledger_of_claims_is_readable_at_80_columns(screen, flags):
+    _render(screen, ["ledger", *flags])
+
+
+@pytest.mark.parametrize("flags", [[], ["--force"], ["--all"]], ids=lambda f: " ".join(f) or "default")
+def test_the_ledger_of_a_grid_is_readable_at_80_columns(screen, grid, flags):
+    _render(screen, ["ledger", str(grid), *flags])
 
 
 @pytest.mark.parametrize("flags", [["--all"], ["--all", "--wide"], []], ids=lambda f: " ".join(f) or "default")

@@ -125,6 +125,8 @@ def test_packages_depend_in_the_documented_directions():
 
 def test_the_leaderboard_commands_do_not_import_torch():
     code = ("import sys; import zsqbench.leaderboard.compare, zsqbench.leaderboard.views, "
-            "zsqbench.leaderboard.rows, zsqbench.runs.result_file, zsqbench.cli.leaderboard_cmd; print('torch' in sys.modules)")
+            "zsqbench.leaderboard.rows, zsqbench.runs.result_file, zsqbench.cli.leaderboard_cmd, "
+            "zsqbench.leaderboard.ledger, zsqbench.leaderboard.ledger_sources, zsqbench.cli.ledger_cmd; "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -15,6 +15,7 @@ from zsqbench.cli import (
     compare_cmd,
     export_cmd,
     leaderboard_cmd,
+    ledger_cmd,
     plot_cmd,
     plugins_cmd,
     run_cmd,
@@ -24,7 +25,7 @@ from zsqbench.cli import (
 from zsqbench.errors import UserError
 
 SUBCOMMANDS = (run_cmd, status_cmd, plugins_cmd, leaderboard_cmd, compare_cmd, plot_cmd, analyze_cmd, bench_cmd,
-               export_cmd, teacher_eval_cmd)
+               export_cmd, teacher_eval_cmd, ledger_cmd)
 
 
 #: OS errors a user fixes (space, a read-only or unwritable folder, a file where a folder should be):

@@ -41,11 +41,16 @@ def _read_result(path: Path) -> dict[str, Any]:
     return validate_result(data, path)
 
 
-def trial_rows(results: Path) -> list[dict[str, Any]]:
-    """One row per done trial under ``results``, in the order they finished."""
+def trial_results(results: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Every done trial's result under ``results`` (checked, current format), with its file."""
     if not Path(results).is_dir():
         raise UserError(f"results folder not found: {results}; pass the --out folder of `zsqbench run`")
-    rows = [result_row(_read_result(p), read_export_record(p.parent)) for p in find_result_files(results)]
+    return [(p, _read_result(p)) for p in find_result_files(results)]
+
+
+def trial_rows(results: Path) -> list[dict[str, Any]]:
+    """One row per done trial under ``results``, in the order they finished."""
+    rows = [result_row(result, read_export_record(p.parent)) for p, result in trial_results(results)]
     return sorted(rows, key=lambda r: (str(r["finished_at"]), r["run"], r["trial_id"]))
 
 
