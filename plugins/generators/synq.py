@@ -107,6 +107,9 @@ class SynQOptions(HASTOptions):
     lambda_pert: float = Field(1.0, ge=0, description="weight λ_P of the perturbed pass")
     fa_perturbed: Literal["auto", "always", "never"] = Field(
         "auto", description="the feature term in the perturbed pass: 'auto' = on ImageNet only (code)")
+    loader_order: Literal["pass", "epoch"] = Field(
+        "pass", description="'pass' = a new permutation at every pass over the set (harness); 'epoch' = one per "
+        "epoch, repeated by every pass within it (code)")
     # calibration and synthesis
     zero_image_calibration: bool = Field(
         True, description="a student forward on one zero image before every calibration batch (code)")
@@ -214,6 +217,27 @@ class SynQ(HAST):
         if phase.calibrating or o.lowpass != "batch":
             return batch
         return Batch(x=gaussian_lowpass(batch.x, o.d0), y=batch.y)
+
+    def start_epoch(self, phase: Phase) -> None:
+        super().start_epoch(phase)
+        if self.options.loader_order == "epoch" and phase.training:  # type: ignore[attr-defined]
+            self._perm, self._pos = None, 0  # the code re-creates its loader, with a new permutation, every epoch
+
+    def _next_indices(self, count: int) -> Tensor:
+        """``loader_order = epoch``: when a pass ends within an epoch, the next one repeats the epoch's
+        permutation (the code's sampler is seeded by the epoch), so batch compositions recur within it."""
+        if self.options.loader_order == "pass":  # type: ignore[attr-defined]
+            return super()._next_indices(count)
+        assert self.labels is not None
+        n = self.labels.shape[0]
+        chunks = []
+        while count > 0:
+            if self._perm is not None and self._pos >= n:
+                self._pos = 0
+            take = min(count, n - self._pos if self._perm is not None else n)
+            chunks.append(super()._next_indices(take))
+            count -= take
+        return torch.cat(chunks)
 
     def cam_taps(self) -> tuple[ActivationTap, ActivationTap]:
         """The CAM layer's taps on teacher and student (made again if the student was rebuilt)."""

@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import make_parts, make_spec
+from conftest import make_parts, make_spec, one_line_error
 
 from zsqbench.api import Batch, StudentUpdate
 from zsqbench.api.options import fill_options
@@ -292,6 +292,19 @@ def test_training_batches_are_filtered_and_dataset_mode_filters_the_set_once(tin
     assert torch.allclose(stored.images, gaussian_lowpass(gen.images, 4.0), atol=1e-6)
 
 
+def test_loader_order_epoch_repeats_the_permutation_within_an_epoch(tiny_parts):
+    gen = tiny_parts(synq_spec(loader_order="epoch")).generator
+    gen.labels = torch.arange(6)
+    phase = gen.ctx.spec.budget.first_training_phase
+    torch.manual_seed(0)
+    gen.start_epoch(phase)
+    drawn = torch.cat([gen._next_indices(4) for _ in range(3)])  # 12 draws = two passes of 6
+    assert sorted(drawn[:6].tolist()) == list(range(6)) and torch.equal(drawn[:6], drawn[6:])
+    gen.start_epoch(phase)
+    again = torch.cat([gen._next_indices(4) for _ in range(3)])
+    assert torch.equal(again[:6], again[6:]) and not torch.equal(again, drawn)
+
+
 @pytest.mark.parametrize("loss", ["kd", "akt", "spatial", "ait"])
 def test_losses_compose_and_the_feature_term_is_clean_only_on_cifar(tiny_parts, loss):
     parts = tiny_parts(synq_spec(loss))
@@ -339,6 +352,12 @@ def test_bad_options_are_one_line_errors(plugins, option):
     with pytest.raises(UserError) as err:
         fill_options(plugins.generators.get("synq"), option, "generator", "synq")
     assert "\n" not in str(err.value)
+
+
+def test_an_out_of_range_option_is_exit_2_from_the_command_line(capsys):
+    err = one_line_error(capsys, ["run", "--generators", "synq", "--loss", "kd", "--bits", "3", "--budget", "smoke",
+                                  "-o", "synq.tau=1.5", "--dry-run"])
+    assert "tau" in err and "synq" in err
 
 
 def test_a_cam_target_that_is_not_a_layer_fails_before_synthesis(plugins, tmp_path):

@@ -31,6 +31,13 @@ def lowpass_gain(height: int, width: int, d0: float, half: bool = False) -> Tens
     return torch.exp(-(fy[:, None] ** 2 + fx[None, :] ** 2) / (2.0 * d0 * d0))
 
 
+@lru_cache(maxsize=32)
+def _gain_on(height: int, width: int, d0: float, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The half-spectrum gain where the images are: copied to the device once, not at every batch (a copy
+    from host memory would make the host wait)."""
+    return lowpass_gain(height, width, d0, half=True).to(device=device, dtype=dtype)
+
+
 def gaussian_lowpass(x: Tensor, d0: float) -> Tensor:
     """``x`` (..., H, W) with every plane low-pass filtered at width ``d0`` (frequency bins); same
     shape and dtype. The real-input transform is used (half the work); the gain is symmetric in
@@ -38,7 +45,7 @@ def gaussian_lowpass(x: Tensor, d0: float) -> Tensor:
     if d0 <= 0:
         raise ValueError(f"the low-pass width D0 must be positive, got {d0}")
     height, width = x.shape[-2:]
-    gain = lowpass_gain(int(height), int(width), float(d0), half=True).to(device=x.device, dtype=x.dtype)
+    gain = _gain_on(int(height), int(width), float(d0), x.device, x.dtype)
     spectrum = torch.fft.rfft2(x, dim=(-2, -1))
     return torch.fft.irfft2(spectrum * gain, s=(height, width), dim=(-2, -1))
 
