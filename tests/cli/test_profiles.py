@@ -31,6 +31,13 @@ def test_a_profile_is_recorded_in_spec_result_and_row_and_compare_refuses_across
     plain_spec, plain_result = _trial(plain)
     assert "profile" not in plain_spec["quantizer"]["options"]  # the default stays out of the id
     assert _trial(default)[1]["trial_id"] == plain_result["trial_id"] != result["trial_id"]
+    certified = result["certification"]  # what the trainer certifies, with the profile's description
+    assert certified["quantizer"]["profile"] == "first-last-8bit" and certified["quantizer"]["version"] == 1
+    assert "8 bits" in certified["quantized_layers"] and certified["activations"] == "static"
+    assert certified["real_training_data"] is False and certified["headline_test_selected"] is False
+    assert certified["budget"] == "smoke" and certified["paper_schedule"] is False
+    assert plain_result["certification"]["quantizer"]["profile"] == "zsq-asym-pc"
+    assert result["machine"]["kind"] and result["machine"]["cpu_capability"]
     frame, _ = read_table(named)
     assert frame["profile"].tolist() == ["first-last-8bit"]
     assert read_table(plain)[0]["profile"].tolist() == ["zsq-asym-pc"]

@@ -143,6 +143,36 @@ class _ComputeFields(_Open):
     tf32: StrictBool | None = None
 
 
+class _Certification(_Open):
+    """What the trainer certifies about a trial (:func:`zsqbench.runs.record.certification`), MLPerf-style:
+    no real training data, the headline not selected on the test set, which layers are quantized and
+    how (the quantizer's profile, where the quantizer describes it), static or dynamic activation
+    ranges, and whether the budget is the paper's schedule. Results written before it have none."""
+
+    real_training_data: StrictBool
+    headline: StrictStr
+    headline_test_selected: StrictBool
+    quantized_layers: StrictStr | None = None
+    activations: Literal["static", "dynamic"] | None = None
+    quantizer: dict[str, Any] | None = None
+    budget: StrictStr | None = None
+    paper_schedule: StrictBool | None = None
+
+
+class _Machine(_Open):
+    """The machine kind a trial ran on (:func:`zsqbench.runs.record.machine`): ``kind`` names it (a
+    GPU's name, or a CPU's model and vector capability), the rest is what changes floating-point
+    summation order (oneDNN, cuDNN). Results written before it have none (their ``device`` says less)."""
+
+    kind: StrictStr
+    device: StrictStr | None = None
+    cpu: StrictStr | None = None
+    cpu_capability: StrictStr | None = None
+    torch: StrictStr | None = None
+    onednn: StrictStr | None = None
+    cudnn: StrictStr | None = None
+
+
 ORACLE_NOTE = "top1_oracle is the best epoch chosen on the test set; report top1_last"
 
 
@@ -170,6 +200,8 @@ class ResultFile(_Open):
     git_hash: StrictStr
     finished_at: StrictStr
     compute: _ComputeFields | None = None
+    certification: _Certification | None = None
+    machine: _Machine | None = None
 
 
 def trial_profile(quantizer: Any, options: Any = None) -> str:
