@@ -220,8 +220,8 @@ SYNQ_CARD = MethodCard(
         "its hyper-parameters were searched on the test set (SQ8): ours are fixed in advance; the test set is never "
         "run with live ranges (the code's epoch -1 pass)",
         "the synthetic set is HAST's (CIFAR β 10, γ 2: HAST's cached set; synthesis_preset=synq_script for the "
-        "scripts' 0.1 / 0.5), with focal_clamp against the NaN of γ < 1 at a saturated teacher (SQ17); no "
-        "calibration-centre / layered-BNS variant (the code's --lbns, which no script enables)",
+        "scripts' 0.1 / 0.5), with focal_clamp against the NaN of γ < 1 at a saturated teacher (SQ17); the "
+        "code's unscripted --lbns variant (calibration centres, layered BN term) is synthesis=lbns",
         "the zero-image calibration forwards are kept by default (zero_image_calibration; false = HAST's "
         "calibration); no few-shot path and no calibration centres in the set (SQ2, SQ22)",
         "ImageNet at the paper's batch 16 (the code runs 4, SQ1); CIFAR, which has no released recipe: 4 + 97 "
@@ -244,7 +244,8 @@ SYNQ_CARD = MethodCard(
         "easy mask and selective CE on a fixed logit table (strict vs inclusive tie, 0.1510327 vs the code's "
         "0.9749919, equal gradients), the clean mask reused in the perturbed pass; the step equals HAST's bit "
         "for bit when SynQ's additions are off; the clamp removes the NaN of a saturated teacher "
-        "(tests/plugins/test_synq.py)",
+        "(tests/plugins/test_synq.py); the layered variant's BN split (ResNet-20: 12 of 21, ResNet-18: 11 of 20) "
+        "and pooled centre statistics on hand values (tests/plugins/test_synq_synthesis.py)",
         "every teacher's cam_target is its last conv with spatial extent (tests/plugins/test_cam_targets.py); "
         "in1k-smoke runs on random-init ResNet-18 and MobileNetV2 (tests/trial/test_imagenet_e2e.py), the latter "
         "diverging in its first step without the flat-map guard",

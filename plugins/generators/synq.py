@@ -54,10 +54,12 @@ from zsqbench.toolkit.lowpass import gaussian_lowpass
 from zsqbench.toolkit.offline import imagenet_overrides, short_synthesis_overrides
 from zsqbench_plugins.generators.cards import SYNQ_CARD
 from zsqbench_plugins.generators.hast import HAST, HASTLogitLoss, HASTObjective, HASTOptions
+from zsqbench_plugins.generators.synq_synthesis import CentreSet, LayeredSet
 
 #: What ``mode = paper`` sets unless given (docs/methods/synq.md#code-and-paper).
 PAPER_SETTINGS: dict[str, Any] = {"lowpass": "dataset", "cam_form": "paper", "mask_compare": "inclusive",
-                                  "lambda_fa": 0.0, "zero_image_calibration": False}
+                                  "lambda_fa": 0.0, "zero_image_calibration": False, "synthesis": "lbns",
+                                  "lbns_variance": "pooled"}
 #: The synthesis constants of SynQ's generation scripts (written for a ResNet-34 teacher).
 SCRIPT_SYNTHESIS: dict[str, Any] = {"hardness_beta": 0.1, "hardness_gamma": 0.5}
 #: ImageNet's synthesis (HAST's: focal β 0.1, γ 0.5, per-image crop + flip with probability 0.5).
@@ -76,7 +78,7 @@ class SynQOptions(HASTOptions):
         "lambda_fa / eps change them")
     mode: Literal["code", "paper"] = Field(
         "code", description="'paper' = lowpass=dataset, cam_form=paper, mask_compare=inclusive, "
-        "lambda_fa=0, zero_image_calibration=false; explicit options win")
+        "lambda_fa=0, zero_image_calibration=false, synthesis=lbns, lbns_variance=pooled; explicit options win")
     # the low-pass filter
     lowpass: Literal["batch", "dataset", "off"] = Field(
         "batch", description="'batch' = every training batch after crop + flip (code); 'dataset' = the stored set "
@@ -113,6 +115,13 @@ class SynQOptions(HASTOptions):
     # calibration and synthesis
     zero_image_calibration: bool = Field(
         True, description="a student forward on one zero image before every calibration batch (code)")
+    synthesis: Literal["hast", "lbns"] = Field(
+        "hast", description="'hast' = HAST's synthesis and cache (what SynQ's scripts run); 'lbns' = plus TexQ's "
+        "calibration centres and the layered BN term (the code's --lbns)")
+    lbns_variance: Literal["code", "pooled"] = Field(
+        "code", description="the centres' pooled variance: 'code' leaves the first batch's unweighted, 'pooled' not")
+    centre_iters: int = Field(1500, ge=1, description="Adam steps of each calibration-centre batch (lbns)")
+    centres_in_set: bool = Field(False, description="append one centre per class to the fine-tuning set")
     synthesis_preset: Literal["hast", "synq_script"] = Field(
         "hast", description="'hast' = HAST's β, γ (CIFAR 10 / 2: HAST's set); 'synq_script' = 0.1 / 0.5")
     focal_clamp: float = Field(
@@ -150,9 +159,19 @@ class SynQLogitLoss:
 
 # ---------------------------------------------------------------------------- plugin
 
+#: The calibration centres' steps under the short presets (read only with synthesis = lbns), shrunk as the set's.
+CENTRE_ITERS = {"smoke": 3, "cpu": 100, "in1k-smoke": 2, "in1k-short": 500}
+
+
+def _short(override: BudgetOverride) -> BudgetOverride:
+    options = {**override.generator_options, "centre_iters": CENTRE_ITERS[override.preset]}
+    return override.model_copy(update={"generator_options": options})
+
+
 BUDGET_OVERRIDES = (
-    *short_synthesis_overrides("synq", "hard samples", "HAST's official 1e-5 diverged there; SynQ has its KD weight"),
-    *(o for o in imagenet_overrides("synq", IMAGENET_SYNTHESIS) if o.preset != "in1k-paper"),
+    *(_short(o) for o in short_synthesis_overrides("synq", "hard samples",
+                                                   "HAST's official 1e-5 diverged there; SynQ has its KD weight")),
+    *(_short(o) for o in imagenet_overrides("synq", IMAGENET_SYNTHESIS) if o.preset != "in1k-paper"),
     BudgetOverride(preset="in1k-paper", generator="synq", epochs=101, warmup_epochs=4, batch_size=16,
                    lr_milestones=(100, 200, 350), generator_options=dict(IMAGENET_SYNTHESIS),
                    note="SynQ's ImageNet recipe: 4 calibration + 97 epochs at the paper's batch 16 (code: 4), lr 1e-6 "
@@ -179,6 +198,9 @@ class SynQ(HAST):
         both negligible): ≈ 16T per sample against HAST's 14T (docs/methods/synq.md#compute)."""
         o: SynQOptions = options  # type: ignore[assignment]
         counts = super().pass_counts(options, teacher)
+        if o.synthesis == "lbns":  # the calibration centres: one image per class, in whole synthesis batches
+            centres = -(-teacher.num_classes // o.synthesis_batch) * o.synthesis_batch
+            counts = replace(counts, synthesis_teacher=counts.synthesis_teacher + 3.0 * centres * o.centre_iters)
         if o.lambda_cam == 0:
             return counts
         return replace(counts, train_teacher=counts.train_teacher + 2.0, student_input_backwards=1)
@@ -193,10 +215,20 @@ class SynQ(HAST):
         self.cam_settings = CAMSettings(o.cam_form, o.cam_norm_eps, o.cam_flat_guard, o.cam_weight_grad)
         self.cam_target = o.cam_target or ctx.teacher_entry.cam_target or last_conv_path(ctx.teacher)
         ActivationTap(ctx.teacher, self.cam_target)  # a wrong path fails here, before any synthesis
+        if o.synthesis == "lbns":
+            self.synthetic_set = LayeredSet(ctx, o)  # type: ignore[assignment]
         self._cam_taps: tuple[int, ActivationTap, ActivationTap] | None = None
         self._warned_flat = False
 
-    # -- stage 1: HAST's set; 'dataset' filters it once
+    # -- stage 1: HAST's set (or the layered one), the centres appended if asked; 'dataset' filters it once
+    def load_set(self) -> tuple[Tensor, Tensor]:
+        x, y = super().load_set()
+        if not self.options.centres_in_set:  # type: ignore[attr-defined]
+            return x, y
+        centres, labels = CentreSet(self.ctx, self.options).load_or_build()  # type: ignore[arg-type]
+        classes = self.ctx.num_classes
+        return torch.cat([x, centres[:classes]]), torch.cat([y, labels[:classes]])
+
     def prepare(self) -> None:
         super().prepare()
         o: SynQOptions = self.options  # type: ignore[assignment]
