@@ -17,7 +17,7 @@ import pandas as pd
 from zsqbench.bits import bits_label
 from zsqbench.errors import UserError
 from zsqbench.leaderboard.labels import trial_chance
-from zsqbench.leaderboard.schema import AGGREGATED, BUDGET_SETTINGS, KEY_COLUMNS, of_type, with_profiles
+from zsqbench.leaderboard.schema import AGGREGATED, BUDGET_SETTINGS, KEY_COLUMNS, machine_kinds, of_type, with_profiles
 from zsqbench.leaderboard.stats import mean_ci_halfwidth
 
 ROUND = 4  # decimals kept in aggregated numbers (per-trial accuracies have 2)
@@ -139,6 +139,7 @@ def _row(key: dict[str, Any], group: pd.DataFrame) -> dict[str, Any]:
         "teacher_sha256": first["teacher_sha256"],
         "cpu_hours": round(float(group.loc[on_cpu, "wall_s"].sum()) / 3600, ROUND),
         "gpu_hours": round(float(group.loc[~on_cpu, "wall_s"].sum()) / 3600, ROUND),
+        "machines": ";".join(machine_kinds(group)),
         "source": "zsqbench",
         "note": "",
     }
@@ -164,7 +165,7 @@ def normalize_aggregated(frame: pd.DataFrame) -> pd.DataFrame:
             frame[col] = pd.to_numeric(frame[col]).astype("Int64")
         elif col in of_type("float"):
             frame[col] = pd.to_numeric(frame[col]).astype("float64")
-    for col in ("seeds", "precision", "teacher_sha256", "note"):
+    for col in ("seeds", "precision", "teacher_sha256", "machines", "note"):
         frame[col] = frame[col].astype("object").where(frame[col].notna(), "")
     return frame[list(AGGREGATED)].reset_index(drop=True)
 

@@ -20,7 +20,7 @@ from zsqbench.leaderboard.labels import is_reference
 from zsqbench.leaderboard.references import PREFIX
 from zsqbench.leaderboard.results_folder import trial_results
 from zsqbench.leaderboard.rows import result_row
-from zsqbench.leaderboard.schema import BUDGET_SETTINGS, KEY_COLUMNS, plain, with_profiles
+from zsqbench.leaderboard.schema import BUDGET_SETTINGS, KEY_COLUMNS, machine_kinds, plain, with_profiles
 from zsqbench.leaderboard.table import read_table
 from zsqbench.runs.result_file import find_result_files
 
@@ -66,15 +66,6 @@ class Reproduction:
                 f"(n={self.n}), budget {self.budget} {self.schedule}{fp}, on {machines}")
 
 
-def machine_kind(result: dict[str, Any]) -> str:
-    """What a result ran on, as the ledger names machine kinds: the recorded ``machine`` (a GPU's
-    name; a CPU's model and its vector capability) where the result has one, else its device."""
-    machine = result.get("machine") or {}
-    if isinstance(machine, dict) and machine.get("kind"):
-        return str(machine["kind"])
-    return str(result.get("device", "unknown"))
-
-
 def _std(values: pd.Series) -> float | None:
     return round(float(values.std(ddof=1)), 4) if len(values) > 1 else None
 
@@ -99,7 +90,7 @@ def _from_trials(source: str, trials: pd.DataFrame) -> list[Reproduction]:
         certs = [c for c in group.get("certification", pd.Series(dtype=object)) if isinstance(c, dict)]
         agreed = _agree(certs) if len(certs) == len(group) else {}
         schedule = "x".join(str(plain(group.iloc[0][c])) for c in BUDGET_SETTINGS)
-        machines = sorted({str(m) for m in group.get("machine", group["device"])})
+        machines = machine_kinds(group)
         out.append(Reproduction(
             source, str(k["generator"]), str(k["loss"]), str(k["model"]), str(k["dataset"]), int(k["w_bits"]),
             int(k["a_bits"]), str(k["profile"]), str(k["budget"]), len(group), sorted(int(s) for s in group["seed"]),
@@ -122,7 +113,8 @@ def _from_aggregated(source: str, frame: pd.DataFrame) -> list[Reproduction]:
             int(r["a_bits"]), str(r["profile"]), str(r["budget"]), int(r["n_seeds"]),
             [int(s) for s in str(plain(r.get("seeds")) or "").split(";") if s.strip()],
             plain(r.get("top1_last_mean")), plain(r.get("top1_last_std")), plain(r.get("top1_oracle_mean")),
-            plain(r.get("top1_oracle_std")), plain(r.get("fp_top1")), schedule))
+            plain(r.get("top1_oracle_std")), plain(r.get("fp_top1")), schedule,
+            machines=[m for m in str(plain(r.get("machines")) or "").split(";") if m.strip()]))
     return out
 
 
@@ -137,8 +129,7 @@ def read_reproductions(source: str | Path) -> list[Reproduction]:
     if path.is_dir() and find_result_files(path):
         rows = []
         for _, result in trial_results(path):
-            rows.append({**result_row(result), "certification": result.get("certification"),
-                         "machine": machine_kind(result)})
+            rows.append({**result_row(result), "certification": result.get("certification")})
         return _from_trials(text, pd.DataFrame(rows))
     frame, kind = read_table(path)
     if kind == "per-trial":

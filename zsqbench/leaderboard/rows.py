@@ -47,6 +47,7 @@ def result_row(result: dict[str, Any], export: dict[str, Any] | None = None) -> 
         "wall_s": round(result["wall_s"], 1),
         "flags": ";".join(result.get("flags", [])),
         "device": result["device"],
+        "machine": (result.get("machine") or {}).get("kind") or result["device"],
         **compute_fields(result.get("compute")),
         "teacher_weights": result["teacher"]["weights"],
         "teacher_sha256": result["teacher"]["sha256"],

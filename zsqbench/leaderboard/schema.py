@@ -84,6 +84,10 @@ _COLUMNS = (
     Column("flags", "text", "training warnings: exploding_gradients (an epoch's max student gradient norm > 100x the "
            "first training epoch's mean), warnings (see result.json, e.g. a zero feature term)"),
     Column("device", "text", "device the trial ran on"),
+    Column("machine", "text", "machine kind the trial ran on: the CPU's model and vector capability, or the GPU "
+           "(result.json's machine.kind; results from before it: the device); the same seed gives different numbers "
+           "on different kinds"),
+    Column("machines", "text", "", "the machine kinds of the row's trials, ';'-separated (empty for reference rows)"),
     Column("precision", "text", "precision of the convolutions: fp32 or bf16 (--precision)",
            "precision of the convolutions, identical within the row (empty for reference rows)"),
     Column("channels_last", "bool", "whether the networks ran in channels-last memory format"),
@@ -106,14 +110,15 @@ COLUMNS: dict[str, Column] = {c.name: c for c in _COLUMNS}
 PER_TRIAL: tuple[str, ...] = (
     "trial_id", "run", "model", "dataset", "generator", "loss", "quantizer", "profile", "w_bits", "a_bits", "seed",
     "budget", "epochs", "iters_per_epoch", "batch_size", "warmup_epochs", "ptq_only", "fp_top1", "ptq_top1", "top1_last",
-    "top1_oracle", "at_chance", "onnx_top1", "wall_s", "flags", "device", "precision", "channels_last", "compile", "tf32",
+    "top1_oracle", "at_chance", "onnx_top1", "wall_s", "flags", "device", "machine", "precision", "channels_last",
+    "compile", "tf32",
     "teacher_weights", "teacher_sha256", "data_sha256", "zsqbench_version", "torch_version", "git_hash", "finished_at",
 )
 AGGREGATED: tuple[str, ...] = (
     "model", "dataset", "generator", "loss", "quantizer", "profile", "w_bits", "a_bits", "budget", "n_seeds", "seeds",
     "top1_last_mean", "top1_last_std", "top1_last_ci95", "top1_oracle_mean", "top1_oracle_std", "n_at_chance", "fp_top1",
     "ptq_top1_mean", "onnx_top1_mean", "epochs", "iters_per_epoch", "batch_size", "ptq_only", "precision",
-    "teacher_sha256", "cpu_hours", "gpu_hours", "source", "note",
+    "teacher_sha256", "cpu_hours", "gpu_hours", "machines", "source", "note",
 )
 
 #: A configuration: everything that defines an aggregated row except the seed.
@@ -210,6 +215,20 @@ def plain(value: Any) -> Any:
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         value = value.item()
     return None if is_missing(value) else value
+
+
+def machine_kinds(frame: pd.DataFrame) -> list[str]:
+    """The machine kinds a table's trials ran on: a per-trial table's ``machine`` (else its
+    ``device``, as results from before machine kinds say it), an aggregated one's ``machines``."""
+    if "machines" in frame.columns:
+        cells = frame["machines"].dropna().astype(str)
+        return sorted({kind for cell in cells for kind in cell.split(";") if kind.strip()})
+    column = frame["machine"] if "machine" in frame.columns else None
+    if column is None or column.isna().all():
+        column = frame["device"] if "device" in frame.columns else pd.Series(dtype=object)
+    elif "device" in frame.columns:
+        column = column.where(column.notna(), frame["device"])
+    return sorted({str(k) for k in column.dropna() if str(k).strip()})
 
 
 def with_profiles(frame: pd.DataFrame) -> pd.DataFrame:

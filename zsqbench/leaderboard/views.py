@@ -22,7 +22,7 @@ from zsqbench.leaderboard.labels import (
     smoke_note,
     trial_chance,
 )
-from zsqbench.leaderboard.schema import is_missing, plain
+from zsqbench.leaderboard.schema import is_missing, machine_kinds, plain
 
 ORACLE_NOTE = ("`top1_oracle` is the best epoch selected on the test set (an oracle, not a result); "
                "`top1_last` (mean ± sample std over seeds) is the headline.")
@@ -180,15 +180,27 @@ def display_trials(trials: pd.DataFrame, wide: bool = False) -> pd.DataFrame:
                                                                   "top-1 last", "oracle*"])
 
 
+def machines_note(frame: pd.DataFrame) -> str:
+    """A note when the rows come from more than one machine kind; '' otherwise."""
+    kinds = machine_kinds(frame)
+    if len(kinds) < 2:
+        return ""
+    return (f"these rows ran on {len(kinds)} machine kinds ({'; '.join(kinds)}): the same code and seed give "
+            "different numbers on different kinds (vendor kernels sum in different orders, and a short training "
+            "amplifies it), so a difference between rows of different kinds mixes methods and machines")
+
+
 def notes_for(frame: pd.DataFrame, per_trial: bool = False) -> list[str]:
     """The notes a view of these rows needs: what 'at chance' means (when a row is flagged), that
-    smoke numbers are not results (when smoke rows are shown), what 'pub.' means (published rows)."""
+    smoke numbers are not results (when smoke rows are shown), what 'pub.' means (published rows),
+    that the rows come from different machine kinds (when they do)."""
     records = frame.to_dict("records")
     flagged = [r["dataset"] for r in records if chance_label(r)]
     notes = [chance_note(flagged)] if flagged else []
     notes.append(smoke_note(frame["budget"]))
     if not per_trial and any(is_reference(r) for r in records):
         notes.append(PUBLISHED_NOTE)
+    notes.append(machines_note(frame))
     return [n for n in notes if n]
 
 
