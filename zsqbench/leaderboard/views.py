@@ -23,6 +23,7 @@ from zsqbench.leaderboard.labels import (
     trial_chance,
 )
 from zsqbench.leaderboard.schema import is_missing, machine_kinds, plain
+from zsqbench.runs.result_file import DEFAULT_PROFILE
 
 ORACLE_NOTE = ("`top1_oracle` is the best epoch selected on the test set (an oracle, not a result); "
                "`top1_last` (mean ± sample std over seeds) is the headline.")
@@ -54,7 +55,10 @@ def _spread(r: dict[str, Any], ci: bool) -> Any:
 
 
 def _varying(frame: pd.DataFrame, columns: tuple[str, ...]) -> list[str]:
-    return [c for c in columns if len(frame) and frame[c].astype(str).nunique() > 1]
+    """The columns whose values differ between rows; ``profile`` also when it is not the default
+    anywhere (a number under another convention must not read as the usual one)."""
+    return [c for c in columns if len(frame) and (frame[c].astype(str).nunique() > 1 or (
+        c == "profile" and (frame[c].astype(str) != DEFAULT_PROFILE).any()))]
 
 
 def _ptq_only(row: dict[str, Any]) -> bool:
