@@ -19,6 +19,7 @@ Torch-free, like the leaderboard: it reads result files through :mod:`zsqbench.r
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,9 @@ class Claim:
     @property
     def source(self) -> str:
         tables = self.tables
-        if len(tables) > 1 and all(t.startswith("Table ") for t in tables):
-            tables = ["Tables " + ", ".join(t.removeprefix("Table ") for t in tables)]
+        numbers = [n.strip() for t in tables for n in re.sub(r"^Tables? ", "", t).split(",")]
+        if len(numbers) > 1 and all(re.match(r"Tables? ", t) for t in tables) and all(n.isdigit() for n in numbers):
+            tables = ["Tables " + ", ".join(sorted(set(numbers), key=int))]
         return " ".join([self.paper, *tables, f"({self.origin})"])
 
     def label(self) -> str:

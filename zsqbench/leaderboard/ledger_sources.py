@@ -16,7 +16,7 @@ import pandas as pd
 
 from zsqbench.errors import UserError
 from zsqbench.leaderboard.aggregate import done_trials
-from zsqbench.leaderboard.labels import is_reference
+from zsqbench.leaderboard.labels import AT_CHANCE, at_chance, is_reference
 from zsqbench.leaderboard.references import PREFIX
 from zsqbench.leaderboard.results_folder import trial_results
 from zsqbench.leaderboard.rows import result_row
@@ -55,15 +55,17 @@ class Reproduction:
     paper_schedule: bool | None = None
     certified: dict[str, Any] = field(default_factory=dict)
 
-    def label(self, oracle: bool | None = None) -> str:
-        """"45.20 ± 2.10 (n=2, last; oracle 47.10 ± 1.9), budget cpu 8x100x64, on MACHINE"."""
+    def label(self) -> str:
+        """"last 45.20 ± 2.10, best epoch* 47.10 ± 1.90 (n=2), budget cpu 8x100x64, FP 92.60, on MACHINE"."""
         def stat(mean: float | None, std: float | None) -> str:
             return "?" if mean is None else f"{mean:.2f}" + ("" if std is None else f" ± {std:.2f}")
 
         machines = ", ".join(self.machines) or "machine not recorded"
         fp = "" if self.fp_top1 is None else f", FP {self.fp_top1:.2f}"
-        return (f"last {stat(self.last_mean, self.last_std)}, best epoch* {stat(self.oracle_mean, self.oracle_std)} "
-                f"(n={self.n}), budget {self.budget} {self.schedule}{fp}, on {machines}")
+        chance = f" ({AT_CHANCE})" if at_chance(self.last_mean, self.dataset) else ""
+        return (f"last {stat(self.last_mean, self.last_std)}{chance}, best epoch* "
+                f"{stat(self.oracle_mean, self.oracle_std)} (n={self.n}), budget {self.budget} {self.schedule}{fp}, "
+                f"on {machines}")
 
 
 def _std(values: pd.Series) -> float | None:
