@@ -275,6 +275,29 @@ def test_no_easy_sample_flat_cam_and_nan_inputs(plugins, tmp_path):
     assert not torch.isfinite(terms["total"]) and problem and "non-finite student loss" in problem
 
 
+def test_without_the_teacher_path_the_cam_still_gets_the_teacher_map(plugins, tmp_path):
+    """perturb_through_teacher = false: the teacher's clean pass builds a graph only after its CAM layer
+    (whose output becomes a leaf), so the objective sees detached teacher outputs and the CAM term is
+    the same as with the teacher path."""
+    seen = []
+    terms = {}
+    for through in (True, False):
+        parts = _calibrated(make_parts(plugins, synq_spec(perturb_through_teacher=through), tmp_path / str(through)))
+        objective = parts.objective
+
+        def recording(inputs, objective=objective):
+            seen.append(inputs.teacher_logits.requires_grad)
+            return objective(inputs)
+
+        recording.feature_taps = objective.feature_taps
+        ctx = parts.ctx
+        with ctx.teacher_taps.active(), ctx.student_taps.active():
+            terms[through] = parts.generator.student_step(_batch(), ctx.spec.budget.first_training_phase,
+                                                          StudentUpdate(ctx, recording, parts.optimizer))
+    assert seen == [True, False, False, False]  # clean pass: with the teacher path only when asked
+    assert terms[False]["cam"].item() == pytest.approx(terms[True]["cam"].item(), rel=1e-6)
+
+
 def test_training_batches_are_filtered_and_dataset_mode_filters_the_set_once(tiny_parts):
     parts = tiny_parts(synq_spec(d0=4.0))
     gen = parts.generator
