@@ -86,7 +86,9 @@ def test_each_worker_keeps_one_device_and_a_device_holds_trials_per_gpu_workers(
         device_of.setdefault(pid, set()).add(device)
     assert all(len(devices) == 1 for devices in device_of.values())  # pinned for the worker's life
     per_device = {d: sum(1 for ds in device_of.values() if d in ds) for d in ("cpu:0", "cpu:1")}
-    assert all(1 <= n <= 2 for n in per_device.values()) and len(device_of) <= 4
+    # at most trials_per_gpu workers per device (which workers get jobs at all depends on how fast
+    # the pool starts them: the dealing itself is checked in the assignment test above)
+    assert all(n <= 2 for n in per_device.values()) and len(device_of) <= 4
 
 
 def test_a_worker_pins_its_cuda_device(monkeypatch):
