@@ -35,19 +35,10 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from zsqbench.api import (
-    Batch,
-    BudgetOverride,
-    LossInputs,
-    NativeLosses,
-    PassCounts,
-    Phase,
-    PluginOptions,
-    StudentUpdate,
-    TeacherModel,
-    TrainContext,
-    hookimpl,
-)
+from zsqbench.api import BudgetOverride, LossInputs, NativeLosses, PluginOptions, hookimpl
+from zsqbench.api.generator import Batch, PassCounts, StudentUpdate, TrainContext
+from zsqbench.api.models import TeacherModel
+from zsqbench.api.spec import Phase
 from zsqbench.toolkit.easy_ce import EasySampleCE
 from zsqbench.toolkit.gradcam import ActivationTap, CAMSettings, cam_alignment, last_conv_path
 from zsqbench.toolkit.lowpass import gaussian_lowpass

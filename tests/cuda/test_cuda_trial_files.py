@@ -10,8 +10,7 @@ import json
 import pytest
 import torch
 from cuda_setup import DEVICE, NEEDS_DEVICE
-from support.data import write_test_set
-from torch import nn
+from support.data import write_normalized_teacher, write_test_set
 
 from zsqbench.api.plugins import get_plugins
 from zsqbench.assets.data import load_test_set
@@ -26,22 +25,6 @@ pytestmark = [*NEEDS_DEVICE, pytest.mark.slow]
 IMAGES = 24
 
 
-def _teacher_file(path, model: nn.Module):
-    """Random weights with BN statistics measured on normalized random images, as a trained network's
-    are on its data (the export's agreement check needs activations of a trained network's scale)."""
-    torch.manual_seed(0)
-    mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2470, 0.2435, 0.2616])
-    x = (torch.rand(256, 3, 32, 32) - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None
-            m.reset_running_stats()
-    with torch.no_grad():
-        model.train()(x)
-    torch.save(model.eval().state_dict(), path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def device_trial(tmp_path_factory):
     """One GDFQ + KD W4A4 smoke trial run with ``--device`` the test device: (data root, teacher
@@ -50,7 +33,7 @@ def device_trial(tmp_path_factory):
     base = tmp_path_factory.mktemp("device_trial")
     root = base / "data"
     write_test_set(root, "cifar10", n=IMAGES)
-    weights = _teacher_file(base / "teacher.pth", get_plugins().models.get("resnet20_cifar10").build())
+    weights = write_normalized_teacher(base / "teacher.pth", get_plugins().models.get("resnet20_cifar10").build())
     out = base / "results"
     argv = ["run", "--data-root", str(root), "--teacher-weights", str(weights), "--out", str(out),
             "--device", str(DEVICE), "-q", "--generators", "gdfq", "--loss", "kd", "--bits", "4", "--budget", "smoke"]

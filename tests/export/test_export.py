@@ -36,7 +36,7 @@ import pytest
 import torch
 from conftest import make_spec, one_line_error, run_argv
 from onnx import helper, numpy_helper
-from support.data import write_test_set
+from support.data import write_normalized_teacher, write_test_set
 from torch import nn
 
 from zsqbench.api.quantizer import IntegerGrid
@@ -200,22 +200,6 @@ def test_each_activation_quantizer_reproduces_the_students_codes_except_at_ties(
 
 # ------------------------------------------------------------------------------------------------
 # Smoke trials end to end: `zsqbench run --export onnx`
-
-
-def write_normalized_teacher(path: Path, model: nn.Module, seed: int = 0) -> Path:
-    """Random weights with BN statistics measured on (normalized) random images, as a trained
-    network's are measured on its data (see the module docstring)."""
-    torch.manual_seed(seed)
-    mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2470, 0.2435, 0.2616])
-    x = (torch.rand(256, 3, 32, 32) - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None  # a cumulative average: the statistics of this batch
-            m.reset_running_stats()
-    with torch.no_grad():
-        model.train()(x)
-    torch.save(model.eval().state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="module")

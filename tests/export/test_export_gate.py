@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_argv
-from support.data import write_test_set
-from test_export import SMOKE, use_naive_zero_points, write_normalized_teacher
+from support.data import write_normalized_teacher, write_test_set
+from test_export import SMOKE, use_naive_zero_points
 
 from zsqbench.api.quantizer import IntegerGrid
 from zsqbench.assets.data import load_test_set

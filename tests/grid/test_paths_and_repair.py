@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import one_line_error, run_argv
 from support.data import write_random_weights, write_test_set
+from support.fresh_plugins import fresh_plugins  # noqa: F401 (autouse fixture)
 
 from zsqbench.api.plugins import get_plugins
 from zsqbench.cli.main import main
@@ -28,13 +29,6 @@ from zsqbench.runs.folder import TrialFolder
 from zsqbench.runs.lease import LEASE, LeaseInfo, LeaseOwner
 
 GRID = ["--generators", "gdfq", "--loss", "kd", "--bits", "3", "--budget", "smoke"]
-
-
-@pytest.fixture(autouse=True)
-def fresh_plugins():
-    get_plugins.cache_clear()
-    yield
-    get_plugins.cache_clear()
 
 
 @pytest.fixture(scope="module")

@@ -11,21 +11,15 @@ import pytest
 import torch
 from conftest import one_line_error
 from support.data import write_random_weights
+from support.fresh_plugins import fresh_plugins  # noqa: F401 (autouse fixture)
 
-from zsqbench.api.plugins import build_plugins, get_plugins
+from zsqbench.api.plugins import build_plugins
 from zsqbench.cli import run_cmd
 from zsqbench.cli.main import main
 from zsqbench.grid.runner import GridReport
 
 #: The README's headline grid: 6 trials, about two days on the 2-core CPU, well under an hour on a GPU.
 HEADLINE = ["--generators", "adadfq,hast", "--loss", "akt", "--bits", "3,4,5", "--budget", "paper"]
-
-
-@pytest.fixture(autouse=True)
-def fresh_plugins():
-    get_plugins.cache_clear()
-    yield
-    get_plugins.cache_clear()
 
 
 @pytest.fixture

@@ -14,19 +14,13 @@ import pytest
 import torch
 from conftest import make_spec, one_line_error, run_argv
 from support.data import write_random_weights, write_test_set
+from support.fresh_plugins import fresh_plugins  # noqa: F401 (autouse fixture)
 
 from zsqbench.api import DistillationLoss, PretrainedWeights, hookimpl
-from zsqbench.api.plugins import build_plugins, get_plugins
+from zsqbench.api.plugins import build_plugins
 from zsqbench.cli.main import main
 from zsqbench.files import file_digest
 from zsqbench.runs.lease import LEASE, TrialLease
-
-
-@pytest.fixture(autouse=True)
-def fresh_plugins():
-    get_plugins.cache_clear()
-    yield
-    get_plugins.cache_clear()
 
 
 def _args(root, weights, out, *extra):

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 from conftest import CountingCalls, make_spec
+from support.steps import calibration_input_shapes
 
 from zsqbench.errors import UserError
 from zsqbench.grid.budgets import resolve_budget
@@ -146,14 +147,7 @@ def test_fine_tuning_batches_and_native_loss(tiny_parts):
     ctx, gen = parts.ctx, parts.generator
     gen.prepare()
     budget = ctx.spec.budget
-    seen = []
-    handle = ctx.student.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
-    try:
-        with epoch_context(parts, budget.phase(0)):
-            assert iterate(parts, budget.phase(0)) == {}
-    finally:
-        handle.remove()
-    assert seen == [(2, 3, 32, 32)]  # the GDFQ calibration generator at its own batch
+    assert calibration_input_shapes(parts) == [(2, 3, 32, 32)]  # the GDFQ calibration generator at its own batch
     phase = budget.first_training_phase
     with epoch_context(parts, phase):
         assert gen.networks() == {}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 
 def write_test_set(root: Path, dataset: str = "cifar10", n: int = 40, seed: int = 0) -> Path:
@@ -40,4 +41,21 @@ def write_random_weights(path: Path, model: torch.nn.Module, seed: int = 0) -> P
                 m.running_var.uniform_(0.5, 1.5)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
+    return path
+
+
+def write_normalized_teacher(path: Path, model: nn.Module, seed: int = 0) -> Path:
+    """Random weights with BN statistics measured on (normalized) random images, as a trained
+    network's are measured on its data: the export's agreement checks need activations of a trained
+    network's scale."""
+    torch.manual_seed(seed)
+    mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2470, 0.2435, 0.2616])
+    x = (torch.rand(256, 3, 32, 32) - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None  # a cumulative average: the statistics of this batch
+            m.reset_running_stats()
+    with torch.no_grad():
+        model.train()(x)
+    torch.save(model.eval().state_dict(), path)
     return path
