@@ -33,9 +33,10 @@ import os
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from zsqbench.runs.lease_owner import LeaseOwner, pid_alive
 
@@ -146,6 +147,27 @@ def _link_exclusive(directory: Path, name: str, text: str) -> bool:
         tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def _takeover_lock(directory: Path, token: str) -> Iterator[bool]:
+    """The folder's takeover lock, for replacing or removing a stale lease: yields whether this
+    worker holds it (False: another worker is taking the trial over right now). A lock older than
+    :data:`TAKEOVER_STALE_S` was left by a worker that died mid-takeover and is broken."""
+    takeover = directory / TAKEOVER
+    held = _link_exclusive(directory, TAKEOVER, token)
+    if not held:
+        try:
+            if time.time() - takeover.stat().st_mtime > TAKEOVER_STALE_S:
+                takeover.unlink(missing_ok=True)
+                held = _link_exclusive(directory, TAKEOVER, token)
+        except FileNotFoundError:  # released meanwhile
+            held = _link_exclusive(directory, TAKEOVER, token)
+    try:
+        yield held
+    finally:
+        if held:
+            takeover.unlink(missing_ok=True)
+
+
 class TrialLease:
     """This worker's claim on one trial folder."""
 
@@ -187,17 +209,9 @@ class TrialLease:
         return False
 
     def _take_over(self, stale: LeaseInfo, reason: str) -> bool:
-        takeover = self.dir / TAKEOVER
-        if not _link_exclusive(self.dir, TAKEOVER, self.me.token):
-            try:
-                if time.time() - takeover.stat().st_mtime <= TAKEOVER_STALE_S:
-                    return False  # another worker is taking it over right now
-                takeover.unlink(missing_ok=True)
-            except FileNotFoundError:
-                pass
-            if not _link_exclusive(self.dir, TAKEOVER, self.me.token):
-                return False
-        try:
+        with _takeover_lock(self.dir, self.me.token) as held:
+            if not held:
+                return False  # another worker is taking it over right now
             current = read_lease(self.dir)
             if current is not None and current.owner.token != stale.owner.token:
                 return False  # someone took it over (or it was released and re-claimed) meanwhile
@@ -207,8 +221,6 @@ class TrialLease:
                     return False
             else:  # replaced in one step, so no other worker can claim it in between
                 os.replace(_write_temp(self.dir, self._text()), self.dir / LEASE)
-        finally:
-            takeover.unlink(missing_ok=True)
         self._start("takeover", previous=stale.owner.describe(), reason=reason)
         return True
 
@@ -307,15 +319,13 @@ def clear_stale_lease(trial_dir: Path, timeout_s: float) -> str | None:
     stale = read_lease(trial_dir)
     me = LeaseOwner.me()
     reason = stale.stale_reason(timeout_s, me) if stale is not None else None
-    if reason is None or not _link_exclusive(trial_dir, TAKEOVER, me.token):
+    if reason is None:
         return None
-    try:
-        current = read_lease(trial_dir)
+    with _takeover_lock(trial_dir, me.token) as held:
+        current = read_lease(trial_dir) if held else None
         if current is None or current.owner.token != stale.owner.token:
-            return None  # taken over (or released) meanwhile: not ours to remove
+            return None  # another worker's takeover, or taken over (or released) meanwhile: not ours to remove
         (trial_dir / LEASE).unlink(missing_ok=True)
-    finally:
-        (trial_dir / TAKEOVER).unlink(missing_ok=True)
     return reason
 
 
