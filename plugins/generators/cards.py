@@ -158,7 +158,8 @@ ZEROQ_CARD = MethodCard(
         "fine-tune on the distilled set through the shared offline scaffold, with IntraQ's published schedule",
         "init=code reproduces the code's division by the variance (ZQ1); init=paper is the unit-variance init",
     ),
-    published=_numbers("AIT README figure, ZeroQ column (most likely PTQ without fine-tuning)", {
+    published=_numbers("AIT README figure, ZeroQ column (most likely PTQ without fine-tuning; protocol unknown, "
+                       "other checkpoint: the code hard-codes 8 bits)", {
         (C10, "W4A4"): 79.30, (C10, "W5A5"): 91.34, (C100, "W4A4"): 47.45, (C100, "W5A5"): 65.61}),
     verified=(
         "the zeroq BN-statistics loss (per-image moments, std form, input term) and the init on hand-computed "

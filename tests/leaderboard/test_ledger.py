@@ -61,6 +61,23 @@ def test_without_results_the_ledger_shows_the_claims_and_flags_the_hast_w3a3_con
     assert _cell(ledger, "resnet20_cifar10 texq+kd W3A3 unknown").claims[0].metric == "unknown"
 
 
+def test_the_zeroq_low_bit_claims_say_their_protocol_is_unknown_in_every_form(capsys):
+    """ZeroQ's code hard-codes 8 bits and our W4A4 PTQ (89 %) is far above the 79.30 of the AIT README:
+    the ledger labels those claims "protocol unknown, other checkpoint" beside the number, not only in the note."""
+    claim = _cell(build_ledger(), "resnet20_cifar10 zeroq+kd W4A4 unknown").claims[0]
+    assert claim.value == 79.30 and claim.caveat == "protocol unknown, other checkpoint"
+    assert claim.label().endswith("metric unknown, protocol unknown, other checkpoint")
+    assert main(["ledger", "--json"]) == 0
+    cells = json.loads(capsys.readouterr().out)["cells"]
+    (shown,) = [c for c in cells if c["name"] == "resnet20_cifar10 zeroq+kd W4A4 unknown"]
+    assert shown["claims"][0]["caveat"] == "protocol unknown, other checkpoint"
+    assert main(["ledger"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "79.30 AIT README results figure, ZeroQ column (reported), FP 93.89, metric unknown, protocol unknown, " \
+           "other checkpoint" in text
+    assert _cell(build_ledger(), "resnet20_cifar10 gdfq+kd W3A3 zsq-asym-pc").claims[0].caveat == ""
+
+
 def test_a_smoke_grid_of_two_methods_is_not_comparable_by_budget(tmp_path):
     folder = _folder(tmp_path, "smoke", [(g, "kd", 3, s, 20.0 + s, 21.0 + s, SMOKE) for g in ("gdfq", "hast")
                                          for s in (0, 1)])
@@ -150,3 +167,4 @@ def test_an_aggregated_csv_is_a_reproduction_without_per_seed_values(tmp_path, c
     cell = _cell(build_ledger([tmp_path / "agg.csv"]), "resnet20_cifar10 adadfq+kd W4A4 zsq-asym-pc")
     assert cell.reproduction.n == 3 and cell.reproduction.oracle_values == []
     assert {v.verdict for v in cell.versus} == {"reproduced"}
+

@@ -91,6 +91,7 @@ def flat_rows(ledger: Ledger) -> pd.DataFrame:
                             "claim_spread_seeds": claim.spread_seeds, "claim_metric": claim.metric,
                             "claim_fp_top1": claim.fp_top1, "claim_profile": claim.profile, "claim_paper": claim.paper,
                             "claim_tables": ", ".join(claim.tables), "claim_origin": claim.origin,
+                            "claim_caveat": claim.caveat,
                             "claim_references": " ".join(claim.references)})
             row.update(ours)
             if v is not None:

@@ -28,7 +28,7 @@ import numpy as np
 
 from zsqbench.bits import bits_label
 from zsqbench.leaderboard.ledger_sources import Reproduction, read_reproductions
-from zsqbench.leaderboard.references import REFERENCES, reference_path
+from zsqbench.leaderboard.references import CAVEATS, REFERENCES, reference_path
 from zsqbench.leaderboard.schema import plain
 from zsqbench.leaderboard.stats import mean_ci_halfwidth, welch_difference
 from zsqbench.leaderboard.table import read_table
@@ -61,6 +61,11 @@ class Claim:
     note: str
 
     @property
+    def caveat(self) -> str:
+        """The caveat the note opens with (:data:`~zsqbench.leaderboard.references.CAVEATS`), or ''."""
+        return next((c for c in CAVEATS if self.note.startswith(c)), "")
+
+    @property
     def source(self) -> str:
         tables = self.tables
         numbers = [n.strip() for t in tables for n in re.sub(r"^Tables? ", "", t).split(",")]
@@ -74,6 +79,8 @@ class Claim:
         extra = [f"FP {self.fp_top1:.2f}" if self.fp_top1 is not None else "FP not stated"]
         if self.metric != "best-epoch":
             extra.append(f"metric {self.metric}")
+        if self.caveat:
+            extra.append(self.caveat)
         return f"{self.value:.2f}{spread}{seeds} {self.source}, {', '.join(extra)}"
 
 
@@ -119,8 +126,13 @@ class Ledger:
     sources: list[str]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sources": self.sources, "notes": self.notes,
-                "cells": [{**asdict(c), "name": c.name} for c in self.cells]}
+        cells = []
+        for c in self.cells:
+            cell = {**asdict(c), "name": c.name}
+            for shown, claim in zip(cell["claims"], c.claims):
+                shown["caveat"] = claim.caveat
+            cells.append(cell)
+        return {"sources": self.sources, "notes": self.notes, "cells": cells}
 
 
 def model_key(model: str, dataset: str) -> str:

@@ -47,6 +47,9 @@ PROVENANCE: dict[str, str] = {
                "zsq-asym-pc), else 'unknown'",
     "fp_top1": "the FP teacher accuracy the source gives (empty when it states none)",
 }
+#: Caveats a reference row's ``note`` may open with (then ": " and the source): the ledger shows them beside
+#: the number, where the rest of the note only reaches the JSON and CSV.
+CAVEATS = ("protocol unknown, other checkpoint",)
 METRICS = ("best-epoch", "last", "unknown")
 ORIGINS = ("own", "re-implementation", "reported")
 
