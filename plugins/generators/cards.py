@@ -38,6 +38,7 @@ GDFQ_CARD = MethodCard(
     commit="a93210e",
     code_license=NO_LICENCE,
     spec="docs/methods/gdfq.md",
+    student_recipe="400·KL_mean + CE (α 1, T 20); lr 1e-4",
     differences=SHARED_DIFFERENCES + (
         "CIFAR-10 supported (the code has CIFAR-100 and ImageNet only, G2); the run script's argument bug (G1) "
         "does not exist here",
@@ -63,6 +64,7 @@ ADADFQ_CARD = MethodCard(
     commit="84100f3",
     code_license=NO_LICENCE,
     spec="docs/methods/adadfq.md",
+    student_recipe="−400·entropy of softmax((t − s)/T) (T 20), no CE; lr 1e-4",
     differences=SHARED_DIFFERENCES + (
         "the margin loss's zero vector follows the batch (the code hard-codes 16, A4)",
         "CIFAR-10 supported (the code accepts only CIFAR-100, A3); options the code fails to read (A2) are read",
@@ -87,6 +89,8 @@ HAST_CARD = MethodCard(
     commit="83dfc16",
     code_license=NO_LICENCE,
     spec="docs/methods/hast.md",
+    student_recipe="8000·KL_batchmean (α 20, T 20) + λ_FA·feature alignment, FGSM pass; lr 1e-6 (smoke, cpu), "
+                   "1e-5 (paper)",
     differences=SHARED_DIFFERENCES + (
         "one process, no DDP/SyncBN or torch.distributed.launch requirement (H2); no sys.exit in synthesis (H7)",
         "λ_FA and ε: the code's hard-coded 1000/0.01 by default (H1); hparams=hocon uses the CIFAR-100 "
@@ -116,6 +120,7 @@ QIMERA_CARD = MethodCard(
     commit="2f48cba",
     code_license="GPL-3.0; never copied",
     spec="docs/methods/qimera.md",
+    student_recipe="400·KL_mean + soft-label CE (GDFQ's); lr 1e-4",
     differences=SHARED_DIFFERENCES + (
         "bits are always passed explicitly: the released CIFAR-100 '4-bit' recipe trains W5A5 (Q2)",
         "the disentanglement mapping is an explicit option dm (default off, as every released script runs it: "
@@ -149,6 +154,7 @@ ZEROQ_CARD = MethodCard(
     commit="9715739",
     code_license="GPL-3.0; never copied",
     spec="docs/methods/zeroq.md",
+    student_recipe="ft: 8000·KL_batchmean (il_ft: + CE); lr 1e-6 (smoke, cpu), 1e-4 (paper); ptq: no training",
     differences=(
         "bits are an option (the code hard-codes 8, ZQ2); CIFAR-10 and CIFAR-100 both supported, no hard-coded "
         "paths (ZQ3)",
@@ -178,6 +184,7 @@ INTRAQ_CARD = MethodCard(
     commit="5228f76",
     code_license=NO_LICENCE,
     spec="docs/methods/intraq.md",
+    student_recipe="8000·KL_batchmean + CE; lr 1e-6 (smoke, cpu), 1e-4 (paper)",
     differences=SHARED_DIFFERENCES + (
         "class centres are kept with the cached set and rebuilt on resume, so run order and parallel groups do "
         "not change MDC (IQ2); the synthesis is seeded (IQ9) and never calls sys.exit (IQ3)",
@@ -221,6 +228,8 @@ SYNQ_CARD = MethodCard(
     commit="8681480",
     code_license="research use only (file headers; LICENSE says Apache-2.0), vendors GPL-3.0 code; never copied",
     spec="docs/methods/synq.md",
+    student_recipe="HAST's (8000·KL_batchmean + FA, FGSM pass) + 0.5·easy-sample CE + 50·CAM alignment; "
+                   "lr 1e-6 (smoke, cpu), 1e-4 (paper)",
     differences=SHARED_DIFFERENCES + (
         "its hyper-parameters were searched on the test set (SQ8): ours are fixed in advance; the test set is never "
         "run with live ranges (the code's epoch -1 pass)",

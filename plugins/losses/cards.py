@@ -37,6 +37,7 @@ AKT_CARD = MethodCard(
     commit="9f49af0",
     code_license=AKT_LICENSE,
     spec="docs/methods/akt.md",
+    student_recipe="the generator's own loss + 1000·attention KL (spatial and channel); the generator's lr",
     differences=AKT_DIFFERENCES,
     published=_table("AKT paper, Tables 2 and 3 (AdaDFQ+AKT)", {
         (C10, "W3A3"): 86.76, (C10, "W4A4"): 92.64, (C10, "W5A5"): 93.83,
@@ -59,6 +60,7 @@ def _ablation_card(branch: str, numbers: tuple[float, float, float], verified: s
         commit="9f49af0",
         code_license=AKT_LICENSE,
         spec=f"docs/methods/{branch}.md",
+        student_recipe=f"the generator's own loss + 1000·{branch}-attention KL; the generator's lr",
         differences=AKT_DIFFERENCES,
         published=_table("AKT paper, Table 4 (AdaDFQ; header lost, per the paper text)",
                          {(C10, f"W{b}A{b}"): v for b, v in zip((3, 4, 5), numbers)}),
@@ -79,6 +81,7 @@ KD_CARD = MethodCard(
     code="none of its own: form=native runs the generator's published loss (see that generator's card)",
     code_license="n/a",
     spec="docs/methods/kd.md",
+    student_recipe="the generator's own loss and lr (form=native; see its row)",
     differences=("form=kl is plain T²·KL with the batchmean reduction, for comparisons across generators",),
     verified=("GDFQ's KD-mean·T² + CE, AdaDFQ's entropy of the logit difference and HAST's KD + FA on hand "
               "values (tests/plugins/test_gdfq.py, tests/plugins/test_adadfq.py, tests/plugins/test_hast.py)",),
@@ -92,6 +95,8 @@ AIT_CARD = MethodCard(
     commit="13a6c8c",
     code_license="GPL-3.0; never copied",
     spec="docs/methods/ait.md",
+    student_recipe="KL only (400·KL_mean with GDFQ-family generators) with gradient inundation, weight decay 0; "
+                   "the generator's lr",
     differences=(
         "the quantized weights come from the quantizer (22 tensors in ResNet-20), not from name substrings (T8)",
         "the step-size search is bounded (a ≤ 2^24) and skips all-zero directions: the official search hangs "

@@ -12,6 +12,7 @@ from support.leaderboard import result_from_row, trial_row, write_trial_folder
 
 from zsqbench.cli.main import main
 from zsqbench.leaderboard.ledger import Claim, build_ledger, conflict_of
+from zsqbench.leaderboard.ledger_sources import student_recipe
 
 PAPER = dict(budget="paper", epochs=400, iters_per_epoch=200, batch_size=16, warmup_epochs=4, fp_top1=93.89,
              run="paper")
@@ -168,3 +169,47 @@ def test_an_aggregated_csv_is_a_reproduction_without_per_seed_values(tmp_path, c
     assert cell.reproduction.n == 3 and cell.reproduction.oracle_values == []
     assert {v.verdict for v in cell.versus} == {"reproduced"}
 
+
+def _recipe_spec(generator: str, lr: float | None = None, **budget) -> dict:
+    """A spec as result.json holds it: the generator's options filled in, as `zsqbench run` writes them."""
+    from zsqbench.api.options import fill_options
+    from zsqbench.api.plugins import build_plugins
+
+    options = fill_options(build_plugins().generators.get(generator), {}, "generator", generator)
+    spec = {"generator": {"name": generator, "options": options},
+            "budget": {"epochs": 8, "iters_per_epoch": 100, "batch_size": 64, "warmup_epochs": 2, **budget}}
+    return spec if lr is None else {**spec, "optim": {"student_lr": lr}}
+
+
+def test_each_reproduction_names_its_student_recipe_in_every_form(tmp_path, capsys):
+    """Offline-set methods train at lr 1e-6 on 8000·KL_batchmean under the short presets, the GDFQ lineage at
+    1e-4 on 400·KL_mean + CE: a short-budget row compares recipes too, and the ledger says which."""
+    assert student_recipe(_recipe_spec("gdfq")) == "lr 1e-4, 400·KL_mean + CE"
+    assert student_recipe(_recipe_spec("qimera")) == "lr 1e-4, 400·KL_mean + CE"
+    assert student_recipe(_recipe_spec("adadfq")) == "lr 1e-4, own loss"
+    assert student_recipe(_recipe_spec("hast", 1e-6)) == "lr 1e-6, 8000·KL_bm"
+    assert student_recipe(_recipe_spec("synq", 1e-6)) == "lr 1e-6, 8000·KL_bm"
+    assert student_recipe(_recipe_spec("zeroq", 1e-6)) == "lr 1e-6, 8000·KL_bm"
+    assert student_recipe(_recipe_spec("intraq", 1e-6)) == "lr 1e-6, 8000·KL_bm + CE"
+    assert student_recipe(_recipe_spec("zeroq", epochs=1, warmup_epochs=1)) == "no training (PTQ)"
+    folder = _folder(tmp_path, "cpu", [(g, "kd", 3, s, 50.0 + s, 51.0 + s, SMOKE) for g in ("gdfq", "hast")
+                                       for s in (0, 1)])
+    for result_path in folder.rglob("result.json"):
+        result = json.loads(result_path.read_text())
+        generator = result["spec"]["generator"]["name"]
+        recipe = _recipe_spec(generator, 1e-6 if generator == "hast" else None)
+        result["spec"]["generator"] = recipe["generator"]
+        result["spec"]["optim"] = recipe.get("optim", {})
+        result_path.write_text(json.dumps(result))
+    ledger = build_ledger([folder])
+    hast = _cell(ledger, "resnet20_cifar10 hast+kd W3A3 zsq-asym-pc").reproduction
+    assert hast.recipe == "lr 1e-6, 8000·KL_bm" and "student lr 1e-6, 8000·KL_bm, on" in hast.label()
+    assert _cell(ledger, "resnet20_cifar10 gdfq+kd W3A3 zsq-asym-pc").reproduction.recipe == \
+        "lr 1e-4, 400·KL_mean + CE"
+    csv = tmp_path / "ledger.csv"
+    assert main(["ledger", str(folder), "--csv", str(csv), "--json"]) == 0
+    cells = json.loads(capsys.readouterr().out)["cells"]
+    assert {c["reproduction"]["recipe"] for c in cells} == {"lr 1e-6, 8000·KL_bm", "lr 1e-4, 400·KL_mean + CE"}
+    assert set(pd.read_csv(csv)["ours_recipe"]) == {"lr 1e-6, 8000·KL_bm", "lr 1e-4, 400·KL_mean + CE"}
+    assert main(["ledger", str(folder)]) == 0
+    assert "student lr 1e-6, 8000·KL_bm" in " ".join(capsys.readouterr().out.split())  # 80 columns: test_table_width

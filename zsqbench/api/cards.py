@@ -37,6 +37,9 @@ class MethodCard(BaseModel):
     commit: str = Field("", description="the commit of that repository our specification was written from")
     code_license: str = Field(description="licence of the official code; we re-implement, never copy")
     spec: str = Field(description="the page that documents the implementation, e.g. 'docs/methods/gdfq.md'")
+    student_recipe: str = Field(
+        "", description="how the student is trained, in a few words: its loss and learning rate under the CIFAR "
+        "presets (they differ by family: a short-budget row compares recipes too); '' where none applies")
     differences: tuple[str, ...] = Field(
         (), description="what our implementation deliberately does differently from the official code")
     published: tuple[PublishedNumber, ...] = ()
@@ -47,6 +50,8 @@ class MethodCard(BaseModel):
         out = [f"{self.method}: {self.paper} ({self.venue})",
                f"official code: {self.code}" + (f" @ {self.commit}" if self.commit else ""),
                f"licence of that code: {self.code_license} (zsqbench re-implements it; see {self.spec})"]
+        if self.student_recipe:
+            out.append(f"student recipe: {self.student_recipe}")
         if self.differences:
             out.append("deliberately different from the official code:")
             out.extend(f"  - {d}" for d in self.differences)
@@ -61,9 +66,11 @@ class MethodCard(BaseModel):
 
 def method_table(entries: list[tuple[str, str, MethodCard]]) -> list[str]:
     """README's method table (Markdown rows) from (plugin name, kind, card) triples."""
-    rows = ["| plugin | kind | method | official code (snapshot we specified from) | licence of that code |",
-            "|---|---|---|---|---|"]
+    rows = ["| plugin | kind | method | student recipe (CIFAR presets) | official code (snapshot we specified from) "
+            "| licence of that code |",
+            "|---|---|---|---|---|---|"]
     for name, kind, card in entries:
         code = f"{card.code} @ {card.commit}" if card.commit else card.code
-        rows.append(f"| `{name}` | {kind} | {card.method} | {code} | {card.code_license} |")
+        rows.append(f"| `{name}` | {kind} | {card.method} | {card.student_recipe or '–'} | {code} | "
+                    f"{card.code_license} |")
     return rows

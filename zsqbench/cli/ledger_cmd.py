@@ -82,7 +82,7 @@ def flat_rows(ledger: Ledger) -> pd.DataFrame:
             "ours_source": rep.source, "ours_budget": rep.budget, "ours_schedule": rep.schedule, "ours_n": rep.n,
             "ours_seeds": ";".join(str(s) for s in rep.seeds), "ours_last_mean": rep.last_mean,
             "ours_last_std": rep.last_std, "ours_oracle_mean": rep.oracle_mean, "ours_oracle_std": rep.oracle_std,
-            "ours_fp_top1": rep.fp_top1, "ours_machines": "; ".join(rep.machines)}
+            "ours_fp_top1": rep.fp_top1, "ours_recipe": rep.recipe, "ours_machines": "; ".join(rep.machines)}
         pairs = list(zip(c.claims, c.versus)) if c.versus else [(claim, None) for claim in c.claims]
         for claim, v in pairs or [(None, None)]:
             row = dict(base)

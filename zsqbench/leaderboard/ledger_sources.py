@@ -54,6 +54,7 @@ class Reproduction:
     machines: list[str] = field(default_factory=list)
     paper_schedule: bool | None = None
     certified: dict[str, Any] = field(default_factory=dict)
+    recipe: str = ""
 
     def label(self) -> str:
         """"last 45.20 ± 2.10, best epoch* 47.10 ± 1.90 (n=2), budget cpu 8x100x64, FP 92.60, on MACHINE"."""
@@ -63,9 +64,46 @@ class Reproduction:
         machines = ", ".join(self.machines) or "machine not recorded"
         fp = "" if self.fp_top1 is None else f", FP {self.fp_top1:.2f}"
         chance = f" ({AT_CHANCE})" if at_chance(self.last_mean, self.dataset) else ""
+        recipe = f", student {self.recipe}" if self.recipe else ""
         return (f"last {stat(self.last_mean, self.last_std)}{chance}, best epoch* "
-                f"{stat(self.oracle_mean, self.oracle_std)} (n={self.n}), budget {self.budget} {self.schedule}{fp}, "
-                f"on {machines}")
+                f"{stat(self.oracle_mean, self.oracle_std)} (n={self.n}), budget {self.budget} {self.schedule}{fp}"
+                f"{recipe}, on {machines}")
+
+
+#: The student learning rate of a spec that names none (``OptimSettings``' default).
+DEFAULT_STUDENT_LR = 1e-4
+
+
+def _lr(value: float) -> str:
+    """1e-06 -> "1e-6", 0.0001 -> "1e-4", 2.5e-05 -> "2.5e-5", 0.05 -> "0.05"."""
+    if value == 0 or value >= 1e-2:
+        return f"{value:g}"
+    mantissa, exponent = f"{value:.6e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def student_recipe(spec: dict[str, Any]) -> str:
+    """A trial's student recipe in a few words, from its spec: the student lr, then the KD term of its
+    generator's native loss as the toolkit's KD settings name it in the generator's options (the GDFQ
+    family's ``kd_weight``·T² with ``kd_reduction``, the offline pipelines' ``kd_alpha``·T², always
+    batchmean; "+ CE" where ``ce_weight`` > 0): "lr 1e-6, 8000·KL_bm", "lr 1e-4, 400·KL_mean + CE". A
+    generator with neither reads "own loss" (AdaDFQ's entropy term); a budget that never trains, "no
+    training (PTQ)". The methods' further terms (HAST's feature alignment, SynQ's CAM) are on their cards."""
+    budget = spec.get("budget") or {}
+    if budget.get("epochs") is not None and budget.get("epochs") == budget.get("warmup_epochs"):
+        return "no training (PTQ)"
+    lr = (spec.get("optim") or {}).get("student_lr", DEFAULT_STUDENT_LR)
+    opts = (spec.get("generator") or {}).get("options") or {}
+    t = opts.get("temperature")
+    if t is not None and "kd_weight" in opts:
+        kd = f"{opts['kd_weight'] * t * t:g}·KL_{'bm' if opts.get('kd_reduction') == 'batchmean' else 'mean'}"
+    elif t is not None and "kd_alpha" in opts:
+        kd = f"{opts['kd_alpha'] * t * t:g}·KL_bm"
+    else:
+        kd = "own loss"
+    if kd != "own loss" and (opts.get("ce_weight") or 0) > 0:
+        kd += " + CE"
+    return f"lr {_lr(float(lr))}, {kd}"
 
 
 def _std(values: pd.Series) -> float | None:
@@ -93,6 +131,7 @@ def _from_trials(source: str, trials: pd.DataFrame) -> list[Reproduction]:
         agreed = _agree(certs) if len(certs) == len(group) else {}
         schedule = "x".join(str(plain(group.iloc[0][c])) for c in BUDGET_SETTINGS)
         machines = machine_kinds(group)
+        recipes = sorted({str(r) for r in group.get("recipe", pd.Series(dtype=object)) if isinstance(r, str) and r})
         out.append(Reproduction(
             source, str(k["generator"]), str(k["loss"]), str(k["model"]), str(k["dataset"]), int(k["w_bits"]),
             int(k["a_bits"]), str(k["profile"]), str(k["budget"]), len(group), sorted(int(s) for s in group["seed"]),
@@ -100,7 +139,8 @@ def _from_trials(source: str, trials: pd.DataFrame) -> list[Reproduction]:
             round(float(group["top1_oracle"].mean()), 4), _std(group["top1_oracle"]),
             round(float(group["fp_top1"].mean()), 2), schedule,
             [float(v) for v in group["top1_last"]], [float(v) for v in group["top1_oracle"]], machines,
-            agreed.get("paper_schedule") if isinstance(agreed.get("paper_schedule"), bool) else None, agreed))
+            agreed.get("paper_schedule") if isinstance(agreed.get("paper_schedule"), bool) else None, agreed,
+            " | ".join(recipes)))
     return out
 
 
@@ -131,7 +171,8 @@ def read_reproductions(source: str | Path) -> list[Reproduction]:
     if path.is_dir() and find_result_files(path):
         rows = []
         for _, result in trial_results(path):
-            rows.append({**result_row(result), "certification": result.get("certification")})
+            rows.append({**result_row(result), "certification": result.get("certification"),
+                         "recipe": student_recipe(result["spec"])})
         return _from_trials(text, pd.DataFrame(rows))
     frame, kind = read_table(path)
     if kind == "per-trial":
