@@ -162,6 +162,9 @@ ZEROQ_CARD = MethodCard(
         "(ZQ6); no teacher weight gradients (ZQ7); no silent switch to dynamic ranges (ZQ8)",
         "variant=ptq is a post-training-only trial (--budget ptq, labelled ptq_only); variant=ft / il_ft "
         "fine-tune on the distilled set through the shared offline scaffold, with IntraQ's published schedule",
+        "ft / il_ft calibrate on the scaffold's GDFQ-style generator at batch 16 by default (IntraQ's pipeline, so "
+        "their PTQ equals IntraQ's); calibration=distilled calibrates on the distilled set instead, ZeroQ's own "
+        "source (calibration_batch images at a time, in order, not augmented)",
         "init=code reproduces the code's division by the variance (ZQ1); init=paper is the unit-variance init",
     ),
     published=_numbers("AIT README figure, ZeroQ column (most likely PTQ without fine-tuning; protocol unknown, "

@@ -21,7 +21,10 @@ Variants (``variant``):
   use ``-o uniform.range_tracking=minmax`` (required).
 * ``ft`` (default): "ZeroQ + FT" of the later papers: 5,120 images in batches of 256, then the
   offline fine-tuning scaffold (:mod:`zsqbench.toolkit.offline`) at IntraQ's settings; student loss
-  KD only (α·T²·KL_batchmean, 8000).
+  KD only (α·T²·KL_batchmean, 8000). Its calibration epochs run on the scaffold's GDFQ-style generator
+  (``calibration=generator``, IntraQ's pipeline), or on the distilled set itself
+  (``calibration=distilled``: ZeroQ's own calibration, ``calibration_batch`` images at a time, in
+  order, not augmented; docs/methods/zeroq.md#calibration-source).
 * ``il_ft``: "ZeroQ + IL + FT": as ``ft`` plus CE(T(x), y) against random labels during synthesis,
   and KD + CE during fine-tuning.
 """
@@ -30,10 +33,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -41,6 +44,7 @@ from zsqbench.api import (
     Batch,
     BudgetOverride,
     NativeLosses,
+    OmitAtDefault,
     PassCounts,
     Phase,
     PluginOptions,
@@ -84,6 +88,19 @@ class ZeroQOptions(OfflineSetOptions):
     )
     kd_alpha: float = Field(20.0, ge=0, description="α in α·T²·KL_batchmean (fine-tuning)")
     temperature: float = Field(20.0, gt=0, description="KD temperature T (fine-tuning)")
+    # added after the first trials: at its default it stays out of the trial id
+    calibration: Annotated[Literal["generator", "distilled"], OmitAtDefault()] = Field(
+        "generator", description="what ft / il_ft calibrate the ranges on: 'generator' = the scaffold's GDFQ-style "
+        "generator at calibration_batch (IntraQ's pipeline); 'distilled' = the distilled set, calibration_batch "
+        "images at a time, in order, not augmented (ZeroQ's own calibration)"
+    )
+
+    @model_validator(mode="after")
+    def _calibration_of_a_fine_tuning_variant(self) -> "ZeroQOptions":
+        if self.variant == "ptq" and self.calibration != "generator":
+            raise ValueError("variant=ptq always calibrates on the distilled set; 'calibration' chooses the source "
+                             "of the fine-tuning variants (ft, il_ft): leave it out")
+        return self
 
     def set_size(self) -> tuple[int, int]:
         """(images, synthesis batch), the variant's defaults where not given."""
@@ -195,12 +212,14 @@ class ZeroQ(OfflineSetGenerator):
 
     def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:
         o: ZeroQOptions = options  # type: ignore[assignment]
-        # PTQ calibrates on the distilled batch itself; the fine-tuning variants on GDFQ's generator
-        # (docs/methods/common.md#offline-fine-tuning-scaffold)
-        super().__init__(options, ctx, calibration_batch=None if o.variant == "ptq" else o.calibration_batch,
+        # PTQ, and the fine-tuning variants with calibration=distilled, calibrate on the distilled set itself;
+        # by default the fine-tuning variants on GDFQ's generator (docs/methods/common.md#offline-fine-tuning-scaffold)
+        on_set = o.variant == "ptq" or o.calibration == "distilled"
+        super().__init__(options, ctx, calibration_batch=None if on_set else o.calibration_batch,
                          calibration_bns_weight=o.calibration_bns_weight)
         self.distilled = DistilledSet(ctx, o)
         self.histogram: list[int] = []
+        self._calibration_pos = 0  # calibration=distilled: the next image of the set to calibrate on
 
     @classmethod
     def pass_counts(cls, options: PluginOptions, teacher: TeacherModel) -> PassCounts:
@@ -212,7 +231,10 @@ class ZeroQ(OfflineSetGenerator):
         if o.variant == "ptq":
             return PassCounts(train_teacher=0.0, train_generator=0.0, warmup_teacher=1.0, warmup_generator=0.0,
                               synthesis_teacher=synthesis)
-        return replace(super().pass_counts(options, teacher), synthesis_teacher=synthesis)
+        counts = replace(super().pass_counts(options, teacher), synthesis_teacher=synthesis)
+        if o.calibration == "distilled":  # one student forward per calibration image, no generator
+            counts = replace(counts, warmup_teacher=1.0, warmup_generator=0.0)
+        return counts
 
     def load_set(self) -> tuple[Tensor, Tensor]:
         x, y = self.distilled.load_or_build()
@@ -221,7 +243,10 @@ class ZeroQ(OfflineSetGenerator):
         return x, y
 
     def next_batch(self, phase: Phase) -> Batch:
-        if self.options.variant != "ptq":  # type: ignore[attr-defined]
+        o: ZeroQOptions = self.options  # type: ignore[assignment]
+        if o.variant != "ptq" and phase.calibrating and o.calibration == "distilled":
+            return self._distilled_calibration_batch(o.calibration_batch)
+        if o.variant != "ptq":
             return super().next_batch(phase)
         if not phase.calibrating:
             raise RuntimeError("zeroq variant=ptq never trains the student; its budget must have no training epochs")
@@ -233,6 +258,23 @@ class ZeroQ(OfflineSetGenerator):
         end = min(n, start + self.ctx.spec.budget.batch_size)
         self._pos = end
         return Batch(x=images[start:end], y=labels[start:end])  # in order, exactly once, not augmented
+
+    def _distilled_calibration_batch(self, size: int) -> Batch:
+        """The next ``size`` distilled images in order, wrapping around the set; not augmented (ZeroQ
+        calibrates on its images as they are). A position of its own, apart from the training batches'
+        shuffled passes, which start afresh when training starts."""
+        images, labels = self._set()
+        idx = (torch.arange(size) + self._calibration_pos) % images.shape[0]
+        self._calibration_pos = int(idx[-1]) + 1
+        idx = idx.to(images.device)
+        return Batch(x=images[idx], y=labels[idx])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "calibration_pos": self._calibration_pos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._calibration_pos = int(state.get("calibration_pos", 0))
 
     def native_losses(self) -> NativeLosses:
         o: ZeroQOptions = self.options  # type: ignore[assignment]

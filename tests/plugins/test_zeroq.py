@@ -15,6 +15,7 @@ from conftest import make_parts, make_spec, one_line_error
 from support.data import write_random_weights, write_test_set
 from support.leaderboard import fake_result, trial_row
 
+from zsqbench.api.options import fill_options
 from zsqbench.api.spec import PluginChoice
 from zsqbench.errors import UserError
 from zsqbench.grid.budgets import resolve_budget
@@ -145,6 +146,45 @@ def test_il_ft_keeps_its_random_labels(tiny_parts):
     rng = torch.Generator().manual_seed(batch_seed("zeroq-synthesis", 0, 0))  # batch 0, trial seed 0
     assert torch.equal(gen.labels[:4], torch.randint(0, 10, (4,), generator=rng))
     assert gen.distilled.diagnostics.shape[-1] == 3  # bn, ce, total
+
+
+def test_calibration_distilled_calibrates_on_the_cached_distilled_images(tiny_parts, plugins, monkeypatch):
+    """-o zeroq.calibration=distilled: the calibration epochs feed the distilled set (the cached one,
+    calibration_batch images at a time, in order, wrapping, not augmented) instead of the scaffold's
+    GDFQ-style generator; the default keeps the generator and every trial id."""
+    counter = CountingSynthesis(monkeypatch)
+    cached = tiny_parts(ft_spec()).generator
+    assert cached.calibration is not None  # the default: the scaffold's calibration generator
+    cached.prepare()
+    parts = tiny_parts(ft_spec(calibration="distilled"))
+    gen, ctx = parts.generator, parts.ctx
+    assert gen.calibration is None and gen.networks() == {}
+    gen.prepare()
+    assert counter.calls == 2 and torch.equal(gen.images, cached.images)  # read from the cache
+    seen = []
+    handle = ctx.student.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    phase = ctx.spec.budget.phase(0)
+    assert phase.calibrating
+    try:
+        with epoch_context(parts, phase):
+            for _ in range(4):
+                assert iterate(parts, phase) == {}
+    finally:
+        handle.remove()
+    images = cached.images
+    assert torch.equal(seen[0], images[:2])  # the first calibration batch: the first cached distilled images
+    assert torch.equal(torch.cat(seen), torch.cat([images, images[:2]]))  # in order, wrapping around the 6
+    assert gen.state_dict()["calibration_pos"] == 2
+    training = ctx.spec.budget.phase(1)
+    with epoch_context(parts, training):
+        assert "total" in iterate(parts, training)  # fine-tuning as with the default calibration
+    filled = {name: fill_options(plugins.generators.get("zeroq"), {"calibration": name} if name else {},
+                                 "generator", "zeroq") for name in ("", "generator", "distilled")}
+    assert filled[""] == filled["generator"] and "calibration" not in filled[""]  # ids unchanged by default
+    assert filled["distilled"]["calibration"] == "distilled"
+    with pytest.raises(UserError, match="variant=ptq always calibrates on the distilled set"):
+        fill_options(plugins.generators.get("zeroq"), {"variant": "ptq", "calibration": "distilled"}, "generator",
+                     "zeroq")
 
 
 # ----------------------------------------------------------------------------------- PTQ path
