@@ -196,6 +196,9 @@ class ZeroQ(OfflineSetGenerator):
             return (f"zeroq variant=ptq only calibrates (post-training quantization) but budget '{spec.budget_name}' "
                     f"trains for {b.epochs - b.warmup_epochs} epoch(s) after the warm-up; use --budget ptq, or "
                     "-o zeroq.variant=ft to fine-tune on the distilled data")
+        if o.calibration == "distilled" and b.shared_calibration is not None:
+            return ("zeroq calibration=distilled and --shared-calibration both choose the calibration source; "
+                    "give one of them")
         problem = super().budget_problem(options, spec)
         if problem or o.variant != "ptq":
             return problem

@@ -179,7 +179,7 @@ def test_a_budget_the_users_layers_break_is_their_bad_override(plugins):
 
 def test_every_budget_field_is_a_run_flag_and_reaches_the_trial(capsys, weights):
     given = {"epochs": "9", "iters_per_epoch": "3", "batch_size": "4", "warmup_epochs": "3", "lr_milestones": "5,8",
-             "calibration_epochs": "2", "eval_every": "2", "eval_images": "100"}
+             "calibration_epochs": "2", "eval_every": "2", "eval_images": "100", "shared_calibration": "4"}
     assert set(given) == set(Budget.model_fields), "give every budget field a value here"
     flags = [a for name, value in given.items() for a in ("--" + name.replace("_", "-"), value)]
     assert main(["run", "--generators", "gdfq", "--loss", "kd", "--bits", "4", "--teacher-weights", str(weights),
@@ -187,7 +187,7 @@ def test_every_budget_field_is_a_run_flag_and_reaches_the_trial(capsys, weights)
     (row,) = json.loads(capsys.readouterr().out)
     assert {name: row[name] for name in given} == {**{k: int(v) for k, v in given.items() if k != "lr_milestones"},
                                                   "lr_milestones": [5, 8]}
-    assert row["budget"] == "cpu+custom"
+    assert row["budget"] == "cpu+custom+shared-cal4"  # the shared calibration is labelled apart
 
 
 def test_flags_win_over_the_grid_files_budget_overrides(capsys, tmp_path, weights):

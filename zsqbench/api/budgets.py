@@ -21,6 +21,10 @@ from pydantic.fields import FieldInfo
 
 from zsqbench.api.options import OmitAtDefault
 
+#: How a trial's budget name says that every method calibrated on the shared source ("cpu+shared-cal64"):
+#: the leaderboard views show such a name even where it does not vary.
+SHARED_CALIBRATION_LABEL = "+shared-cal"
+
 
 class BudgetFields(BaseModel):
     """How much training a trial gets, as numbers. Each description completes "override the
@@ -42,6 +46,10 @@ class BudgetFields(BaseModel):
         None, ge=1, description="evaluation cadence: every k-th epoch (+ PTQ and last) instead of every epoch")
     eval_images: Annotated[int | None, OmitAtDefault()] = Field(
         None, ge=1, description="evaluation set: the first n test images only (default: all)")
+    shared_calibration: Annotated[int | None, OmitAtDefault()] = Field(
+        None, ge=1, description="shared calibration batch: every method calibrates its activation ranges on the same "
+        "source, a GDFQ-style generator at this batch seeded by the trial seed alone (default: none, each method's "
+        "own source and batch)")
 
 
 def _all_optional(model: type[BaseModel]) -> type[BaseModel]:

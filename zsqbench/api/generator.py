@@ -10,11 +10,16 @@ the batch (:attr:`Batch.student_logits`), HAST's ``student_step`` is its perturb
 The trainer passes the :class:`Phase`; no plugin derives it from epoch numbers, and no plugin
 changes the trainer's state. Whatever a step does, a student optimizer step in a calibrating or
 frozen epoch fails the trial with :class:`PhaseViolation` (``zsqbench.trial.step.iterate``).
+
+Under a budget's ``shared_calibration`` the core's step calibrates the ranges on a
+:class:`CalibrationSource` every method of a seed shares, then lets the generator do what it still does
+in a calibration iteration (:meth:`Generator.while_shared_calibration`) with the ranges held.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -28,6 +33,7 @@ from zsqbench.api.features import FeatureTaps
 from zsqbench.api.losses import LossInputs, NativeLosses, StudentObjective
 from zsqbench.api.models import TeacherModel
 from zsqbench.api.options import NoOptions, PluginOptions
+from zsqbench.api.quantizer import Quantizer
 from zsqbench.api.spec import Phase, TrialSpec
 from zsqbench.errors import UserError
 
@@ -101,11 +107,18 @@ class StudentUpdate:
     """The student side of one iteration, made by the core and handed to :meth:`Generator.step`:
     the trial's objective and optimizer, and the standard ways to use them."""
 
-    def __init__(self, ctx: TrainContext, objective: StudentObjective, optimizer: torch.optim.Optimizer) -> None:
+    def __init__(self, ctx: TrainContext, objective: StudentObjective, optimizer: torch.optim.Optimizer,
+                 quantizer: Quantizer | None = None) -> None:
         self.ctx = ctx
         self.objective = objective
         self.optimizer = optimizer
+        self.quantizer = quantizer
         self.parameters = [p for p in ctx.student.parameters() if p.requires_grad]
+
+    def ranges_held(self) -> AbstractContextManager[None]:
+        """The student's activation ranges frozen within the block (a shared calibration keeps the
+        generator's own student forwards from moving them); nothing without the trial's quantizer."""
+        return nullcontext() if self.quantizer is None else self.quantizer.calibrating(self.ctx.student, False)
 
     def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         return self.ctx.student_forward(x)
@@ -151,6 +164,23 @@ class StudentUpdate:
             terms["total"].backward()
         self.optimizer.step()
         return {k: v.detach() for k, v in terms.items()}
+
+
+class CalibrationSource(ABC):
+    """The calibration batches of a budget's ``shared_calibration``: one source whose batches depend on
+    the teacher, the trial seed and the batch alone, so that every method of a seed calibrates its
+    ranges on the same images (:class:`zsqbench.toolkit.online.SharedCalibration` is the bundled one).
+    Its state is checkpointed with the generator's."""
+
+    @abstractmethod
+    def next_images(self) -> Tensor:
+        """The next calibration batch (detached)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -221,6 +251,9 @@ class Generator(ABC):
     #: class, so a method carries its budgets without a second hook; ``register_budget_overrides``
     #: stays for overrides that belong to no one class (e.g. a pairing of a generator and a loss).
     budget_overrides: ClassVar[tuple[BudgetOverride, ...]] = ()
+    #: Whether the generator sets :attr:`shared_calibration` from the budget's ``shared_calibration``
+    #: (the toolkit's online and offline-set bases do); the others refuse such a budget.
+    accepts_shared_calibration: ClassVar[bool] = False
 
     @classmethod
     def pass_counts(cls, options: PluginOptions, teacher: TeacherModel) -> PassCounts:
@@ -244,6 +277,12 @@ class Generator(ABC):
         post-training-only generators with budgets that never train the student, and every other
         generator with budgets that do; a method adds its own rules (ZeroQ: one pass over its set)."""
         b = spec.budget
+        if b.shared_calibration is not None and cls.post_training_only(options):
+            return (f"generator '{cls.name}' is post-training only: calibrating on its own images is the method, so a "
+                    "shared calibration source makes no sense for it; drop --shared-calibration")
+        if b.shared_calibration is not None and not cls.accepts_shared_calibration:
+            return (f"generator '{cls.name}' cannot calibrate on the shared source (it is built on neither of the "
+                    "toolkit's online and offline-set bases); drop --shared-calibration")
         if cls.post_training_only(options) and b.trains:
             return (f"generator '{cls.name}' is post-training only (it never updates the student) but budget "
                     f"'{spec.budget_name}' trains for {b.epochs - b.warmup_epochs} epoch(s) after the warm-up; "
@@ -257,6 +296,8 @@ class Generator(ABC):
     def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:
         self.options = options
         self.ctx = ctx
+        #: The budget's shared calibration source, set by a base that accepts one; None: the method's own.
+        self.shared_calibration: CalibrationSource | None = None
 
     # -- the iteration
     def prepare(self) -> None:
@@ -273,7 +314,16 @@ class Generator(ABC):
         iteration but not the phases: :func:`zsqbench.trial.step.iterate` fails the trial with
         :class:`PhaseViolation` when a calibrating or frozen iteration steps the student's
         optimizer (the bug of a step that tests ``phase.calibrating`` alone, which trains the
-        student in the frozen epochs of the ImageNet budgets)."""
+        student in the frozen epochs of the ImageNet budgets).
+
+        Under a shared calibration a calibrating iteration calibrates on the shared source's batch
+        first, then runs :meth:`while_shared_calibration` with the ranges held, so that the ranges are
+        the same for every method of a seed."""
+        if phase.calibrating and self.shared_calibration is not None:
+            student.calibrate(self.shared_calibration.next_images())
+            with student.ranges_held():
+                self.while_shared_calibration(phase)
+            return {}
         batch = self.next_batch(phase)
         if phase.calibrating:  # the activation ranges follow the batch
             student.calibrate(batch.x)
@@ -286,6 +336,12 @@ class Generator(ABC):
         """The next batch, updating the generator if it learns; called in every phase. It leaves
         the student's weights alone (its forwards may move the ranges while calibrating)."""
         raise NotImplementedError(f"generator '{self.name}' does not implement next_batch()")
+
+    def while_shared_calibration(self, phase: Phase) -> None:
+        """What a calibrating iteration still does under a shared calibration, ranges held: by default
+        :meth:`next_batch`, whose batch is dropped (an online generator keeps training as in its own
+        calibration epochs); a generator whose calibration batches only serve the ranges does nothing."""
+        self.next_batch(phase)
 
     def student_step(self, batch: Batch, phase: Phase, student: StudentUpdate) -> dict[str, Tensor]:
         """The student update on ``batch``, called in training phases only; its detached loss
@@ -312,10 +368,15 @@ class Generator(ABC):
         return None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"networks": {k: v.state_dict() for k, v in self.networks().items()},
-                "optimizers": {k: v.state_dict() for k, v in self.optimizers().items()}}
+        state = {"networks": {k: v.state_dict() for k, v in self.networks().items()},
+                 "optimizers": {k: v.state_dict() for k, v in self.optimizers().items()}}
+        if self.shared_calibration is not None:
+            state["shared_calibration"] = self.shared_calibration.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.shared_calibration is not None and "shared_calibration" in state:
+            self.shared_calibration.load_state_dict(state["shared_calibration"])
         for kind, owned in (("networks", self.networks()), ("optimizers", self.optimizers())):
             saved = state.get(kind, {})
             if set(saved) != set(owned):

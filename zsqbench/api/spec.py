@@ -79,6 +79,10 @@ class Budget(BudgetFields, IdFields):
     ``eval_every`` and ``eval_images`` thin out evaluation (ImageNet's 50,000 test images cost as
     much as training at every epoch, IMAGENET.md §7.2); :meth:`evaluates` says which epochs.
 
+    ``shared_calibration`` replaces every method's calibration batches with one shared source at that
+    batch (:meth:`zsqbench.api.generator.Generator.step`; docs/budgets.md#shared-calibration), so a
+    comparison can separate better images from wider ranges.
+
     The fields that may be None are marked ``OmitAtDefault`` where they are declared: they stay out
     of the dump (and so out of every trial id) while None, so every budget written before they
     existed keeps its id.
@@ -162,6 +166,8 @@ class Budget(BudgetFields, IdFields):
             parts.append(f"eval every {self.eval_every}")
         if self.eval_images is not None:
             parts.append(f"eval on {self.eval_images} images")
+        if self.shared_calibration is not None:
+            parts.append(f"shared calibration at batch {self.shared_calibration}")
         if self.lr_milestones:
             parts.append(f"lr x0.1 at {','.join(str(m) for m in self.lr_milestones)}")
         return f"{self.epochs}x{self.iters_per_epoch}x{self.batch_size} ({', '.join(parts)})"

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from zsqbench.api.budgets import BudgetOverride, PartialBudget
+from zsqbench.api.budgets import SHARED_CALIBRATION_LABEL, BudgetOverride, PartialBudget
 from zsqbench.api.plugins import Plugins
 from zsqbench.api.registry import Entry
 from zsqbench.api.spec import Budget, OptimSettings
@@ -29,7 +29,7 @@ class ResolvedBudget:
     optim: OptimSettings
     generator_options: dict[str, Any]
     sources: tuple[str, ...]  # the preset, the name of each applied override, then the user's layers
-    custom: bool = False  # the user's grid file or flags changed a field (the budget's name says "+custom")
+    custom: bool = False  # the user's layers changed a field besides shared_calibration (the name says "+custom")
 
 
 def _settings(override: BudgetOverride) -> dict[str, Any]:
@@ -93,7 +93,17 @@ def resolve_budget(plugins: Plugins, preset_name: str, generator: str, loss: str
             budget = Budget(**fields)
         except ValidationError as exc:
             raise UserError(f"bad budget override: {first_validation_error(exc)}") from None
-    return ResolvedBudget(budget, optim_settings, generator_options, tuple(sources), custom=bool(user))
+    # the shared calibration is labelled on its own (budget_label), not as "+custom"
+    custom = any(set(values) - {"shared_calibration"} for _, values in user)
+    return ResolvedBudget(budget, optim_settings, generator_options, tuple(sources), custom=custom)
+
+
+def budget_label(preset: str, resolved: ResolvedBudget) -> str:
+    """A trial's budget name: the preset, "+custom" when the user's layers changed a field, and the shared
+    calibration's batch when set (docs/budgets.md#shared-calibration), so that a leaderboard row says both."""
+    shared = resolved.budget.shared_calibration
+    return (preset + ("+custom" if resolved.custom else "")
+            + ("" if shared is None else f"{SHARED_CALIBRATION_LABEL}{shared}"))
 
 
 def smoke_generator_options(plugins: Plugins, generator: str, loss: str | None = None) -> dict[str, Any]:

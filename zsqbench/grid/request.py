@@ -25,7 +25,7 @@ from zsqbench.assets.datasets import dataset_info
 from zsqbench.assets.teachers import select_checkpoint
 from zsqbench.bits import bits_label, parse_bits
 from zsqbench.errors import UnknownNameError, UserError, first_validation_error
-from zsqbench.grid.budgets import resolve_budget
+from zsqbench.grid.budgets import budget_label, resolve_budget
 from zsqbench.runs.environment import Environment
 from zsqbench.trial.build import check_budget
 
@@ -206,7 +206,7 @@ def expand(request: GridRequest, plugins: Plugins, env: Environment,
                 budget=budget,
                 optim=optim,
                 teacher=checkpoint,
-                budget_name=request.budget + ("+custom" if resolved.custom else ""),
+                budget_name=budget_label(request.budget, resolved),
             )
         except ValidationError as exc:
             raise UserError(f"invalid trial: {first_validation_error(exc)}") from None

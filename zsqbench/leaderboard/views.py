@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from zsqbench.api.budgets import SHARED_CALIBRATION_LABEL
 from zsqbench.bits import bits_label
 from zsqbench.errors import UserError
 from zsqbench.leaderboard.labels import (
@@ -56,9 +57,11 @@ def _spread(r: dict[str, Any], ci: bool) -> Any:
 
 def _varying(frame: pd.DataFrame, columns: tuple[str, ...]) -> list[str]:
     """The columns whose values differ between rows; ``profile`` also when it is not the default
-    anywhere (a number under another convention must not read as the usual one)."""
+    anywhere, and ``budget`` when a row calibrated on the shared source (a number under another
+    convention must not read as the usual one)."""
     return [c for c in columns if len(frame) and (frame[c].astype(str).nunique() > 1 or (
-        c == "profile" and (frame[c].astype(str) != DEFAULT_PROFILE).any()))]
+        c == "profile" and (frame[c].astype(str) != DEFAULT_PROFILE).any()) or (
+        c == "budget" and frame[c].astype(str).str.contains(SHARED_CALIBRATION_LABEL, regex=False).any()))]
 
 
 def _ptq_only(row: dict[str, Any]) -> bool:

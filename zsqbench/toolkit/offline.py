@@ -12,7 +12,8 @@ Shared by HAST, IntraQ and ZeroQ + FT, whose stage 2 is the same skeleton:
 
 A method implements :meth:`OfflineSetGenerator.load_set` (its synthesis, cached) and, where it
 differs, the student step (HAST's FGSM pass) or the calibration source (ZeroQ's PTQ variant
-feeds its own set instead: pass ``calibration_batch=None``).
+feeds its own set instead: pass ``calibration_batch=None``). Under a budget's shared calibration
+the shared source replaces the calibration generator, and the calibration epochs do nothing else.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from zsqbench.api.models import TeacherModel
 from zsqbench.api.options import PluginOptions
 from zsqbench.api.spec import Phase
 from zsqbench.toolkit.augment import random_resized_crop_flip
-from zsqbench.toolkit.online import TrainedGenerator, network_macs
+from zsqbench.toolkit.online import TrainedGenerator, network_macs, shared_calibration
 
 if TYPE_CHECKING:  # pragma: no cover
     from zsqbench.api.spec import TrialSpec
@@ -60,6 +61,7 @@ class OfflineSetGenerator(Generator):
     #: (its recorded numbers); IntraQ and ZeroQ take :func:`~zsqbench.toolkit.augment.crop_flip`,
     #: batched on an accelerator (the same parameters, equal up to float rounding).
     augment: ClassVar[Callable[..., Tensor]] = staticmethod(random_resized_crop_flip)
+    accepts_shared_calibration = True
 
     @classmethod
     def budget_problem(cls, options: PluginOptions, spec: "TrialSpec") -> str:
@@ -88,6 +90,10 @@ class OfflineSetGenerator(Generator):
         super().__init__(options, ctx)
         self.image_shape = tuple(ctx.teacher_entry.input_size)
         self.calibration_bns_weight = calibration_bns_weight
+        # a budget's shared calibration replaces the method's calibration source
+        self.shared_calibration = shared_calibration(ctx)
+        if self.shared_calibration is not None:
+            calibration_batch = None
         # GDFQ's generator at its own batch, for the calibration epochs only.
         self.calibration: TrainedGenerator | None = (
             TrainedGenerator(ctx, calibration_batch) if calibration_batch is not None else None)
@@ -125,6 +131,9 @@ class OfflineSetGenerator(Generator):
             idx = idx.pin_memory().to(images.device, non_blocking=True)
         return Batch(x=type(self).augment(images[idx], size=self.image_shape[-1]), y=labels[idx])
 
+    def while_shared_calibration(self, phase: Phase) -> None:
+        """Nothing: the calibration batches only serve the ranges, which the shared source now calibrates."""
+
     def _set(self) -> tuple[Tensor, Tensor]:
         if self.images is None or self.labels is None:
             raise RuntimeError(f"{self.name}: batches requested before prepare()")
@@ -155,10 +164,14 @@ class OfflineSetGenerator(Generator):
         state: dict[str, Any] = {"perm": self._perm, "pos": self._pos}
         if self.calibration is not None:
             state["calibration"] = self.calibration.state_dict()
+        if self.shared_calibration is not None:
+            state["shared_calibration"] = self.shared_calibration.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._perm, self._pos = state.get("perm"), int(state.get("pos", 0))
+        if self.shared_calibration is not None and "shared_calibration" in state:
+            self.shared_calibration.load_state_dict(state["shared_calibration"])
         if "calibration" in state and self.calibration is not None:
             self.calibration.load_state_dict(state["calibration"])
         elif "calibration" not in state:

@@ -4,7 +4,8 @@
 loss; :meth:`TrainedGenerator.gdfq_step` is GDFQ's generator update (CE + weighted BNS), which
 HAST reuses for its range calibration. :class:`OnlineGenerator` is the base of generator plugins
 built on one such network (GDFQ, AdaDFQ): it declares the network and optimizer to the core,
-follows the LR schedule and samples fixed batches for analyses.
+follows the LR schedule and samples fixed batches for analyses. :class:`SharedCalibration` is the
+same update on a network and a noise stream of its own, the source of a budget's shared calibration.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from zsqbench.api.generator import Batch, Generator, PassCounts, TrainContext
+from zsqbench.api.generator import Batch, CalibrationSource, Generator, PassCounts, TrainContext
 from zsqbench.api.models import TeacherModel
 from zsqbench.api.options import PluginOptions
 from zsqbench.api.spec import Phase
@@ -125,12 +126,57 @@ class TrainedGenerator:
         self.optimizer.load_state_dict(state["optimizer"])
 
 
+class SharedCalibration(CalibrationSource):
+    """The source of a budget's ``shared_calibration`` (docs/budgets.md#shared-calibration): GDFQ's
+    generator and update (CE + 0.1·BNS, Adam at GDFQ's 1e-3 and betas (0.5, 0.999), no schedule) at the
+    budget's batch, its initial weights and every draw from the trial seed alone, on a CPU stream of its
+    own. Its batches depend on the teacher, the seed and the batch, never on the method: two methods of
+    one seed calibrate on the same images, and the method's own random streams are left as they were."""
+
+    BNS_WEIGHT, LR, BETAS = 0.1, 1e-3, (0.5, 0.999)
+
+    def __init__(self, ctx: TrainContext, batch_size: int) -> None:
+        with torch.random.fork_rng(devices=[]):  # the initial weights, without touching the trial's stream
+            torch.manual_seed(ctx.spec.seed)
+            net = generator_network(tuple(ctx.teacher_entry.input_size), ctx.num_classes)
+        self.generator = TrainedGenerator(ctx, batch_size, net)
+        self.generator.optimizer = torch.optim.Adam(self.generator.net.parameters(), lr=self.LR, betas=self.BETAS,
+                                                    foreach=True)
+        self.rng = torch.Generator().manual_seed(ctx.spec.seed)
+
+    def next_images(self) -> Tensor:
+        gen = self.generator
+        _, y, x = gen.draw(rng=self.rng)
+        with gen.bns.recording():
+            t, _ = gen.ctx.teacher_forward(x)
+        gen.step(F.cross_entropy(t, y) + self.BNS_WEIGHT * gen.bns.loss())
+        return x.detach()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.generator.state_dict(), "rng": self.rng.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.load_state_dict(state)
+        self.rng.set_state(state["rng"])
+
+
+def shared_calibration(ctx: TrainContext) -> SharedCalibration | None:
+    """The trial's shared calibration source, or None when its budget has none."""
+    batch = ctx.spec.budget.shared_calibration
+    return None if batch is None else SharedCalibration(ctx, batch)
+
+
 class OnlineGenerator(Generator):
-    """A generator plugin built on one :class:`TrainedGenerator` at the trial's batch size."""
+    """A generator plugin built on one :class:`TrainedGenerator` at the trial's batch size. Under a
+    shared calibration its network still trains in the calibration epochs (the core's step runs
+    :meth:`next_batch` with the ranges held) while the ranges follow the shared source."""
+
+    accepts_shared_calibration = True
 
     def __init__(self, options: PluginOptions, ctx: TrainContext) -> None:
         super().__init__(options, ctx)
         self.online = TrainedGenerator(ctx, ctx.spec.budget.batch_size, self.build_network())
+        self.shared_calibration = shared_calibration(ctx)
 
     @classmethod
     def pass_counts(cls, options: PluginOptions, teacher: TeacherModel) -> PassCounts:

@@ -125,7 +125,7 @@ def build_trial_parts(
     if optimizer is None:
         o = spec.optim
         optimizer = student_sgd(student.parameters(), o)
-    parts = TrialParts(ctx, quantizer, generator, objective, optimizer, StudentUpdate(ctx, objective, optimizer))
+    parts = TrialParts(ctx, quantizer, generator, objective, optimizer, StudentUpdate(ctx, objective, optimizer, quantizer))
 
     def after_student_step(*_: object) -> None:
         """Whatever the optimizer (the core's SGD or a loss's own), the quantizer hears of every
