@@ -113,6 +113,34 @@ def test_dry_run_lists_the_grid_as_json(capsys, tiny_root):
     assert [(r["epochs"], r["iters_per_epoch"], r["batch_size"]) for r in rows] == [(8, 100, 64)] * 4
 
 
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "pipe"])
+def test_the_dry_run_grid_is_readable_at_80_columns(monkeypatch, tiny_root, terminal):
+    """Nine columns of a dry run do not fit 80: each trial becomes a record, its cells whole (a trial id or
+    "pending" cut in two cannot be read or grepped), and a pipe gets no box drawing."""
+    import io
+    import re
+
+    from rich.cells import cell_len
+    from rich.console import Console
+
+    from zsqbench.cli import console, run_cmd
+
+    buf = io.StringIO()
+    screen = Console(file=buf, width=80, force_terminal=terminal, color_system=None, legacy_windows=False)
+    monkeypatch.setattr(console, "out", screen)
+    monkeypatch.setattr(run_cmd, "out", screen)
+    _, weights = tiny_root
+    assert main(["run", "--generators", "gdfq,hast", "--loss", "kd", "--bits", "3", "--seeds", "0,1",
+                 "--teacher-weights", str(weights["cifar10"]), "--dry-run"]) == 0
+    text = buf.getvalue()
+    assert all(cell_len(line) <= 80 for line in text.splitlines()), text
+    assert not re.search("[\u2500-\u257f]", text) or terminal
+    lines = text.splitlines()
+    ids = [line.strip() for line in lines if re.fullmatch(r"[0-9a-f]{16}", line.strip())]
+    assert len(ids) == 4  # one heading line per trial, its id whole
+    assert sum("state: pending" in line for line in lines) == 4
+
+
 def test_dry_run_needs_a_teacher_and_says_where_to_get_one(capsys, tmp_path):
     msg = _one_line_error(capsys, ["run", "--data-root", str(tmp_path), "--dry-run", "--offline"])
     assert "no weights for teacher 'resnet20_cifar10'" in msg and "--teacher-weights" in msg

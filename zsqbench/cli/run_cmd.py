@@ -10,7 +10,6 @@ from typing import Any, Callable, Optional
 
 import torch
 from pydantic import ValidationError
-from rich.table import Table
 
 from zsqbench.api.budgets import BudgetFields, PartialBudget
 from zsqbench.api.plugins import get_plugins
@@ -21,6 +20,7 @@ from zsqbench.bits import bits_label
 from zsqbench.cli.compute_flags import add_compute_flags, compute_settings
 from zsqbench.cli.console import RichProgress, out
 from zsqbench.cli.lease_flag import add_lease_timeout, lease_timeout
+from zsqbench.cli.tables import TextTable, show_table
 from zsqbench.errors import UserError, first_validation_error
 from zsqbench.grid.request import check_option_tables, expand, load_grid_file, make_request, switch_tables
 from zsqbench.grid.runner import check_run_name, grid_states, run_grid, trial_folder
@@ -283,15 +283,11 @@ def _print_grid(specs, args, plugins, device_type: str) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     todo = [s for s, r in zip(specs, rows) if r["state"] != "done"]
-    table = Table(title=f"{len(specs)} trial(s), {len(todo)} to run, results in {args.out / args.run_name}")
     shown = [c for c in rows[0] if c not in Budget.model_fields]
     shown.insert(shown.index("budget") + 1, "schedule")
-    for col in shown:
-        table.add_column(col, overflow="fold")
-    for spec, r in zip(specs, rows):
-        r = {**r, "schedule": spec.budget.describe()}
-        table.add_row(*(str(r[c]) for c in shown))
-    out.print(table)
+    cells = [[str({**r, "schedule": spec.budget.describe()}[c]) for c in shown] for spec, r in zip(specs, rows)]
+    show_table(TextTable(shown, cells, title=f"{len(specs)} trial(s), {len(todo)} to run, results in "
+                                             f"{args.out / args.run_name}"))
     out.print("schedule: epochs x iterations x batch; `--json` lists every field", highlight=False)
     out.print(f"estimate: {estimate_compute(todo, plugins).describe(device_type)}", highlight=False)
     return 0
@@ -305,18 +301,16 @@ def is_smoke(budget_name: str) -> bool:
 
 def _print_results(rows, report, out_dir: Path) -> None:
     if rows:
-        table = Table(title=f"results (leaderboard: {out_dir / 'leaderboard.csv'})")
-        for col in ("trial", "generator", "loss", "bits", "seed", "FP", "PTQ", "top-1 last", "oracle*"):
-            table.add_column(col)
-        at_chance = 0
+        at_chance, cells = 0, []
         for r in rows:
             s = r["spec"]
             chance = near_chance(r["top1_last"], dataset_info(s["dataset"]).num_classes)
             at_chance += chance
-            table.add_row(r["trial_id"], s["generator"]["name"], s["loss"]["name"], bits_label(s["w_bits"], s["a_bits"]),
+            cells.append([r["trial_id"], s["generator"]["name"], s["loss"]["name"], bits_label(s["w_bits"], s["a_bits"]),
                           str(s["seed"]), f"{r['fp_top1']:.2f}", f"{r['ptq_top1']:.2f}",
-                          f"{r['top1_last']:.2f}" + (" †" if chance else ""), f"{r['top1_oracle']:.2f}")
-        out.print(table)
+                          f"{r['top1_last']:.2f}" + (" †" if chance else ""), f"{r['top1_oracle']:.2f}"])
+        show_table(TextTable(["trial", "generator", "loss", "bits", "seed", "FP", "PTQ", "top-1 last", "oracle*"],
+                             cells, title=f"results (leaderboard: {out_dir / 'leaderboard.csv'})"))
         out.print("* oracle = best epoch selected on the test set; report 'top-1 last'.")
         if at_chance:
             out.print(f"† at chance: {at_chance} trial(s) ended within {CHANCE_FLAG_FACTOR}x of guessing "
