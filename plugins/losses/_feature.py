@@ -208,9 +208,7 @@ class AttentionDistillationLoss(DistillationLoss):
         # Paper: "standard KL" logit distillation at T = 20 (docs/methods/akt.md#total-student-loss).
         return kd_kl(inputs.student_logits, inputs.teacher_logits, opts.temperature, "batchmean")
 
-    def map_terms(self, inputs: LossInputs) -> dict[str, dict[str, Tensor]]:
-        """branch -> path -> KL of that map, reduced over the batch (not yet weighted by λ)."""
-        opts: AttentionLossOptions = self.options  # type: ignore[assignment]
+    def _check_maps(self, inputs: LossInputs) -> None:
         missing = [
             p for p in self.feature_taps if p not in inputs.teacher_features or p not in inputs.student_features
         ]
@@ -220,6 +218,11 @@ class AttentionDistillationLoss(DistillationLoss):
                 f"{sorted(inputs.teacher_features)} / student {sorted(inputs.student_features)}; "
                 "run both forwards inside FeatureTaps.active()"
             )
+
+    def map_terms(self, inputs: LossInputs) -> dict[str, dict[str, Tensor]]:
+        """branch -> path -> KL of that map, reduced over the batch (not yet weighted by λ)."""
+        opts: AttentionLossOptions = self.options  # type: ignore[assignment]
+        self._check_maps(inputs)
         # Not detached here: the trainer's teacher taps already detach (the D3 fix,
         # docs/methods/akt.md#one-iteration); HAST's difficulty promotion deliberately keeps the
         # teacher graph so its input gradient also flows through the teacher's features
@@ -247,11 +250,18 @@ class AttentionDistillationLoss(DistillationLoss):
         operations. Every operation works row by row, so each map's KL is the same per sample; only
         the batch reduction may sum in another order (tests/trial/test_fused_ops.py bounds it).
         """
+        paths, per_branch = self._grouped_kls(inputs)
+        found = {b: dict(zip(paths, torch.cat(per_branch[b]).unbind())) for b in self.branches}
+        return {b: {p: found[b][p] for p in self.feature_taps} for b in self.branches}
+
+    def _grouped_kls(self, inputs: LossInputs) -> tuple[list[str], dict[str, list[Tensor]]]:
+        """The tapped paths, grouped by shape, and per branch each group's per-map KLs (a vector per
+        group, in the order of the paths)."""
         opts: AttentionLossOptions = self.options  # type: ignore[assignment]
         groups: dict[tuple[int, ...], list[str]] = {}
         for path in self.feature_taps:
             groups.setdefault(tuple(inputs.teacher_features[path].shape), []).append(path)
-        found: dict[str, dict[str, Tensor]] = {b: {} for b in self.branches}
+        per_branch: dict[str, list[Tensor]] = {b: [] for b in self.branches}
         spatial, channel = "spatial" in self.branches, "channel" in self.branches
         for shape, paths in groups.items():
             energies_t = [square_means(inputs.teacher_features[p], spatial, channel) for p in paths]
@@ -262,18 +272,35 @@ class AttentionDistillationLoss(DistillationLoss):
                 att_t = of(torch.cat([e[k].flatten(1) for e in energies_t]))
                 att_q = of(torch.cat([e[k].flatten(1) for e in energies_q]))
                 kl = attention_kl(att_t, att_q, opts.tau).view(len(paths), shape[0])
-                per_map = kl.sum(dim=1) if opts.batch_reduction == "sum" else kl.mean(dim=1)
-                for i, path in enumerate(paths):
-                    found[branch][path] = per_map[i]
-        return {b: {p: found[b][p] for p in self.feature_taps} for b in self.branches}
+                per_branch[branch].append(kl.sum(dim=1) if opts.batch_reduction == "sum" else kl.mean(dim=1))
+        return [p for paths in groups.values() for p in paths], per_branch
+
+    def _branch_sums(self, inputs: LossInputs) -> dict[str, Tensor]:
+        """Σ over the maps of each branch's KLs (not yet weighted by λ), summed in the order of the taps.
+
+        The fused form, when its groups list the maps in the taps' order (ResNet's stages are
+        contiguous), sums the groups' concatenated vectors instead of stacking one scalar per map:
+        the same numbers in the same order, without the per-map selections and their backward nodes.
+        A :meth:`map_terms` replaced by a subclass (or a test) is what the loss then sums, as always."""
+        if self.fused and type(self).map_terms is _DEFINED_MAP_TERMS:
+            self._check_maps(inputs)
+            paths, per_branch = self._grouped_kls(inputs)
+            if tuple(paths) == self.feature_taps:
+                return {b: torch.cat(per_branch[b]).sum() for b in self.branches}
+            found = {b: dict(zip(paths, torch.cat(per_branch[b]).unbind())) for b in self.branches}
+            return {b: torch.stack([found[b][p] for p in self.feature_taps]).sum() for b in self.branches}
+        return {b: torch.stack(list(maps.values())).sum() for b, maps in self.map_terms(inputs).items()}
 
     def __call__(self, inputs: LossInputs) -> dict[str, Tensor]:
         opts: AttentionLossOptions = self.options  # type: ignore[assignment]
         logit = self.logit_term(inputs)
-        per_branch = self.map_terms(inputs)
+        per_branch = self.map_terms(inputs) if opts.per_map else None
         # mode: code = Σ_j over maps; paper = (1/n) Σ_j (Eq. 8).
         scale = opts.lam / (len(self.feature_taps) if opts.map_reduction == "mean" else 1)
-        branch_terms = {b: scale * torch.stack(list(maps.values())).sum() for b, maps in per_branch.items()}
+        if per_branch is None:
+            branch_terms = {b: scale * total for b, total in self._branch_sums(inputs).items()}
+        else:
+            branch_terms = {b: scale * torch.stack(list(maps.values())).sum() for b, maps in per_branch.items()}
         feature = torch.stack(list(branch_terms.values())).sum()
         if opts.akt_alpha is None:
             total = logit + feature  # mode: code, weights 1 and 1
@@ -282,10 +309,14 @@ class AttentionDistillationLoss(DistillationLoss):
         terms: dict[str, Tensor] = {"total": total, "logit": logit, "feature": feature}
         if len(self.branches) > 1:
             terms.update(branch_terms)
-        if opts.per_map:
+        if per_branch is not None:
             for path in self.feature_taps:
                 terms[f"feature/{path}"] = scale * torch.stack([per_branch[b][path] for b in self.branches]).sum()
         return terms
+
+
+#: :meth:`AttentionDistillationLoss.map_terms` as defined here (the fused sums bypass it only then)
+_DEFINED_MAP_TERMS = AttentionDistillationLoss.map_terms
 
 
 def akt_paper_schedule(loss: str) -> BudgetOverride:
