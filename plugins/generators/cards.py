@@ -266,5 +266,9 @@ SYNQ_CARD = MethodCard(
         "every teacher's cam_target is its last conv with spatial extent (tests/plugins/test_cam_targets.py); "
         "in1k-smoke runs on random-init ResNet-18 and MobileNetV2 (tests/trial/test_imagenet_e2e.py), the latter "
         "diverging in its first step without the flat-map guard",
+        "CPU budget, CIFAR-10 W3A3, seeds 0/1 (Intel Xeon, 2026-12-05; results/synq-cpu-w3a3.csv): top1_last "
+        "57.89 ± 1.15 (kd) and 57.63 ± 0.06 (akt) vs HAST + kd 51.15 ± 4.24; the lead is the zero-image "
+        "calibration (PTQ 66.77 vs 45.11; off, PTQ equals HAST's and top1_last 51.44 at seed 0), and fine-tuning "
+        "lowers SynQ's top-1 at this budget (README, SynQ at the CPU budget)",
     ),
 )
