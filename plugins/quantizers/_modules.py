@@ -141,6 +141,9 @@ class QuantAct(nn.Module):
     """
 
     reference_ste: bool = False
+    #: the grid's range always holds 0 (deployable profiles: an integer backend's zero point must be a
+    #: code); off by default, where the range is the tracked one as it always was
+    include_zero: bool = False
 
     def __init__(self, bits: int, momentum: float = 0.9, tracking: str = "exact") -> None:
         super().__init__()
@@ -179,11 +182,20 @@ class QuantAct(nn.Module):
             self.x_max.copy_(torch.where(first, b_max, torch.lerp(self.x_max, b_max, 1 - beta)))
         self.updates.add_(1)
 
+    def grid_range(self) -> tuple[Tensor, Tensor]:
+        """The [lo, hi] the grid is built on: the tracked range (the buffers themselves), widened to
+        hold 0 when ``include_zero``."""
+        if not self.include_zero:
+            return self.x_min, self.x_max
+        return torch.clamp(self.x_min, max=0), torch.clamp(self.x_max, min=0)
+
     def forward(self, x: Tensor) -> Tensor:
         if self.calibrating:
             self.update_range(x)
-            return fake_quantize_ste(x, self.x_min, self.x_max, self.a_bits, self.reference_ste)
-        return fake_quantize_ste(x, self.x_min, self.x_max, self.a_bits, self.reference_ste, self._grid(x.dtype))
+            lo, hi = self.grid_range()
+            return fake_quantize_ste(x, lo, hi, self.a_bits, self.reference_ste)
+        lo, hi = self.grid_range()
+        return fake_quantize_ste(x, lo, hi, self.a_bits, self.reference_ste, self._grid(x.dtype))
 
     def _grid(self, dtype: torch.dtype) -> tuple[Tensor, Tensor] | None:
         """The frozen range's (S, Z), computed once per range instead of at every forward (seven
@@ -198,7 +210,7 @@ class QuantAct(nn.Module):
         cached = self.__dict__.get("_frozen_grid")
         if cached is not None and cached[0] == key and cached[1] is lo and cached[2] is hi:
             return cached[3]
-        grid = frozen_grid(lo, hi, self.a_bits, dtype)
+        grid = frozen_grid(*self.grid_range(), self.a_bits, dtype)
         self.__dict__["_frozen_grid"] = (key, lo, hi, grid)
         return grid
 
@@ -209,7 +221,8 @@ class QuantAct(nn.Module):
         return state
 
     def extra_repr(self) -> str:
-        return f"a_bits={self.a_bits}, tracking={self.tracking}"
+        zero = ", include_zero" if self.include_zero else ""
+        return f"a_bits={self.a_bits}, tracking={self.tracking}{zero}"
 
 
 class QuantizedActivation(nn.Module):

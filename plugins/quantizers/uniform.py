@@ -31,6 +31,7 @@ from zsqbench.api import (
     hookimpl,
 )
 from zsqbench.errors import UserError
+from zsqbench_plugins.quantizers._deploy import CONTAINER_BITS, DeployConv2d, DeployLinear, deploy_student
 from zsqbench_plugins.quantizers._fake_quant import (
     _codes_into,
     _codes_on_grid,
@@ -77,7 +78,8 @@ class UniformOptions(PluginOptions):
     profile: Annotated[Literal[tuple(PROFILES)], OmitAtDefault()] = Field(  # type: ignore[valid-type]
         DEFAULT_PROFILE, description="the quantization convention (docs/methods/uniform.md#profiles): "
         "'zsq-asym-pc' (default: asymmetric per-channel weights, every layer at the trial's bits, as GDFQ -> AKT), "
-        "'first-last-8bit' (the first and the last layer at 8 bits), 'sym-pc' (symmetric per-channel weights)",
+        "'first-last-8bit' (the first and the last layer at 8 bits), 'sym-pc' (symmetric per-channel weights), 'ort-int8' and 'ort-int4w' (deployable: ONNX Runtime's integer "
+        "rules, BN folded; docs/deployment.md#deployable-profiles)",
     )
 
 
@@ -100,6 +102,8 @@ class UniformQuantizer(WeightCodeQuantizer):
     def quantize(self, model: nn.Module, w_bits: int, a_bits: int) -> nn.Module:
         opts: UniformOptions = self.options  # type: ignore[assignment]
         reference = opts.ste == "reference"
+        if self.profile.deployable:
+            return self._quantize_deployable(model, w_bits, a_bits)
         symmetric = self.profile.weight_symmetric
         for parent_name, parent in list(model.named_modules()):
             for child_name, child in list(parent.named_children()):
@@ -124,6 +128,30 @@ class UniformQuantizer(WeightCodeQuantizer):
         if opts.quantize_outputs:
             self._quantize_outputs(model, a_bits, reference)
         return model
+
+    def _quantize_deployable(self, model: nn.Module, w_bits: int, a_bits: int) -> nn.Module:
+        """The student of a deployable profile (_deploy.py); what it cannot execute exactly is refused
+        here, which planning runs on the meta device (grid/request.py check_quantizer_fits)."""
+        opts: UniformOptions = self.options  # type: ignore[assignment]
+        profile = self.profile
+        if w_bits > profile.max_w_bits or a_bits > CONTAINER_BITS:
+            raise UserError(f"uniform.profile={profile.name} executes at most {profile.max_w_bits}-bit weights and "
+                            f"{CONTAINER_BITS}-bit activations exactly; W{w_bits}A{a_bits} is not deployable there"
+                            + (" (use ort-int8)" if w_bits <= CONTAINER_BITS else ""))
+        if opts.quantize_outputs:
+            raise UserError(f"uniform.profile={profile.name} places its own output quantizers (every integer "
+                            "operator's output); uniform.quantize_outputs is for the academic profiles")
+
+        def new_quant(bits: int) -> QuantAct:
+            quant = QuantAct(bits, opts.momentum, opts.range_tracking)
+            quant.reference_ste = opts.ste == "reference"
+            return quant
+
+        student = deploy_student(model, w_bits, a_bits, profile.name, profile.weight_storage_bits, new_quant)
+        for module in student.modules():
+            if isinstance(module, (DeployConv2d, DeployLinear)):
+                module.reference_ste = opts.ste == "reference"
+        return student
 
     @staticmethod
     def _first_and_last(model: nn.Module, bits: int) -> None:
@@ -192,13 +220,16 @@ class UniformQuantizer(WeightCodeQuantizer):
             raise RuntimeError("activation ranges are still being calibrated; freeze them (set_calibrating) first")
         layers: list[IntegerLayer] = []
         for path, module in student.named_modules():
-            if isinstance(module, (QuantConv2d, QuantLinear)):
+            if isinstance(module, (DeployConv2d, DeployLinear)):
+                layers.append(_integer_op(path, module))
+            elif isinstance(module, (QuantConv2d, QuantLinear)):
                 grid = symmetric_weight_grid if module.w_symmetric else weight_grid
                 codes, scale, zero = grid(module.weight, module.w_bits)
                 plain = _plain_copy(module)
                 layers.append(IntegerWeight(path, plain, IntegerGrid(module.w_bits, scale, zero), codes))
             elif isinstance(module, QuantAct):
-                scale, zero = grid_of(module.x_min.detach(), module.x_max.detach(), module.a_bits)
+                lo, hi = module.grid_range()
+                scale, zero = grid_of(lo.detach(), hi.detach(), module.a_bits)
                 layers.append(IntegerActivation(path, IntegerGrid(module.a_bits, scale, zero)))
         return layers
 
@@ -228,6 +259,28 @@ class UniformQuantizer(WeightCodeQuantizer):
 
 
 
+@torch.no_grad()
+def _integer_op(path: str, module: DeployConv2d | DeployLinear) -> IntegerWeight:
+    """A layer of a deployable profile as one integer operator: the folded weight's codes, the int32 bias
+    codes, and which quantizers it reads and writes (what ``zsqbench export`` turns into QLinearConv or
+    MatMulInteger)."""
+    weight, bias = module.folded()
+    codes, scale, zero = symmetric_weight_grid(weight, module.w_bits)
+    plain = _plain_copy(module)
+    plain.weight.copy_(weight)
+    bias_codes = None
+    if bias is not None:
+        bias_codes, _ = module.bias_codes(bias, scale)
+        bias_codes = bias_codes.to(torch.int64)
+        if plain.bias is None:
+            plain.bias = nn.Parameter(bias.detach().clone())
+        else:
+            plain.bias.copy_(bias)
+    return IntegerWeight(path, plain, IntegerGrid(module.w_bits, scale, zero), codes, bias_codes=bias_codes,
+                         input=module.source_path, output=module.output_path, absorbed=module.absorbed,
+                         storage_bits=module.storage_bits)
+
+
 def _plain_copy(module: nn.Module) -> nn.Module:
     """The FP layer a quantized one was made from (same settings and parameters, no quantizer)."""
     if isinstance(module, QuantConv2d):
@@ -239,7 +292,7 @@ def _plain_copy(module: nn.Module) -> nn.Module:
     else:
         plain = nn.Linear(module.in_features, module.out_features, module.bias is not None,
                           device=module.weight.device, dtype=module.weight.dtype)
-    plain.load_state_dict(module.state_dict())
+    plain.load_state_dict({k: v for k, v in module.state_dict().items() if k in ("weight", "bias")})
     return plain.eval()
 
 

@@ -37,7 +37,7 @@ def test_the_default_profile_stays_out_of_the_options_and_the_others_are_in_them
     assert "profile" not in fill_options(UniformQuantizer, {"profile": DEFAULT_PROFILE}, "quantizer", "uniform")
     for name in ("first-last-8bit", "sym-pc"):
         assert fill_options(UniformQuantizer, {"profile": name}, "quantizer", "uniform")["profile"] == name
-    assert set(PROFILES) == {"zsq-asym-pc", "first-last-8bit", "sym-pc"}
+    assert set(PROFILES) == {"zsq-asym-pc", "first-last-8bit", "sym-pc", "ort-int8", "ort-int4w"}
     assert all(p.version >= 1 for p in PROFILES.values())
 
 

@@ -47,6 +47,17 @@ class IntegerWeight:
     grid: IntegerGrid
     #: q, int64, the weight's shape, inside [−2^(k−1), 2^(k−1) − 1].
     codes: Tensor
+    #: An integer operator (deployable profiles, docs/deployment.md#deployable-profiles), else None/empty:
+    #: int32 bias codes at scale s_x·s_w (``float_module``'s bias is then their float value),
+    bias_codes: Tensor | None = None
+    #: the activation quantizer whose codes the layer reads,
+    input: str | None = None
+    #: the one whose codes it writes (None: float output, e.g. the logits),
+    output: str | None = None
+    #: the modules it computes itself (a folded BN, the ReLU before its output quantizer), and
+    absorbed: tuple[str, ...] = ()
+    #: the bits its weights are stored at when packed (None: in their container).
+    storage_bits: int | None = None
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,7 @@ def summary(document: dict[str, Any], where: Path) -> dict[str, Any]:
         "bytes_at_bits": size["true_bits_bytes"], "bytes_stored": size["file_bytes"],
         "fp32_bytes": size["fp32_teacher_tensor_bytes"], "ms_per_batch": lat["ms_per_batch"], "batch": lat["batch"],
         "threads": lat["threads"], "integer_convs": document["runtime_kernels"]["student"].get("QLinearConv", 0),
+        "latency_grid": lat.get("grid"),
     }
 
 
@@ -117,8 +118,12 @@ def print_summary(document: dict[str, Any], where: Path) -> None:
                   f"activation codes, decided differently by the two runtimes): {s['agreement_beyond_rounding']:.2f} % "
                   f"agree beyond rounding", highlight=False)
     out.print(f"  size: {s['bytes_at_bits'] / 1024:.1f} KiB at the true bit-widths, {s['bytes_stored'] / 1024:.1f} KiB "
-              f"stored (8-bit containers), FP32 teacher {s['fp32_bytes'] / 1024:.1f} KiB", highlight=False)
+              f"stored, FP32 teacher {s['fp32_bytes'] / 1024:.1f} KiB", highlight=False)
     ms = s["ms_per_batch"]
     out.print(f"  ONNX Runtime, batch {s['batch']}, {s['threads']} thread(s): {ms['student']:.1f} ms (student, "
               f"{s['integer_convs']} integer convolutions) vs {ms['fp32_teacher']:.1f} ms (FP32 teacher)",
               highlight=False)
+    for row in s["latency_grid"] or []:  # a deployable profile's integer model: every batch and thread count
+        out.print(f"  batch {row['batch']:>3}, {row['threads']} thread(s): {row['student_ms']:.2f} ms integer vs "
+                  f"{row['fp32_teacher_ms']:.2f} ms FP32 ({row['fp32_teacher_ms'] / row['student_ms']:.2f}x)",
+                  highlight=False)

@@ -1,6 +1,6 @@
 """`zsqbench leaderboard`: a results folder or leaderboard CSV aggregated over seeds, per trial, or as a pivot.
 
-One view is chosen (aggregated by default, ``--per-trial`` or ``--pivot``) and that same view is
+One view is chosen (aggregated by default, ``--per-trial``, ``--pivot`` or ``--deploy``) and that same view is
 written to every requested file. The terminal shows the aggregated and per-trial views compactly
 (they fit 80 columns); ``--wide`` shows every setting there and in Markdown. A table wider than
 the terminal (or than 80 columns under a pipe) is printed one record per row, never with wrapped
@@ -24,6 +24,7 @@ from zsqbench.cli.tables import TextTable, show_table
 from zsqbench.errors import UserError
 from zsqbench.files import write_text_atomic
 from zsqbench.leaderboard.aggregate import as_aggregated, done_trials
+from zsqbench.leaderboard.deploy import deploy_notes, deploy_table, display_deploy
 from zsqbench.leaderboard.references import resolve_source
 from zsqbench.leaderboard.results_folder import LEADERBOARD_NAME, rebuild_leaderboard, trial_rows
 from zsqbench.leaderboard.table import read_table, to_csv_text, to_json_text, to_markdown
@@ -84,6 +85,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     view.add_argument("--pivot", nargs="?", const="bits", choices=("bits", "methods"),
                       help="paper layout, cells 'mean ± std (n)': 'bits' (the default) = rows dataset x bits, columns "
                            "generator+loss; 'methods' = rows generator+loss, columns dataset x bits (Table 3)")
+    view.add_argument("--deploy", action="store_true",
+                      help="what a deployable profile (ort-int8, ort-int4w) loses and gains against the academic one, "
+                           "per method and bits: top-1 of both, the paired difference, the integer export's ONNX "
+                           "top-1, size and speed against the FP32 teacher (docs/deployment.md)")
     p.add_argument("--wide", action="store_true",
                    help="every setting in the terminal and Markdown table (default: a compact view for 80 columns; "
                         "a table wider than the terminal is printed one record per row)")
@@ -116,6 +121,15 @@ def build_view(args: argparse.Namespace) -> View:
     path = resolve_source(args.source)
     frame, kind = read_table(path)
     frame = _select_runs(frame, kind, args.run, path)
+    if args.deploy:
+        if kind != "per-trial":
+            raise UserError(f"{path} is an aggregated leaderboard; --deploy needs the trials (a results folder or its "
+                            "leaderboard.csv)")
+        table = deploy_table(done_trials(frame))
+        return View(table, display_deploy(table), f"{path}: deployable vs academic profile ({len(table)} rows)",
+                    deploy_notes(table), names=[f"{m} {b} {p}".strip() for m, b, p in zip(
+                        *(display_deploy(table)[c] for c in ("method", "bits", "profile")))],
+                    named=["method", "bits", "profile"])
     if args.per_trial:
         if kind != "per-trial":
             raise UserError(f"{path} is an aggregated leaderboard, so it has no per-trial rows; drop --per-trial")

@@ -23,7 +23,7 @@ from torch import nn
 
 import zsqbench
 from zsqbench.api.plugins import Plugins
-from zsqbench.api.quantizer import Quantizer
+from zsqbench.api.quantizer import IntegerWeight, Quantizer
 from zsqbench.api.spec import TrialSpec
 from zsqbench.assets.data import load_test_set
 from zsqbench.assets.teachers import LoadedTeacher, trial_teacher
@@ -41,7 +41,15 @@ from zsqbench.export.artifacts import (
     weights_npz,
     write_record,
 )
+from zsqbench.export.deploy_check import INTEGER_MAX_TOP1_DIFF, headline, integer_failures, latency_grid
 from zsqbench.export.graph import ExportedLayer, build_fp_onnx, build_onnx, describe_graph, integer_view
+from zsqbench.export.integer_ops import (
+    build_integer_onnx,
+    integer_counts,
+    integer_ops_view,
+    integer_sizes,
+    is_integer_program,
+)
 from zsqbench.export.runtime import (
     MAX_TOP1_DIFF,
     MIN_AGREEMENT,
@@ -158,10 +166,19 @@ def export_trial(folder: TrialFolder, plugins: Plugins, env: Environment, settin
         raise UserError(str(exc)) from None
     test = load_test_set(spec.dataset, env.data_root, offline=env.offline, cache_dir=env.cache_dir)
     inputs = test.inputs(teacher.normalization)  # normalized slice by slice as the batches are read
-    view, exported = integer_view(student, layers)
     metadata = {"zsqbench.trial_id": spec.trial_id, "zsqbench.bits": spec.bits_label,
                 "zsqbench.teacher_sha256": teacher.sha256, "zsqbench.version": zsqbench.__version__}
-    model_bytes, folded = build_onnx(view, inputs[:2], metadata, fold_bn=settings.fold_bn)
+    integer = is_integer_program(layers)  # a deployable profile: integer operators (integer_ops.py)
+    if integer:
+        if settings.fold_bn:
+            raise UserError(f"trial {spec.trial_id} ran under a deployable profile, whose BN is folded already; "
+                            "drop --fold-bn")
+        view, exported, folded = integer_ops_view(student, layers)
+        storage = next((x.storage_bits for x in layers if isinstance(x, IntegerWeight) and x.storage_bits), None)
+        model_bytes = build_integer_onnx(view, inputs[:2], metadata, storage)
+    else:
+        view, exported = integer_view(student, layers)
+        model_bytes, folded = build_onnx(view, inputs[:2], metadata, fold_bn=settings.fold_bn)
     fp_bytes = build_fp_onnx(teacher.module, inputs[:2])
     out_dir = Path(settings.out) if settings.out else folder.path / "export" / "onnx"
     batch = env.eval_batch_size
@@ -175,8 +192,9 @@ def export_trial(folder: TrialFolder, plugins: Plugins, env: Environment, settin
         sess = session(model_path, settings.threads)
         student_out = torch_logits(student, inputs, batch)
         check = _Check(model_bytes, exported, inputs, test, student_out, batch, settings.threads)
-        agreement = check.run(sess, optimize=True, float_kernels=not settings.fold_bn)
-        problems = agreement.failures(settings.min_agreement, float_kernels=not settings.fold_bn)
+        agreement = check.run(sess, optimize=True, float_kernels=not (settings.fold_bn or integer))
+        problems = (integer_failures(agreement, settings.min_agreement) if integer
+                    else agreement.failures(settings.min_agreement, float_kernels=not settings.fold_bn))
         verification = agreement.to_dict()
         if settings.fold_bn:  # the folded graph itself, in float kernels: held to the default tolerance
             graph_only = check.run(session(model_path, settings.threads, optimize=False), optimize=False)
@@ -190,14 +208,24 @@ def export_trial(folder: TrialFolder, plugins: Plugins, env: Environment, settin
         ms = latency({"student": sess, "fp32_teacher": fp_sess}, sample, settings.latency_runs)
         document = _document(spec, result, folder, test, teacher, model_bytes, fp_bytes, exported, folded,
                              verification, settings, ms, len(sample))
+        if integer:
+            report(f"timing {spec.trial_id} against the FP32 teacher (batch 1 and 100, 1 and 2 threads)")
+            deployable(document, model_bytes, exported, latency_grid(model_bytes, fp_bytes, inputs,
+                                                                     settings.latency_runs))
         publish(stage, out_dir, document, names)
+    speed = document["latency"].get("headline") or document["latency"]
     write_record(folder.path, {
         "format": "onnx", "trial_id": spec.trial_id, "result_sha256": document["trial"]["result_sha256"],
         "out": str(out_dir.resolve()), "model_sha256": document["model"]["sha256"],
         "onnx_top1": agreement.onnx_top1, "student_top1": agreement.student_top1, "agreement": agreement.agreement,
         "agreement_beyond_rounding": agreement.agreement_beyond_rounding,
         "max_abs_logit_diff": agreement.max_abs_logit_diff, "fold_bn": settings.fold_bn,
-        "exported_at": document["exported_at"],
+        "exported_at": document["exported_at"], "profile": spec.quantizer.options.get("profile"),
+        "integer_convs": document["model"].get("integer_convs"),
+        "size_true_bits_bytes": document["size"]["true_bits_bytes"],
+        "fp32_tensor_bytes": document["size"]["fp32_teacher_tensor_bytes"],
+        "latency_ratio": speed["student_over_fp32"], "latency_batch": speed["batch"],
+        "latency_threads": speed["threads"],
     })
     return document
 
@@ -274,6 +302,25 @@ def _document(spec: TrialSpec, result: dict[str, Any], folder: TrialFolder, test
                      "onnxruntime": ort.__version__},
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def deployable(document: dict[str, Any], model_bytes: bytes, exported: list[ExportedLayer],
+               grid: list[dict[str, Any]]) -> None:
+    """An integer export's document: its sizes (INT4 packed), operator counts, gate and latency grid."""
+    fp = document["size"]
+    sizes = integer_sizes(model_bytes, exported)
+    document["size"] = {**sizes, **{k: v for k, v in fp.items() if k.startswith("fp32_")},
+                        "compression_at_bits": round(fp["fp32_teacher_tensor_bytes"] / sizes["true_bits_bytes"], 2),
+                        "compression_stored": round(fp["fp32_teacher_file_bytes"] / sizes["file_bytes"], 2)}
+    document["model"].update(integer_counts(model_bytes))
+    document["model"]["batchnorm"] = "folded into the integer weights and int32 biases while training (the profile)"
+    document["verification"]["tolerance"] = {
+        "rule": "fail when median_abs_logit_diff > rounding_tol, when agreement_beyond_rounding < "
+                "min_agreement_percent (every clear-margin disagreement counts), or when |onnx_top1 - student_top1| "
+                f"> {INTEGER_MAX_TOP1_DIFF}", "rounding_tol": document["verification"]["rounding_tol"],
+        "why": "zsqbench/export/deploy_check.py: integer kernels compute the student's codes except within a few "
+               "ulps of a rounding tie"}
+    document["latency"].update(grid=grid, headline=headline(grid))
 
 
 def _tolerance(settings: ExportSettings, verification: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from zsqbench.leaderboard.labels import at_chance
@@ -14,6 +15,14 @@ def compute_fields(compute: dict[str, Any] | None) -> dict[str, Any]:
     compute = compute or {}
     return {"precision": compute.get("precision", "fp32"), "channels_last": bool(compute.get("channels_last")),
             "compile": bool(compute.get("compile")), "tf32": compute.get("tf32")}
+
+
+def _number(record: dict[str, Any] | None, key: str, factor: float, digits: int) -> float | None:
+    """A positive number of an export record, scaled and rounded; None when absent or not one."""
+    value = (record or {}).get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        return None
+    return round(value * factor, digits)
 
 
 def result_row(result: dict[str, Any], export: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -44,6 +53,9 @@ def result_row(result: dict[str, Any], export: dict[str, Any] | None = None) -> 
         "top1_oracle": round(result["top1_oracle"], 2),
         "at_chance": at_chance(round(result["top1_last"], 2), spec["dataset"]),
         "onnx_top1": round(export["onnx_top1"], 2) if export else None,
+        "onnx_kib": _number(export, "size_true_bits_bytes", 1 / 1024, 1),
+        "onnx_latency_ratio": (_number(export, "latency_ratio", 1, 3) if export and export.get("latency_batch") == 100
+                               and export.get("latency_threads") == 2 else None),
         "wall_s": round(result["wall_s"], 1),
         "flags": ";".join(result.get("flags", [])),
         "device": result["device"],

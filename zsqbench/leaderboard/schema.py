@@ -36,7 +36,8 @@ _COLUMNS = (
     Column("loss", "text", "loss plugin"),
     Column("quantizer", "text", "quantizer plugin"),
     Column("profile", "text", "quantizer profile, the quantization convention (uniform: zsq-asym-pc, first-last-8bit, "
-           "sym-pc; docs/methods/uniform.md#profiles); results and tables from before profiles read zsq-asym-pc",
+           "sym-pc, ort-int8, ort-int4w; docs/methods/uniform.md#profiles); results and tables from before profiles "
+           "read zsq-asym-pc",
            "quantizer profile, the quantization convention ('unknown' for a published number whose convention is not "
            "known)"),
     Column("w_bits", "int", "weight bits"),
@@ -76,6 +77,11 @@ _COLUMNS = (
            "row when any did"),
     Column("onnx_top1", "float", "top-1 (%) of the trial's verified ONNX export in ONNX Runtime (`zsqbench export`, "
            "`run --export onnx`); empty when not exported"),
+    Column("onnx_kib", "float", "size of the trial's verified ONNX export at the true bit-widths (KiB: each weight at its "
+           "bits, biases, scales and float parameters as stored); empty when not exported"),
+    Column("onnx_latency_ratio", "float", "ONNX Runtime milliseconds per batch of the export over the FP32 teacher's, "
+           "at batch 100 and 2 threads on the machine that exported it (< 1: faster; deployable profiles measure it, "
+           "docs/deployment.md); empty when not exported or measured otherwise"),
     Column("onnx_top1_mean", "float", "", "mean over seeds of onnx_top1; empty unless every trial of the row was exported"),
     Column("wall_s", "float", "wall-clock seconds of the trial"),
     Column("cpu_hours", "float", "",
@@ -110,7 +116,7 @@ COLUMNS: dict[str, Column] = {c.name: c for c in _COLUMNS}
 PER_TRIAL: tuple[str, ...] = (
     "trial_id", "run", "model", "dataset", "generator", "loss", "quantizer", "profile", "w_bits", "a_bits", "seed",
     "budget", "epochs", "iters_per_epoch", "batch_size", "warmup_epochs", "ptq_only", "fp_top1", "ptq_top1", "top1_last",
-    "top1_oracle", "at_chance", "onnx_top1", "wall_s", "flags", "device", "machine", "precision", "channels_last",
+    "top1_oracle", "at_chance", "onnx_top1", "onnx_kib", "onnx_latency_ratio", "wall_s", "flags", "device", "machine", "precision", "channels_last",
     "compile", "tf32",
     "teacher_weights", "teacher_sha256", "data_sha256", "zsqbench_version", "torch_version", "git_hash", "finished_at",
 )
