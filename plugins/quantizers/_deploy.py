@@ -143,6 +143,13 @@ class _DeployLayer:
         q, multiplier = self.bias_codes(bias, self.weight_scale(weight))
         return wq, _Precomputed.apply(bias, [(q / multiplier).to(bias.dtype)])
 
+    @classmethod
+    def from_float(cls, layer: nn.Module, bits: int):  # noqa: ANN206 (the subclass)
+        """The quantized layer of the next base class, then the deployable profile's own parts."""
+        new = super().from_float(layer, bits)  # type: ignore[misc]
+        new._deploy_init()
+        return new
+
     def _deploy_forward(self, x: Tensor, op) -> Tensor:  # noqa: ANN001 (the layer's own F.conv2d/F.linear)
         if self.input_quant is not None:
             x = self.input_quant(x)
@@ -154,24 +161,12 @@ class _DeployLayer:
 class DeployConv2d(_DeployLayer, QuantConv2d):
     """A convolution with its BN folded in, integer bias, and the quantizers an integer conv needs."""
 
-    @classmethod
-    def from_float(cls, conv: nn.Conv2d, bits: int) -> "DeployConv2d":
-        new = super().from_float(conv, bits)
-        new._deploy_init()
-        return new  # type: ignore[return-value]
-
     def forward(self, x: Tensor) -> Tensor:
         return self._deploy_forward(x, lambda x, w, b: self._conv_forward(x, w, b))
 
 
 class DeployLinear(_DeployLayer, QuantLinear):
     """The classifier under a deployable profile: integer weights and bias, an 8-bit input, float logits."""
-
-    @classmethod
-    def from_float(cls, fc: nn.Linear, bits: int) -> "DeployLinear":
-        new = super().from_float(fc, bits)
-        new._deploy_init()
-        return new  # type: ignore[return-value]
 
     def forward(self, x: Tensor) -> Tensor:
         return self._deploy_forward(x, F.linear)

@@ -18,10 +18,9 @@ import json
 import numpy as np
 import onnx
 import pytest
-import torch
 from conftest import one_line_error, run_argv
 from onnx import TensorProto, numpy_helper
-from support.data import write_normalized_teacher, write_test_set
+from support.data import export_grid_inputs, one_thread
 
 from zsqbench.cli.main import main
 from zsqbench.export.runtime import TYPICAL_LOGIT_TOL, runtime_kernels
@@ -36,13 +35,9 @@ CASES = {("ort-int8", 8, 8), ("ort-int8", 4, 4), ("ort-int4w", 4, 8)}
 @pytest.fixture(scope="module")
 def trials(tmp_path_factory, plugins):
     base = tmp_path_factory.mktemp("deploy_grid")
-    root = base / "data"
-    write_test_set(root, "cifar10", n=24)
-    weights = write_normalized_teacher(base / "teacher.pth", plugins.models.get("resnet20_cifar10").build())
+    root, weights = export_grid_inputs(base, plugins.models.get("resnet20_cifar10").build)
     out = base / "results"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         for profile, bits in (("ort-int8", "4"), ("ort-int4w", "4/8"), ("zsq-asym-pc", "8")):
             argv = run_argv(root, weights, out, "--bits", bits, *SMOKE, "-o", f"uniform.profile={profile}",
                             "--export", "onnx")
@@ -54,8 +49,6 @@ def trials(tmp_path_factory, plugins):
         folders = _folders(out)
         assert main(["export", str(folders[("ort-int8", 8, 8)].path), "--data-root", str(root), "--teacher-weights",
                      str(weights), "--min-agreement", "95", "-q"]) == 0
-    finally:
-        torch.set_num_threads(threads)
     folders = _folders(out)
     assert CASES <= set(folders)
     return root, weights, out, folders

@@ -36,7 +36,7 @@ import pytest
 import torch
 from conftest import make_spec, one_line_error, run_argv
 from onnx import helper, numpy_helper
-from support.data import write_normalized_teacher, write_test_set
+from support.data import export_grid_inputs, one_thread
 from torch import nn
 
 from zsqbench.api.quantizer import IntegerGrid
@@ -206,16 +206,10 @@ def test_each_activation_quantizer_reproduces_the_students_codes_except_at_ties(
 def grid(tmp_path_factory, plugins):
     """Three smoke trials (W4A4, W3A3, W8A8) run and exported by `zsqbench run --export onnx`."""
     base = tmp_path_factory.mktemp("export_grid")
-    root = base / "data"
-    write_test_set(root, "cifar10", n=24)
-    weights = write_normalized_teacher(base / "teacher.pth", plugins.models.get("resnet20_cifar10").build())
+    root, weights = export_grid_inputs(base, plugins.models.get("resnet20_cifar10").build)
     out = base / "results"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         assert main(run_argv(root, weights, out, "--bits", "4,3,8", *SMOKE, "--export", "onnx")) == 0
-    finally:
-        torch.set_num_threads(threads)
     folders = {f.read_spec().w_bits: f for f in TrialFolder.find(out)}
     assert sorted(folders) == [3, 4, 8]
     return root, weights, out, folders

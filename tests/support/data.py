@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +61,25 @@ def write_normalized_teacher(path: Path, model: nn.Module, seed: int = 0) -> Pat
         model.train()(x)
     torch.save(model.eval().state_dict(), path)
     return path
+
+
+def export_grid_inputs(base: Path, build: Callable[[], nn.Module], seed: int = 0) -> tuple[Path, Path]:
+    """The export tests' smoke grids: a 24-image CIFAR-10 test set under base/data and a normalized random
+    teacher built under ``seed`` (its conv weights would otherwise depend on whatever test ran before, and
+    with them whether a code lands on a rounding tie at the export gate)."""
+    root = base / "data"
+    write_test_set(root, "cifar10", n=24)
+    torch.manual_seed(seed)
+    return root, write_normalized_teacher(base / "teacher.pth", build(), seed)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread inside the block (the smoke grids' numbers then do not depend on the CI machine's
+    thread count), the previous count restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
