@@ -368,15 +368,22 @@ class Generator(ABC):
         return None
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"networks": {k: v.state_dict() for k, v in self.networks().items()},
-                 "optimizers": {k: v.state_dict() for k, v in self.optimizers().items()}}
-        if self.shared_calibration is not None:
-            state["shared_calibration"] = self.shared_calibration.state_dict()
-        return state
+        return {"networks": {k: v.state_dict() for k, v in self.networks().items()},
+                "optimizers": {k: v.state_dict() for k, v in self.optimizers().items()},
+                **self.shared_calibration_state()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def shared_calibration_state(self) -> dict[str, Any]:
+        """The shared calibration source's state under its key (nothing without one), for every
+        ``state_dict``, the base's and an override's alike."""
+        return {} if self.shared_calibration is None else {"shared_calibration": self.shared_calibration.state_dict()}
+
+    def load_shared_calibration_state(self, state: dict[str, Any]) -> None:
+        """The inverse of :meth:`shared_calibration_state` (a checkpoint without the key leaves the source fresh)."""
         if self.shared_calibration is not None and "shared_calibration" in state:
             self.shared_calibration.load_state_dict(state["shared_calibration"])
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.load_shared_calibration_state(state)
         for kind, owned in (("networks", self.networks()), ("optimizers", self.optimizers())):
             saved = state.get(kind, {})
             if set(saved) != set(owned):

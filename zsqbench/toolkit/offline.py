@@ -164,14 +164,11 @@ class OfflineSetGenerator(Generator):
         state: dict[str, Any] = {"perm": self._perm, "pos": self._pos}
         if self.calibration is not None:
             state["calibration"] = self.calibration.state_dict()
-        if self.shared_calibration is not None:
-            state["shared_calibration"] = self.shared_calibration.state_dict()
-        return state
+        return {**state, **self.shared_calibration_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._perm, self._pos = state.get("perm"), int(state.get("pos", 0))
-        if self.shared_calibration is not None and "shared_calibration" in state:
-            self.shared_calibration.load_state_dict(state["shared_calibration"])
+        self.load_shared_calibration_state(state)
         if "calibration" in state and self.calibration is not None:
             self.calibration.load_state_dict(state["calibration"])
         elif "calibration" not in state:
