@@ -43,6 +43,22 @@ def _bns_value_and_grad(net: nn.Module, x: Tensor, fused: bool) -> tuple[Tensor,
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", [(200, 16, 32, 32), (7, 13, 5, 3)])
+def test_the_one_kernel_centered_squares_give_the_two_pass_moments_bit_for_bit(dtype, shape):
+    """_two_pass_moments takes d·d of d = x − mean from mse_loss's kernel: the same roundings as
+    ``(x − mean).square_()``, so the moments, and every fused BN loss before it, keep their bits."""
+    from zsqbench.toolkit.bn_stats import _two_pass_moments
+
+    g = torch.Generator().manual_seed(len(shape))
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = (torch.randn(shape, generator=g, dtype=dtype) * 0.7 + 1.3).contiguous(memory_format=layout)
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        var, got_mean = _two_pass_moments(x)
+        assert torch.equal(got_mean, mean)
+        assert torch.equal(var, (x - mean).square_().mean(dim=(0, 2, 3)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_the_fused_bn_statistics_loss_equals_the_per_layer_sum(dtype):
     net = _resnet20(dtype)
     x = torch.randn(8, 3, 32, 32, dtype=dtype, generator=torch.Generator().manual_seed(1))
