@@ -35,6 +35,8 @@ def parse_bits(text: str) -> list[tuple[int, int]]:
                 raise UserError(
                     f"bad bit-width '{item}': bits must be between {MIN_BITS} and {MAX_BITS}"
                 )
+        if (w, a) in pairs:
+            raise UserError(f"bit-width {bits_label(w, a)} is listed twice in '{text}'; give each once")
         pairs.append((w, a))
     if not pairs:
         raise UserError("no bit-width given: pass e.g. --bits 3,4,5")

@@ -28,4 +28,4 @@ def first_validation_error(exc: Exception) -> str:
         return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     err = errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "value"
-    return f"{where}: {err['msg']}"
+    return f"{where}: {err['msg'].removeprefix('Value error, ')}"

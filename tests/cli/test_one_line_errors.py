@@ -127,3 +127,27 @@ def test_analyze_refuses_a_snapshot_that_would_run_code_in_one_line(tiny, tmp_pa
     last = captured.err.strip().splitlines()[-1]
     assert last.startswith("zsqbench: error: ")
     assert f"snapshot {snapshots[0]} does not fit trial {trial.name}'s student" in last
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--seeds", "0,1,0"], "invalid grid in the command line: seeds: '0' is listed twice; give each value once"),
+    (["--generators", "gdfq,adadfq,gdfq"], "generators: 'gdfq' is listed twice"),
+    (["--loss", "kd,kd"], "losses: 'kd' is listed twice"),
+    (["--bits", "4,3,4"], "bit-width W4A4 is listed twice in '4,3,4'; give each once"),
+    (["--bits", "4/8,4/8"], "bit-width W4A8 is listed twice"),
+])
+def test_a_value_listed_twice_in_a_grid_is_refused_not_run_twice(capsys, tmp_path, flags, needle):
+    """The same trial twice in one grid would run it twice (or have two workers race for its lease)."""
+    given = dict(zip(flags[::2], flags[1::2]))
+    argv = ["run", "--dry-run", "--budget", "smoke", "--out", str(tmp_path),
+            *(["--generators", "gdfq"] if "--generators" not in given else []),
+            *(["--loss", "kd"] if "--loss" not in given else []),
+            *(["--bits", "4"] if "--bits" not in given else []), *flags]
+    assert needle in one_line_error(capsys, argv)
+
+
+def test_a_grid_file_with_a_repeated_seed_is_named_in_the_error(capsys, tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text('generators = ["gdfq"]\nlosses = ["kd"]\nbits = "4"\nseeds = [1, 1]\nbudget = "smoke"\n')
+    err = one_line_error(capsys, ["run", "--dry-run", "--config", str(grid), "--out", str(tmp_path / "r")])
+    assert f"invalid grid in {grid}: seeds: '1' is listed twice" in err

@@ -156,7 +156,10 @@ def build_request(args: argparse.Namespace, plugins) -> tuple[dict[str, Any], st
         "seeds": None if args.seeds is None else _seeds(args.seeds),
         "model": args.model, "dataset": args.dataset, "budget": args.budget, "quantizer": args.quantizer,
     }
-    values.update({k: v for k, v in flags.items() if v is not None})
+    given = {k: v for k, v in flags.items() if v is not None}
+    if given:  # a problem in a flag's value is named where the user wrote it
+        source = "the command line" if not args.config else f"{args.config} and the command line"
+    values.update(given)
     cli_options = _parse_options(args.option)
     check_option_tables(cli_options, plugins, "given with -o")
     if cli_options:

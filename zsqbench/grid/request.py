@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from zsqbench.api.budgets import BudgetPreset, PartialBudget
 from zsqbench.api.models import TeacherModel
@@ -51,6 +51,18 @@ class GridRequest(BaseModel):
         default_factory=PartialBudget,
         description="budget fields that replace the preset's and the methods' (epochs, batch_size, ...); flags win",
     )
+
+    @field_validator("generators", "losses", "seeds")
+    @classmethod
+    def _each_once(cls, values: list[Any]) -> list[Any]:
+        """A value listed twice would put the same trial in the grid twice (one id, run twice or raced
+        for by two workers); refused rather than silently dropped, since it is usually a typo."""
+        seen: set[Any] = set()
+        for value in values:
+            if value in seen:
+                raise ValueError(f"'{value}' is listed twice; give each value once")
+            seen.add(value)
+        return values
 
 
 def load_grid_file(path: Path) -> dict[str, Any]:
