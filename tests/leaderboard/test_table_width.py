@@ -190,3 +190,9 @@ def test_a_wide_terminal_gets_one_line_per_row_without_wrapped_cells(grid, monke
     assert max(cell_len(line) for line in lines) <= 220
     row = next(line for line in lines if "smoke" in line and "adadfq" in line and "akt" in line and "W3A3" in line)
     assert "10.00 ± 0.00" in row and "at chance" in row and "resnet20_cifar10" in row
+
+
+def test_numbers_are_right_aligned_and_trial_ids_that_start_with_digits_are_not():
+    table = TextTable(["trial", "top-1", "schedule"], [["9200e3652d7f92f9", "54.61 ± 1.20", "8x100x64"],
+                                                      ["31c0aa74be55e103", "50.53", "8x100x64"]])
+    assert table.numeric() == [False, True, True]

@@ -30,7 +30,9 @@ from zsqbench.leaderboard.schema import plain
 GAP = "  "  # between the columns of a plain table
 PAIR_GAP = "   "  # between the "column: value" pairs of a record
 INDENT = "  "
-_NUMBER = re.compile(r"^[-+−]?\d")
+#: a cell that reads as a number: a leading number ended by the cell's end, a space or a unit sign ("54.61 ± 1.2",
+#: "1.2x", "92 %", "3e-05"); a trial id such as "9200e365…" starts with digits but is not one
+_NUMBER = re.compile(r"^[-+−]?(\d[\d,]*(\.\d*)?|\.\d+)([eE][-+]?\d+)?(?=$|[\s%x×±*–/-])")
 
 
 @dataclass
