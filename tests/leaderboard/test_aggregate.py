@@ -349,3 +349,14 @@ def test_published_values_are_not_shown_as_means_over_seeds(capsys):
     line = next(x for x in printed.splitlines() if "cifar10 adadfq+akt W3A3" in x)
     assert " pub. " in line and "86.76" in line and " 1 " not in line
     assert "one value per configuration, the paper's best epoch" in " ".join(printed.split())
+
+
+@pytest.mark.parametrize("flags", [[], ["--pivot"], ["--wide"]])
+def test_a_published_number_with_a_caveat_carries_it_in_every_leaderboard_view(capsys, flags):
+    """ZeroQ's CIFAR numbers come from another checkpoint under an unknown protocol: the ledger says so
+    beside the claim, and the leaderboard must not show them bare either."""
+    assert main(["leaderboard", "paper:published", *flags]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    at = printed.index("79.30")
+    assert "protocol unknown, other checkpoint" in printed[at:at + 400]
+    assert printed.count("protocol unknown, other checkpoint") == 4  # ZeroQ's four CIFAR rows, nothing else

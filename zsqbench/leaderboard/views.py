@@ -20,6 +20,7 @@ from zsqbench.leaderboard.labels import (
     chance_label,
     chance_note,
     is_reference,
+    row_flag,
     smoke_note,
     trial_chance,
 )
@@ -98,7 +99,7 @@ def display_compact(frame: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
         "oracle*": _num(r["top1_oracle_mean"], 2),
         "PTQ": _num(r["ptq_top1_mean"], 2),
     } for r in records]
-    _flag_column(rows, [chance_label(r) for r in records])
+    _flag_column(rows, [row_flag(r) for r in records])
     return pd.DataFrame(rows, columns=list(rows[0]) if rows else ["configuration", "n", "top-1 last", "oracle*", "PTQ"])
 
 
@@ -112,7 +113,7 @@ def display_aggregated(frame: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
         "top1_last": mean_std(r["top1_last_mean"], _spread(r, ci)),
         "top1_oracle (test-selected)": mean_std(r["top1_oracle_mean"], r["top1_oracle_std"]),
         "fp_top1": _num(r["fp_top1"], 2), "ptq_top1": _num(r["ptq_top1_mean"], 2),
-        "ptq_only": "yes" if _ptq_only(r) else "", "flag": chance_label(r),
+        "ptq_only": "yes" if _ptq_only(r) else "", "flag": row_flag(r),
         "precision": r["precision"], "cpu_h": _num(r["cpu_hours"], 2), "gpu_h": _num(r["gpu_hours"], 2),
         "source": r["source"],
     } for r in frame.to_dict("records")]
@@ -238,7 +239,7 @@ def pivot(frame: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
         if label in row:  # only possible for a hand-made aggregated CSV with duplicate keys
             raise UserError(f"two rows of the leaderboard fill the pivot cell {r['dataset']} "
                             f"{bits_label(r['w_bits'], r['a_bits'])} {label}; remove the duplicate row")
-        flag = chance_label(r)
+        flag = row_flag(r)
         row[label] = f"{mean_std(r['top1_last_mean'], _spread(r, ci))} ({_n(r)})" + (f" {flag}" if flag else "")
     labels = [f"{g}+{loss}" for g, loss in _method_order(methods)]
     out = []
