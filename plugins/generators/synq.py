@@ -279,6 +279,27 @@ class SynQ(HAST):
             terms = student.objective(inputs)
         return terms, self.easy_ce.last_value
 
+    def _clean_pass(self, x: Tensor, student: StudentUpdate, cam_on: bool, through: bool
+                    ) -> tuple[Tensor, dict[str, Tensor], Tensor | None, Tensor, dict[str, Tensor], Tensor | None]:
+        """Teacher and student on the clean batch, with their CAM layers' outputs (None when not tapped):
+        (t, t_feats, a_t, s, s_feats, a_q)."""
+        teacher_tap, student_tap = self.cam_taps()
+        # without the input gradient through the teacher, its CAM layer output becomes a leaf: the tail
+        # after it gets a graph (the score gradient needs one), nothing before it does
+        with teacher_tap.active(leaf=cam_on and not through), student_tap.active():
+            with torch.set_grad_enabled(through or cam_on):
+                t, t_feats = self.ctx.teacher_forward(x if through else x.detach(), detach_features=not through)
+            a_t = teacher_tap.take()
+            s, s_feats = student.forward(x)
+            a_q = student_tap.take()
+        return t, t_feats, a_t, s, s_feats, a_q
+
+    #: The clean pass outside any compiled graph. Grad-CAM differentiates each network's score with respect
+    #: to its CAM layer's output; traced by ``--compile``, that map and the logits would be two outputs of
+    #: one compiled graph, which autograd does not link to each other ("the differentiated Tensor ... not
+    #: used in the graph"). Eagerly, the map is an intermediate of the logits' graph, as Grad-CAM needs.
+    _clean_pass_eager = torch.compiler.disable(_clean_pass)
+
     def student_step(self, batch: Batch, phase: Phase, student: StudentUpdate) -> dict[str, Tensor]:
         """Clean pass, CAM term, one FGSM step on the input, perturbed pass, one SGD step on
         L_clean + λ_P·L_pert + λ_CAM·L_CAM (docs/methods/synq.md#one-iteration).
@@ -294,15 +315,9 @@ class SynQ(HAST):
         cam_on = o.lambda_cam > 0
         through = o.perturb_through_teacher
         x = batch.x.detach().clone().requires_grad_(True)
-        teacher_tap, student_tap = self.cam_taps()
-        # without the input gradient through the teacher, its CAM layer output becomes a leaf: the tail
-        # after it gets a graph (the score gradient needs one), nothing before it does
-        with teacher_tap.active(leaf=cam_on and not through), student_tap.active():
-            with torch.set_grad_enabled(through or cam_on):
-                t, t_feats = ctx.teacher_forward(x if through else x.detach(), detach_features=not through)
-            a_t = teacher_tap.take()
-            s, s_feats = student.forward(x)
-            a_q = student_tap.take()
+        # under --compile the CAM's clean pass runs eagerly (see _clean_pass_eager); without the CAM it is traced
+        clean_pass = self._clean_pass_eager if cam_on else self._clean_pass
+        t, t_feats, a_t, s, s_feats, a_q = clean_pass(x, student, cam_on, through)
         t_loss = t if through else t.detach()
         mask = self.easy_ce.mask(t.detach(), batch.y)
         clean, selce = self._objective(student, LossInputs(s, t_loss, batch.y, s_feats, t_feats), mask)

@@ -166,3 +166,23 @@ def test_bench_explain_lists_the_graphs_of_the_iteration(toy_setup, capsys, monk
     assert report["ops"] > 0
     assert all(b["reason"] and b["count"] >= 1 for b in report["breaks"])
     assert report["graph_breaks"] == 0 or report["breaks"]  # every break is explained
+
+
+@pytest.mark.slow
+def test_synq_with_its_grad_cam_term_trains_under_compile(toy_setup, tmp_path):
+    """SynQ's Grad-CAM differentiates each network's score with respect to its CAM layer's output; a
+    compiled clean pass would hand that map back as a separate graph output, not linked to the logits
+    ("the differentiated Tensor ... not used in the graph"), so the pass runs eagerly inside the
+    compiled iteration. The trial trains and its CAM term is a finite, logged number."""
+    from zsqbench.grid.budgets import smoke_generator_options
+
+    root, plugins = toy_setup
+    options = {**smoke_generator_options(plugins, "synq", "kd"), "cam_target": "3"}
+    spec = TrialSpec(model="toy_cifar10", dataset="cifar10", w_bits=4, a_bits=4, seed=0,
+                     generator=PluginChoice(name="synq", options=options), loss=PluginChoice(name="kd"),
+                     budget=Budget(epochs=2, iters_per_epoch=2, batch_size=16, warmup_epochs=1))
+    env = Environment(data_root=root, device=torch.device("cpu"), cache_dir=tmp_path / "cache", offline=True,
+                      compile=True)
+    result = run_trial(spec, plugins, env)
+    last = result.epochs[-1]
+    assert result.compute["compile"] is True and "cam" in last.losses and math.isfinite(last.losses["cam"])
