@@ -10,8 +10,9 @@ import hashlib
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 #: A test seam (fault injection): called with the destination after its temporary file is written and
 #: synced, before the fence is checked — where a real writer is most likely suspended (the long write
@@ -88,3 +89,22 @@ def write_text_atomic(path: Path, text: str, fence: Callable[[], None] | None = 
 
 def write_json_atomic(path: Path, obj: Any, fence: Callable[[], None] | None = None) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n", fence)
+
+
+@contextmanager
+def made_folders(folder: Path) -> Iterator[Path]:
+    """``folder`` created with its missing parents for the block; if the block fails, the folders this
+    made are removed again where they are still empty (deepest first), so a failed download or unpacking
+    leaves the disk as it found it. Folders that existed before, or that something filled, stay."""
+    folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for made in missing:  # deepest first
+            try:
+                made.rmdir()
+            except OSError:  # not empty (or gone): leave it
+                break
+        raise

@@ -57,6 +57,7 @@ def test_a_failed_test_set_download_names_the_final_file_not_a_temporary_folder(
         load_test_set("cifar10", root, offline=False)
     _assert_names_the_final_test_file(str(caught.value), root, url, md5)
     assert not _leftovers(root) and not final_test_file("cifar10", root).exists()
+    assert not root.exists()  # the data root this download created goes with it: the disk as it was
 
 
 def test_the_offline_missing_test_set_says_where_from_and_where_to(tmp_path):
@@ -94,6 +95,17 @@ def test_a_failed_checkpoint_download_names_the_final_file_not_a_temporary_folde
     assert isinstance(caught.value, ChecksumError if failure == "wrong checksum" else DataNotFoundError)
     _assert_names_the_final_checkpoint(str(caught.value), root, w)
     assert not _leftovers(root) and not (root / "weights" / w.filename).exists()
+    assert not root.exists()  # neither data/ nor data/weights/ stays behind, empty
+
+
+def test_a_failed_download_keeps_folders_that_existed_or_hold_something(tmp_path):
+    from zsqbench.files import made_folders
+
+    kept = tmp_path / "data"
+    (kept / "notes").mkdir(parents=True)
+    with pytest.raises(OSError), made_folders(kept / "weights" / "deep"):
+        raise OSError("no space left on device")
+    assert sorted(p.name for p in kept.iterdir()) == ["notes"]  # weights/deep removed, data/ and notes/ kept
 
 
 def test_every_pinned_checkpoint_missing_offline_says_where_from_and_where_to(plugins, tmp_path):

@@ -27,7 +27,7 @@ from zsqbench.assets.download import download
 from zsqbench.assets.safe_pickle import RefusedGlobal, load_data_pickle_file
 from zsqbench.assets.test_set import TestSet
 from zsqbench.errors import DataNotFoundError, UserError
-from zsqbench.files import file_digest, write_bytes_atomic
+from zsqbench.files import file_digest, made_folders, write_bytes_atomic
 from zsqbench.progress import ProgressSink
 
 DATA_ENV = "ZSQBENCH_DATA"
@@ -68,8 +68,7 @@ def fetch_by_hand(name: str, root: Path) -> str:
 def download_test_set(name: str, root: Path, progress: ProgressSink | None = None) -> None:
     """Fetch the official archive, verify its md5, and keep only the test split and metadata."""
     info = dataset_info(name)
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
+    with made_folders(root), tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
         archive = download(info.url, Path(tmp) / Path(info.url).name, algorithm="md5", digest=info.md5,
                            what=f"the {name} archive", progress=progress,
                            by_hand=f"{fetch_by_hand(name, root)}, or point --data-root/ZSQBENCH_DATA at a copy")

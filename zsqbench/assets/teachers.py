@@ -32,7 +32,7 @@ from zsqbench.api.models import Normalization, PretrainedWeights, RefusedFile, T
 from zsqbench.api.spec import TeacherRef, TrialSpec
 from zsqbench.assets.download import download
 from zsqbench.errors import ChecksumError, DataNotFoundError, UserError
-from zsqbench.files import file_digest, write_bytes_atomic
+from zsqbench.files import file_digest, made_folders, write_bytes_atomic
 from zsqbench.progress import ProgressSink
 
 if TYPE_CHECKING:
@@ -198,20 +198,20 @@ def _download(w: PretrainedWeights, dest: Path, progress: ProgressSink | None) -
     digest is checked before it is written under its name."""
     if not w.url:
         raise DataNotFoundError(f"the '{w.tag}' weights have no download URL; {fetch_by_hand(w, dest)}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as tmp:
-        fetched = download(w.url, Path(tmp) / Path(w.url).name, what=f"the '{w.tag}' weights of {w.filename}",
-                           progress=progress, by_hand=f"{fetch_by_hand(w, dest)}, or pass --teacher-weights FILE")
-        data = fetched.read_bytes()
-    if w.url.endswith(".zip"):
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            data = zf.read(w.archive_member or zf.namelist()[0])
-    algorithm, _, expected = w.digest.partition(":")
-    digest = hashlib.new(algorithm, data).hexdigest()
-    if not w.identifies(hashlib.sha256(data).hexdigest(), hashlib.sha1(data).hexdigest()):
-        raise ChecksumError(f"the downloaded '{w.tag}' weights have {algorithm} {digest[:12]}…, expected "
-                            f"{expected[:12]}…; try again, or {fetch_by_hand(w, dest)}")
-    write_bytes_atomic(dest, data)
+    with made_folders(dest.parent):
+        with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as tmp:
+            fetched = download(w.url, Path(tmp) / Path(w.url).name, what=f"the '{w.tag}' weights of {w.filename}",
+                               progress=progress, by_hand=f"{fetch_by_hand(w, dest)}, or pass --teacher-weights FILE")
+            data = fetched.read_bytes()
+        if w.url.endswith(".zip"):
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                data = zf.read(w.archive_member or zf.namelist()[0])
+        algorithm, _, expected = w.digest.partition(":")
+        digest = hashlib.new(algorithm, data).hexdigest()
+        if not w.identifies(hashlib.sha256(data).hexdigest(), hashlib.sha1(data).hexdigest()):
+            raise ChecksumError(f"the downloaded '{w.tag}' weights have {algorithm} {digest[:12]}…, expected "
+                                f"{expected[:12]}…; try again, or {fetch_by_hand(w, dest)}")
+        write_bytes_atomic(dest, data)
 
 
 def _load_state(module: nn.Module, path: Path) -> None:
