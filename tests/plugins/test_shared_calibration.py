@@ -132,3 +132,19 @@ def test_the_leaderboard_shows_the_label_even_where_every_row_has_it():
     assert len(configurations) == 2 and all("cpu+shared-cal64" in c for c in configurations)
     plain = [trial_row(g, seed=s, budget="cpu") for g in ("gdfq", "qimera") for s in (0, 1)]
     assert not any("cpu" in c for c in display_compact(aggregate(pd.DataFrame(plain)))["configuration"])
+
+
+def test_the_compute_estimate_counts_the_shared_source_in_every_calibration_iteration(plugins):
+    """The source is GDFQ's generator stepping through the teacher plus the student's calibration forward
+    at its own batch, in each of the warm-up iterations: with the source larger than the trial's batch the
+    estimate grows by exactly those passes, and a budget without one is estimated as before."""
+    from zsqbench.perf.estimate import DEFAULT_GENERATOR_MACS, RESNET20_MACS, trial_compute
+
+    spec = _spec("gdfq", shared=None)
+    plain, shared = trial_compute(spec, plugins), trial_compute(_spec("gdfq", shared=64), plugins)
+    entry = plugins.models.get(spec.model)
+    teacher = entry.macs or RESNET20_MACS
+    images = 2 * 2 * 64  # warm-up epochs x iterations x the source's batch
+    extra = images * (4 * teacher + 3 * DEFAULT_GENERATOR_MACS)
+    assert shared.train_macs == pytest.approx(plain.train_macs + extra)
+    assert shared.eval_macs == plain.eval_macs and shared.synthesis_macs == plain.synthesis_macs

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from zsqbench.api.models import TeacherModel
 from zsqbench.api.plugins import Plugins
 from zsqbench.api.spec import Budget, TrialSpec
 from zsqbench.assets.datasets import DATASETS
@@ -125,6 +126,22 @@ def test_images(dataset: str, budget: Budget) -> int:
     return n if budget.eval_images is None else min(n, budget.eval_images)
 
 
+#: Passes per image of a shared calibration source's iteration (zsqbench.toolkit.online.SharedCalibration):
+#: its GDFQ generator's step through the teacher (3 generator, 3 teacher) and the student's calibration
+#: forward on its batch (1 teacher-sized), GDFQ's own warm-up passes.
+SHARED_SOURCE_TEACHER, SHARED_SOURCE_GENERATOR = 4.0, 3.0
+
+
+def _shared_source_macs(b: Budget, entry: TeacherModel, teacher_macs: int) -> float:
+    """A budget's ``shared_calibration`` source runs on top of the method in every calibration iteration,
+    at its own batch (each trial builds it: trials share its images, not its compute)."""
+    from zsqbench.toolkit.online import network_macs
+
+    generator = network_macs(entry) or DEFAULT_GENERATOR_MACS
+    images = b.warmup_epochs * b.iters_per_epoch * (b.shared_calibration or 0)
+    return images * (SHARED_SOURCE_TEACHER * teacher_macs + SHARED_SOURCE_GENERATOR * generator)
+
+
 def trial_compute(spec: TrialSpec, plugins: Plugins) -> TrialCompute:
     """The MACs of one trial (module docstring)."""
     entry = plugins.models.get(spec.model)
@@ -137,6 +154,8 @@ def trial_compute(spec: TrialSpec, plugins: Plugins) -> TrialCompute:
     train_samples = (b.epochs - b.warmup_epochs) * b.iters_per_epoch * b.batch_size
     train = (warm_samples * (passes.warmup_teacher * teacher + passes.warmup_generator * gen_net)
              + train_samples * (passes.train_teacher * teacher + passes.train_generator * gen_net))
+    if b.shared_calibration is not None:
+        train += _shared_source_macs(b, entry, teacher)
     return TrialCompute(train_macs=train, train_batch=b.batch_size, synthesis_macs=passes.synthesis_teacher * teacher,
                         eval_macs=float(b.evaluated_epochs * test_images(spec.dataset, b) * teacher))
 
