@@ -11,8 +11,6 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor
 
-from zsqbench_plugins.quantizers import _one_pass
-
 
 def grid_of(lo: Tensor, hi: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     """S and Z of the k-bit grid of [lo, hi] (docs/methods/uniform.md#the-quantization-function), by
@@ -97,8 +95,9 @@ class FakeQuantSTE(torch.autograd.Function):
     by 1/scale and round before subtracting the zero point), their backward masks clipped
     values, and on CPU they were slower than this function.
 
-    Large CPU activations take one compiled loop for the forward instead of six passes
-    (:mod:`~zsqbench_plugins.quantizers._one_pass`): the same tensor, bit for bit.
+    One compiled (inductor) loop would do the six passes in one, bit for bit and ~3x faster at batch
+    200; it was tried and removed (benchmarks/README.md, 2026-12-05): inductor's FX graph cache served
+    a kernel cached by a process under another ``ATEN_CPU_CAPABILITY`` that corrupted the heap.
 
     ``grid``: the (S, Z) of [lo, hi] already computed in the compute dtype (:func:`frozen_grid`),
     so a quantizer whose range is frozen does not recompute them at every forward; the result is
@@ -110,10 +109,7 @@ class FakeQuantSTE(torch.autograd.Function):
                 grid: tuple[Tensor, Tensor] | None = None) -> Tensor:
         ctx.in_dtype = x.dtype
         scale, zero = grid if grid is not None else frozen_grid(lo, hi, bits, x.dtype)
-        x = x.to(compute_dtype(x.dtype))
-        if _one_pass.applies(x) and (out := _one_pass.quantize_dequantize(x, scale, zero, bits)) is not None:
-            return out  # the same values in one pass over memory (large CPU activations)
-        return _codes_on_grid(x, scale, zero, bits).add_(zero).div_(scale)
+        return _codes_on_grid(x.to(compute_dtype(x.dtype)), scale, zero, bits).add_(zero).div_(scale)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None]:  # type: ignore[override]
