@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +15,7 @@ pytest.importorskip("matplotlib")
 from conftest import make_spec  # noqa: E402
 from support.leaderboard import result_from_row, snapshot, trial_row, write_trial_folder, write_trials  # noqa: E402
 
+from zsqbench.api.spec import TrialSpec  # noqa: E402
 from zsqbench.cli.main import main  # noqa: E402
 from zsqbench.leaderboard.aggregate import aggregate  # noqa: E402
 from zsqbench.leaderboard.compare import load_side  # noqa: E402
@@ -41,11 +43,14 @@ def results_dir(tmp_path) -> Path:
     folder = tmp_path / "results"
     rows = [trial_row(g, loss, bits, seed, 60.0 + 5 * bits + seed + (1.5 if loss == "akt" else 0.0))
             for g in ("gdfq", "adadfq") for loss in ("kd", "akt") for bits in (3, 4) for seed in (0, 1)]
-    for i, row in enumerate(rows):
-        row["trial_id"] = f"{i:02d}" + "ab" * 7  # unique two-character prefixes
+    results = []
+    for row in rows:  # each folder named by its spec's hash, as a reader checks
+        result = _result_json(row)
+        row["trial_id"] = result["trial_id"] = TrialSpec.model_validate(result["spec"]).trial_id
+        results.append(result)
     write_trials(folder / "leaderboard.csv", rows)
-    for row in rows:
-        write_trial_folder(folder, row, _result_json(row))
+    for row, result in zip(rows, results):
+        write_trial_folder(folder, row, result)
     failed = folder / "run1" / ("f" * 16)
     failed.mkdir()
     (failed / "spec.json").write_text(json.dumps(make_spec().model_dump(mode="json")))
@@ -74,9 +79,13 @@ def test_svg_format_and_default_out_folder(capsys, results_dir):
 
 def test_chosen_trials_by_id_prefix(capsys, results_dir, tmp_path):
     out = ["--out", str(tmp_path / "o")]
-    assert main(["plot", str(results_dir), *out, "--trials", "00ababababababab,01"]) == 0
+    ids = sorted(p.parent.name for p in results_dir.glob("run1/*/result.json"))
+    assert main(["plot", str(results_dir), *out, "--trials", f"{ids[0]},{ids[1][:6]}"]) == 0
     assert (tmp_path / "o" / "training_curves.png").exists()
-    assert "'0' matches 10 finished trials" in _one_line_error(capsys, ["plot", str(results_dir), *out, "--trials", "0"])
+    prefix, count = Counter(i[0] for i in ids).most_common(1)[0]
+    assert count >= 2  # 16 ids over 16 hex digits: some first digit repeats
+    assert f"'{prefix}' matches {count} finished trials" in _one_line_error(
+        capsys, ["plot", str(results_dir), *out, "--trials", prefix])
 
 
 def test_gain_over_kd_is_paired_by_seed_when_the_seeds_match(tmp_path):

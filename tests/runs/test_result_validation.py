@@ -155,3 +155,12 @@ def test_a_spec_file_edited_after_planning_is_refused_by_check_trial_id(results)
     with pytest.raises(UserError, match=f"spec file {path} belongs to trial '[0-9a-f]{{16}}', not to its folder "
                                         f"{TRIAL} .*; restore it, or delete the trial folder and re-run the grid"):
         check_trial_id(path, _spec_id({**spec, "w_bits": 4, "a_bits": 4}), "spec file")
+
+
+def test_the_leaderboard_refuses_a_result_whose_spec_was_edited_after_the_trial(results, capsys):
+    """Readers of result.json (the leaderboard's rebuild, a trial folder's read_result) hash its spec: a
+    W3A3 trial relabelled W4A4 inside its result is one line naming the file, never a W4A4 row."""
+    _tamper(results, _set("spec", "w_bits", value=4))
+    _tamper(results, _set("spec", "a_bits", value=4))
+    err = one_line_error(capsys, ["leaderboard", str(results), "--rebuild"])
+    assert f"the spec recorded in result file {results / 'default' / TRIAL / 'result.json'} belongs to trial" in err

@@ -24,7 +24,7 @@ from zsqbench.errors import UserError
 from zsqbench.files import read_record_text, write_text_atomic
 from zsqbench.leaderboard.rows import result_row
 from zsqbench.leaderboard.schema import PER_TRIAL, to_csv_text
-from zsqbench.runs.result_file import find_result_files, read_export_record, validate_result
+from zsqbench.runs.result_file import find_result_files, read_export_record, spec_trial_id, validate_result
 
 LEADERBOARD_NAME = "leaderboard.csv"
 LOCK_NAME = ".leaderboard.lock"
@@ -38,7 +38,7 @@ def _read_result(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:  # a JSON or UTF-8 error, or too large
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"corrupt result file {path} ({msg}); delete its trial folder and re-run") from None
-    return validate_result(data, path)
+    return validate_result(data, path, spec_trial_id)
 
 
 def trial_results(results: Path) -> list[tuple[Path, dict[str, Any]]]:

@@ -26,7 +26,7 @@ from zsqbench.files import read_record_text, write_bytes_atomic, write_json_atom
 from zsqbench.runs import checkpoint
 from zsqbench.runs.lease import LeaseInfo, TrialLease, read_lease
 from zsqbench.runs.migrations import SCHEMA_FIELD, SPEC_VERSION, upgrade
-from zsqbench.runs.result_file import RESULT_NAME, ResultFile, check_trial_id, validate_result
+from zsqbench.runs.result_file import RESULT_NAME, ResultFile, check_trial_id, spec_trial_id, validate_result
 
 STATES = ("done", "failed", "incomplete", "pending")
 _SNAPSHOT = re.compile(r"epoch_(\d+)\.pt$")
@@ -150,7 +150,7 @@ class TrialFolder:
         """The result as written, brought to the current format and validated by the model it was
         written through (:class:`~zsqbench.runs.result_file.ResultFile`)."""
         data = self._read_json(self.RESULT, "result file", "delete its trial folder and re-run")
-        return validate_result(data, self.file(self.RESULT))
+        return validate_result(data, self.file(self.RESULT), spec_trial_id)
 
     def write_error(self, status: str, error: str, traceback: str | None = None, resumable: bool = False) -> None:
         """``resumable``: the failure came from the machine (a full disk, an I/O error), not the trial;
