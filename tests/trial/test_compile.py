@@ -11,6 +11,7 @@ loss, grouped attention maps, both optimizers).
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -186,3 +187,23 @@ def test_synq_with_its_grad_cam_term_trains_under_compile(toy_setup, tmp_path):
     result = run_trial(spec, plugins, env)
     last = result.epochs[-1]
     assert result.compute["compile"] is True and "cam" in last.losses and math.isfinite(last.losses["cam"])
+
+
+def test_a_pinned_cpu_capability_compiles_into_a_cache_folder_of_its_own(monkeypatch, tmp_path):
+    """Kernels cached under ATEN_CPU_CAPABILITY=avx2 corrupted a default process's heap when inductor's
+    FX graph cache handed them over; the two settings no longer share a folder, and a user's own
+    TORCHINDUCTOR_CACHE_DIR is kept."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from zsqbench.perf.compute import separate_inductor_cache
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    separate_inductor_cache()
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ  # the default process keeps inductor's default
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "AVX2")
+    separate_inductor_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == os.path.abspath(default_cache_dir()) + "-avx2"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    separate_inductor_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path)

@@ -183,6 +183,22 @@ def allow_compiled_backward_twice() -> None:
         pass
 
 
+def separate_inductor_cache() -> None:
+    """Under a pinned ``ATEN_CPU_CAPABILITY`` (as the regression test pins AVX2), compiled kernels go to a
+    cache folder of their own, ``<inductor's default>-<capability>``. Inductor's FX graph cache does not
+    tell those settings apart: on 2026-12-05 (PyTorch 2.14.1, Intel Xeon) a kernel that a process with
+    ``ATEN_CPU_CAPABILITY=avx2`` had cached corrupted the heap of a default process that loaded it ("double
+    free or corruption"; benchmarks/README.md). A cache folder the user chose is left alone."""
+    capability = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    if not capability:
+        return
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{os.path.abspath(default_cache_dir())}-{capability}"
+
+
 def apply_compute_settings(networks: Iterable[nn.Module], settings: ComputeSettings) -> None:
     """Apply ``settings`` to the networks in place (call once, after they are built).
     ``channels_last=None`` must have been :meth:`~ComputeSettings.resolved` first."""
