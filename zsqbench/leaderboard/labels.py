@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from zsqbench.assets.datasets import CHANCE_FLAG_FACTOR, DATASETS, near_chance
-from zsqbench.leaderboard.references import CAVEATS
+from zsqbench.leaderboard.references import note_caveat
 from zsqbench.leaderboard.schema import is_missing
 
 AT_CHANCE = "at chance"
@@ -84,10 +84,7 @@ def caveat_label(row: dict[str, Any] | pd.Series) -> str:
     """A published row's caveat (:data:`~zsqbench.leaderboard.references.CAVEATS`: the note opens with it),
     e.g. ZeroQ's W4A4 79.30 "protocol unknown, other checkpoint"; '' for every other row. The ledger prints
     it beside the claim; the leaderboard views put it in the row's flag, so the number is never bare."""
-    if not is_reference(row):
-        return ""
-    note = str(row.get("note", "") or "")
-    return next((c for c in CAVEATS if note.startswith(c)), "")
+    return note_caveat(row.get("note")) if is_reference(row) else ""
 
 
 def row_flag(row: dict[str, Any] | pd.Series) -> str:

@@ -28,7 +28,7 @@ import numpy as np
 
 from zsqbench.bits import bits_label
 from zsqbench.leaderboard.ledger_sources import Reproduction, read_reproductions
-from zsqbench.leaderboard.references import CAVEATS, REFERENCES, reference_path
+from zsqbench.leaderboard.references import REFERENCES, note_caveat, reference_path
 from zsqbench.leaderboard.schema import plain
 from zsqbench.leaderboard.stats import mean_ci_halfwidth, welch_difference
 from zsqbench.leaderboard.table import read_table
@@ -63,7 +63,7 @@ class Claim:
     @property
     def caveat(self) -> str:
         """The caveat the note opens with (:data:`~zsqbench.leaderboard.references.CAVEATS`), or ''."""
-        return next((c for c in CAVEATS if self.note.startswith(c)), "")
+        return note_caveat(self.note)
 
     @property
     def source(self) -> str:

@@ -50,6 +50,12 @@ PROVENANCE: dict[str, str] = {
 #: Caveats a reference row's ``note`` may open with (then ": " and the source): the ledger shows them beside
 #: the number, where the rest of the note only reaches the JSON and CSV.
 CAVEATS = ("protocol unknown, other checkpoint",)
+
+
+def note_caveat(note: object) -> str:
+    """The caveat a reference row's note opens with (one of :data:`CAVEATS`), or ''."""
+    text = "" if note is None else str(note)
+    return next((c for c in CAVEATS if text.startswith(c)), "")
 METRICS = ("best-epoch", "last", "unknown")
 ORIGINS = ("own", "re-implementation", "reported")
 
