@@ -244,3 +244,10 @@ class TrialSpec(StrictModel):
     @property
     def bits_label(self) -> str:
         return bits_label(self.w_bits, self.a_bits)
+
+
+def spec_trial_id(spec: dict[str, Any]) -> str:
+    """The trial id a recorded spec hashes to (what a reader of result.json passes to
+    :func:`zsqbench.runs.result_file.validate_result`): a result whose spec was edited after the trial
+    ran, a bit-width changed by hand say, no longer hashes to its folder's name."""
+    return TrialSpec.model_validate(spec).trial_id

@@ -20,11 +20,12 @@ from typing import Any
 import pandas as pd
 from filelock import FileLock, Timeout
 
+from zsqbench.api.spec import spec_trial_id
 from zsqbench.errors import UserError
 from zsqbench.files import read_record_text, write_text_atomic
 from zsqbench.leaderboard.rows import result_row
 from zsqbench.leaderboard.schema import PER_TRIAL, to_csv_text
-from zsqbench.runs.result_file import find_result_files, read_export_record, spec_trial_id, validate_result
+from zsqbench.runs.result_file import find_result_files, read_export_record, validate_result
 
 LEADERBOARD_NAME = "leaderboard.csv"
 LOCK_NAME = ".leaderboard.lock"

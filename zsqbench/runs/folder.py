@@ -20,13 +20,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from zsqbench.api.spec import TrialSpec
+from zsqbench.api.spec import TrialSpec, spec_trial_id
 from zsqbench.errors import UserError, first_validation_error
 from zsqbench.files import read_record_text, write_bytes_atomic, write_json_atomic, write_text_atomic
 from zsqbench.runs import checkpoint
 from zsqbench.runs.lease import LeaseInfo, TrialLease, read_lease
 from zsqbench.runs.migrations import SCHEMA_FIELD, SPEC_VERSION, upgrade
-from zsqbench.runs.result_file import RESULT_NAME, ResultFile, check_trial_id, spec_trial_id, validate_result
+from zsqbench.runs.result_file import RESULT_NAME, ResultFile, check_trial_id, validate_result
 
 STATES = ("done", "failed", "incomplete", "pending")
 _SNAPSHOT = re.compile(r"epoch_(\d+)\.pt$")

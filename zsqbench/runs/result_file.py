@@ -251,14 +251,6 @@ def _check_run(path: Path, run: str) -> None:
         raise _corrupt(path, f"run: not a run folder name, got {quote(run)}")
 
 
-def spec_trial_id(spec: dict[str, Any]) -> str:
-    """The trial id of a spec recorded in a result file (its hash): a result whose spec was edited after
-    the trial ran (a bit-width changed by hand, say) no longer hashes to its folder's name."""
-    from zsqbench.api.spec import TrialSpec  # torch-free, as this module must stay
-
-    return TrialSpec.model_validate(spec).trial_id
-
-
 def validate_result(data: Any, path: Path,
                     spec_trial_id: Callable[[dict[str, Any]], str] | None = None) -> dict[str, Any]:
     """The result as :class:`ResultFile` reads it, in the current format (the fields it was written
