@@ -255,6 +255,28 @@ def test_default_range_tracking_is_unchanged():
 # ------------------------------------------------------------------------------- augmentation
 
 
+@pytest.mark.parametrize("form", ["random_resized_crop_flip", "batched_random_resized_crop_flip"])
+def test_the_crop_inside_a_compiled_step_draws_like_eager_and_never_recompiles(form):
+    """The crop boxes are Python numbers drawn per image: traced, every batch would be a new graph (HAST's
+    compiled step recompiled until torch.compile's limit). Both forms run eagerly inside a compiled function:
+    no recompilation over batches with other boxes, and the same images as eager from the same seed."""
+    import torch._dynamo
+
+    from zsqbench.toolkit import augment
+
+    crop = getattr(augment, form)
+    x = torch.randn(4, 3, 32, 32)
+    torch._dynamo.reset()
+    step = torch.compile(lambda images: crop(images, scale=(0.3, 1.0)) * 2.0, backend="eager")
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for seed in range(4):
+            torch.manual_seed(seed)
+            compiled = step(x)
+            torch.manual_seed(seed)
+            assert torch.equal(compiled, crop(x, scale=(0.3, 1.0)) * 2.0)
+    torch._dynamo.reset()
+
+
 def test_batched_crop_matches_the_per_image_loop_and_has_gradients():
     from zsqbench.toolkit.augment import batched_random_resized_crop_flip, random_resized_crop_flip
 

@@ -16,7 +16,13 @@ from torch import Tensor
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
+# Both forms run eagerly inside a compiled iteration (``--compile``): their crop boxes are Python numbers
+# drawn per image, which a traced graph would bake in as constants, so every batch would recompile (HAST's
+# and IntraQ's steps hit torch.compile's recompile limit after a few iterations). The draws and values are
+# the same either way.
 
+
+@torch.compiler.disable  # see below
 def random_resized_crop_flip(x: Tensor, size: int = 32, scale: tuple[float, float] = (0.5, 1.0),
                              ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5) -> Tensor:
     """Per-sample RandomResizedCrop (bilinear) then horizontal flip, on tensors of any device.
@@ -46,6 +52,7 @@ def _axis(start: Tensor, length: Tensor, size: int, dtype: torch.dtype) -> tuple
     return start[:, None] + lo, start[:, None] + hi, frac
 
 
+@torch.compiler.disable  # see below
 def batched_random_resized_crop_flip(x: Tensor, size: int = 32, scale: tuple[float, float] = (0.5, 1.0),
                                      ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5) -> Tensor:
     """:func:`random_resized_crop_flip` with the same random parameters (drawn per image in the same
