@@ -56,6 +56,8 @@ def note_caveat(note: object) -> str:
     """The caveat a reference row's note opens with (one of :data:`CAVEATS`), or ''."""
     text = "" if note is None else str(note)
     return next((c for c in CAVEATS if text.startswith(c)), "")
+
+
 METRICS = ("best-epoch", "last", "unknown")
 ORIGINS = ("own", "re-implementation", "reported")
 

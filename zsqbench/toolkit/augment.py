@@ -22,7 +22,7 @@ from torchvision.transforms.v2 import functional as TF
 # the same either way.
 
 
-@torch.compiler.disable  # see below
+@torch.compiler.disable  # see above
 def random_resized_crop_flip(x: Tensor, size: int = 32, scale: tuple[float, float] = (0.5, 1.0),
                              ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5) -> Tensor:
     """Per-sample RandomResizedCrop (bilinear) then horizontal flip, on tensors of any device.
@@ -52,7 +52,7 @@ def _axis(start: Tensor, length: Tensor, size: int, dtype: torch.dtype) -> tuple
     return start[:, None] + lo, start[:, None] + hi, frac
 
 
-@torch.compiler.disable  # see below
+@torch.compiler.disable  # the note above random_resized_crop_flip
 def batched_random_resized_crop_flip(x: Tensor, size: int = 32, scale: tuple[float, float] = (0.5, 1.0),
                                      ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5) -> Tensor:
     """:func:`random_resized_crop_flip` with the same random parameters (drawn per image in the same
