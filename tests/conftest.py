@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.data import one_thread as single_thread
 
 from zsqbench.api.plugins import build_plugins
 from zsqbench.testing import make_parts, make_spec  # noqa: F401  (the tests import them from here too)
@@ -41,10 +42,8 @@ def data_root() -> Path:
 def one_thread():
     """Batches of 4 gain nothing from a second thread, and OpenMP's barriers stall badly
     (100x here) when another process keeps the cores busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with single_thread():
+        yield
 
 
 @pytest.fixture

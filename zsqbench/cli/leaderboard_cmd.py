@@ -126,9 +126,10 @@ def build_view(args: argparse.Namespace) -> View:
             raise UserError(f"{path} is an aggregated leaderboard; --deploy needs the trials (a results folder or its "
                             "leaderboard.csv)")
         table = deploy_table(done_trials(frame))
-        return View(table, display_deploy(table), f"{path}: deployable vs academic profile ({len(table)} rows)",
+        shown = display_deploy(table)
+        return View(table, shown, f"{path}: deployable vs academic profile ({len(table)} rows)",
                     deploy_notes(table), names=[f"{m} {b} {p}".strip() for m, b, p in zip(
-                        *(display_deploy(table)[c] for c in ("method", "bits", "profile")))],
+                        shown["method"], shown["bits"], shown["profile"])],
                     named=["method", "bits", "profile"])
     if args.per_trial:
         if kind != "per-trial":

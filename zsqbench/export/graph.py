@@ -131,21 +131,25 @@ class ExportedLayer:
     codes: np.ndarray | None = None
 
 
+def replace_module(root: nn.Module, path: str, module: nn.Module) -> None:
+    """Put ``module`` at ``path`` (dotted, as ``named_modules`` lists it) inside ``root``."""
+    parent, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)
+
+
 def integer_view(student: nn.Module, layers: list[IntegerLayer]) -> tuple[nn.Module, list[ExportedLayer]]:
     """A copy of the student with every listed quantizer replaced by its integer form."""
     view = copy.deepcopy(student).eval().cpu()
     exported = []
     for layer in layers:
-        parent_path, _, name = layer.path.rpartition(".")
-        parent = view.get_submodule(parent_path) if parent_path else view
         if isinstance(layer, IntegerWeight):
             quant = onnx_quant(layer.grid, f"weight of {layer.path}", weight=True)
             codes = quant.codes(layer.codes)
-            setattr(parent, name, IntegerWeightLayer(copy.deepcopy(layer.float_module).cpu(), quant, codes))
+            replace_module(view, layer.path, IntegerWeightLayer(copy.deepcopy(layer.float_module).cpu(), quant, codes))
             exported.append(ExportedLayer(layer.path, "weight", quant, int(codes.size), codes))
         elif isinstance(layer, IntegerActivation):
             quant = onnx_quant(layer.grid, f"activation quantizer {layer.path}", weight=False)
-            setattr(parent, name, QCDQ(quant))
+            replace_module(view, layer.path, QCDQ(quant))
             exported.append(ExportedLayer(layer.path, "activation", quant, 0))
         else:
             raise TypeError(f"unknown integer layer {layer!r}")
@@ -176,17 +180,22 @@ def drop_identities(model: onnx.ModelProto) -> int:
     inits = {t.name for t in graph.initializer}
     rename = {n.output[0]: n.input[0] for n in graph.node
               if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in kept_outputs}
-    for n in graph.node:
-        for i, name in enumerate(n.input):
-            if name in rename:
-                n.input[i] = rename[name]
+    rename_inputs(graph, rename)
     dropped = [n for n in graph.node if n.op_type == "Identity" and n.output[0] in rename]
     for n in dropped:
         graph.node.remove(n)
     return len(dropped)
 
 
-def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+def rename_inputs(graph: onnx.GraphProto, rename: dict[str, str]) -> None:
+    """Every node input named in ``rename`` reads the value it maps to instead."""
+    for n in graph.node:
+        for i, name in enumerate(n.input):
+            if name in rename:
+                n.input[i] = rename[name]
+
+
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
     used = {name for n in graph.node for name in n.input}
     for t in [t for t in graph.initializer if t.name not in used]:
         graph.initializer.remove(t)
@@ -232,7 +241,7 @@ def fold_batchnorm(model: onnx.ModelProto) -> int:
         folded.append(bn)
     for bn in folded:
         graph.node.remove(bn)
-    _drop_unused_initializers(graph)
+    drop_unused_initializers(graph)
     return len(folded)
 
 

@@ -32,7 +32,15 @@ from torch.nn import functional as F
 
 from zsqbench.api.quantizer import IntegerActivation, IntegerLayer, IntegerWeight
 from zsqbench.errors import UserError
-from zsqbench.export.graph import QCDQ, ExportedLayer, drop_identities, torch_export
+from zsqbench.export.graph import (
+    QCDQ,
+    ExportedLayer,
+    drop_identities,
+    drop_unused_initializers,
+    rename_inputs,
+    replace_module,
+    torch_export,
+)
 from zsqbench.export.mapping import OnnxQuant, onnx_quant
 
 INT4_OPSET = 21  # INT4 tensors and their Cast
@@ -42,14 +50,6 @@ INT4_IR_VERSION = 10
 def is_integer_program(layers: list[IntegerLayer]) -> bool:
     """Whether the quantizer described its student as integer operators (a deployable profile)."""
     return any(isinstance(layer, IntegerWeight) and layer.input is not None for layer in layers)
-
-
-def _requant(x: Tensor, quant: OnnxQuant) -> Tensor:
-    """QuantizeLinear [→ Clip] → DequantizeLinear in float (the traced values; ONNX Runtime's are checked)."""
-    scale = float(quant.scale)
-    zp = float(quant.zero_point)
-    c = torch.clamp(torch.round(x / scale) + zp, float(quant.code_min), float(quant.code_max))
-    return (c - zp) * scale
 
 
 class _IntegerConv(torch.autograd.Function):
@@ -155,22 +155,16 @@ def integer_ops_view(student: nn.Module, layers: list[IntegerLayer]) -> tuple[nn
             raise UserError(f"weight of {op.path} is not symmetric int8 (zero point 0), which QLinearConv needs")
         codes = w_quant.codes(op.codes)
         module = IntegerOperator(op, w_quant, codes, acts[op.input], acts.get(op.output) if op.output else None)
-        _replace(view, op.path, module)
+        replace_module(view, op.path, module)
         for path in op.absorbed:
             folded += isinstance(view.get_submodule(path), nn.BatchNorm2d)
-            _replace(view, path, nn.Identity())
+            replace_module(view, path, nn.Identity())
         exported.append(ExportedLayer(op.path, "weight", w_quant, int(codes.size), codes))
     for path, quant in acts.items():
         if not any(path == o or path.startswith(o + ".") for o in owned):
-            parent, _, name = path.rpartition(".")
-            setattr(view.get_submodule(parent) if parent else view, name, QCDQ(quant))
+            replace_module(view, path, QCDQ(quant))
         exported.append(ExportedLayer(path, "activation", quant, 0))
     return view, exported, folded
-
-
-def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, name, module)
 
 
 # ------------------------------------------------------------------ graph edits
@@ -197,10 +191,7 @@ def drop_requantize_pairs(model: onnx.ModelProto) -> int:
                 and same(dq.input[1], q.input[1]) and same(dq.input[2], q.input[2])):
             rename[q.output[0]] = dq.input[0]
             dropped.append(q)
-    for n in graph.node:
-        for i, name in enumerate(n.input):
-            if name in rename:
-                n.input[i] = rename[name]
+    rename_inputs(graph, rename)
     for n in dropped:
         graph.node.remove(n)
     _drop_dead(graph)
@@ -254,9 +245,7 @@ def _drop_dead(graph: onnx.GraphProto) -> None:
             break
         for n in dead:
             graph.node.remove(n)
-    used = {name for n in graph.node for name in n.input}
-    for t in [t for t in graph.initializer if t.name not in used]:
-        graph.initializer.remove(t)
+    drop_unused_initializers(graph)
 
 
 def pack_int4(model: onnx.ModelProto) -> int:
