@@ -207,3 +207,22 @@ def test_a_pinned_cpu_capability_compiles_into_a_cache_folder_of_its_own(monkeyp
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     separate_inductor_cache()
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path)
+
+
+def test_compiled_runs_drop_torchs_irrelevant_warnings_and_keep_the_others(caplog):
+    """`--compile` on the CUDA wheel without a GPU printed "No CUDA runtime is found" to every CPU user;
+    the filter drops exactly the listed messages of the listed loggers, every other record passes."""
+    import logging
+
+    from zsqbench.perf.compute import IRRELEVANT_COMPILE_LOGS, quiet_compile_logs
+
+    quiet_compile_logs()
+    quiet_compile_logs()  # installed once however often a process compiles
+    for name, start in IRRELEVANT_COMPILE_LOGS:
+        logger = logging.getLogger(name)
+        assert sum(type(f).__name__ == "_DropMessages" for f in logger.filters) == 1
+        with caplog.at_level(logging.WARNING, logger=name):
+            caplog.clear()
+            logger.warning(start + " %s", "x")
+            logger.warning("Something about this run: %s", start)
+        assert [r.getMessage() for r in caplog.records] == [f"Something about this run: {start}"]

@@ -33,6 +33,7 @@ measures exactly what a trial would run.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -199,6 +200,40 @@ def separate_inductor_cache() -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{os.path.abspath(default_cache_dir())}-{capability}"
 
 
+#: Log lines torch prints under ``--compile`` that say nothing about the run: (logger, message start).
+#: The CUDA wheel's C++-extension helper warns at import that there is no CUDA runtime, also on a
+#: CPU-only run that never asked for one; dynamo warns that ``record_function`` ranges inside a
+#: compiled region are dropped, which is what ``zsqbench bench``'s one profiled step is told to expect.
+IRRELEVANT_COMPILE_LOGS = (
+    ("torch.utils.cpp_extension", "No CUDA runtime is found"),
+    ("torch._dynamo.variables.ctx_manager", "Profiler record function"),
+    ("torch._dynamo.variables.torch", "Profiler function"),
+)
+
+
+class _DropMessages(logging.Filter):
+    """Drops records whose unformatted message starts with one of ``starts``; passes every other one."""
+
+    def __init__(self, starts: tuple[str, ...]) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.starts)
+
+
+def quiet_compile_logs() -> None:
+    """Installs, once, filters for :data:`IRRELEVANT_COMPILE_LOGS` on their loggers: a user reading a
+    compiled run's output sees torch's warnings that concern the run, not these."""
+    by_logger: dict[str, tuple[str, ...]] = {}
+    for name, start in IRRELEVANT_COMPILE_LOGS:
+        by_logger[name] = (*by_logger.get(name, ()), start)
+    for name, starts in by_logger.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(starts))
+
+
 def apply_compute_settings(networks: Iterable[nn.Module], settings: ComputeSettings) -> None:
     """Apply ``settings`` to the networks in place (call once, after they are built).
     ``channels_last=None`` must have been :meth:`~ComputeSettings.resolved` first."""
@@ -213,5 +248,5 @@ def apply_compute_settings(networks: Iterable[nn.Module], settings: ComputeSetti
 
 
 __all__ = [
-    "CHANNELS_LAST_BY_DEFAULT", "ComputeSettings", "tune_cpu_allocator", "PRECISIONS", "apply_compute_settings", "set_conv_precision", "set_tf32",
+    "CHANNELS_LAST_BY_DEFAULT", "ComputeSettings", "IRRELEVANT_COMPILE_LOGS", "quiet_compile_logs", "tune_cpu_allocator", "PRECISIONS", "apply_compute_settings", "set_conv_precision", "set_tf32",
 ]

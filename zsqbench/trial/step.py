@@ -17,7 +17,7 @@ from torch import Tensor
 from zsqbench.api.generator import PhaseViolation
 from zsqbench.api.optimizers import EpochAwareOptimizer
 from zsqbench.api.spec import Phase
-from zsqbench.perf.compute import allow_compiled_backward_twice, separate_inductor_cache
+from zsqbench.perf.compute import allow_compiled_backward_twice, quiet_compile_logs, separate_inductor_cache
 from zsqbench.trial.build import TrialParts
 from zsqbench.trial.monitor import EpochStats
 
@@ -92,6 +92,7 @@ def compile_iteration(parts: TrialParts, device: torch.device, cuda_graphs: bool
     ``cuda_graphs=False`` compiles on CUDA without capturing graphs (the device check times both)."""
     allow_compiled_backward_twice()
     separate_inductor_cache()
+    quiet_compile_logs()
     import torch._inductor.config as inductor_config
 
     # Random draws inside the graph (noise, labels, crops) from the eager generator's stream, so a
