@@ -428,3 +428,21 @@ def test_compare_by_shows_each_rows_budget_and_flags_chance_per_cell(capsys, tmp
     smoke_line = next(x for x in lines if "adadfq+akt W3A3" in x and " smoke " in x)
     assert "B at chance: delta not meaningful" in smoke_line
     assert any("smoke numbers are plumbing checks" in x for x in lines)
+
+
+def test_rows_with_a_side_at_chance_keep_their_p_value_but_leave_holms_family(capsys, tmp_path):
+    """A collapsed arm (10 % on CIFAR-10) against a trained one gives a tiny p-value: it must not earn a
+    star, nor make the meaningful rows' adjustment stricter (two rows in the family instead of one)."""
+    cells = {("gdfq", "kd"): [70.0, 65.0, 68.0], ("gdfq", "akt"): [71.0, 66.5, 68.9],
+             ("adadfq", "kd"): [80.0, 77.0, 79.0], ("adadfq", "akt"): [10.0, 10.02, 9.97]}
+    grid = _folder_csv(tmp_path / "grid.csv", cells)
+    result = _compare_json(capsys, str(grid), "--by", "loss", "--baseline", "kd")
+    rows = {r["generator"]: r for r in result["rows"]}
+    collapsed, trained = rows["adadfq"], rows["gdfq"]
+    assert not collapsed["meaningful"] and collapsed["p_value"] < 1e-3
+    assert collapsed["p_holm"] is None and collapsed["mark"] == ""
+    assert trained["p_holm"] == pytest.approx(trained["p_value"])  # a family of one
+    assert any("over the 1 row(s) with a p-value (the 1 with a side at chance left out" in n for n in result["notes"])
+    assert main(["compare", str(grid), "--by", "loss", "--baseline", "kd"]) == 0
+    printed = capsys.readouterr().out
+    assert "0.00017 (–)" in printed and "0.026 (0.026) *" in printed

@@ -105,6 +105,8 @@ def _needed(n: int | None, mde: float | None) -> str:
 def _p_holm(p: float | None, adjusted: float | None, mark: str) -> str:
     if p is None:
         return ""
+    if adjusted is None:  # outside Holm's family: a side at chance
+        return f"{_p(p)} (–)"
     return f"{_p(p)} ({_p(adjusted)}){' ' + mark if mark else ''}"
 
 

@@ -8,7 +8,7 @@ Trials of the two arms that ran the same seed share their calibration, so when b
 trial by trial (per-trial leaderboards, results folders) and ran the same seeds, they are paired by
 seed (``ttest_rel``); otherwise — aggregated tables, different seeds, ``unpaired`` — Welch's test
 on means and stds. Each row says which test it used and why. p-values are Holm-adjusted over the
-rows of one comparison, and significance marks use the adjusted values.
+rows of one comparison whose sides are not at chance, and significance marks use the adjusted values.
 
 The model, quantizer and quantizer profile must agree, and so must the budget (epochs × iterations ×
 batch) and teacher checkpoint, since otherwise the delta measures the convention, the budget or the
@@ -197,7 +197,10 @@ def _joined(key: dict[str, Any], a: dict[str, Any] | None, b: dict[str, Any] | N
 
 
 def _adjust(rows: list[CompareRow]) -> None:
-    for row, adjusted in zip(rows, holm([r.p_value for r in rows])):
+    """Holm over the rows whose delta means something: a side at chance measures a failed run, so its
+    (often tiny) p-value neither earns a star nor makes the other rows' adjustment stricter; it keeps its
+    raw p-value."""
+    for row, adjusted in zip(rows, holm([r.p_value if r.meaningful else None for r in rows])):
         row.p_holm = adjusted
         row.mark = significance(adjusted)
 

@@ -40,8 +40,11 @@ def method_notes(rows: list[CompareRow], opts: Options) -> list[str]:
                      "bootstrap interval is far too narrow (two seeds: the range of the two differences)")
     else:
         notes.append(f"CI: {CONFIDENCE:.0%} t interval of the mean difference")
-    notes.append(f"p_holm: Holm-adjusted over the {sum(r.p_value is not None for r in rows)} row(s) with a p-value; "
-                 "* p_holm < 0.05, ** p_holm < 0.01")
+    family = sum(r.p_value is not None and r.meaningful for r in rows)
+    left_out = sum(r.p_value is not None and not r.meaningful for r in rows)
+    notes.append(f"p_holm: Holm-adjusted over the {family} row(s) with a p-value"
+                 + (f" (the {left_out} with a side at chance left out: p-value only)" if left_out else "")
+                 + "; * p_holm < 0.05, ** p_holm < 0.01")
     notes.append(f"MDE: the smallest true difference these seeds detect with {POWER:.0%} power at α = {ALPHA} "
                  "(two-sided t-test, noncentral t), from the observed spread")
     if opts.effect is not None:
