@@ -154,6 +154,20 @@ def test_different_precisions_in_one_key_are_refused_other_compute_settings_not(
     assert row["n_seeds"] == 2 and row["precision"] == "fp32"
 
 
+def test_different_student_recipes_in_one_key_are_refused_and_a_table_without_them_still_aggregates(capsys, tmp_path):
+    """Seed 0 at lr 1e-6 and seed 1 at lr 1e-4 under one budget name used to be averaged silently."""
+    rows = [trial_row(seed=0, recipe="lr 1e-6, 8000·KL_bm"), trial_row(seed=1, recipe="lr 1e-4, 400·KL_mean + CE")]
+    err = one_line_error(capsys, ["leaderboard", str(write_trials(tmp_path / "lb.csv", rows))])
+    assert "different recipes" in err and "'lr 1e-6, 8000·KL_bm' in trials" in err and rows[1]["trial_id"][:12] in err
+    # a table from before the column (no recipe) beside a trial that names one: nothing to compare
+    rows = [trial_row(seed=0, recipe=None), trial_row(seed=1, recipe="lr 1e-6, 8000·KL_bm")]
+    (row,) = _json(capsys, ["leaderboard", str(write_trials(tmp_path / "ok.csv", rows)), "--json"])
+    assert row["n_seeds"] == 2 and row["recipe"] == "lr 1e-6, 8000·KL_bm"
+    agg = tmp_path / "agg.csv"
+    assert main(["leaderboard", str(tmp_path / "ok.csv"), "--csv", str(agg)]) == 0
+    assert read_table(agg)[0]["recipe"].tolist() == ["lr 1e-6, 8000·KL_bm"]
+
+
 def test_leaderboards_from_before_the_compute_columns_are_read_through_their_label(capsys, tmp_path):
     """A per-trial CSV of the older format (one 'compute' label) still aggregates: the label is turned
     into the columns once, on reading, and a bf16 trial is still kept apart from an fp32 one."""

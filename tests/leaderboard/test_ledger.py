@@ -12,7 +12,7 @@ from support.leaderboard import result_from_row, trial_row, write_trial_folder
 
 from zsqbench.cli.main import main
 from zsqbench.leaderboard.ledger import Claim, build_ledger, conflict_of
-from zsqbench.leaderboard.ledger_sources import student_recipe
+from zsqbench.leaderboard.rows import student_recipe
 
 PAPER = dict(budget="paper", epochs=400, iters_per_epoch=200, batch_size=16, warmup_epochs=4, fp_top1=93.89,
              run="paper")
@@ -213,3 +213,11 @@ def test_each_reproduction_names_its_student_recipe_in_every_form(tmp_path, caps
     assert set(pd.read_csv(csv)["ours_recipe"]) == {"lr 1e-6, 8000·KL_bm", "lr 1e-4, 400·KL_mean + CE"}
     assert main(["ledger", str(folder)]) == 0
     assert "student lr 1e-6, 8000·KL_bm" in " ".join(capsys.readouterr().out.split())  # 80 columns: test_table_width
+    # a leaderboard CSV of the folder, per trial and aggregated, carries the recipe too
+    per_trial, aggregated = tmp_path / "per_trial.csv", tmp_path / "aggregated.csv"
+    assert main(["leaderboard", str(folder), "--per-trial", "--csv", str(per_trial)]) == 0
+    assert main(["leaderboard", str(folder), "--csv", str(aggregated)]) == 0
+    capsys.readouterr()
+    for table in (per_trial, aggregated):
+        hast = _cell(build_ledger([table]), "resnet20_cifar10 hast+kd W3A3 zsq-asym-pc").reproduction
+        assert hast.recipe == "lr 1e-6, 8000·KL_bm" and "student lr 1e-6, 8000·KL_bm, on" in hast.label(), table

@@ -27,13 +27,13 @@ from zsqbench.leaderboard.aggregate import as_aggregated, done_trials
 from zsqbench.leaderboard.deploy import deploy_notes, deploy_table, display_deploy
 from zsqbench.leaderboard.references import resolve_source
 from zsqbench.leaderboard.results_folder import LEADERBOARD_NAME, rebuild_leaderboard, trial_rows
+from zsqbench.leaderboard.schema import PER_TRIAL
 from zsqbench.leaderboard.table import read_table, to_csv_text, to_json_text, to_markdown
 from zsqbench.leaderboard.views import (
     CI_NOTE,
     COMPACT_NOTE,
     METHOD_PIVOT_NOTE,
     ORACLE_NOTE,
-    PER_TRIAL_SHOWN,
     PIVOT_NOTE,
     TRIAL_NAMED,
     display_aggregated,
@@ -136,7 +136,8 @@ def build_view(args: argparse.Namespace) -> View:
             raise UserError(f"{path} is an aggregated leaderboard, so it has no per-trial rows; drop --per-trial")
         trials = with_chance(done_trials(frame))
         trials = trials.sort_values([c for c in ("model", "generator", "loss", "w_bits", "seed") if c in trials.columns])
-        machine = trials[[c for c in PER_TRIAL_SHOWN if c in trials.columns]]
+        # CSV and JSON hold every column, so the file reads back as a per-trial leaderboard
+        machine = trials[list(dict.fromkeys([*(c for c in PER_TRIAL if c in trials.columns), *trials.columns]))]
         notes = [ORACLE_NOTE if args.wide else TRIAL_NOTE, *notes_for(trials, per_trial=True)]
         names = (trial_names(trials), TRIAL_NAMED) if args.wide else (None, None)
         return View(machine, display_trials(trials, args.wide), f"{path} ({len(trials)} trials)", notes, *names)

@@ -2,7 +2,7 @@
 
 Seeds of the same configuration are averaged, with the sample standard deviation, so a gain can
 be judged against seed noise. Trials are only averaged when they are comparable: within a row the
-teacher checkpoint and the budget's numbers must be identical, and a seed may appear once (two
+teacher checkpoint, the budget's numbers and the student recipe must be identical, and a seed may appear once (two
 trials with the same key and seed differ in settings the leaderboard does not record, such as
 plugin options). Anything else raises a one-line :class:`UserError` naming the trials.
 """
@@ -79,6 +79,15 @@ def _ptq_only(group: pd.DataFrame) -> pd.Series:
     return group["ptq_only"].astype("boolean").fillna(derived).fillna(False).astype(bool)
 
 
+def _recipes(group: pd.DataFrame) -> pd.Series:
+    """Each trial's student recipe; trials of tables written before the column existed have none to
+    compare (they are left out of the check, and the row's recipe is then the one the others name)."""
+    if "recipe" not in group.columns:
+        return pd.Series(dtype=object)
+    named = group["recipe"].astype("object")
+    return named[named.notna() & (named.astype(str).str.strip() != "")].astype(str)
+
+
 def _check_comparable(key: dict[str, Any], group: pd.DataFrame) -> None:
     name = describe_key(key)
     # channels-last, compile or TF32 change rounding only; the precision changes accuracy
@@ -101,6 +110,11 @@ def _check_comparable(key: dict[str, Any], group: pd.DataFrame) -> None:
                           for s in shas)
         raise UserError(f"trials of {name} used different teacher weights ({parts}); averaging them would mix "
                         "teachers, so aggregate one teacher at a time (zsqbench leaderboard --run NAME) or split the CSV")
+    recipes = _recipes(group)
+    if recipes.nunique() > 1:
+        parts = "; ".join(f"'{r}' in trials {_short(group.loc[recipes == r, 'trial_id'])}" for r in sorted(recipes.unique()))
+        raise UserError(f"trials of {name} trained the student with different recipes ({parts}); aggregate one run "
+                        "at a time (zsqbench leaderboard --run NAME) or split the CSV")
     ptq = _ptq_only(group)
     if ptq.nunique() > 1:
         raise UserError(f"trials of {name} mix post-training-only trials ({_short(group.loc[ptq, 'trial_id'])}) with "
@@ -135,6 +149,7 @@ def _row(key: dict[str, Any], group: pd.DataFrame) -> dict[str, Any]:
         "onnx_top1_mean": _mean_if_all(group, "onnx_top1"),
         **{c: first[c] for c in BUDGET_SETTINGS},
         "ptq_only": bool(_ptq_only(group).iloc[0]),
+        "recipe": next(iter(_recipes(group)), ""),
         "precision": _precisions(group).iloc[0],
         "teacher_sha256": first["teacher_sha256"],
         "cpu_hours": round(float(group.loc[on_cpu, "wall_s"].sum()) / 3600, ROUND),
@@ -165,7 +180,7 @@ def normalize_aggregated(frame: pd.DataFrame) -> pd.DataFrame:
             frame[col] = pd.to_numeric(frame[col]).astype("Int64")
         elif col in of_type("float"):
             frame[col] = pd.to_numeric(frame[col]).astype("float64")
-    for col in ("seeds", "precision", "teacher_sha256", "machines", "note"):
+    for col in ("seeds", "recipe", "precision", "teacher_sha256", "machines", "note"):
         frame[col] = frame[col].astype("object").where(frame[col].notna(), "")
     return frame[list(AGGREGATED)].reset_index(drop=True)
 

@@ -70,42 +70,6 @@ class Reproduction:
                 f"{recipe}, on {machines}")
 
 
-#: The student learning rate of a spec that names none (``OptimSettings``' default).
-DEFAULT_STUDENT_LR = 1e-4
-
-
-def _lr(value: float) -> str:
-    """1e-06 -> "1e-6", 0.0001 -> "1e-4", 2.5e-05 -> "2.5e-5", 0.05 -> "0.05"."""
-    if value == 0 or value >= 1e-2:
-        return f"{value:g}"
-    mantissa, exponent = f"{value:.6e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-
-
-def student_recipe(spec: dict[str, Any]) -> str:
-    """A trial's student recipe in a few words, from its spec: the student lr, then the KD term of its
-    generator's native loss as the toolkit's KD settings name it in the generator's options (the GDFQ
-    family's ``kd_weight``·T² with ``kd_reduction``, the offline pipelines' ``kd_alpha``·T², always
-    batchmean; "+ CE" where ``ce_weight`` > 0): "lr 1e-6, 8000·KL_bm", "lr 1e-4, 400·KL_mean + CE". A
-    generator with neither reads "own loss" (AdaDFQ's entropy term); a budget that never trains, "no
-    training (PTQ)". The methods' further terms (HAST's feature alignment, SynQ's CAM) are on their cards."""
-    budget = spec.get("budget") or {}
-    if budget.get("epochs") is not None and budget.get("epochs") == budget.get("warmup_epochs"):
-        return "no training (PTQ)"
-    lr = (spec.get("optim") or {}).get("student_lr", DEFAULT_STUDENT_LR)
-    opts = (spec.get("generator") or {}).get("options") or {}
-    t = opts.get("temperature")
-    if t is not None and "kd_weight" in opts:
-        kd = f"{opts['kd_weight'] * t * t:g}·KL_{'bm' if opts.get('kd_reduction') == 'batchmean' else 'mean'}"
-    elif t is not None and "kd_alpha" in opts:
-        kd = f"{opts['kd_alpha'] * t * t:g}·KL_bm"
-    else:
-        kd = "own loss"
-    if kd != "own loss" and (opts.get("ce_weight") or 0) > 0:
-        kd += " + CE"
-    return f"lr {_lr(float(lr))}, {kd}"
-
-
 def _std(values: pd.Series) -> float | None:
     return round(float(values.std(ddof=1)), 4) if len(values) > 1 else None
 
@@ -156,7 +120,8 @@ def _from_aggregated(source: str, frame: pd.DataFrame) -> list[Reproduction]:
             [int(s) for s in str(plain(r.get("seeds")) or "").split(";") if s.strip()],
             plain(r.get("top1_last_mean")), plain(r.get("top1_last_std")), plain(r.get("top1_oracle_mean")),
             plain(r.get("top1_oracle_std")), plain(r.get("fp_top1")), schedule,
-            machines=[m for m in str(plain(r.get("machines")) or "").split(";") if m.strip()]))
+            machines=[m for m in str(plain(r.get("machines")) or "").split(";") if m.strip()],
+            recipe=str(plain(r.get("recipe")) or "")))
     return out
 
 
@@ -171,8 +136,7 @@ def read_reproductions(source: str | Path) -> list[Reproduction]:
     if path.is_dir() and find_result_files(path):
         rows = []
         for _, result in trial_results(path):
-            rows.append({**result_row(result), "certification": result.get("certification"),
-                         "recipe": student_recipe(result["spec"])})
+            rows.append({**result_row(result), "certification": result.get("certification")})
         return _from_trials(text, pd.DataFrame(rows))
     frame, kind = read_table(path)
     if kind == "per-trial":

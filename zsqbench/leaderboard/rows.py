@@ -25,6 +25,42 @@ def _number(record: dict[str, Any] | None, key: str, factor: float, digits: int)
     return round(value * factor, digits)
 
 
+#: The student learning rate of a spec that names none (``OptimSettings``' default).
+DEFAULT_STUDENT_LR = 1e-4
+
+
+def _lr(value: float) -> str:
+    """1e-06 -> "1e-6", 0.0001 -> "1e-4", 2.5e-05 -> "2.5e-5", 0.05 -> "0.05"."""
+    if value == 0 or value >= 1e-2:
+        return f"{value:g}"
+    mantissa, exponent = f"{value:.6e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def student_recipe(spec: dict[str, Any]) -> str:
+    """A trial's student recipe in a few words, from its spec: the student lr, then the KD term of its
+    generator's native loss as the toolkit's KD settings name it in the generator's options (the GDFQ
+    family's ``kd_weight``·T² with ``kd_reduction``, the offline pipelines' ``kd_alpha``·T², always
+    batchmean; "+ CE" where ``ce_weight`` > 0): "lr 1e-6, 8000·KL_bm", "lr 1e-4, 400·KL_mean + CE". A
+    generator with neither reads "own loss" (AdaDFQ's entropy term); a budget that never trains, "no
+    training (PTQ)". The methods' further terms (HAST's feature alignment, SynQ's CAM) are on their cards."""
+    budget = spec.get("budget") or {}
+    if budget.get("epochs") is not None and budget.get("epochs") == budget.get("warmup_epochs"):
+        return "no training (PTQ)"
+    lr = (spec.get("optim") or {}).get("student_lr", DEFAULT_STUDENT_LR)
+    opts = (spec.get("generator") or {}).get("options") or {}
+    t = opts.get("temperature")
+    if t is not None and "kd_weight" in opts:
+        kd = f"{opts['kd_weight'] * t * t:g}·KL_{'bm' if opts.get('kd_reduction') == 'batchmean' else 'mean'}"
+    elif t is not None and "kd_alpha" in opts:
+        kd = f"{opts['kd_alpha'] * t * t:g}·KL_bm"
+    else:
+        kd = "own loss"
+    if kd != "own loss" and (opts.get("ce_weight") or 0) > 0:
+        kd += " + CE"
+    return f"lr {_lr(float(lr))}, {kd}"
+
+
 def result_row(result: dict[str, Any], export: dict[str, Any] | None = None) -> dict[str, Any]:
     """``export``: the trial's verified export record (``export/onnx.json``), if it has one."""
     spec = result["spec"]
@@ -47,6 +83,7 @@ def result_row(result: dict[str, Any], export: dict[str, Any] | None = None) -> 
         "batch_size": budget["batch_size"],
         "warmup_epochs": budget["warmup_epochs"],
         "ptq_only": budget["epochs"] == budget["warmup_epochs"],
+        "recipe": student_recipe(spec),
         "fp_top1": round(result["fp_top1"], 2),
         "ptq_top1": round(result["ptq_top1"], 2),
         "top1_last": round(result["top1_last"], 2),

@@ -65,6 +65,11 @@ _COLUMNS = (
     Column("ptq_only", "bool", "True for a post-training-quantization trial (epochs = warmup_epochs: the student is "
            "calibrated, never trained), so its top1_last is a PTQ accuracy",
            "True for post-training-quantization trials (no student update), identical within the row"),
+    Column("recipe", "text", "the student's training recipe in a few words, from the spec: the student lr and the KD "
+           "term of the generator's native loss (e.g. 'lr 1e-6, 8000·KL_bm', 'lr 1e-4, 400·KL_mean + CE', 'own loss' "
+           "for AdaDFQ's, 'no training (PTQ)'); empty in tables written before the column existed",
+           "the student recipe of the row's trials, identical within the row (empty for reference rows and tables "
+           "written before the column existed)"),
     Column("fp_top1", "float", "FP teacher top-1 (%) measured on the full test set",
            "FP teacher top-1 (%) measured on the full test set (mean over the row's trials)"),
     Column("ptq_top1", "float", "student top-1 (%) after calibration, before any student update"),
@@ -115,7 +120,7 @@ COLUMNS: dict[str, Column] = {c.name: c for c in _COLUMNS}
 
 PER_TRIAL: tuple[str, ...] = (
     "trial_id", "run", "model", "dataset", "generator", "loss", "quantizer", "profile", "w_bits", "a_bits", "seed",
-    "budget", "epochs", "iters_per_epoch", "batch_size", "warmup_epochs", "ptq_only", "fp_top1", "ptq_top1", "top1_last",
+    "budget", "epochs", "iters_per_epoch", "batch_size", "warmup_epochs", "ptq_only", "recipe", "fp_top1", "ptq_top1", "top1_last",
     "top1_oracle", "at_chance", "onnx_top1", "onnx_kib", "onnx_latency_ratio", "wall_s", "flags", "device", "machine", "precision", "channels_last",
     "compile", "tf32",
     "teacher_weights", "teacher_sha256", "data_sha256", "zsqbench_version", "torch_version", "git_hash", "finished_at",
@@ -123,7 +128,7 @@ PER_TRIAL: tuple[str, ...] = (
 AGGREGATED: tuple[str, ...] = (
     "model", "dataset", "generator", "loss", "quantizer", "profile", "w_bits", "a_bits", "budget", "n_seeds", "seeds",
     "top1_last_mean", "top1_last_std", "top1_last_ci95", "top1_oracle_mean", "top1_oracle_std", "n_at_chance", "fp_top1",
-    "ptq_top1_mean", "onnx_top1_mean", "epochs", "iters_per_epoch", "batch_size", "ptq_only", "precision",
+    "ptq_top1_mean", "onnx_top1_mean", "epochs", "iters_per_epoch", "batch_size", "ptq_only", "recipe", "precision",
     "teacher_sha256", "cpu_hours", "gpu_hours", "machines", "source", "note",
 )
 
