@@ -44,6 +44,21 @@ def read_record_text(path: Path, limit: int = MAX_RECORD_BYTES) -> str:
     return data.decode()
 
 
+def read_json_object(path: Path, what: str, fix: str) -> dict[str, Any]:
+    """A small JSON record (a result, an error, an analysis) as a dict; anything else, a file too large
+    to be one included, is one line naming the file, what it should have been and ``fix``."""
+    from zsqbench.errors import UserError
+
+    try:
+        data = json.loads(read_record_text(path))
+    except (OSError, ValueError) as exc:  # a JSON or UTF-8 error, or too large
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"corrupt {what} {path} ({msg}); {fix}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"corrupt {what} {path} (not a JSON object); {fix}")
+    return data
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

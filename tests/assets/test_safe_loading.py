@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
 import random
 
@@ -13,21 +12,12 @@ import pytest
 import torch
 from conftest import make_spec, one_line_error, run_argv
 from support.leaderboard import fake_result
+from support.pickles import RunsCode
 
 from zsqbench.cli.main import main
 from zsqbench.errors import UserError
 from zsqbench.runs import checkpoint
 from zsqbench.runs.folder import TrialFolder
-
-
-class WritesAFile:
-    """Unpickling this calls os.system, which would create the marker file."""
-
-    def __init__(self, marker) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def _args(root, weights, out, *extra):
@@ -45,7 +35,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_in_one_line(tiny, tmp_path,
     folder.write_spec(make_spec())  # any spec: the checkpoint is read first
     marker = tmp_path / "pwned"
     buf = io.BytesIO()
-    torch.save({"format": checkpoint.FORMAT, "epoch": 0, "trial_id": trial_id, "rng": WritesAFile(marker)}, buf)
+    torch.save({"format": checkpoint.FORMAT, "epoch": 0, "trial_id": trial_id, "rng": RunsCode(marker)}, buf)
     folder.file(folder.CHECKPOINT).write_bytes(buf.getvalue())
 
     err = one_line_error(capsys, _args(root, weights, out))
@@ -61,7 +51,7 @@ def test_a_test_batch_that_would_run_code_is_refused_in_one_line(tiny, tmp_path,
     root, weights = tiny
     marker = tmp_path / "pwned"
     batch = root / "cifar-10-batches-py" / "test_batch"
-    batch.write_bytes(pickle.dumps({"data": WritesAFile(marker), "labels": [0]}, protocol=2))
+    batch.write_bytes(pickle.dumps({"data": RunsCode(marker), "labels": [0]}, protocol=2))
     err = one_line_error(capsys, _args(root, weights, tmp_path / "out"))
     assert f"{batch} is not a plain CIFAR pickle: it asks to import posix.system" in err
     assert not marker.exists()

@@ -5,11 +5,11 @@ command, and a snapshot that `analyze hessian` refuses to load."""
 from __future__ import annotations
 
 import errno
-import os
 
 import pytest
 import torch
 from conftest import one_line_error, run_argv
+from support.pickles import RunsCode
 
 from zsqbench.api.plugins import get_plugins
 from zsqbench.cli import status_cmd
@@ -87,15 +87,6 @@ def test_other_os_errors_are_not_disguised(monkeypatch, tmp_path):
         main(["status", str(tmp_path)])
 
 
-class _RunsCode:
-    """A pickled object that would run a shell command when loaded without weights_only."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
 
 @pytest.mark.slow
 def test_analyze_refuses_a_snapshot_that_would_run_code_in_one_line(tiny, tmp_path, capsys):
@@ -111,7 +102,7 @@ def test_analyze_refuses_a_snapshot_that_would_run_code_in_one_line(tiny, tmp_pa
             "--data-root", str(root), "--teacher-weights", str(weights), "--device", "cpu"]
 
     marker = tmp_path / "code-ran"
-    torch.save({"weight": _RunsCode(str(marker))}, snapshots[0])
+    torch.save({"weight": RunsCode(str(marker))}, snapshots[0])
     err = one_line_error(capsys, argv)
     assert f"snapshot {snapshots[0]} holds more than tensors" in err and "it is not loaded" in err
     assert not marker.exists()

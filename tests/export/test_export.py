@@ -37,6 +37,7 @@ import torch
 from conftest import make_spec, one_line_error, run_argv
 from onnx import helper, numpy_helper
 from support.data import export_grid_inputs, one_thread
+from support.pickles import RunsCode
 from torch import nn
 
 from zsqbench.api.quantizer import IntegerGrid
@@ -305,6 +306,25 @@ def test_export_from_the_last_snapshot_with_weights_npz_elsewhere(grid, tmp_path
     codes = [npz[k] for k in npz.files if k.endswith(".codes")]
     assert len(codes) == 22 and all(c.dtype == np.int8 and -8 <= c.min() and c.max() <= 7 for c in codes)
     assert json.loads((trial / "export" / "onnx.json").read_text())["out"] == str(out.resolve())
+
+
+def test_export_refuses_a_last_snapshot_that_would_run_code_in_one_line(grid, tmp_path, capsys):
+    """The export read the snapshot through the same guard as the analysis, but reported a refused
+    pickle global as a bare 'corrupt snapshot (UnpicklingError)'."""
+    root, weights, _, folders = grid
+    trial = tmp_path / "run" / folders[4].trial_id
+    shutil.copytree(folders[4].path, trial)
+    (trial / "checkpoint.pt").unlink()
+    snapshot = TrialFolder(trial).snapshot_path(TrialFolder(trial).read_spec().budget.epochs - 1)
+    marker = tmp_path / "code-ran"
+    torch.save({"weight": RunsCode(str(marker))}, snapshot)
+    argv = ["export", str(trial), "--out", str(tmp_path / "deploy"), "--data-root", str(root),
+            "--teacher-weights", str(weights), "--latency-runs", "2"]
+    err = one_line_error(capsys, argv)
+    assert f"snapshot {snapshot} holds more than tensors" in err and "could run code" in err
+    assert f"re-run trial {folders[4].trial_id}" in err and not marker.exists()
+    assert not (tmp_path / "deploy").exists()
+
 
 
 def test_folded_batchnorm_gives_integer_kernels_with_the_same_codes(grid, tmp_path, capsys):

@@ -10,7 +10,6 @@ and re-plotting never recompute.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -56,21 +55,6 @@ def find_trials(results: Path, ids: list[str] | None, filters: dict[str, str]) -
     return chosen
 
 
-def _load_snapshot(folder: TrialFolder, epoch: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """A snapshot's weights, or one line naming the file: one that holds more than tensors is refused
-    (loading it could run code), as a truncated or foreign one is."""
-    path = folder.snapshot_path(epoch)
-    try:
-        return folder.load_snapshot(epoch, device)
-    except pickle.UnpicklingError as exc:  # weights_only refused a global
-        refused = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "a non-tensor object")
-        raise UserError(f"snapshot {path} holds more than tensors ({refused[:120]}); it is not loaded, since it could "
-                        f"run code: delete it (and analyse the other epochs) or re-run trial {folder.trial_id}") from None
-    except Exception as exc:  # truncated zip, not a torch file, ...
-        raise UserError(f"corrupt snapshot {path} ({type(exc).__name__}); delete it (and analyse the other epochs) "
-                        f"or re-run trial {folder.trial_id}") from None
-
-
 def analyse_hessian(
     folder: TrialFolder,
     plugins: Plugins,
@@ -103,7 +87,7 @@ def analyse_hessian(
     by_epoch: dict[str, Any] = dict(saved["epochs"]) if saved else {}
     todo = [e for e in wanted if str(e) not in by_epoch]
     for epoch in todo:  # a refused or corrupt snapshot is named before minutes go into the teacher and parts
-        _load_snapshot(folder, epoch, torch.device("cpu"))
+        folder.load_snapshot(epoch, torch.device("cpu"))
     if todo:
         entry = plugins.models.get(spec.model)
         teacher = trial_teacher(folder, spec, entry, env).module.to(env.device).eval()
@@ -118,7 +102,7 @@ def analyse_hessian(
         batch = fixed_generator_batch(parts, batch_size, seed, phase=spec.budget.first_training_phase)
         for epoch in todo:
             try:
-                parts.ctx.student.load_state_dict(_load_snapshot(folder, epoch, env.device))
+                parts.ctx.student.load_state_dict(folder.load_snapshot(epoch, env.device))
             except (RuntimeError, TypeError, KeyError) as exc:
                 raise UserError(f"snapshot {folder.snapshot_path(epoch)} does not fit trial {folder.trial_id}'s student "
                                 f"({str(exc).splitlines()[0][:120]}); delete it or re-run the trial") from None

@@ -127,10 +127,7 @@ def _final_weights(folder: TrialFolder, spec: TrialSpec) -> dict[str, torch.Tens
     if last not in folder.snapshot_epochs():
         raise UserError(f"trial {folder.trial_id} has neither {TrialFolder.CHECKPOINT} nor a snapshot of its last "
                         "epoch; its student is gone")
-    try:
-        return folder.load_snapshot(last, CPU)
-    except Exception as exc:
-        raise UserError(f"corrupt snapshot {folder.snapshot_path(last)} ({type(exc).__name__})") from None
+    return folder.load_snapshot(last, CPU)  # refused or corrupt: one line naming it
 
 
 def load_student(folder: TrialFolder, spec: TrialSpec, plugins: Plugins, env: Environment

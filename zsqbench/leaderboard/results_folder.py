@@ -13,7 +13,6 @@ kernel releases it when its holder dies, so a killed worker never leaves the fol
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from filelock import FileLock, Timeout
 
 from zsqbench.api.spec import spec_trial_id
 from zsqbench.errors import UserError
-from zsqbench.files import read_record_text, write_text_atomic
+from zsqbench.files import read_json_object, write_text_atomic
 from zsqbench.leaderboard.rows import result_row
 from zsqbench.leaderboard.schema import PER_TRIAL, to_csv_text
 from zsqbench.runs.result_file import find_result_files, read_export_record, validate_result
@@ -34,12 +33,10 @@ LOCK_TIMEOUT_S = 120.0
 
 
 def _read_result(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(read_record_text(path))
-    except (OSError, ValueError) as exc:  # a JSON or UTF-8 error, or too large
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"corrupt result file {path} ({msg}); delete its trial folder and re-run") from None
-    return validate_result(data, path, spec_trial_id)
+    """As :meth:`TrialFolder.read_result <zsqbench.runs.folder.TrialFolder.read_result>` reads it (that
+    module needs torch, which the leaderboard does not load)."""
+    return validate_result(read_json_object(path, "result file", "delete its trial folder and re-run"), path,
+                           spec_trial_id)
 
 
 def trial_results(results: Path) -> list[tuple[Path, dict[str, Any]]]:

@@ -76,14 +76,18 @@ def _numpy_array_globals() -> list[Any]:
     return allowed
 
 
+def refused_global(exc: pickle.UnpicklingError) -> str:
+    """What ``torch.load(weights_only=True)`` refused to import, in a few words, for a one-line error."""
+    return next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "a non-tensor object")[:120]
+
+
 def decode(path: Path, trial_id: str | None = None) -> dict[str, Any]:
     """A checkpoint file's state; a corrupt, foreign or unsafe one is a user error naming the fix."""
     try:
         with torch.serialization.safe_globals(_numpy_array_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # weights_only refused a global: the file wants to run code
-        refused = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "a non-tensor object")
-        raise UserError(f"checkpoint {path} holds more than tensors and plain values ({refused[:120]}); it is not "
+        raise UserError(f"checkpoint {path} holds more than tensors and plain values ({refused_global(exc)}); it is not "
                         "loaded, since it could run code: delete it to restart that trial from scratch") from None
     except Exception as exc:  # truncated zip, ...
         raise UserError(

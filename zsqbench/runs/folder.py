@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +23,7 @@ from torch import nn
 
 from zsqbench.api.spec import TrialSpec, spec_trial_id
 from zsqbench.errors import UserError, first_validation_error
-from zsqbench.files import read_record_text, write_bytes_atomic, write_json_atomic, write_text_atomic
+from zsqbench.files import read_json_object, write_bytes_atomic, write_json_atomic, write_text_atomic
 from zsqbench.runs import checkpoint
 from zsqbench.runs.lease import LeaseInfo, TrialLease, read_lease
 from zsqbench.runs.migrations import SCHEMA_FIELD, SPEC_VERSION, upgrade
@@ -173,15 +174,7 @@ class TrialFolder:
         self.file(self.ERROR).unlink(missing_ok=True)
 
     def _read_json(self, name: str, what: str, fix: str) -> dict[str, Any]:
-        path = self.file(name)
-        try:
-            data = json.loads(read_record_text(path))
-        except (OSError, ValueError) as exc:  # a JSON or UTF-8 error, or too large
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(f"corrupt {what} {path} ({msg}); {fix}") from None
-        if not isinstance(data, dict):
-            raise UserError(f"corrupt {what} {path} (not a JSON object); {fix}")
-        return data
+        return read_json_object(self.file(name), what, fix)
 
     # -- per-epoch records
     def write_metrics(self, records: list[dict[str, Any]]) -> None:
@@ -220,7 +213,17 @@ class TrialFolder:
         return sorted(int(m.group(1)) for p in found if (m := _SNAPSHOT.search(p.name)))
 
     def load_snapshot(self, epoch: int, device: torch.device) -> dict[str, torch.Tensor]:
-        return torch.load(self.snapshot_path(epoch), map_location=device, weights_only=True)
+        """An epoch's student weights; a snapshot that holds more than tensors is refused (loading it could
+        run code), a truncated or foreign one named: one line each, whoever reads it (analysis, export)."""
+        path = self.snapshot_path(epoch)
+        fix = f"delete it (the other epochs' snapshots stay usable) or re-run trial {self.trial_id}"
+        try:
+            return torch.load(path, map_location=device, weights_only=True)
+        except pickle.UnpicklingError as exc:  # weights_only refused a global
+            raise UserError(f"snapshot {path} holds more than tensors ({checkpoint.refused_global(exc)}); it is not "
+                            f"loaded, since it could run code: {fix}") from None
+        except Exception as exc:  # truncated zip, not a torch file, ...
+            raise UserError(f"corrupt snapshot {path} ({type(exc).__name__}); {fix}") from None
 
     # -- analyses
     def analysis_path(self, name: str) -> Path:
