@@ -31,6 +31,7 @@ from zsqbench.api import (
     hookimpl,
 )
 from zsqbench.errors import UserError
+from zsqbench_plugins.quantizers._activation_sites import check_activation_sites
 from zsqbench_plugins.quantizers._deploy import CONTAINER_BITS, DeployConv2d, DeployLinear, deploy_student
 from zsqbench_plugins.quantizers._fake_quant import (
     _codes_into,
@@ -102,6 +103,7 @@ class UniformQuantizer(WeightCodeQuantizer):
     def quantize(self, model: nn.Module, w_bits: int, a_bits: int) -> nn.Module:
         opts: UniformOptions = self.options  # type: ignore[assignment]
         reference = opts.ste == "reference"
+        check_activation_sites(model)
         if self.profile.deployable:
             return self._quantize_deployable(model, w_bits, a_bits)
         symmetric = self.profile.weight_symmetric

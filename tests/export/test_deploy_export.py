@@ -106,6 +106,9 @@ def test_sizes_and_the_latency_grid_beside_the_fp32_teacher(trials, case):
     assert {(r["batch"], r["threads"]) for r in grid} == {(1, 1), (24, 1), (1, 2), (24, 2)}
     assert all(r["student_ms"] > 0 and r["fp32_teacher_ms"] > 0 for r in grid)
     assert doc["latency"]["headline"] == next(r for r in grid if r["batch"] == 24 and r["threads"] == 2)
+    # the export's own setting (the test set's 24 images, one thread) is the grid's row, not a second timing
+    own = next(r for r in grid if r["batch"] == doc["latency"]["batch"] and r["threads"] == doc["latency"]["threads"])
+    assert doc["latency"]["ms_per_batch"] == {"student": own["student_ms"], "fp32_teacher": own["fp32_teacher_ms"]}
     size = doc["size"]
     w_bits = case[1]
     weights = 270_896  # ResNet-20's conv and classifier weights

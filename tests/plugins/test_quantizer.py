@@ -153,3 +153,71 @@ def test_calibration_state_is_read_and_restored_through_the_quantizer(plugins):
     next(m for m in student.modules() if isinstance(m, QuantAct)).calibrating = True
     with pytest.raises(RuntimeError, match="disagree"):
         quantizer.is_calibrating(student)
+
+
+# ---------------------------------------------------------------- where the activations are
+
+
+class _SharedReLU(nn.Module):
+    """torchvision's BasicBlock pattern: one ReLU module called after the conv and after the sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.relu, self.fc = nn.Conv2d(3, 3, 3, padding=1), nn.ReLU(), nn.Linear(3, 10)
+
+    def forward(self, x):
+        x = self.relu(self.conv(x)) + x
+        return self.fc(self.relu(x).mean((2, 3)))
+
+
+class _FunctionalReLU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.relu, self.fc = nn.Conv2d(3, 3, 3, padding=1), nn.ReLU(), nn.Linear(3, 10)
+
+    def forward(self, x):
+        return self.fc(self.relu(torch.relu(self.conv(x)) + x).mean((2, 3)))
+
+
+class _Untraceable(nn.Module):
+    """Control flow on a tensor's value: torch.fx cannot trace it, so nothing can be checked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.relu, self.fc = nn.Conv2d(3, 3, 3, padding=1), nn.ReLU(), nn.Linear(3, 10)
+
+    def forward(self, x):
+        y = self.relu(self.conv(x))
+        return self.fc((y if y.sum() > 0 else x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("profile", ["zsq-asym-pc", "ort-int8"])
+@pytest.mark.parametrize("model, needle", [
+    (_SharedReLU, "_SharedReLU calls its activation module 'relu' at 2 places of its forward"),
+    (_FunctionalReLU, "_FunctionalReLU applies ReLU as a function at 1 place(s) of its forward (first: "
+                      "test_quantizer.py:"),
+])
+def test_a_relu_module_called_twice_or_a_functional_relu_is_refused_in_one_line(model, needle, profile):
+    """One quantizer for two tensors would track one range for both; a functional ReLU would stay in float
+    while the student is reported as W4A4. Both were quantized silently before."""
+    from zsqbench.errors import UserError
+
+    quantizer = UniformQuantizer(UniformOptions(profile=profile))
+    with pytest.raises(UserError) as refused:
+        quantizer.quantize(model(), 4, 4)
+    message = str(refused.value)
+    assert needle in message and "\n" not in message and "nn.ReLU" in message
+
+
+def test_models_with_one_relu_module_per_place_and_untraceable_ones_are_quantized():
+    from torchvision.models import resnet18
+
+    from zsqbench_plugins.models.torchvision_resnet import build_resnet18_tv
+
+    quantizer = UniformQuantizer(UniformOptions())
+    student = quantizer.quantize(build_resnet18_tv(), 4, 4)  # torchvision's blocks with split ReLUs
+    assert sum(isinstance(m, QuantizedActivation) for m in student.modules()) == 17
+    untraceable = quantizer.quantize(_Untraceable(), 4, 4)
+    assert isinstance(untraceable.relu, QuantizedActivation)
+    with pytest.raises(Exception, match="layer1.0.relu' at 2 places"):
+        quantizer.quantize(resnet18(), 4, 4)  # torchvision's own BasicBlock
