@@ -156,9 +156,12 @@ def test_different_precisions_in_one_key_are_refused_other_compute_settings_not(
 
 def test_different_student_recipes_in_one_key_are_refused_and_a_table_without_them_still_aggregates(capsys, tmp_path):
     """Seed 0 at lr 1e-6 and seed 1 at lr 1e-4 under one budget name used to be averaged silently."""
-    rows = [trial_row(seed=0, recipe="lr 1e-6, 8000·KL_bm"), trial_row(seed=1, recipe="lr 1e-4, 400·KL_mean + CE")]
+    rows = [trial_row(seed=0, recipe="lr 1e-6, 8000·KL_bm", trial_id="a" * 16),
+            trial_row(seed=1, recipe="lr 1e-4, 400·KL_mean + CE", trial_id="b" * 16),
+            trial_row(seed=2, recipe=None, trial_id="c" * 16)]
     err = one_line_error(capsys, ["leaderboard", str(write_trials(tmp_path / "lb.csv", rows))])
-    assert "different recipes" in err and "'lr 1e-6, 8000·KL_bm' in trials" in err and rows[1]["trial_id"][:12] in err
+    assert "different recipes" in err and f"'lr 1e-6, 8000·KL_bm' in trials {'a' * 12}" in err
+    assert f"'lr 1e-4, 400·KL_mean + CE' in trials {'b' * 12}" in err and "c" * 12 not in err  # a trial without a recipe is not named in either group
     # a table from before the column (no recipe) beside a trial that names one: nothing to compare
     rows = [trial_row(seed=0, recipe=None), trial_row(seed=1, recipe="lr 1e-6, 8000·KL_bm")]
     (row,) = _json(capsys, ["leaderboard", str(write_trials(tmp_path / "ok.csv", rows)), "--json"])

@@ -2,9 +2,9 @@
 
 Seeds of the same configuration are averaged, with the sample standard deviation, so a gain can
 be judged against seed noise. Trials are only averaged when they are comparable: within a row the
-teacher checkpoint, the budget's numbers and the student recipe must be identical, and a seed may appear once (two
-trials with the same key and seed differ in settings the leaderboard does not record, such as
-plugin options). Anything else raises a one-line :class:`UserError` naming the trials.
+teacher checkpoint, the budget's numbers and the student recipe must be identical, and a seed may
+appear once (two trials with the same key and seed differ in settings the leaderboard does not
+record, such as plugin options). Anything else raises a one-line :class:`UserError` naming the trials.
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ def _check_comparable(key: dict[str, Any], group: pd.DataFrame) -> None:
                         "teachers, so aggregate one teacher at a time (zsqbench leaderboard --run NAME) or split the CSV")
     recipes = _recipes(group)
     if recipes.nunique() > 1:
-        parts = "; ".join(f"'{r}' in trials {_short(group.loc[recipes == r, 'trial_id'])}" for r in sorted(recipes.unique()))
+        parts = "; ".join(f"'{r}' in trials {_short(group.loc[recipes.index[recipes == r], 'trial_id'])}"
+                          for r in sorted(recipes.unique()))
         raise UserError(f"trials of {name} trained the student with different recipes ({parts}); aggregate one run "
                         "at a time (zsqbench leaderboard --run NAME) or split the CSV")
     ptq = _ptq_only(group)
