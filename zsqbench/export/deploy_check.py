@@ -25,12 +25,11 @@ from __future__ import annotations
 from typing import Any
 
 from zsqbench.export.runtime import Agreement, latency, session
+from zsqbench.runs.result_file import LATENCY_HEADLINE
 
 INTEGER_MAX_TOP1_DIFF = 0.1
 LATENCY_BATCHES = (1, 100)
 LATENCY_THREADS = (1, 2)
-#: the setting the leaderboard's latency ratio and the issue's goal refer to
-HEADLINE = {"batch": 100, "threads": 2}
 
 
 def integer_failures(a: Agreement, min_agreement: float) -> list[str]:
@@ -66,5 +65,5 @@ def latency_grid(model: bytes, fp_model: bytes, images: Any, runs: int) -> list[
 def headline(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The grid's row at batch 100 and 2 threads (None when the test set has fewer than 100 images:
     then the largest batch at 2 threads)."""
-    wanted = [r for r in rows if r["threads"] == HEADLINE["threads"]]
+    wanted = [r for r in rows if r["threads"] == LATENCY_HEADLINE["threads"]]
     return max(wanted, key=lambda r: r["batch"]) if wanted else None

@@ -7,7 +7,7 @@ from typing import Any
 
 from zsqbench.leaderboard.labels import at_chance
 from zsqbench.leaderboard.schema import PER_TRIAL
-from zsqbench.runs.result_file import trial_profile
+from zsqbench.runs.result_file import LATENCY_HEADLINE, trial_profile
 
 
 def compute_fields(compute: dict[str, Any] | None) -> dict[str, Any]:
@@ -91,8 +91,9 @@ def result_row(result: dict[str, Any], export: dict[str, Any] | None = None) -> 
         "at_chance": at_chance(round(result["top1_last"], 2), spec["dataset"]),
         "onnx_top1": round(export["onnx_top1"], 2) if export else None,
         "onnx_kib": _number(export, "size_true_bits_bytes", 1 / 1024, 1),
-        "onnx_latency_ratio": (_number(export, "latency_ratio", 1, 3) if export and export.get("latency_batch") == 100
-                               and export.get("latency_threads") == 2 else None),
+        "onnx_latency_ratio": (_number(export, "latency_ratio", 1, 3) if export
+                               and export.get("latency_batch") == LATENCY_HEADLINE["batch"]
+                               and export.get("latency_threads") == LATENCY_HEADLINE["threads"] else None),
         "wall_s": round(result["wall_s"], 1),
         "flags": ";".join(result.get("flags", [])),
         "device": result["device"],

@@ -41,6 +41,9 @@ RESULT_NAME = "result.json"
 RESULT_GLOB = f"*/*/{RESULT_NAME}"
 #: The summary a verified ``zsqbench export`` leaves in the trial folder (:mod:`zsqbench.export`).
 EXPORT_RECORD = "export/onnx.json"
+#: The setting an export record's headline latency (``latency_ratio``) was timed at for the leaderboard's
+#: ``onnx_latency_ratio`` column to show it: batch 100, 2 ONNX Runtime threads (docs/deployment.md).
+LATENCY_HEADLINE = {"batch": 100, "threads": 2}
 #: A trial folder's name: its trial id, 16 hex digits of a sha256 (:attr:`zsqbench.api.spec.TrialSpec.trial_id`).
 TRIAL_ID = re.compile(r"[0-9a-f]{16}")
 #: What a one-line error quotes of a bad value at most (a tampered file may hold megabytes).
