@@ -87,7 +87,6 @@ def test_other_os_errors_are_not_disguised(monkeypatch, tmp_path):
         main(["status", str(tmp_path)])
 
 
-
 @pytest.mark.slow
 def test_analyze_refuses_a_snapshot_that_would_run_code_in_one_line(tiny, tmp_path, capsys):
     root, weights = tiny

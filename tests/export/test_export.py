@@ -326,7 +326,6 @@ def test_export_refuses_a_last_snapshot_that_would_run_code_in_one_line(grid, tm
     assert not (tmp_path / "deploy").exists()
 
 
-
 def test_folded_batchnorm_gives_integer_kernels_with_the_same_codes(grid, tmp_path, capsys):
     """At W8A8 with BN folded into the weight scales, ONNX Runtime runs QLinearConv (integer kernels);
     they round the bias, so agreement is checked loosely here (docs/deployment.md has the numbers)."""
