@@ -7,7 +7,9 @@ kernel launches, not by FLOPs. ``zsqbench bench`` therefore reports, for one pro
 
 * ``ops_per_step``: the operator calls the iteration makes, counted once each: ``aten::`` events with
   no ``aten::`` ancestor (a ``conv2d`` that dispatches to ``convolution`` and then to a backend kernel
-  counts once; an autograd node's ops count once each);
+  counts once; an autograd node's ops count once each). Under ``--compile`` only the ATen calls are
+  counted (the eager remainder, and the library kernels a compiled graph calls, such as convolutions):
+  the kernels inductor generated are not operators, so the count drops by more than the work does;
 * ``kernels_per_step``: on CUDA, the device kernels launched (None on CPU);
 * ``outside_conv_share``: the fraction of the profiled time outside convolutions, from *self* times
   (so nothing is counted twice): CPU self time of every event on CPU, kernel time on CUDA, with every
