@@ -446,3 +446,19 @@ def test_rows_with_a_side_at_chance_keep_their_p_value_but_leave_holms_family(ca
     assert main(["compare", str(grid), "--by", "loss", "--baseline", "kd"]) == 0
     printed = capsys.readouterr().out
     assert "0.00017 (–)" in printed and "0.026 (0.026) *" in printed
+
+
+def test_a_pair_trained_with_different_student_recipes_is_flagged_not_refused(capsys, tmp_path):
+    """Comparing lr 1e-6 against lr 1e-4 may be the experiment itself, so it is not refused; but the row
+    says the delta measures the recipe too (both CSVs name one; a table without the column says nothing)."""
+    a = write_trials(tmp_path / "a.csv", [trial_row(seed=s, top1_last=v, recipe="lr 1e-4, 400·KL_mean + CE")
+                                          for s, v in enumerate((70.0, 71.0))])
+    b = write_trials(tmp_path / "b.csv", [trial_row(seed=s, top1_last=v, recipe="lr 1e-6, 8000·KL_bm")
+                                          for s, v in enumerate((72.0, 73.5))])
+    (row,) = _compare_json(capsys, str(a), str(b))["rows"]
+    assert "student recipe differs (A lr 1e-4, 400·KL_mean + CE; B lr 1e-6, 8000·KL_bm)" in row["flags"]
+    assert row["delta"] == pytest.approx(2.25)
+    old = write_trials(tmp_path / "old.csv", [trial_row(seed=s, top1_last=v, recipe=None)
+                                              for s, v in enumerate((70.0, 71.0))])
+    (row,) = _compare_json(capsys, str(old), str(b))["rows"]
+    assert not any("recipe" in f for f in row["flags"])

@@ -179,6 +179,9 @@ def _joined(key: dict[str, Any], a: dict[str, Any] | None, b: dict[str, Any] | N
         row.b_chance, row.b_published = chance_label(b), is_reference(b)
         if row.b_published:
             row.flags.append("B is reference")
+    recipes = [str(plain(side.get("recipe")) or "") if side else "" for side in (a, b)]
+    if all(recipes) and recipes[0] != recipes[1]:  # flagged, not refused: the recipe may be what is compared
+        row.flags.append(f"student recipe differs (A {recipes[0]}; B {recipes[1]})")
     chance = [f"{side} {label}" for side, label in (("A", row.a_chance), ("B", row.b_chance)) if label]
     if chance:
         row.flags.append(f"{' and '.join(chance)}: delta not meaningful")
