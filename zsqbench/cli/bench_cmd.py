@@ -95,10 +95,12 @@ def execute(args: argparse.Namespace) -> int:
                   "(with the student passes the method adds)", highlight=False)
     kernels = f", {r['kernels_per_step']} kernel launches" if r["kernels_per_step"] is not None else ""
     share = r["outside_conv_share"]
-    fused = " (ATen calls only: a compiled graph's own kernels are not among them)" if r["compile"] else ""
     out.print(f"  operator calls {r['ops_per_step']:10d}{kernels}; "
-              + (f"{share:.0%} of the step's time outside convolutions" if share is not None else "") + fused,
-              highlight=False, soft_wrap=True)
+              + (f"{share:.0%} of the step's time outside convolutions" if share is not None else ""),
+              highlight=False)
+    if r["compile"]:
+        out.print("                   (ATen calls: a compiled graph's own kernels are not counted)",
+                  highlight=False)
     out.print(f"  eval student   {r['eval_s']:10.2f} s", highlight=False)
     out.print(f"  eval teacher   {r['fp_eval_s']:10.2f} s   -> ratio x{r['eval_ratio']:.2f}", highlight=False)
     out.print(f"  peak memory    {r['peak_mem_mb']:10.0f} MiB", highlight=False)
