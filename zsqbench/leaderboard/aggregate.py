@@ -10,7 +10,7 @@ record, such as plugin options). Anything else raises a one-line :class:`UserErr
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -88,15 +88,20 @@ def _recipes(group: pd.DataFrame) -> pd.Series:
     return named[named.notna() & (named.astype(str).str.strip() != "")].astype(str)
 
 
+def _refuse_mixed(group: pd.DataFrame, values: pd.Series, label: Callable[[str], str], problem: str, fix: str) -> None:
+    """One line naming the trials behind each distinct value when a row's trials disagree on ``values``
+    (indexed by the trials it covers: those without a value are left out of the comparison)."""
+    if values.nunique() > 1:
+        parts = "; ".join(f"{label(v)} in trials {_short(group.loc[values.index[values == v], 'trial_id'])}"
+                          for v in sorted(values.unique()))
+        raise UserError(f"{problem} ({parts}); {fix}")
+
+
 def _check_comparable(key: dict[str, Any], group: pd.DataFrame) -> None:
     name = describe_key(key)
     # channels-last, compile or TF32 change rounding only; the precision changes accuracy
-    precision = _precisions(group)
-    if precision.nunique() > 1:
-        parts = "; ".join(f"{p} in trials {_short(group.loc[precision == p, 'trial_id'])}"
-                          for p in sorted(precision.unique()))
-        raise UserError(f"trials of {name} ran at different precisions ({parts}); aggregate one precision "
-                        "at a time (zsqbench leaderboard --run NAME) or split the CSV")
+    _refuse_mixed(group, _precisions(group), str, f"trials of {name} ran at different precisions",
+                  "aggregate one precision at a time (zsqbench leaderboard --run NAME) or split the CSV")
     seeds = group["seed"]
     if seeds.duplicated().any():
         seed = seeds[seeds.duplicated()].iloc[0]
@@ -104,18 +109,11 @@ def _check_comparable(key: dict[str, Any], group: pd.DataFrame) -> None:
         raise UserError(f"trials {ids} of {name} share seed {seed} but have different trial ids (plugin options "
                         "or optimizer settings differ, which the leaderboard does not record); aggregate one run "
                         "at a time (zsqbench leaderboard --run NAME) or split the CSV")
-    shas = group["teacher_sha256"].unique()
-    if len(shas) > 1:
-        parts = "; ".join(f"{str(s)[:8]}… in trials {_short(group.loc[group['teacher_sha256'] == s, 'trial_id'])}"
-                          for s in shas)
-        raise UserError(f"trials of {name} used different teacher weights ({parts}); averaging them would mix "
-                        "teachers, so aggregate one teacher at a time (zsqbench leaderboard --run NAME) or split the CSV")
-    recipes = _recipes(group)
-    if recipes.nunique() > 1:
-        parts = "; ".join(f"'{r}' in trials {_short(group.loc[recipes.index[recipes == r], 'trial_id'])}"
-                          for r in sorted(recipes.unique()))
-        raise UserError(f"trials of {name} trained the student with different recipes ({parts}); aggregate one run "
-                        "at a time (zsqbench leaderboard --run NAME) or split the CSV")
+    _refuse_mixed(group, group["teacher_sha256"].astype(str), lambda s: f"{s[:8]}…",
+                  f"trials of {name} used different teacher weights", "averaging them would mix teachers, so "
+                  "aggregate one teacher at a time (zsqbench leaderboard --run NAME) or split the CSV")
+    _refuse_mixed(group, _recipes(group), lambda r: f"'{r}'", f"trials of {name} trained the student with different "
+                  "recipes", "aggregate one run at a time (zsqbench leaderboard --run NAME) or split the CSV")
     ptq = _ptq_only(group)
     if ptq.nunique() > 1:
         raise UserError(f"trials of {name} mix post-training-only trials ({_short(group.loc[ptq, 'trial_id'])}) with "
