@@ -79,7 +79,7 @@ def _ptq_only(group: pd.DataFrame) -> pd.Series:
     return group["ptq_only"].astype("boolean").fillna(derived).fillna(False).astype(bool)
 
 
-def _recipes(group: pd.DataFrame) -> pd.Series:
+def trial_recipes(group: pd.DataFrame) -> pd.Series:
     """Each trial's student recipe; trials of tables written before the column existed have none to
     compare (they are left out of the check, and the row's recipe is then the one the others name)."""
     if "recipe" not in group.columns:
@@ -112,7 +112,7 @@ def _check_comparable(key: dict[str, Any], group: pd.DataFrame) -> None:
     _refuse_mixed(group, group["teacher_sha256"].astype(str), lambda s: f"{s[:8]}…",
                   f"trials of {name} used different teacher weights", "averaging them would mix teachers, so "
                   "aggregate one teacher at a time (zsqbench leaderboard --run NAME) or split the CSV")
-    _refuse_mixed(group, _recipes(group), lambda r: f"'{r}'", f"trials of {name} trained the student with different "
+    _refuse_mixed(group, trial_recipes(group), lambda r: f"'{r}'", f"trials of {name} trained the student with different "
                   "recipes", "aggregate one run at a time (zsqbench leaderboard --run NAME) or split the CSV")
     ptq = _ptq_only(group)
     if ptq.nunique() > 1:
@@ -148,7 +148,7 @@ def _row(key: dict[str, Any], group: pd.DataFrame) -> dict[str, Any]:
         "onnx_top1_mean": _mean_if_all(group, "onnx_top1"),
         **{c: first[c] for c in BUDGET_SETTINGS},
         "ptq_only": bool(_ptq_only(group).iloc[0]),
-        "recipe": next(iter(_recipes(group)), ""),
+        "recipe": next(iter(trial_recipes(group)), ""),
         "precision": _precisions(group).iloc[0],
         "teacher_sha256": first["teacher_sha256"],
         "cpu_hours": round(float(group.loc[on_cpu, "wall_s"].sum()) / 3600, ROUND),

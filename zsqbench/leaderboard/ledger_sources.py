@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from zsqbench.errors import UserError
-from zsqbench.leaderboard.aggregate import done_trials
+from zsqbench.leaderboard.aggregate import done_trials, trial_recipes
 from zsqbench.leaderboard.labels import AT_CHANCE, at_chance, is_reference
 from zsqbench.leaderboard.references import PREFIX
 from zsqbench.leaderboard.results_folder import trial_results
@@ -95,7 +95,7 @@ def _from_trials(source: str, trials: pd.DataFrame) -> list[Reproduction]:
         agreed = _agree(certs) if len(certs) == len(group) else {}
         schedule = "x".join(str(plain(group.iloc[0][c])) for c in BUDGET_SETTINGS)
         machines = machine_kinds(group)
-        recipes = sorted({str(r) for r in group.get("recipe", pd.Series(dtype=object)) if isinstance(r, str) and r})
+        recipes = sorted(trial_recipes(group).unique())
         out.append(Reproduction(
             source, str(k["generator"]), str(k["loss"]), str(k["model"]), str(k["dataset"]), int(k["w_bits"]),
             int(k["a_bits"]), str(k["profile"]), str(k["budget"]), len(group), sorted(int(s) for s in group["seed"]),

@@ -200,15 +200,15 @@ def separate_inductor_cache() -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{os.path.abspath(default_cache_dir())}-{capability}"
 
 
-#: Log lines torch prints under ``--compile`` that say nothing about the run: (logger, message start).
+#: Log lines torch prints under ``--compile`` that say nothing about the run: logger -> message starts.
 #: The CUDA wheel's C++-extension helper warns at import that there is no CUDA runtime, also on a
 #: CPU-only run that never asked for one; dynamo warns that ``record_function`` ranges inside a
 #: compiled region are dropped, which is what ``zsqbench bench``'s one profiled step is told to expect.
-IRRELEVANT_COMPILE_LOGS = (
-    ("torch.utils.cpp_extension", "No CUDA runtime is found"),
-    ("torch._dynamo.variables.ctx_manager", "Profiler record function"),
-    ("torch._dynamo.variables.torch", "Profiler function"),
-)
+IRRELEVANT_COMPILE_LOGS: dict[str, tuple[str, ...]] = {
+    "torch.utils.cpp_extension": ("No CUDA runtime is found",),
+    "torch._dynamo.variables.ctx_manager": ("Profiler record function",),
+    "torch._dynamo.variables.torch": ("Profiler function",),
+}
 
 
 class _DropMessages(logging.Filter):
@@ -225,10 +225,7 @@ class _DropMessages(logging.Filter):
 def quiet_compile_logs() -> None:
     """Installs, once, filters for :data:`IRRELEVANT_COMPILE_LOGS` on their loggers: a user reading a
     compiled run's output sees torch's warnings that concern the run, not these."""
-    by_logger: dict[str, tuple[str, ...]] = {}
-    for name, start in IRRELEVANT_COMPILE_LOGS:
-        by_logger[name] = (*by_logger.get(name, ()), start)
-    for name, starts in by_logger.items():
+    for name, starts in IRRELEVANT_COMPILE_LOGS.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) for f in logger.filters):
             logger.addFilter(_DropMessages(starts))
